@@ -20,8 +20,6 @@ forge build
 [[ "${1:-}" == build ]] && exit 0
 
 # ABI/bytecode committed for the Rust crate (contracts/abi/) must match this build.
-if [[ -x scripts/export-abi.sh ]]; then
-  scripts/export-abi.sh --check
-fi
+node scripts/export-abi.js --check
 
 forge test --gas-report

@@ -64,10 +64,27 @@ library console {
     }
 }
 
-/// Minimal test base: cheatcodes, assertions, bounded fuzz inputs, invariant targets.
-abstract contract Test {
+/// Cheatcodes and input helpers, for tests and for invariant handlers.
+abstract contract CommonBase {
     Vm internal constant vm = Vm(address(uint160(uint256(keccak256("hevm cheat code")))));
 
+    // ---- helpers
+    function makeAddr(string memory name) internal returns (address a) {
+        a = vm.addr(uint256(keccak256(bytes(name))));
+        vm.label(a, name);
+    }
+
+    function bound(uint256 x, uint256 lo, uint256 hi) internal pure returns (uint256) {
+        require(lo <= hi, "bound: lo > hi");
+        if (x >= lo && x <= hi) return x;
+        uint256 size = hi - lo;
+        if (size == type(uint256).max) return x;
+        return lo + (x % (size + 1));
+    }
+}
+
+/// Minimal test base: cheatcodes, assertions, bounded fuzz inputs, invariant targets.
+abstract contract Test is CommonBase {
     struct FuzzSelector {
         address addr;
         bytes4[] selectors;
@@ -104,20 +121,6 @@ abstract contract Test {
 
     function excludeSender(address a) internal {
         _excludeSenders.push(a);
-    }
-
-    // ---- helpers
-    function makeAddr(string memory name) internal returns (address a) {
-        a = vm.addr(uint256(keccak256(bytes(name))));
-        vm.label(a, name);
-    }
-
-    function bound(uint256 x, uint256 lo, uint256 hi) internal pure returns (uint256) {
-        require(lo <= hi, "bound: lo > hi");
-        if (x >= lo && x <= hi) return x;
-        uint256 size = hi - lo;
-        if (size == type(uint256).max) return x;
-        return lo + (x % (size + 1));
     }
 
     // ---- assertions (delegate to forge's assertion cheatcodes for readable failures)
