@@ -1,0 +1,51 @@
+//! Engine configuration, validated once by `EngineConfig::validate` before the engine starts.
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Token slots per KV block.
+    pub block_size: usize,
+    /// KV cache size in blocks.
+    pub num_blocks: usize,
+    /// Tokens (prefill + decode) per forward step.
+    pub max_batch_tokens: usize,
+    /// Sequences running at once.
+    pub max_num_seqs: usize,
+    /// Distinct adapters in one step.
+    pub max_adapters_per_step: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            block_size: 16,
+            num_blocks: 1024,
+            max_batch_tokens: 512,
+            max_num_seqs: 64,
+            max_adapters_per_step: 16,
+        }
+    }
+}
+
+impl EngineConfig {
+    pub fn validate(&self) -> Result<()> {
+        let pos = |v: usize, name: &str| {
+            if v == 0 {
+                Err(Error::invalid(name, "must be > 0"))
+            } else {
+                Ok(())
+            }
+        };
+        pos(self.block_size, "block_size")?;
+        pos(self.num_blocks, "num_blocks")?;
+        pos(self.max_batch_tokens, "max_batch_tokens")?;
+        pos(self.max_num_seqs, "max_num_seqs")?;
+        pos(self.max_adapters_per_step, "max_adapters_per_step")
+    }
+
+    /// Blocks that fit `bytes` of KV memory for a model with this per-token footprint.
+    pub fn blocks_for_memory(&self, bytes: usize, bytes_per_token: usize) -> usize {
+        (bytes / (bytes_per_token * self.block_size)).max(1)
+    }
+}

@@ -1,0 +1,220 @@
+//! The synchronous engine: `step()` = schedule -> one forward over the whole batch -> sample and
+//! stream. Owns the model, the KV cache and every sequence. A finished or aborted sequence is
+//! dropped at once, which returns its KV blocks.
+
+use super::detokenizer::TextStep;
+use super::request::{FinishReason, GenerateRequest, SeqEvent};
+use super::scheduler::{Scheduled, Scheduler};
+use super::sequence::{SeqId, Sequence};
+use crate::config::EngineConfig;
+use crate::error::{Error, Result};
+use crate::kv_cache::{BlockAllocator, KvCache};
+use crate::lora::LoraBatch;
+use crate::model::{ForwardBatch, Model};
+use crate::ops::cpu::AttnSeq;
+use std::sync::Arc;
+
+pub struct LlmEngine {
+    model: Arc<Model>,
+    kv: KvCache,
+    alloc: BlockAllocator,
+    scheduler: Scheduler,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct EngineStats {
+    pub waiting: usize,
+    pub running: usize,
+    pub kv_blocks_used: usize,
+    pub kv_blocks_total: usize,
+    pub preemptions: u64,
+}
+
+impl LlmEngine {
+    pub fn new(model: Arc<Model>, cfg: EngineConfig) -> Result<Self> {
+        cfg.validate()?;
+        let m = model.config();
+        let kv = KvCache::new(
+            m.layers,
+            cfg.num_blocks,
+            cfg.block_size,
+            m.kv_heads,
+            m.head_dim,
+        );
+        let alloc = BlockAllocator::new(cfg.num_blocks, cfg.block_size);
+        Ok(LlmEngine {
+            model,
+            kv,
+            alloc,
+            scheduler: Scheduler::new(cfg),
+        })
+    }
+
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
+    }
+
+    /// Most tokens (prompt + completion) one sequence may hold.
+    pub fn max_seq_len(&self) -> usize {
+        self.model
+            .config()
+            .max_positions
+            .min(self.alloc.num_blocks() * self.alloc.block_size())
+    }
+
+    /// Queues a request. Fails (client error) if it can never fit the context or the KV pool.
+    pub fn add_request(&mut self, id: SeqId, mut req: GenerateRequest) -> Result<()> {
+        req.params.validate()?;
+        let vocab = self.model.config().vocab_size as u32;
+        if req.prompt_ids.is_empty() {
+            return Err(Error::invalid("prompt", "must not be empty"));
+        }
+        if let Some(t) = req.prompt_ids.iter().find(|&&t| t >= vocab) {
+            return Err(Error::invalid(
+                "prompt",
+                format!("token id {t} is out of range (vocab {vocab})"),
+            ));
+        }
+        let max = self.max_seq_len();
+        if req.prompt_ids.len() >= max {
+            return Err(Error::ContextLength(format!(
+                "This model's maximum context length is {max} tokens. However, your prompt has {} tokens.",
+                req.prompt_ids.len()
+            )));
+        }
+        // Completions are cut at the context end ("length"), never rejected for max_tokens alone.
+        req.params.max_tokens = req.params.max_tokens.min(max - req.prompt_ids.len());
+        let seq = Sequence::new(id, req, self.alloc.new_table());
+        self.scheduler.waiting.push_back(seq);
+        Ok(())
+    }
+
+    /// Removes a sequence wherever it is; its blocks are freed immediately. Returns true if found.
+    pub fn abort(&mut self, id: SeqId) -> bool {
+        let s = &mut self.scheduler;
+        let before = s.waiting.len() + s.running.len();
+        s.waiting.retain(|q| q.id != id);
+        s.running.retain(|q| q.id != id);
+        before != s.waiting.len() + s.running.len()
+    }
+
+    pub fn has_work(&self) -> bool {
+        self.scheduler.has_work()
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        EngineStats {
+            waiting: self.scheduler.waiting.len(),
+            running: self.scheduler.running.len(),
+            kv_blocks_used: self.alloc.num_blocks() - self.alloc.num_free(),
+            kv_blocks_total: self.alloc.num_blocks(),
+            preemptions: self.scheduler.preemptions,
+        }
+    }
+
+    /// Runs one step; returns an event for every sequence that sampled a token this step.
+    pub fn step(&mut self) -> Vec<(SeqId, SeqEvent)> {
+        let mut plan = self.scheduler.schedule();
+        if plan.is_empty() {
+            return Vec::new();
+        }
+        // Group rows by adapter mix so each adapter is one SGMV segment.
+        plan.sort_by_key(|s| self.scheduler.running[s.idx].adapter_key());
+        let logits = {
+            let batch = build_batch(&self.scheduler.running, &plan);
+            self.model.llama.forward(&batch, &mut self.kv)
+        };
+        self.postprocess(&plan, &logits)
+    }
+
+    fn postprocess(&mut self, plan: &[Scheduled], logits: &[f32]) -> Vec<(SeqId, SeqEvent)> {
+        let vocab = self.model.config().vocab_size;
+        let mut events = Vec::new();
+        let mut finished = Vec::new();
+        let mut row = 0;
+        for s in plan {
+            let seq = &mut self.scheduler.running[s.idx];
+            seq.computed += s.tokens;
+            if seq.computed < seq.tokens.len() {
+                continue; // a prefill chunk: nothing to sample yet
+            }
+            let l = &logits[row * vocab..(row + 1) * vocab];
+            row += 1;
+            let (token, logprob) = seq.sampler.sample(
+                l,
+                &seq.params,
+                &seq.tokens[..seq.prompt_len],
+                &seq.tokens[seq.prompt_len..],
+            );
+            seq.tokens.push(token);
+            let n_out = seq.tokens.len() - seq.prompt_len;
+            let is_stop_id = (!seq.params.ignore_eos && self.model.eos_ids.contains(&token))
+                || seq.params.stop_token_ids.contains(&token);
+            let (mut text, mut finish) = match is_stop_id {
+                true => (seq.detok.flush(), Some(FinishReason::Stop)),
+                false => match seq.detok.step(
+                    self.model.tokenizer.as_ref(),
+                    &seq.tokens[seq.prompt_len..],
+                    &seq.params.stop,
+                ) {
+                    TextStep::Stopped(t) => (t, Some(FinishReason::Stop)),
+                    TextStep::Continue(t) => (t, None),
+                },
+            };
+            if finish.is_none() && n_out >= seq.params.max_tokens {
+                text.push_str(&seq.detok.flush());
+                finish = Some(FinishReason::Length);
+            }
+            if finish.is_some() {
+                finished.push(seq.id);
+            }
+            events.push((
+                seq.id,
+                SeqEvent {
+                    token: Some(token),
+                    text,
+                    logprob,
+                    finish,
+                    prompt_tokens: seq.prompt_len,
+                    completion_tokens: n_out,
+                },
+            ));
+        }
+        for id in finished {
+            self.abort(id);
+        }
+        events
+    }
+}
+
+/// Flattens the scheduled sequences into one forward batch.
+fn build_batch<'a>(running: &'a [Sequence], plan: &[Scheduled]) -> ForwardBatch<'a> {
+    let mut b = ForwardBatch {
+        tokens: vec![],
+        positions: vec![],
+        slots: vec![],
+        seqs: vec![],
+        lora: LoraBatch::default(),
+        logit_rows: vec![],
+    };
+    for s in plan {
+        let seq = &running[s.idx];
+        let start = b.tokens.len();
+        for pos in seq.computed..seq.computed + s.tokens {
+            b.tokens.push(seq.tokens[pos]);
+            b.positions.push(pos);
+            b.slots.push(seq.blocks.slot(pos));
+        }
+        b.seqs.push(AttnSeq {
+            row_start: start,
+            rows: s.tokens,
+            context_len: seq.computed + s.tokens,
+            block_table: seq.blocks.ids(),
+        });
+        b.lora.push(start..start + s.tokens, &seq.adapters);
+        if seq.computed + s.tokens == seq.tokens.len() {
+            b.logit_rows.push(start + s.tokens - 1);
+        }
+    }
+    b
+}

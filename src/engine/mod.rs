@@ -1,0 +1,17 @@
+//! The engine: sequences (`sequence`), what to run each step (`scheduler`), how to pick tokens
+//! (`sampler`), text and stop handling (`detokenizer`), the synchronous step loop (`llm_engine`)
+//! and its thread + async front (`handle`). `LlmEngine::step` = schedule -> forward -> postprocess.
+
+mod detokenizer;
+mod handle;
+mod llm_engine;
+mod request;
+mod sampler;
+mod scheduler;
+mod sequence;
+
+pub use handle::{EngineHandle, RequestStream};
+pub use llm_engine::{EngineStats, LlmEngine};
+pub use request::{FinishReason, GenerateRequest, SamplingParams, SeqEvent, TokenLogprob};
+pub use sampler::Sampler;
+pub use sequence::SeqId;

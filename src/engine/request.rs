@@ -1,0 +1,147 @@
+//! Checked request types: what the HTTP edge or the CLI hands the engine after validation, and
+//! what the engine streams back. `SamplingParams::validate` is the one place parameters are checked.
+
+use crate::error::{Error, Result};
+use crate::lora::LoraAdapter;
+use std::sync::Arc;
+
+#[derive(Debug, Clone)]
+pub struct SamplingParams {
+    /// 0 = greedy.
+    pub temperature: f32,
+    /// 0 = off.
+    pub top_k: usize,
+    pub top_p: f32,
+    pub min_p: f32,
+    pub seed: Option<u64>,
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    /// HF-style; 1.0 = off.
+    pub repetition_penalty: f32,
+    pub max_tokens: usize,
+    pub stop: Vec<String>,
+    pub stop_token_ids: Vec<u32>,
+    /// Keep going past EOS ids (used by reference tests).
+    pub ignore_eos: bool,
+    /// Number of top alternatives to report per token; `None` = no logprobs.
+    pub logprobs: Option<usize>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed: None,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            repetition_penalty: 1.0,
+            max_tokens: 256,
+            stop: vec![],
+            stop_token_ids: vec![],
+            ignore_eos: false,
+            logprobs: None,
+        }
+    }
+}
+
+impl SamplingParams {
+    pub fn validate(&self) -> Result<()> {
+        let check = |ok: bool, param: &str, msg: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(Error::invalid(param, msg))
+            }
+        };
+        check(
+            self.temperature.is_finite() && (0.0..=2.0).contains(&self.temperature),
+            "temperature",
+            "must be between 0 and 2",
+        )?;
+        check(
+            self.top_p.is_finite() && self.top_p > 0.0 && self.top_p <= 1.0,
+            "top_p",
+            "must be in (0, 1]",
+        )?;
+        check(
+            self.min_p.is_finite() && (0.0..=1.0).contains(&self.min_p),
+            "min_p",
+            "must be in [0, 1]",
+        )?;
+        check(
+            self.presence_penalty.is_finite() && (-2.0..=2.0).contains(&self.presence_penalty),
+            "presence_penalty",
+            "must be between -2 and 2",
+        )?;
+        check(
+            self.frequency_penalty.is_finite() && (-2.0..=2.0).contains(&self.frequency_penalty),
+            "frequency_penalty",
+            "must be between -2 and 2",
+        )?;
+        check(
+            self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0,
+            "repetition_penalty",
+            "must be > 0",
+        )?;
+        check(self.max_tokens >= 1, "max_tokens", "must be at least 1")?;
+        check(
+            self.stop.len() <= 4 && self.stop.iter().all(|s| !s.is_empty()),
+            "stop",
+            "at most 4 non-empty strings",
+        )?;
+        check(
+            self.logprobs.is_none_or(|n| n <= 20),
+            "top_logprobs",
+            "must be between 0 and 20",
+        )?;
+        Ok(())
+    }
+}
+
+/// A validated generation request. `adapters` empty = base model; several = weighted sum.
+#[derive(Clone)]
+pub struct GenerateRequest {
+    pub prompt_ids: Vec<u32>,
+    pub adapters: Vec<(Arc<LoraAdapter>, f32)>,
+    pub params: SamplingParams,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    Stop,
+    Length,
+    /// The client went away or the request was aborted.
+    Cancelled,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub token: u32,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+/// One step's output for one sequence.
+#[derive(Debug, Clone)]
+pub struct SeqEvent {
+    pub token: Option<u32>,
+    /// Newly releasable text (stop strings held back and never emitted).
+    pub text: String,
+    pub logprob: Option<TokenLogprob>,
+    pub finish: Option<FinishReason>,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+}

@@ -1,0 +1,110 @@
+//! The one error type of openlora. Every fallible path returns [`Error`]; `error_type()` is the
+//! stable label used both in the OpenAI-shaped error body and as the `outcome` metric label, and
+//! `is_client_error()` decides between a 4xx and a 5xx at the HTTP edge.
+
+use std::path::PathBuf;
+
+/// Every error openlora can report.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A request parameter is invalid; `param` names the field.
+    #[error("invalid value for `{param}`: {message}")]
+    InvalidRequest { param: String, message: String },
+    /// The prompt plus the requested completion does not fit the model's context.
+    #[error("{0}")]
+    ContextLength(String),
+    /// A model or adapter name that is not registered.
+    #[error("{0}")]
+    NotFound(String),
+    /// The model or adapter uses a feature openlora does not implement; `field` names it.
+    #[error("unsupported {field}: {message}")]
+    Unsupported { field: String, message: String },
+    /// A model or adapter file is malformed.
+    #[error("invalid {what} at {path}: {message}")]
+    InvalidFile {
+        what: &'static str,
+        path: PathBuf,
+        message: String,
+    },
+    /// The engine is not accepting work (shutting down, queue full).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The engine thread stopped.
+    #[error("engine stopped")]
+    EngineStopped,
+    #[error("io error at {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("chat template: {0}")]
+    Template(String),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::InvalidRequest {
+            param: param.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn unsupported(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Unsupported {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn file(what: &'static str, path: impl Into<PathBuf>, message: impl ToString) -> Self {
+        Error::InvalidFile {
+            what,
+            path: path.into(),
+            message: message.to_string(),
+        }
+    }
+
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Stable snake_case label: the OpenAI error `type` and the metric `outcome` label.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            Error::InvalidRequest { .. } | Error::ContextLength(_) => "invalid_request_error",
+            Error::NotFound(_) => "not_found_error",
+            Error::Unsupported { .. } | Error::InvalidFile { .. } => "invalid_request_error",
+            Error::Unavailable(_) | Error::EngineStopped => "service_unavailable",
+            Error::Io { .. } | Error::Tokenizer(_) | Error::Template(_) | Error::Internal(_) => {
+                "server_error"
+            }
+        }
+    }
+
+    /// True when the caller, not the server, is at fault.
+    pub fn is_client_error(&self) -> bool {
+        matches!(
+            self,
+            Error::InvalidRequest { .. }
+                | Error::ContextLength(_)
+                | Error::NotFound(_)
+                | Error::Unsupported { .. }
+                | Error::InvalidFile { .. }
+        )
+    }
+}
+
+impl From<candle_core::Error> for Error {
+    fn from(e: candle_core::Error) -> Self {
+        Error::Internal(format!("candle: {e}"))
+    }
+}

@@ -1,0 +1,17 @@
+//! openlora serves one base LLM and many LoRA adapters from one machine. A request is validated
+//! once at the edge into a `engine::GenerateRequest` (prompt ids, resolved adapters, sampling);
+//! the `engine` batches sequences of different adapters into one forward step of the
+//! `model` (Llama family, loaded from GGUF or HF folders), whose projections add each row's LoRA
+//! delta (`lora`, `ops::cpu::sgmv`) and whose attention reads a paged KV cache (`kv_cache`).
+//! `ops::cpu` holds the reference numerics, the oracle for every CUDA kernel.
+
+pub mod bench;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod kv_cache;
+pub mod lora;
+pub mod model;
+pub mod ops;
+
+pub use error::{Error, Result};

@@ -1,0 +1,16 @@
+//! CPU reference ops on plain `f32` slices (row-major). Shapes are checked by the callers that
+//! build the batch (`model::llama`); these functions assert them in debug builds only.
+
+mod activation;
+mod attention;
+mod linear;
+mod norm;
+mod rope;
+mod sgmv;
+
+pub use activation::silu_and_mul;
+pub use attention::{paged_attention, write_kv, AttnSeq, KvLayerView};
+pub use linear::{dot, linear};
+pub use norm::rms_norm;
+pub use rope::RopeTable;
+pub use sgmv::{sgmv, LoraSegment, LoraTerm};
