@@ -39,8 +39,10 @@ impl LoraConfig {
             .and_then(Value::as_f64)
             .ok_or_else(|| bad("`lora_alpha` is missing".into()))?;
         let flag = |k: &str| v.get(k).and_then(Value::as_bool).unwrap_or(false);
-        if flag("use_dora") {
-            return Err(bad("`use_dora: true` is not supported".into()));
+        for k in ["use_dora", "lora_bias"] {
+            if flag(k) {
+                return Err(bad(format!("`{k}: true` is not supported")));
+            }
         }
         match v.get("bias").and_then(Value::as_str).unwrap_or("none") {
             "none" => {}

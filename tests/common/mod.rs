@@ -1,0 +1,126 @@
+//! Shared test helpers: fixture paths, the cached SmolLM2 GGUF, and direct model calls.
+#![allow(dead_code)]
+
+use openlora::config::EngineConfig;
+use openlora::engine::{GenerateRequest, LlmEngine, SamplingParams, SeqEvent, SeqId};
+use openlora::kv_cache::{BlockAllocator, KvCache};
+use openlora::lora::{LoraAdapter, LoraBatch};
+use openlora::model::{ForwardBatch, Model};
+use openlora::ops::cpu::AttnSeq;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// The SmolLM2 GGUF, fetched once into the shared cache by scripts/fetch-model.sh.
+pub fn smollm2_path() -> PathBuf {
+    let out = std::process::Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fetch-model.sh"))
+        .output()
+        .expect("run scripts/fetch-model.sh");
+    assert!(
+        out.status.success(),
+        "fetch-model.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+pub fn load_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Last-position logits of `prompt` in one prefill, computed directly through the model.
+pub fn prompt_logits(
+    model: &Model,
+    prompt: &[u32],
+    adapter: Option<&Arc<LoraAdapter>>,
+) -> Vec<f32> {
+    let cfg = model.config();
+    let alloc = BlockAllocator::new(prompt.len().div_ceil(16), 16);
+    let mut kv = KvCache::new(
+        cfg.layers,
+        alloc.num_blocks(),
+        16,
+        cfg.kv_heads,
+        cfg.head_dim,
+    );
+    let mut table = alloc.new_table();
+    assert!(table.reserve(prompt.len()));
+    let mut lora = LoraBatch::default();
+    let mix: Vec<_> = adapter.map(|a| (a.clone(), 1.0)).into_iter().collect();
+    lora.push(0..prompt.len(), &mix);
+    let batch = ForwardBatch {
+        tokens: prompt.to_vec(),
+        positions: (0..prompt.len()).collect(),
+        slots: (0..prompt.len()).map(|p| table.slot(p)).collect(),
+        seqs: vec![AttnSeq {
+            row_start: 0,
+            rows: prompt.len(),
+            context_len: prompt.len(),
+            block_table: table.ids(),
+        }],
+        lora,
+        logit_rows: vec![prompt.len() - 1],
+    };
+    model.llama.forward(&batch, &mut kv)
+}
+
+pub fn greedy_params(max_tokens: usize) -> SamplingParams {
+    SamplingParams {
+        max_tokens,
+        ignore_eos: true,
+        ..Default::default()
+    }
+}
+
+pub fn request(
+    prompt: &[u32],
+    adapters: Vec<(Arc<LoraAdapter>, f32)>,
+    params: SamplingParams,
+) -> GenerateRequest {
+    GenerateRequest {
+        prompt_ids: prompt.to_vec(),
+        adapters,
+        params,
+    }
+}
+
+/// Drives a synchronous engine until idle; `arrivals[step]` are requests added before that step.
+/// Returns every sequence's tokens and the peak number of sequences sampled in one step.
+pub fn run_engine(
+    engine: &mut LlmEngine,
+    mut arrivals: Vec<Vec<(SeqId, GenerateRequest)>>,
+) -> (HashMap<SeqId, Vec<u32>>, usize) {
+    let mut out: HashMap<SeqId, Vec<u32>> = HashMap::new();
+    let mut peak = 0;
+    let mut step = 0;
+    loop {
+        if step < arrivals.len() {
+            for (id, req) in std::mem::take(&mut arrivals[step]) {
+                engine.add_request(id, req).unwrap();
+            }
+        }
+        if !engine.has_work() && step >= arrivals.len() {
+            break;
+        }
+        let events: Vec<(SeqId, SeqEvent)> = engine.step();
+        peak = peak.max(events.len());
+        for (id, ev) in events {
+            out.entry(id).or_default().extend(ev.token);
+        }
+        step += 1;
+        assert!(step < 100_000, "engine did not finish");
+    }
+    (out, peak)
+}
+
+/// Greedy tokens of one request run alone.
+pub fn run_alone(model: &Arc<Model>, req: GenerateRequest) -> Vec<u32> {
+    let mut engine = LlmEngine::new(model.clone(), EngineConfig::default()).unwrap();
+    let (out, _) = run_engine(&mut engine, vec![vec![(SeqId(0), req)]]);
+    out[&SeqId(0)].clone()
+}

@@ -1,0 +1,154 @@
+//! Continuous batching and preemption on the tiny reference model: rows of different adapters
+//! (and a weighted adapter mix) in one batch, arrivals mid-decode, a KV pool too small for all —
+//! every sequence's tokens must equal the same request run alone.
+
+mod common;
+use common::*;
+use openlora::bench::random_adapter;
+use openlora::config::EngineConfig;
+use openlora::engine::{GenerateRequest, LlmEngine, SamplingParams, SeqId};
+use openlora::lora::{AdapterRegistry, LoraAdapter};
+use openlora::model::Model;
+use std::sync::Arc;
+
+fn setup() -> (Arc<Model>, Vec<Vec<(Arc<LoraAdapter>, f32)>>) {
+    let dir = fixtures().join("tiny");
+    let model = Arc::new(Model::load(&dir.join("model")).unwrap());
+    let reg = AdapterRegistry::new(model.config().clone());
+    let ad: Vec<Arc<LoraAdapter>> = ["a4", "a8", "a16"]
+        .iter()
+        .map(|n| {
+            reg.register(n, &dir.join("adapters").join(n)).unwrap();
+            reg.resolve(n).unwrap()
+        })
+        .collect();
+    let r12 = Arc::new(random_adapter("r12", model.config(), 12, 99));
+    let mixes = vec![
+        vec![],
+        vec![(ad[0].clone(), 1.0)],
+        vec![(ad[1].clone(), 1.0)],
+        vec![(ad[2].clone(), 1.0)],
+        vec![(r12, 1.0)],
+        vec![(ad[0].clone(), 0.5), (ad[2].clone(), 0.7)],
+    ];
+    (model, mixes)
+}
+
+/// 18 requests: prompt lengths 1..40, each mix, greedy and seeded sampling, arriving over time.
+fn workload(mixes: &[Vec<(Arc<LoraAdapter>, f32)>]) -> Vec<(SeqId, usize, GenerateRequest)> {
+    (0..18)
+        .map(|i| {
+            let len = 1 + (i * 7) % 40;
+            let prompt: Vec<u32> = (0..len).map(|j| ((i * 31 + j * 17) % 256) as u32).collect();
+            let params = if i % 3 == 2 {
+                SamplingParams {
+                    temperature: 0.9,
+                    top_p: 0.9,
+                    seed: Some(i as u64),
+                    max_tokens: 20 + i,
+                    ignore_eos: true,
+                    ..Default::default()
+                }
+            } else {
+                greedy_params(20 + i)
+            };
+            (
+                SeqId(i as u64),
+                i / 2,
+                request(&prompt, mixes[i % mixes.len()].clone(), params),
+            )
+        })
+        .collect()
+}
+
+fn check(engine_cfg: EngineConfig) -> usize {
+    let (model, mixes) = setup();
+    let work = workload(&mixes);
+    let mut arrivals = vec![vec![]; 10];
+    for (id, at, req) in &work {
+        arrivals[*at].push((*id, req.clone()));
+    }
+    let mut engine = LlmEngine::new(model.clone(), engine_cfg).unwrap();
+    let (out, peak) = run_engine(&mut engine, arrivals);
+    assert!(peak >= 4, "requests should overlap in steps (peak {peak})");
+    for (id, _, req) in work {
+        let alone = run_alone(&model, req);
+        assert_eq!(
+            out[&id], alone,
+            "sequence {id:?} differs in the batch from alone"
+        );
+    }
+    assert_eq!(engine.stats().kv_blocks_used, 0, "all blocks returned");
+    engine.stats().preemptions as usize
+}
+
+#[test]
+fn mixed_adapter_batch_with_arrivals_equals_each_request_alone() {
+    let preempted = check(EngineConfig {
+        max_batch_tokens: 64,
+        ..Default::default()
+    });
+    assert_eq!(preempted, 0);
+}
+
+#[test]
+fn small_kv_pool_preempts_and_still_completes_identically() {
+    // 12 blocks of 4 tokens = 48 slots, far below the workload's needs; one sequence always fits.
+    let preempted = check(EngineConfig {
+        block_size: 4,
+        num_blocks: 20,
+        max_batch_tokens: 64,
+        ..Default::default()
+    });
+    assert!(preempted > 0, "the pool should have forced preemption");
+}
+
+#[test]
+fn cancelled_sequences_free_their_blocks_at_once() {
+    let (model, mixes) = setup();
+    let mut engine = LlmEngine::new(model, EngineConfig::default()).unwrap();
+    for (id, _, req) in workload(&mixes) {
+        engine.add_request(id, req).unwrap();
+    }
+    engine.step();
+    engine.step();
+    assert!(engine.stats().kv_blocks_used > 0);
+    for i in 0..18 {
+        engine.abort(SeqId(i));
+    }
+    assert_eq!(engine.stats().kv_blocks_used, 0);
+    assert!(!engine.has_work());
+}
+
+#[test]
+fn limits_reject_what_cannot_fit_and_cut_at_the_pool_end() {
+    // Reject what can never fit; accept and cut at max_tokens.
+    let (model, _) = setup();
+    let mut engine = LlmEngine::new(
+        model,
+        EngineConfig {
+            num_blocks: 4,
+            block_size: 4,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let long = request(&[1; 16], vec![], greedy_params(4));
+    assert!(
+        engine.add_request(SeqId(1), long).is_err(),
+        "prompt filling the whole pool must be rejected"
+    );
+    let bad = request(&[300], vec![], greedy_params(4));
+    assert!(
+        engine.add_request(SeqId(2), bad).is_err(),
+        "out-of-vocab token must be rejected"
+    );
+    let ok = request(&[1, 2, 3], vec![], greedy_params(100));
+    engine.add_request(SeqId(3), ok).unwrap();
+    let (out, _) = run_engine(&mut engine, vec![]);
+    assert_eq!(
+        out[&SeqId(3)].len(),
+        16 - 3,
+        "completion is cut at the pool/context end"
+    );
+}
