@@ -11,7 +11,10 @@ pub mod engine;
 pub mod error;
 pub mod kv_cache;
 pub mod lora;
+pub mod metrics;
 pub mod model;
 pub mod ops;
+pub mod serve;
+pub mod server;
 
 pub use error::{Error, Result};

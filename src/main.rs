@@ -42,6 +42,8 @@ enum Cmd {
         #[arg(long)]
         seed: Option<u64>,
     },
+    /// Serve the OpenAI-compatible HTTP API.
+    Serve(openlora::serve::ServeArgs),
     /// Decode throughput: batch 1 vs batch N with N distinct adapters, in one run.
     Bench(openlora::bench::BenchArgs),
 }
@@ -49,7 +51,7 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -116,6 +118,7 @@ fn main() -> anyhow::Result<()> {
             writeln!(out)?;
         }
         Cmd::Bench(args) => openlora::bench::run(args)?,
+        Cmd::Serve(args) => openlora::serve::run(args)?,
     }
     Ok(())
 }

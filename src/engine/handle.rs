@@ -30,6 +30,7 @@ pub struct EngineHandle {
     next_id: Arc<AtomicU64>,
     stats: Arc<Mutex<EngineStats>>,
     model: Arc<Model>,
+    max_adapters_per_step: usize,
 }
 
 /// Events of one request, in order; the last one has `finish` set.
@@ -47,6 +48,11 @@ impl RequestStream {
             self.done = true;
         }
         ev
+    }
+
+    /// True once the final event was received.
+    pub fn is_done(&self) -> bool {
+        self.done
     }
 
     /// Blocking variant for non-async callers (CLI, tests).
@@ -72,6 +78,7 @@ impl EngineHandle {
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(Mutex::new(engine.stats()));
         let model = engine.model().clone();
+        let max_adapters_per_step = engine.config().max_adapters_per_step;
         let st = stats.clone();
         std::thread::Builder::new()
             .name("openlora-engine".into())
@@ -82,11 +89,16 @@ impl EngineHandle {
             next_id: Arc::new(AtomicU64::new(1)),
             stats,
             model,
+            max_adapters_per_step,
         }
     }
 
     pub fn model(&self) -> &Arc<Model> {
         &self.model
+    }
+
+    pub fn max_adapters_per_step(&self) -> usize {
+        self.max_adapters_per_step
     }
 
     pub fn stats(&self) -> EngineStats {

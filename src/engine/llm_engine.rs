@@ -28,6 +28,18 @@ pub struct EngineStats {
     pub kv_blocks_used: usize,
     pub kv_blocks_total: usize,
     pub preemptions: u64,
+    /// Distinct adapter names of running / waiting sequences, sorted.
+    pub running_adapters: Vec<String>,
+    pub waiting_adapters: Vec<String>,
+}
+
+fn adapter_names<'a>(seqs: impl Iterator<Item = &'a Sequence>) -> Vec<String> {
+    let mut v: Vec<String> = seqs
+        .flat_map(|s| s.adapters.iter().map(|(a, _)| a.name.clone()))
+        .collect();
+    v.sort();
+    v.dedup();
+    v
 }
 
 impl LlmEngine {
@@ -48,6 +60,10 @@ impl LlmEngine {
             alloc,
             scheduler: Scheduler::new(cfg),
         })
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        self.scheduler.config()
     }
 
     pub fn model(&self) -> &Arc<Model> {
@@ -109,6 +125,8 @@ impl LlmEngine {
             kv_blocks_used: self.alloc.num_blocks() - self.alloc.num_free(),
             kv_blocks_total: self.alloc.num_blocks(),
             preemptions: self.scheduler.preemptions,
+            running_adapters: adapter_names(self.scheduler.running.iter()),
+            waiting_adapters: adapter_names(self.scheduler.waiting.iter()),
         }
     }
 

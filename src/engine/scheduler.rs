@@ -39,6 +39,10 @@ impl Scheduler {
         }
     }
 
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
     pub fn has_work(&self) -> bool {
         !self.waiting.is_empty() || !self.running.is_empty()
     }

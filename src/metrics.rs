@@ -1,0 +1,192 @@
+//! Every Prometheus metric openlora exports: names are the constants below (durations end in
+//! `_seconds`), registered once in `Metrics::new`. The `vllm:` names are the ones the Kubernetes
+//! Gateway API Inference Extension reads from model servers.
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+pub const REQUESTS_TOTAL: &str = "openlora_requests_total";
+pub const TTFT_SECONDS: &str = "openlora_time_to_first_token_seconds";
+pub const ITL_SECONDS: &str = "openlora_inter_token_latency_seconds";
+pub const E2E_SECONDS: &str = "openlora_e2e_request_latency_seconds";
+pub const PROMPT_TOKENS_TOTAL: &str = "openlora_prompt_tokens_total";
+pub const GENERATION_TOKENS_TOTAL: &str = "openlora_generation_tokens_total";
+pub const QUEUE_LENGTH: &str = "openlora_queue_length";
+pub const RUNNING_SEQUENCES: &str = "openlora_running_sequences";
+pub const KV_CACHE_USAGE_RATIO: &str = "openlora_kv_cache_usage_ratio";
+pub const PREEMPTIONS_TOTAL: &str = "openlora_preemptions_total";
+pub const ADAPTER_LOADS_TOTAL: &str = "openlora_adapter_loads_total";
+pub const ADAPTER_EVICTIONS_TOTAL: &str = "openlora_adapter_evictions_total";
+pub const ADAPTER_HITS_TOTAL: &str = "openlora_adapter_hits_total";
+pub const ADAPTER_LOAD_SECONDS: &str = "openlora_adapter_load_seconds";
+pub const ADAPTERS_REGISTERED: &str = "openlora_adapters_registered";
+pub const VLLM_WAITING: &str = "vllm:num_requests_waiting";
+pub const VLLM_RUNNING: &str = "vllm:num_requests_running";
+pub const VLLM_KV_USAGE: &str = "vllm:kv_cache_usage_perc";
+pub const VLLM_LORA_INFO: &str = "vllm:lora_requests_info";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub ttft: HistogramVec,
+    pub itl: HistogramVec,
+    pub e2e: HistogramVec,
+    pub prompt_tokens: IntCounterVec,
+    pub generation_tokens: IntCounterVec,
+    pub queue_length: IntGauge,
+    pub running: IntGauge,
+    pub kv_usage: Gauge,
+    pub preemptions: IntGauge,
+    pub adapter_loads: IntCounterVec,
+    pub adapter_evictions: IntCounterVec,
+    pub adapter_hits: IntCounterVec,
+    pub adapter_load_seconds: HistogramVec,
+    pub adapters_registered: IntGauge,
+    pub vllm_waiting: Gauge,
+    pub vllm_running: Gauge,
+    pub vllm_kv_usage: Gauge,
+    pub vllm_lora_info: GaugeVec,
+}
+
+fn hist(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+        labels,
+    )
+    .expect("valid histogram")
+}
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter")
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let m = Metrics {
+            registry: Registry::new(),
+            requests: counter(
+                REQUESTS_TOTAL,
+                "Requests by adapter and outcome.",
+                &["adapter", "outcome"],
+            ),
+            ttft: hist(
+                TTFT_SECONDS,
+                "Time from request arrival to the first token.",
+                &["adapter"],
+            ),
+            itl: hist(
+                ITL_SECONDS,
+                "Time between consecutive tokens of a stream.",
+                &["adapter"],
+            ),
+            e2e: hist(
+                E2E_SECONDS,
+                "Time from request arrival to its last token.",
+                &["adapter"],
+            ),
+            prompt_tokens: counter(
+                PROMPT_TOKENS_TOTAL,
+                "Prompt tokens processed, by adapter.",
+                &["adapter"],
+            ),
+            generation_tokens: counter(
+                GENERATION_TOKENS_TOTAL,
+                "Tokens generated, by adapter.",
+                &["adapter"],
+            ),
+            queue_length: IntGauge::new(QUEUE_LENGTH, "Sequences waiting to be scheduled.")
+                .expect("gauge"),
+            running: IntGauge::new(RUNNING_SEQUENCES, "Sequences running.").expect("gauge"),
+            kv_usage: Gauge::new(
+                KV_CACHE_USAGE_RATIO,
+                "Fraction of KV cache blocks in use (0..1).",
+            )
+            .expect("gauge"),
+            preemptions: IntGauge::new(
+                PREEMPTIONS_TOTAL,
+                "Sequences preempted for KV space since start.",
+            )
+            .expect("gauge"),
+            adapter_loads: counter(
+                ADAPTER_LOADS_TOTAL,
+                "Adapter loads, by tier loaded into.",
+                &["tier"],
+            ),
+            adapter_evictions: counter(
+                ADAPTER_EVICTIONS_TOTAL,
+                "Adapter evictions, by tier.",
+                &["tier"],
+            ),
+            adapter_hits: counter(
+                ADAPTER_HITS_TOTAL,
+                "Requests whose adapter was already resident, by tier.",
+                &["tier"],
+            ),
+            adapter_load_seconds: hist(
+                ADAPTER_LOAD_SECONDS,
+                "Adapter load time, by tier loaded into.",
+                &["tier"],
+            ),
+            adapters_registered: IntGauge::new(ADAPTERS_REGISTERED, "Adapters registered.")
+                .expect("gauge"),
+            vllm_waiting: Gauge::new(VLLM_WAITING, "Number of requests waiting to be processed.")
+                .expect("gauge"),
+            vllm_running: Gauge::new(VLLM_RUNNING, "Number of requests currently running.")
+                .expect("gauge"),
+            vllm_kv_usage: Gauge::new(VLLM_KV_USAGE, "KV-cache usage. 1 means 100 percent usage.")
+                .expect("gauge"),
+            vllm_lora_info: GaugeVec::new(
+                Opts::new(VLLM_LORA_INFO, "Running stats on LoRA requests."),
+                &["max_lora", "running_lora_adapters", "waiting_lora_adapters"],
+            )
+            .expect("gauge"),
+        };
+        let r = &m.registry;
+        let all: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(m.requests.clone()),
+            Box::new(m.ttft.clone()),
+            Box::new(m.itl.clone()),
+            Box::new(m.e2e.clone()),
+            Box::new(m.prompt_tokens.clone()),
+            Box::new(m.generation_tokens.clone()),
+            Box::new(m.queue_length.clone()),
+            Box::new(m.running.clone()),
+            Box::new(m.kv_usage.clone()),
+            Box::new(m.preemptions.clone()),
+            Box::new(m.adapter_loads.clone()),
+            Box::new(m.adapter_evictions.clone()),
+            Box::new(m.adapter_hits.clone()),
+            Box::new(m.adapter_load_seconds.clone()),
+            Box::new(m.adapters_registered.clone()),
+            Box::new(m.vllm_waiting.clone()),
+            Box::new(m.vllm_running.clone()),
+            Box::new(m.vllm_kv_usage.clone()),
+            Box::new(m.vllm_lora_info.clone()),
+        ];
+        for c in all {
+            r.register(c).expect("unique metric names");
+        }
+        m
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("encode metrics");
+        String::from_utf8(buf).expect("utf-8 metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

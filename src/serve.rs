@@ -1,0 +1,236 @@
+//! `openlora serve`: flags > environment (`OPENLORA_*`) > TOML config file > defaults, merged and
+//! validated once into the engine and server options. Loads the model (with progress), registers
+//! every adapter folder under `--adapters-dir`, serves until SIGTERM/Ctrl-C, then drains in-flight
+//! requests up to `--shutdown-timeout` seconds and exits 0.
+
+use crate::config::EngineConfig;
+use crate::engine::{EngineHandle, LlmEngine};
+use crate::kv_cache::KvCache;
+use crate::lora::AdapterRegistry;
+use crate::model::Model;
+use crate::server::{self, AppState, ServerOptions};
+use anyhow::Context;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(clap::Args, Debug, Default)]
+pub struct ServeArgs {
+    /// A .gguf file or an HF model folder (config.json + safetensors + tokenizer.json).
+    #[arg(long, env = "OPENLORA_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Name the base model is served under (default: the file or folder name).
+    #[arg(long, env = "OPENLORA_SERVED_MODEL_NAME")]
+    pub served_model_name: Option<String>,
+    /// Folder of adapters: one PEFT folder each, registered under the folder name.
+    #[arg(long, env = "OPENLORA_ADAPTERS_DIR")]
+    pub adapters_dir: Option<PathBuf>,
+    #[arg(long, env = "OPENLORA_HOST")]
+    pub host: Option<String>,
+    #[arg(long, env = "OPENLORA_PORT")]
+    pub port: Option<u16>,
+    /// TOML file with any of these settings (snake_case keys; `api_keys` as a table).
+    #[arg(long, env = "OPENLORA_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// `key=payer` (repeatable): bearer API keys and the payer account each is billed to.
+    #[arg(long = "api-key", env = "OPENLORA_API_KEYS", value_delimiter = ',')]
+    pub api_keys: Vec<String>,
+    /// Key for the adapter admin endpoints.
+    #[arg(long, env = "OPENLORA_ADMIN_KEY")]
+    pub admin_key: Option<String>,
+    /// KV cache memory in MiB.
+    #[arg(long, env = "OPENLORA_KV_CACHE_MB")]
+    pub kv_cache_mb: Option<usize>,
+    #[arg(long, env = "OPENLORA_MAX_BATCH_TOKENS")]
+    pub max_batch_tokens: Option<usize>,
+    #[arg(long, env = "OPENLORA_MAX_NUM_SEQS")]
+    pub max_num_seqs: Option<usize>,
+    #[arg(long, env = "OPENLORA_MAX_ADAPTERS_PER_STEP")]
+    pub max_adapters_per_step: Option<usize>,
+    /// Waiting requests beyond which new ones get 429.
+    #[arg(long, env = "OPENLORA_MAX_QUEUE")]
+    pub max_queue: Option<usize>,
+    /// Seconds to finish in-flight requests after SIGTERM.
+    #[arg(long, env = "OPENLORA_SHUTDOWN_TIMEOUT")]
+    pub shutdown_timeout: Option<u64>,
+}
+
+/// The same settings as a TOML file.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    model: Option<PathBuf>,
+    served_model_name: Option<String>,
+    adapters_dir: Option<PathBuf>,
+    host: Option<String>,
+    port: Option<u16>,
+    #[serde(default)]
+    api_keys: HashMap<String, String>,
+    admin_key: Option<String>,
+    kv_cache_mb: Option<usize>,
+    max_batch_tokens: Option<usize>,
+    max_num_seqs: Option<usize>,
+    max_adapters_per_step: Option<usize>,
+    max_queue: Option<usize>,
+    shutdown_timeout: Option<u64>,
+}
+
+fn progress(msg: &str) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new_spinner();
+    pb.set_message(msg.to_string());
+    pb.enable_steady_tick(Duration::from_millis(120));
+    pb
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let file: FileConfig = match &args.config {
+        Some(p) => toml::from_str(
+            &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        )
+        .with_context(|| format!("parsing {}", p.display()))?,
+        None => FileConfig::default(),
+    };
+    let model_path = args
+        .model
+        .or(file.model)
+        .context("--model is required (a .gguf file or an HF folder)")?;
+    let mut api_keys = file.api_keys;
+    for kv in &args.api_keys {
+        let (k, payer) = kv.split_once('=').unwrap_or((kv.as_str(), "anonymous"));
+        api_keys.insert(k.to_string(), payer.to_string());
+    }
+    let defaults = EngineConfig::default();
+    let mut engine_cfg = EngineConfig {
+        max_batch_tokens: args
+            .max_batch_tokens
+            .or(file.max_batch_tokens)
+            .unwrap_or(defaults.max_batch_tokens),
+        max_num_seqs: args
+            .max_num_seqs
+            .or(file.max_num_seqs)
+            .unwrap_or(defaults.max_num_seqs),
+        max_adapters_per_step: args
+            .max_adapters_per_step
+            .or(file.max_adapters_per_step)
+            .unwrap_or(defaults.max_adapters_per_step),
+        ..defaults
+    };
+    let opts = ServerOptions {
+        api_keys,
+        admin_key: args.admin_key.or(file.admin_key),
+        max_queue: args.max_queue.or(file.max_queue).unwrap_or(256),
+        ..Default::default()
+    };
+    let host = args
+        .host
+        .or(file.host)
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let port = args.port.or(file.port).unwrap_or(8000);
+    let kv_mb = args.kv_cache_mb.or(file.kv_cache_mb).unwrap_or(1024);
+    let shutdown_timeout = Duration::from_secs(
+        args.shutdown_timeout
+            .or(file.shutdown_timeout)
+            .unwrap_or(30),
+    );
+
+    let pb = progress(&format!("loading {}", model_path.display()));
+    let mut model = Model::load(&model_path)
+        .with_context(|| format!("loading model {}", model_path.display()))?;
+    if let Some(name) = args.served_model_name.or(file.served_model_name) {
+        model.name = name;
+    }
+    pb.finish_with_message(format!(
+        "loaded {} ({} layers, hidden {})",
+        model.name,
+        model.config().layers,
+        model.config().hidden
+    ));
+    let m = model.config();
+    engine_cfg.num_blocks = engine_cfg.blocks_for_memory(
+        kv_mb << 20,
+        KvCache::bytes_per_token(m.layers, m.kv_heads, m.head_dim),
+    );
+    let registry = Arc::new(AdapterRegistry::new(m.clone()));
+    if let Some(dir) = args.adapters_dir.or(file.adapters_dir) {
+        register_dir(&registry, &dir)?;
+    }
+    let model = Arc::new(model);
+    let engine = EngineHandle::spawn(LlmEngine::new(model.clone(), engine_cfg.clone())?);
+    let state = AppState::new(engine, registry.clone(), opts);
+    tracing::info!(model = %model.name, adapters = registry.list().len(), kv_blocks = engine_cfg.num_blocks, "serving");
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((host.as_str(), port))
+            .await
+            .with_context(|| format!("binding {host}:{port}"))?;
+        let addr = listener.local_addr()?;
+        eprintln!(
+            "openlora: serving {} with {} adapters on http://{addr}/v1",
+            model.name,
+            registry.list().len()
+        );
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            eprintln!(
+                "openlora: shutting down, draining in-flight requests (up to {}s)",
+                shutdown_timeout.as_secs()
+            );
+            let _ = stop_tx.send(());
+            tokio::time::sleep(shutdown_timeout).await;
+            eprintln!("openlora: drain deadline reached, exiting");
+            std::process::exit(0);
+        });
+        server::run(listener, state, async move {
+            let _ = stop_rx.await;
+        })
+        .await?;
+        eprintln!("openlora: stopped");
+        Ok(())
+    })
+}
+
+/// Registers each subfolder holding an `adapter_config.json`; a bad one is reported and skipped.
+fn register_dir(registry: &AdapterRegistry, dir: &Path) -> anyhow::Result<()> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    for p in entries
+        .into_iter()
+        .filter(|p| p.join("adapter_config.json").exists())
+    {
+        let name = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        match registry.register(&name, &p) {
+            Ok(_) => tracing::info!(adapter = %name, "registered"),
+            Err(e) => eprintln!("openlora: skipping adapter {name}: {e}"),
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

@@ -1,0 +1,328 @@
+//! Runs a `ValidRequest` on the engine and shapes the result as OpenAI chat or text completion,
+//! either one JSON body or an SSE stream (`data: {...}` frames, usage chunk, `data: [DONE]`).
+//! Metrics (TTFT, inter-token latency, end-to-end, tokens, outcome) are recorded here, once.
+//! Dropping the SSE body (client gone) drops the `RequestStream`, which aborts the sequence.
+
+use super::api_error::ApiError;
+use super::openai::Usage;
+use super::state::{unix_now, AppState};
+use super::validate::ValidRequest;
+use crate::engine::{FinishReason, RequestStream, SeqEvent, TokenLogprob};
+use crate::model::Model;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::stream::{self, Stream, StreamExt};
+use serde_json::{json, Value};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, PartialEq)]
+pub enum Kind {
+    Chat,
+    Completion,
+}
+
+/// Per-request metric bookkeeping.
+struct Timer {
+    state: Arc<AppState>,
+    label: String,
+    start: Instant,
+    last: Option<Instant>,
+    done: bool,
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        if !self.done {
+            // The client went away before the last token.
+            self.state
+                .metrics
+                .requests
+                .with_label_values(&[&self.label, "cancelled"])
+                .inc();
+        }
+    }
+}
+
+impl Timer {
+    fn token(&mut self) {
+        let now = Instant::now();
+        match self.last {
+            None => self
+                .state
+                .metrics
+                .ttft
+                .with_label_values(&[&self.label])
+                .observe((now - self.start).as_secs_f64()),
+            Some(prev) => self
+                .state
+                .metrics
+                .itl
+                .with_label_values(&[&self.label])
+                .observe((now - prev).as_secs_f64()),
+        }
+        self.last = Some(now);
+    }
+
+    fn finish(&mut self, usage: Usage, outcome: &str) {
+        self.done = true;
+        let m = &self.state.metrics;
+        m.e2e
+            .with_label_values(&[&self.label])
+            .observe(self.start.elapsed().as_secs_f64());
+        m.prompt_tokens
+            .with_label_values(&[&self.label])
+            .inc_by(usage.prompt_tokens as u64);
+        m.generation_tokens
+            .with_label_values(&[&self.label])
+            .inc_by(usage.completion_tokens as u64);
+        m.requests.with_label_values(&[&self.label, outcome]).inc();
+    }
+}
+
+fn token_text(model: &Model, id: u32) -> String {
+    model
+        .tokenizer
+        .as_ref()
+        .and_then(|t| t.decode(&[id], false).ok())
+        .unwrap_or_default()
+}
+
+fn chat_logprobs(model: &Model, lps: &[TokenLogprob]) -> Value {
+    let entry = |id: u32, lp: f32| {
+        let t = token_text(model, id);
+        json!({"token": t, "logprob": lp, "bytes": t.as_bytes()})
+    };
+    let content: Vec<Value> = lps
+        .iter()
+        .map(|l| {
+            let mut e = entry(l.token, l.logprob);
+            e["top_logprobs"] = l.top.iter().map(|&(id, lp)| entry(id, lp)).collect();
+            e
+        })
+        .collect();
+    json!({"content": content})
+}
+
+fn completion_logprobs(model: &Model, lps: &[TokenLogprob], offset0: usize) -> Value {
+    let mut offset = offset0;
+    let (mut tokens, mut token_lps, mut tops, mut offsets) = (vec![], vec![], vec![], vec![]);
+    for l in lps {
+        let t = token_text(model, l.token);
+        offsets.push(offset);
+        offset += t.len();
+        tokens.push(t);
+        token_lps.push(l.logprob);
+        tops.push(
+            l.top
+                .iter()
+                .map(|&(id, lp)| (token_text(model, id), json!(lp)))
+                .collect::<serde_json::Map<_, _>>(),
+        );
+    }
+    json!({"tokens": tokens, "token_logprobs": token_lps, "top_logprobs": tops, "text_offset": offsets})
+}
+
+fn request_id(kind: Kind) -> String {
+    let prefix = if kind == Kind::Chat {
+        "chatcmpl"
+    } else {
+        "cmpl"
+    };
+    format!("{prefix}-{:032x}", rand::random::<u128>())
+}
+
+/// Submits every generation of the request; a rejected one fails the whole request.
+async fn submit(state: &AppState, req: &mut ValidRequest) -> Result<Vec<RequestStream>, ApiError> {
+    let stats = state.engine.stats();
+    if stats.waiting + req.gens.len() > state.opts.max_queue {
+        return Err(ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            "the request queue is full; retry later",
+        ));
+    }
+    let mut streams = Vec::with_capacity(req.gens.len());
+    for g in req.gens.drain(..) {
+        streams.push(state.engine.submit(g).await?);
+    }
+    Ok(streams)
+}
+
+pub async fn respond(state: Arc<AppState>, kind: Kind, mut req: ValidRequest) -> Response {
+    let streams = match submit(&state, &mut req).await {
+        Ok(s) => s,
+        Err(e) => {
+            state
+                .metrics
+                .requests
+                .with_label_values(&[&req.adapter_label, e.error_type()])
+                .inc();
+            return e.into_response();
+        }
+    };
+    let timer = Timer {
+        state: state.clone(),
+        label: req.adapter_label.clone(),
+        start: Instant::now(),
+        last: None,
+        done: false,
+    };
+    if req.stream {
+        stream_response(state, kind, req, streams, timer).into_response()
+    } else {
+        collect_response(state, kind, req, streams, timer).await
+    }
+}
+
+struct Choice {
+    text: String,
+    logprobs: Vec<TokenLogprob>,
+    finish: Option<FinishReason>,
+    usage: Usage,
+}
+
+async fn collect_response(
+    state: Arc<AppState>,
+    kind: Kind,
+    req: ValidRequest,
+    streams: Vec<RequestStream>,
+    mut timer: Timer,
+) -> Response {
+    let mut choices = Vec::new();
+    for mut s in streams {
+        let mut c = Choice {
+            text: String::new(),
+            logprobs: vec![],
+            finish: None,
+            usage: Usage::default(),
+        };
+        while let Some(ev) = s.next().await {
+            timer.token();
+            c.text.push_str(&ev.text);
+            c.logprobs.extend(ev.logprob);
+            c.usage = Usage::new(ev.prompt_tokens, ev.completion_tokens);
+            if ev.finish.is_some() {
+                c.finish = ev.finish;
+                break;
+            }
+        }
+        choices.push(c);
+    }
+    let usage = choices.iter().fold(Usage::default(), |u, c| {
+        Usage::new(
+            u.prompt_tokens + c.usage.prompt_tokens,
+            u.completion_tokens + c.usage.completion_tokens,
+        )
+    });
+    if choices.iter().any(|c| c.finish.is_none()) {
+        timer.finish(usage, "engine_stopped");
+        return ApiError::from(crate::error::Error::EngineStopped).into_response();
+    }
+    timer.finish(usage, "ok");
+    let model = state.engine.model();
+    let id = request_id(kind);
+    let body = match kind {
+        Kind::Chat => {
+            let c = &choices[0];
+            json!({
+                "id": id, "object": "chat.completion", "created": unix_now(), "model": req.model,
+                "choices": [{
+                    "index": 0,
+                    "message": {"role": "assistant", "content": c.text},
+                    "logprobs": if req.logprobs { chat_logprobs(model, &c.logprobs) } else { Value::Null },
+                    "finish_reason": c.finish.map(FinishReason::as_str),
+                }],
+                "usage": usage,
+            })
+        }
+        Kind::Completion => json!({
+            "id": id, "object": "text_completion", "created": unix_now(), "model": req.model,
+            "choices": choices.iter().enumerate().map(|(i, c)| json!({
+                "index": i, "text": c.text,
+                "logprobs": if req.logprobs { completion_logprobs(model, &c.logprobs, 0) } else { Value::Null },
+                "finish_reason": c.finish.map(FinishReason::as_str),
+            })).collect::<Vec<_>>(),
+            "usage": usage,
+        }),
+    };
+    Json(body).into_response()
+}
+
+fn stream_response(
+    state: Arc<AppState>,
+    kind: Kind,
+    req: ValidRequest,
+    streams: Vec<RequestStream>,
+    timer: Timer,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let id = request_id(kind);
+    let created = unix_now();
+    let model = state.engine.model().clone();
+    let n = streams.len();
+    let tagged = stream::select_all(streams.into_iter().enumerate().map(|(i, s)| {
+        stream::unfold(s, |mut s| async move {
+            if s.is_done() {
+                return None;
+            }
+            s.next().await.map(|ev| (ev, s))
+        })
+        .map(move |ev| (i, ev))
+        .boxed()
+    }));
+    let object = if kind == Kind::Chat {
+        "chat.completion.chunk"
+    } else {
+        "text_completion"
+    };
+    let chunk = move |choices: Value, usage: Option<Usage>| {
+        let mut v = json!({"id": id, "object": object, "created": created, "model": req.model, "choices": choices});
+        if let Some(u) = usage {
+            v["usage"] = json!(u);
+        }
+        Event::default().data(v.to_string())
+    };
+    let first = (kind == Kind::Chat).then(|| chunk(json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]), None));
+    let logprobs = req.logprobs;
+    let include_usage = req.include_usage;
+    let mut offsets = vec![0usize; n];
+    let mut usages = vec![Usage::default(); n];
+    let mut finished = 0;
+    let mut timer = timer;
+    let body = tagged.map(move |(i, ev): (usize, SeqEvent)| {
+        timer.token();
+        usages[i] = Usage::new(ev.prompt_tokens, ev.completion_tokens);
+        let lp: Vec<TokenLogprob> = ev.logprob.into_iter().collect();
+        let finish = ev.finish.map(FinishReason::as_str);
+        let c = match kind {
+            Kind::Chat => json!([{
+                "index": i,
+                "delta": if ev.text.is_empty() && finish.is_some() { json!({}) } else { json!({"content": ev.text}) },
+                "logprobs": if logprobs { chat_logprobs(&model, &lp) } else { Value::Null },
+                "finish_reason": finish,
+            }]),
+            Kind::Completion => {
+                let v = json!([{"index": i, "text": ev.text, "logprobs": if logprobs { completion_logprobs(&model, &lp, offsets[i]) } else { Value::Null }, "finish_reason": finish}]);
+                offsets[i] += ev.text.len();
+                v
+            }
+        };
+        let mut events = vec![chunk.clone()(c, None)];
+        if ev.finish.is_some() {
+            finished += 1;
+            if finished == n {
+                let total = usages.iter().fold(Usage::default(), |u, x| Usage::new(u.prompt_tokens + x.prompt_tokens, u.completion_tokens + x.completion_tokens));
+                timer.finish(total, "ok");
+                if include_usage {
+                    events.push(chunk.clone()(json!([]), Some(total)));
+                }
+                events.push(Event::default().data("[DONE]"));
+            }
+        }
+        stream::iter(events.into_iter().map(Ok))
+    });
+    let all = stream::iter(first.into_iter().map(Ok)).chain(body.flatten());
+    Sse::new(all).keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
+}

@@ -1,0 +1,192 @@
+//! The OpenAI-compatible HTTP server (axum). Requests are validated once (`validate`) into engine
+//! requests, run and shaped by `generate`, errors mapped once (`api_error`). `run(listener, state,
+//! shutdown)` serves until `shutdown` resolves, then stops accepting and drains in-flight work.
+
+mod admin;
+mod api_error;
+mod generate;
+mod openai;
+mod state;
+mod validate;
+
+pub use api_error::ApiError;
+pub use state::{AppState, ServerOptions};
+
+use crate::engine::EngineHandle;
+use crate::lora::AdapterRegistry;
+use crate::metrics::Metrics;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use generate::Kind;
+use serde_json::json;
+use std::future::Future;
+use std::sync::Arc;
+use validate::{parse_body, ValidRequest};
+
+impl AppState {
+    pub fn new(
+        engine: EngineHandle,
+        registry: Arc<AdapterRegistry>,
+        opts: ServerOptions,
+    ) -> Arc<Self> {
+        let metrics = Arc::new(Metrics::new());
+        metrics
+            .adapters_registered
+            .set(registry.list().len() as i64);
+        Arc::new(AppState {
+            model_name: engine.model().name.clone(),
+            default_max_tokens: opts.default_max_tokens,
+            engine,
+            registry,
+            metrics,
+            opts,
+            created: state::unix_now(),
+        })
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let admin = Router::new()
+        .route("/v1/load_lora_adapter", post(admin::load))
+        .route("/v1/unload_lora_adapter", post(admin::unload))
+        .route("/v1/adapters", get(admin::list))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    let api = Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/models", get(models))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_api_key,
+        ));
+    Router::new()
+        .merge(admin)
+        .merge(api)
+        .route("/health", get(|| async { "ok" }))
+        .route("/ready", get(|| async { "ready" }))
+        .route("/metrics", get(metrics))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found_error", "no such endpoint")
+        })
+        .layer(DefaultBodyLimit::max(state.opts.max_body_bytes))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "internal error (the server keeps running)",
+            )
+            .into_response()
+        }))
+        .with_state(state)
+}
+
+/// Serves on `listener` until `shutdown` completes; in-flight requests are then drained.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+fn bearer(req: &Request) -> Option<&str> {
+    req.headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+async fn require_api_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if !state.opts.api_keys.is_empty() {
+        let key = bearer(&req);
+        let ok = key.is_some_and(|k| {
+            state.opts.api_keys.contains_key(k) || state.opts.admin_key.as_deref() == Some(k)
+        });
+        if !ok {
+            return ApiError::unauthorized("Incorrect API key provided.").into_response();
+        }
+    }
+    next.run(req).await
+}
+
+async fn require_admin(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if let Some(admin) = &state.opts.admin_key {
+        if bearer(&req) != Some(admin.as_str()) {
+            return ApiError::unauthorized("This endpoint needs the admin key.").into_response();
+        }
+    }
+    next.run(req).await
+}
+
+async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    match parse_body(&body).and_then(|r| ValidRequest::chat(&state, r)) {
+        Ok(v) => generate::respond(state, Kind::Chat, v).await,
+        Err(e) => reject(&state, e),
+    }
+}
+
+async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    match parse_body(&body).and_then(|r| ValidRequest::completion(&state, r)) {
+        Ok(v) => generate::respond(state, Kind::Completion, v).await,
+        Err(e) => reject(&state, e),
+    }
+}
+
+fn reject(state: &AppState, e: crate::error::Error) -> Response {
+    let e = ApiError::from(e);
+    state
+        .metrics
+        .requests
+        .with_label_values(&["none", e.error_type()])
+        .inc();
+    e.into_response()
+}
+
+async fn models(State(state): State<Arc<AppState>>) -> Response {
+    let base = &state.model_name;
+    let mut data = vec![
+        json!({"id": base, "object": "model", "created": state.created, "owned_by": "openlora", "root": base, "parent": null}),
+    ];
+    for (name, _) in state.registry.list() {
+        data.push(json!({"id": name, "object": "model", "created": state.created, "owned_by": "openlora", "root": name, "parent": base}));
+    }
+    Json(json!({"object": "list", "data": data})).into_response()
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let s = state.engine.stats();
+    let m = &state.metrics;
+    let usage = s.kv_blocks_used as f64 / s.kv_blocks_total.max(1) as f64;
+    m.queue_length.set(s.waiting as i64);
+    m.running.set(s.running as i64);
+    m.kv_usage.set(usage);
+    m.preemptions.set(s.preemptions as i64);
+    m.vllm_waiting.set(s.waiting as f64);
+    m.vllm_running.set(s.running as f64);
+    m.vllm_kv_usage.set(usage);
+    m.vllm_lora_info.reset();
+    m.vllm_lora_info
+        .with_label_values(&[
+            &state.engine.max_adapters_per_step().to_string(),
+            &s.running_adapters.join(","),
+            &s.waiting_adapters.join(","),
+        ])
+        .set(state::unix_now() as f64);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        m.render(),
+    )
+        .into_response()
+}

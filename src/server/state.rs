@@ -1,0 +1,47 @@
+//! Shared state of the HTTP layer: the engine handle, the adapter registry, auth keys, metrics.
+
+use crate::engine::EngineHandle;
+use crate::lora::AdapterRegistry;
+use crate::metrics::Metrics;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub struct ServerOptions {
+    /// API key -> payer account id. Empty = no auth on the OpenAI endpoints.
+    pub api_keys: HashMap<String, String>,
+    /// Admin key for adapter management; `None` = admin endpoints open.
+    pub admin_key: Option<String>,
+    /// Waiting sequences beyond which new requests get 429.
+    pub max_queue: usize,
+    pub default_max_tokens: usize,
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            api_keys: HashMap::new(),
+            admin_key: None,
+            max_queue: 256,
+            default_max_tokens: 512,
+            max_body_bytes: 4 << 20,
+        }
+    }
+}
+
+pub struct AppState {
+    pub engine: EngineHandle,
+    pub registry: Arc<AdapterRegistry>,
+    pub metrics: Arc<Metrics>,
+    pub model_name: String,
+    pub opts: ServerOptions,
+    pub default_max_tokens: usize,
+    pub created: u64,
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,254 @@
+//! The edge: OpenAI request bodies become `ValidRequest`s (token ids, resolved adapters, checked
+//! sampling parameters) here and only here. Every rejection names the offending field.
+
+use super::openai::{ChatRequest, CommonParams, CompletionRequest, Content, PromptSpec, StopSpec};
+use super::state::AppState;
+use crate::engine::{GenerateRequest, SamplingParams};
+use crate::error::{Error, Result};
+use crate::lora::LoraAdapter;
+use crate::model::ChatMessage;
+use std::sync::Arc;
+
+/// Parses a JSON body, naming the field on a type error.
+pub fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let param = if path == "." {
+            "body".to_string()
+        } else {
+            path
+        };
+        Error::invalid(param, e.inner().to_string())
+    })
+}
+
+pub struct ValidRequest {
+    /// One generation per prompt (completions may carry several prompts).
+    pub gens: Vec<GenerateRequest>,
+    /// The `model` echoed back.
+    pub model: String,
+    /// Metric label: adapter name(s) or "base".
+    pub adapter_label: String,
+    pub stream: bool,
+    pub include_usage: bool,
+    /// Chat: logprobs requested (top-N in params).
+    pub logprobs: bool,
+}
+
+fn resolve_adapters(
+    state: &AppState,
+    c: &CommonParams,
+) -> Result<(Vec<(Arc<LoraAdapter>, f32)>, String)> {
+    let base = &state.model_name;
+    let mut mix = Vec::new();
+    if let Some(list) = &c.adapters {
+        if c.model != *base {
+            return Err(Error::invalid(
+                "adapters",
+                "use `adapters` with the base model's name as `model`",
+            ));
+        }
+        if list.is_empty() || list.len() > 8 {
+            return Err(Error::invalid("adapters", "between 1 and 8 adapters"));
+        }
+        for a in list {
+            if !a.weight.is_finite() || a.weight.abs() > 10.0 {
+                return Err(Error::invalid(
+                    "adapters.weight",
+                    "must be finite and in [-10, 10]",
+                ));
+            }
+            mix.push((state.registry.resolve(&a.id)?, a.weight));
+        }
+    } else if c.model != *base {
+        let name = c
+            .model
+            .strip_prefix(&format!("{base}:"))
+            .unwrap_or(&c.model);
+        mix.push((state.registry.resolve(name)?, 1.0));
+    }
+    let label = if mix.is_empty() {
+        "base".to_string()
+    } else {
+        mix.iter()
+            .map(|(a, _)| a.name.as_str())
+            .collect::<Vec<_>>()
+            .join("+")
+    };
+    Ok((mix, label))
+}
+
+fn sampling(c: &CommonParams, default_max: usize) -> Result<SamplingParams> {
+    if c.n.is_some_and(|n| n != 1) {
+        return Err(Error::invalid("n", "only n=1 is supported"));
+    }
+    let max = c.max_completion_tokens.or(c.max_tokens);
+    if max.is_some_and(|m| m < 1) {
+        return Err(Error::invalid(
+            if c.max_completion_tokens.is_some() {
+                "max_completion_tokens"
+            } else {
+                "max_tokens"
+            },
+            "must be at least 1",
+        ));
+    }
+    if c.top_k.is_some_and(|k| k < -1) {
+        return Err(Error::invalid("top_k", "must be -1, 0 or positive"));
+    }
+    let stop = match &c.stop {
+        None => vec![],
+        Some(StopSpec::One(s)) => vec![s.clone()],
+        Some(StopSpec::Many(v)) => v.clone(),
+    };
+    let p = SamplingParams {
+        temperature: c.temperature.unwrap_or(1.0),
+        top_k: c.top_k.unwrap_or(0).max(0) as usize,
+        top_p: c.top_p.unwrap_or(1.0),
+        min_p: c.min_p.unwrap_or(0.0),
+        seed: c.seed.map(|s| s as u64),
+        presence_penalty: c.presence_penalty.unwrap_or(0.0),
+        frequency_penalty: c.frequency_penalty.unwrap_or(0.0),
+        repetition_penalty: c.repetition_penalty.unwrap_or(1.0),
+        max_tokens: max.map_or(default_max, |m| m as usize),
+        stop,
+        ..Default::default()
+    };
+    p.validate()?;
+    Ok(p)
+}
+
+impl ValidRequest {
+    pub fn chat(state: &AppState, r: ChatRequest) -> Result<Self> {
+        let (mix, adapter_label) = resolve_adapters(state, &r.common)?;
+        let mut params = sampling(&r.common, state.default_max_tokens)?;
+        if r.messages.is_empty() {
+            return Err(Error::invalid(
+                "messages",
+                "must contain at least one message",
+            ));
+        }
+        let mut messages = Vec::with_capacity(r.messages.len());
+        for (i, m) in r.messages.iter().enumerate() {
+            let role = match m.role.as_str() {
+                "system" | "developer" => "system",
+                "user" => "user",
+                "assistant" => "assistant",
+                other => {
+                    return Err(Error::invalid(
+                        format!("messages[{i}].role"),
+                        format!("`{other}` is not supported (system, developer, user, assistant)"),
+                    ))
+                }
+            };
+            let content = match &m.content {
+                None => String::new(),
+                Some(Content::Text(t)) => t.clone(),
+                Some(Content::Parts(parts)) => {
+                    let mut s = String::new();
+                    for (j, p) in parts.iter().enumerate() {
+                        match (p.kind.as_str(), &p.text) {
+                            ("text", Some(t)) => s.push_str(t),
+                            _ => {
+                                return Err(Error::invalid(
+                                    format!("messages[{i}].content[{j}]"),
+                                    "only text parts are supported",
+                                ))
+                            }
+                        }
+                    }
+                    s
+                }
+            };
+            messages.push(ChatMessage {
+                role: role.into(),
+                content,
+            });
+        }
+        let model = state.engine.model();
+        let template = model.template.as_ref().ok_or_else(|| {
+            Error::invalid(
+                "messages",
+                "this model has no chat template; use /v1/completions",
+            )
+        })?;
+        let text = template.render(&messages, true)?;
+        let prompt_ids = model.tokenizer()?.encode(&text, false)?;
+        if r.logprobs == Some(true) {
+            let n = r.top_logprobs.unwrap_or(0);
+            if !(0..=20).contains(&n) {
+                return Err(Error::invalid("top_logprobs", "must be between 0 and 20"));
+            }
+            params.logprobs = Some(n as usize);
+        } else if r.top_logprobs.is_some() {
+            return Err(Error::invalid("top_logprobs", "requires logprobs: true"));
+        }
+        Ok(ValidRequest {
+            logprobs: params.logprobs.is_some(),
+            gens: vec![GenerateRequest {
+                prompt_ids,
+                adapters: mix,
+                params,
+            }],
+            model: r.common.model.clone(),
+            adapter_label,
+            stream: r.common.stream,
+            include_usage: r
+                .common
+                .stream_options
+                .as_ref()
+                .is_some_and(|o| o.include_usage),
+        })
+    }
+
+    pub fn completion(state: &AppState, r: CompletionRequest) -> Result<Self> {
+        let (mix, adapter_label) = resolve_adapters(state, &r.common)?;
+        let mut params = sampling(&r.common, 16)?;
+        if r.echo == Some(true) {
+            return Err(Error::invalid("echo", "echo is not supported"));
+        }
+        if r.suffix.is_some() {
+            return Err(Error::invalid("suffix", "suffix is not supported"));
+        }
+        if r.best_of.is_some_and(|b| b != 1) {
+            return Err(Error::invalid("best_of", "only best_of=1 is supported"));
+        }
+        if let Some(n) = r.logprobs {
+            if !(0..=5).contains(&n) {
+                return Err(Error::invalid("logprobs", "must be between 0 and 5"));
+            }
+            params.logprobs = Some(n as usize);
+        }
+        let model = state.engine.model();
+        let encode = |t: &str| model.tokenizer().and_then(|tok| tok.encode(t, false));
+        let prompts: Vec<Vec<u32>> = match r.prompt {
+            PromptSpec::Text(t) => vec![encode(&t)?],
+            PromptSpec::Texts(ts) => ts.iter().map(|t| encode(t)).collect::<Result<_>>()?,
+            PromptSpec::Ids(ids) => vec![ids],
+            PromptSpec::IdLists(l) => l,
+        };
+        if prompts.is_empty() || prompts.len() > 16 {
+            return Err(Error::invalid("prompt", "between 1 and 16 prompts"));
+        }
+        Ok(ValidRequest {
+            logprobs: params.logprobs.is_some(),
+            gens: prompts
+                .into_iter()
+                .map(|prompt_ids| GenerateRequest {
+                    prompt_ids,
+                    adapters: mix.clone(),
+                    params: params.clone(),
+                })
+                .collect(),
+            model: r.common.model.clone(),
+            adapter_label,
+            stream: r.common.stream,
+            include_usage: r
+                .common
+                .stream_options
+                .as_ref()
+                .is_some_and(|o| o.include_usage),
+        })
+    }
+}
