@@ -82,4 +82,13 @@ def test_promtool_check_metrics(server, traffic, tmp_path):
     with open(path, "rb") as f:
         p = subprocess.run([promtool, "check", "metrics"], stdin=f, capture_output=True, text=True)
     print(p.stdout, p.stderr)
-    assert p.returncode == 0, f"promtool failed ({p.returncode}):\n{p.stdout}\n{p.stderr}"
+    if p.returncode == 0:
+        return
+    # Exit 3 = lint problems (the text parsed). The vLLM-compatible `vllm:*` series the API must
+    # expose always trip promtool's "no ':' in names" lint (promtool 2.42 has no flag to disable
+    # one lint), so that problem alone is accepted; anything else fails.
+    assert p.returncode == 3, f"promtool could not parse /metrics ({p.returncode}):\n{p.stdout}\n{p.stderr}"
+    problems = [l for l in (p.stdout + p.stderr).splitlines() if l.strip()]
+    other = [l for l in problems
+             if not (l.startswith("vllm:") and l.endswith("metric names should not contain ':'"))]
+    assert not other, "promtool lint problems:\n" + "\n".join(other)
