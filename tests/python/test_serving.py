@@ -12,13 +12,17 @@ import pytest
 from olutil import metric_value
 
 
+def messages(prompt):
+    # a short system message replaces the template's default one: fewer prompt tokens on CPU
+    return [{"role": "system", "content": "Be brief."}, {"role": "user", "content": prompt}]
+
+
 def stream_text(client, model, prompt, max_tokens=12, **kw):
     """One greedy streaming chat request -> (text, finish_reason)."""
     text, finish = [], None
     stream = client.chat.completions.create(
         model=model,
-        # a short system message replaces the template's default one: fewer prompt tokens on CPU
-        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": prompt}],
+        messages=messages(prompt),
         max_tokens=max_tokens,
         temperature=0,
         stream=True,
@@ -118,7 +122,7 @@ def test_unload_while_streaming(server, random_adapters):
         text, finish = [], None
         try:
             stream = client.chat.completions.create(
-                model=name, messages=[{"role": "user", "content": p}], max_tokens=24,
+                model=name, messages=messages(p), max_tokens=24,
                 temperature=0, stream=True)
             for k, chunk in enumerate(stream):
                 if chunk.choices:
