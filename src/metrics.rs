@@ -42,7 +42,7 @@ pub struct Metrics {
     pub queue_length: IntGauge,
     pub running: IntGauge,
     pub kv_usage: Gauge,
-    pub preemptions: IntGauge,
+    pub preemptions: IntCounter,
     pub adapter_loads: IntCounterVec,
     pub adapter_evictions: IntCounterVec,
     pub adapter_hits: IntCounterVec,

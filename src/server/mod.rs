@@ -169,7 +169,9 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     m.queue_length.set(s.waiting as i64);
     m.running.set(s.running as i64);
     m.kv_usage.set(usage);
-    m.preemptions.set(s.preemptions as i64);
+    // The engine counts; the counter catches up on scrape.
+    m.preemptions
+        .inc_by(s.preemptions.saturating_sub(m.preemptions.get()));
     m.vllm_waiting.set(s.waiting as f64);
     m.vllm_running.set(s.running as f64);
     m.vllm_kv_usage.set(usage);

@@ -33,6 +33,41 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
+/// Four dot products of `w` with four rows, sharing each load of `w`. Each result is computed
+/// with exactly the arithmetic of [`dot`] (same lanes, same tree, same tail), so it is
+/// bit-identical to `dot(xs[r], w)`.
+#[inline(always)]
+fn dot4(xs: [&[f32]; 4], w: &[f32]) -> [f32; 4] {
+    let mut acc = [[0f32; LANES]; 4];
+    let chunks = w.len() / LANES;
+    for c in 0..chunks {
+        let wc = &w[c * LANES..c * LANES + LANES];
+        for r in 0..4 {
+            let xc = &xs[r][c * LANES..c * LANES + LANES];
+            for l in 0..LANES {
+                acc[r][l] = xc[l].mul_add(wc[l], acc[r][l]);
+            }
+        }
+    }
+    let mut out = [0f32; 4];
+    for r in 0..4 {
+        let a = &mut acc[r];
+        let mut half = LANES / 2;
+        while half > 0 {
+            for l in 0..half {
+                a[l] += a[l + half];
+            }
+            half /= 2;
+        }
+        let mut s = a[0];
+        for t in chunks * LANES..w.len() {
+            s = xs[r][t].mul_add(w[t], s);
+        }
+        out[r] = s;
+    }
+    out
+}
+
 /// `y[m, n] = x[m, k] · w[n, k]ᵀ + bias[n]`. `w` is in the HF/PyTorch `[out, in]` layout.
 pub fn linear(
     x: &[f32],
