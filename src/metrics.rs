@@ -108,11 +108,8 @@ impl Metrics {
                 "Fraction of KV cache blocks in use (0..1).",
             )
             .expect("gauge"),
-            preemptions: IntGauge::new(
-                PREEMPTIONS_TOTAL,
-                "Sequences preempted for KV space since start.",
-            )
-            .expect("gauge"),
+            preemptions: IntCounter::new(PREEMPTIONS_TOTAL, "Sequences preempted for KV space.")
+                .expect("counter"),
             adapter_loads: counter(
                 ADAPTER_LOADS_TOTAL,
                 "Adapter loads, by tier loaded into.",
