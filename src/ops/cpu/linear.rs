@@ -94,8 +94,14 @@ pub fn linear(
             let j0 = task * cols_per_task;
             for (jj, out_j) in out.chunks_mut(m).enumerate() {
                 let wj = &w[(j0 + jj) * k..(j0 + jj + 1) * k];
-                for (i, o) in out_j.iter_mut().enumerate() {
-                    *o = dot(&x[i * k..(i + 1) * k], wj);
+                let row = |i: usize| &x[i * k..(i + 1) * k];
+                let quads = m / 4 * 4;
+                for i in (0..quads).step_by(4) {
+                    out_j[i..i + 4]
+                        .copy_from_slice(&dot4([row(i), row(i + 1), row(i + 2), row(i + 3)], wj));
+                }
+                for i in quads..m {
+                    out_j[i] = dot(row(i), wj);
                 }
             }
         });
