@@ -3,9 +3,12 @@
 //! the `engine` batches sequences of different adapters into one forward step of the
 //! `model` (Llama family, loaded from GGUF or HF folders), whose projections add each row's LoRA
 //! delta (`lora`, `ops::cpu::sgmv`) and whose attention reads a paged KV cache (`kv_cache`).
-//! `ops::cpu` holds the reference numerics, the oracle for every CUDA kernel.
+//! `ops::cpu` holds the reference numerics, the oracle for every CUDA kernel. Metered calls settle
+//! in batches on an OP Stack chain through `chain` (alloy bindings to `contracts/`).
 
 pub mod bench;
+#[cfg(feature = "chain")]
+pub mod chain;
 pub mod config;
 pub mod engine;
 pub mod error;

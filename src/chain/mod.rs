@@ -1,0 +1,58 @@
+//! Batched settlement on an OP Stack chain, through the contracts in `contracts/`.
+//!
+//! What always holds:
+//! - the bindings (`contracts`) are generated from `contracts/abi/*.json`, which `contracts/ci.sh`
+//!   checks against the Solidity sources, so Rust and the deployed bytecode agree;
+//! - `merkle` computes receipt leaves, roots and proofs exactly as `Settlement.verifyReceipt`
+//!   checks them (double-keccak ABI-encoded leaves, sorted-pair keccak nodes, odd node carried up);
+//! - a batch's credits sum to its debits minus `protocol_fee(total, bps)`; the contract takes the
+//!   fee itself and rejects any other sum;
+//! - a batch id settles at most once: `Settler::batch_settled(id)` tells a restarted server whether
+//!   a batch it built already landed, and resubmitting it fails with `ChainError::BatchAlreadySettled`;
+//! - every `Settler` write waits for its receipt and fails unless the transaction succeeded.
+
+pub mod anvil;
+pub mod contracts;
+pub mod merkle;
+pub mod settler;
+
+pub use merkle::{MerkleTree, Receipt};
+pub use settler::{
+    protocol_fee, Balances, Batch, DeployConfig, Deployment, SettledBatch, Settler, NATIVE,
+};
+
+use alloy::primitives::B256;
+use contracts::Settlement::SettlementErrors;
+
+/// Why a chain operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    #[error("invalid signer key: {0}")]
+    InvalidKey(String),
+    #[error("invalid RPC URL {0}")]
+    InvalidUrl(String),
+    #[error("batch {0} is already settled")]
+    BatchAlreadySettled(B256),
+    #[error("contract reverted: {0}")]
+    Reverted(String),
+    #[error("transaction {0} reverted on chain")]
+    TxFailed(B256),
+    #[error("RPC error: {0}")]
+    Rpc(String),
+}
+
+impl ChainError {
+    /// Decode a contract call/estimate failure into Settlement's custom errors where possible.
+    pub fn from_contract(e: alloy::contract::Error) -> Self {
+        if let Some(err) = e.as_decoded_interface_error::<SettlementErrors>() {
+            return match err {
+                SettlementErrors::BatchAlreadySettled(x) => Self::BatchAlreadySettled(x.batchId),
+                other => Self::Reverted(format!("{other:?}")),
+            };
+        }
+        if let Some(data) = e.as_revert_data() {
+            return Self::Reverted(format!("revert data {data}"));
+        }
+        Self::Rpc(e.to_string())
+    }
+}
