@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 cache="${OPENLORA_CACHE:-$HOME/.cache/openlora}"
 mkdir -p "$cache"
+# Build outputs outlive the clone (CI starts from a clean one): dependencies compile once.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache/target}"
 
 echo "== model"
 bash scripts/fetch-model.sh
@@ -38,6 +40,6 @@ cargo test 2>&1
 
 if [ -f tests/python/requirements.txt ]; then
   echo "== OpenAI SDK tests against the real server"
-  OPENLORA_BIN="$PWD/target/debug/openlora" OPENLORA_MODEL="$(bash scripts/fetch-model.sh)" \
+  OPENLORA_BIN="$CARGO_TARGET_DIR/debug/openlora" OPENLORA_MODEL="$(bash scripts/fetch-model.sh)" \
     "$cache/venv-ci/bin/python" -m pytest -q tests/python
 fi

@@ -41,6 +41,9 @@ pub enum Error {
     Tokenizer(String),
     #[error("chat template: {0}")]
     Template(String),
+    /// A chain operation (settlement, deposits) failed.
+    #[error("chain: {0}")]
+    Chain(#[from] crate::chain::ChainError),
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -84,7 +87,11 @@ impl Error {
             Error::NotFound(_) => "not_found_error",
             Error::Unsupported { .. } | Error::InvalidFile { .. } => "invalid_request_error",
             Error::Unavailable(_) | Error::EngineStopped => "service_unavailable",
-            Error::Io { .. } | Error::Tokenizer(_) | Error::Template(_) | Error::Internal(_) => {
+            Error::Io { .. }
+            | Error::Tokenizer(_)
+            | Error::Template(_)
+            | Error::Chain(_)
+            | Error::Internal(_) => {
                 "server_error"
             }
         }

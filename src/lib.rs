@@ -7,7 +7,6 @@
 //! in batches on an OP Stack chain through `chain` (alloy bindings to `contracts/`).
 
 pub mod bench;
-#[cfg(feature = "chain")]
 pub mod chain;
 pub mod config;
 pub mod engine;

@@ -4,7 +4,6 @@
 //!
 //! anvil comes from `contracts/node_modules` (installed by `bash contracts/ci.sh install`), or
 //! `$OPENLORA_ANVIL`, or PATH. The test fails if it cannot find one: CI installs it.
-#![cfg(feature = "chain")]
 
 use alloy::primitives::{keccak256, Address, B256, U256};
 use alloy::signers::local::PrivateKeySigner;
