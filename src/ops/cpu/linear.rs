@@ -3,22 +3,16 @@
 
 use rayon::prelude::*;
 
-const LANES: usize = 16;
+/// Accumulator lanes per output element: one AVX register of f32.
+const LANES: usize = 8;
+/// Input rows per micro-tile.
+const MR: usize = 4;
+/// Weight rows (output features) per micro-tile: MR x NR accumulators stay in registers.
+const NR: usize = 2;
 
-/// Dot product with 16 independent lanes (vectorised as two AVX registers, fused multiply-add),
-/// reduced in a fixed tree, then the tail in order. Deterministic for a given length.
+/// Sums the lanes in a fixed tree, then adds the tail `a[from..]·b[from..]` in order.
 #[inline(always)]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    debug_assert_eq!(a.len(), b.len());
-    let mut acc = [0f32; LANES];
-    let chunks = a.len() / LANES;
-    for c in 0..chunks {
-        let a = &a[c * LANES..c * LANES + LANES];
-        let b = &b[c * LANES..c * LANES + LANES];
-        for l in 0..LANES {
-            acc[l] = a[l].mul_add(b[l], acc[l]);
-        }
-    }
+fn finish(mut acc: [f32; LANES], a: &[f32], b: &[f32], from: usize) -> f32 {
     let mut half = LANES / 2;
     while half > 0 {
         for l in 0..half {
@@ -27,45 +21,83 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         half /= 2;
     }
     let mut s = acc[0];
-    for t in chunks * LANES..a.len() {
+    for t in from..a.len() {
         s = a[t].mul_add(b[t], s);
     }
     s
 }
 
-/// Four dot products of `w` with four rows, sharing each load of `w`. Each result is computed
-/// with exactly the arithmetic of [`dot`] (same lanes, same tree, same tail), so it is
-/// bit-identical to `dot(xs[r], w)`.
+/// `R x C` dot products of `xs[r]` with `ws[c]`, every one computed with exactly the arithmetic of
+/// [`dot`] (same lanes, same order over k, same tree, same tail): the tile shape never changes a
+/// result. Each loaded chunk of a weight row is reused for R input rows and vice versa.
 #[inline(always)]
-fn dot4(xs: [&[f32]; 4], w: &[f32]) -> [f32; 4] {
-    let mut acc = [[0f32; LANES]; 4];
-    let chunks = w.len() / LANES;
+fn tile<const R: usize, const C: usize>(xs: [&[f32]; R], ws: [&[f32]; C]) -> [[f32; C]; R] {
+    let k = ws[0].len();
+    let chunks = k / LANES;
+    // Every chunk slice has exactly `chunks` entries, so the loop below needs no bounds checks.
+    let xc: [&[[f32; LANES]]; R] = xs.map(|x| &x.as_chunks::<LANES>().0[..chunks]);
+    let wc: [&[[f32; LANES]]; C] = ws.map(|w| &w.as_chunks::<LANES>().0[..chunks]);
+    let mut acc = [[[0f32; LANES]; C]; R];
     for c in 0..chunks {
-        let wc = &w[c * LANES..c * LANES + LANES];
-        for r in 0..4 {
-            let xc = &xs[r][c * LANES..c * LANES + LANES];
-            for l in 0..LANES {
-                acc[r][l] = xc[l].mul_add(wc[l], acc[r][l]);
+        let wv: [[f32; LANES]; C] = std::array::from_fn(|j| wc[j][c]);
+        for r in 0..R {
+            let xv = xc[r][c];
+            for j in 0..C {
+                for l in 0..LANES {
+                    acc[r][j][l] = xv[l].mul_add(wv[j][l], acc[r][j][l]);
+                }
             }
         }
     }
-    let mut out = [0f32; 4];
-    for r in 0..4 {
-        let a = &mut acc[r];
-        let mut half = LANES / 2;
-        while half > 0 {
-            for l in 0..half {
-                a[l] += a[l + half];
+    std::array::from_fn(|r| {
+        std::array::from_fn(|j| finish(acc[r][j], xs[r], ws[j], chunks * LANES))
+    })
+}
+
+/// Dot product with 8 independent FMA lanes reduced in a fixed tree, then the tail in order.
+/// Deterministic for a given length; [`linear`] computes every element exactly like this.
+#[inline(always)]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    tile::<1, 1>([a], [b])[0][0]
+}
+
+/// Writes `out[j * m + i] = dot(x[i], w[j0 + j])` for the weight rows of one task.
+fn task_tile(x: &[f32], m: usize, w: &[f32], k: usize, j0: usize, out: &mut [f32]) {
+    let cols = out.len() / m;
+    let row = |i: usize| &x[i * k..(i + 1) * k];
+    let wrow = |j: usize| &w[(j0 + j) * k..(j0 + j + 1) * k];
+    let full_r = m / MR * MR;
+    let full_c = cols / NR * NR;
+    for j in (0..full_c).step_by(NR) {
+        let ws: [&[f32]; NR] = std::array::from_fn(|c| wrow(j + c));
+        for i in (0..full_r).step_by(MR) {
+            let t = tile::<MR, NR>(std::array::from_fn(|r| row(i + r)), ws);
+            for (r, tr) in t.iter().enumerate() {
+                for (c, v) in tr.iter().enumerate() {
+                    out[(j + c) * m + i + r] = *v;
+                }
             }
-            half /= 2;
         }
-        let mut s = a[0];
-        for t in chunks * LANES..w.len() {
-            s = xs[r][t].mul_add(w[t], s);
+        for i in full_r..m {
+            let t = tile::<1, NR>([row(i)], ws);
+            for (c, v) in t[0].iter().enumerate() {
+                out[(j + c) * m + i] = *v;
+            }
         }
-        out[r] = s;
     }
-    out
+    for j in full_c..cols {
+        let wj = wrow(j);
+        for i in (0..full_r).step_by(MR) {
+            let t = tile::<MR, 1>(std::array::from_fn(|r| row(i + r)), [wj]);
+            for (r, tr) in t.iter().enumerate() {
+                out[j * m + i + r] = tr[0];
+            }
+        }
+        for i in full_r..m {
+            out[j * m + i] = dot(row(i), wj);
+        }
+    }
 }
 
 /// `y[m, n] = x[m, k] · w[n, k]ᵀ + bias[n]`. `w` is in the HF/PyTorch `[out, in]` layout.
@@ -86,25 +118,11 @@ pub fn linear(
     }
     // Work in the transposed output so that each task owns a contiguous slab of whole output
     // features; each weight row is read once per call and reused across all m input rows.
-    let cols_per_task = (n / (rayon::current_num_threads() * 8)).clamp(4, 256);
+    let cols_per_task = (n / (rayon::current_num_threads() * 8)).clamp(NR, 255) / NR * NR;
     let mut yt = vec![0f32; m * n];
     yt.par_chunks_mut(cols_per_task * m)
         .enumerate()
-        .for_each(|(task, out)| {
-            let j0 = task * cols_per_task;
-            for (jj, out_j) in out.chunks_mut(m).enumerate() {
-                let wj = &w[(j0 + jj) * k..(j0 + jj + 1) * k];
-                let row = |i: usize| &x[i * k..(i + 1) * k];
-                let quads = m / 4 * 4;
-                for i in (0..quads).step_by(4) {
-                    out_j[i..i + 4]
-                        .copy_from_slice(&dot4([row(i), row(i + 1), row(i + 2), row(i + 3)], wj));
-                }
-                for i in quads..m {
-                    out_j[i] = dot(row(i), wj);
-                }
-            }
-        });
+        .for_each(|(task, out)| task_tile(x, m, w, k, task * cols_per_task, out));
     for i in 0..m {
         let row = &mut y[i * n..(i + 1) * n];
         for (j, v) in row.iter_mut().enumerate() {
@@ -119,7 +137,7 @@ mod tests {
 
     #[test]
     fn linear_matches_f64_reference_and_is_batch_invariant() {
-        let (m, n, k) = (7, 37, 83);
+        let (m, n, k) = (11, 37, 83);
         let x: Vec<f32> = (0..m * k)
             .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
             .collect();
@@ -138,6 +156,14 @@ mod tests {
                 assert!(
                     (y[i * n + j] as f64 - r).abs() < 1e-3 * (1.0 + r.abs()),
                     "{i},{j}"
+                );
+            }
+            for j in 0..n {
+                let d = dot(&x[i * k..(i + 1) * k], &w[j * k..(j + 1) * k]) + b[j];
+                assert_eq!(
+                    d.to_bits(),
+                    y[i * n + j].to_bits(),
+                    "tile != dot at {i},{j}"
                 );
             }
             let mut alone = vec![0f32; n];
