@@ -44,6 +44,9 @@ pub enum Error {
     /// A chain operation (settlement, deposits) failed.
     #[error("chain: {0}")]
     Chain(#[from] crate::chain::ChainError),
+    /// A CUDA launcher refused its arguments (`op` names it) or a driver call failed.
+    #[error("cuda {op}: {message}")]
+    Cuda { op: &'static str, message: String },
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -73,6 +76,13 @@ impl Error {
         }
     }
 
+    pub fn cuda(op: &'static str, message: impl Into<String>) -> Self {
+        Error::Cuda {
+            op,
+            message: message.into(),
+        }
+    }
+
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
@@ -91,6 +101,7 @@ impl Error {
             | Error::Tokenizer(_)
             | Error::Template(_)
             | Error::Chain(_)
+            | Error::Cuda { .. }
             | Error::Internal(_) => "server_error",
         }
     }
@@ -111,5 +122,12 @@ impl Error {
 impl From<candle_core::Error> for Error {
     fn from(e: candle_core::Error) -> Self {
         Error::Internal(format!("candle: {e}"))
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl From<cudarc::driver::DriverError> for Error {
+    fn from(e: cudarc::driver::DriverError) -> Self {
+        Error::cuda("driver", e.to_string())
     }
 }

@@ -24,6 +24,12 @@ impl RopeTable {
         RopeTable { half, cos, sin }
     }
 
+    /// `(head_dim / 2, cos, sin)`, the tables as `[max_positions, head_dim / 2]` (the CUDA path
+    /// uploads these, so both paths rotate by identical angles).
+    pub fn tables(&self) -> (usize, &[f32], &[f32]) {
+        (self.half, &self.cos, &self.sin)
+    }
+
     pub fn max_positions(&self) -> usize {
         self.cos.len() / self.half.max(1)
     }
