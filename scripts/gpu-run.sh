@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The one command a GPU session runs ON the device machine (H100, CUDA 13 driver, Python with
+# torch/transformers/peft, no Rust, no internet), after `bash scripts/gpu-pack.sh` here:
+#   run(command="bash scripts/gpu-run.sh", carry=["gpu-carry"])
+# It writes everything under $OUT (or ./gpu-out): logs, the benchmark table, a RESULTS snippet.
+#   1. GPU kernel tests: every kernel vs its CPU twin (tests/cuda_kernels.rs)
+#   2. engine (CPU path of the same binary) vs transformers+PEFT on fixtures regenerated there
+#   3. benchmarks (scripts/gpu_bench.py): HBM copy bandwidth and the decode roofline of an
+#      8B-shaped model, HF transformers+PEFT mixed-adapter generation as the peer
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+out="${OUT:-$PWD/gpu-out}"
+mkdir -p "$out"
+carry=gpu-carry
+[ -d "$carry" ] || { echo "no $carry/: run scripts/gpu-pack.sh first and carry it" >&2; exit 2; }
+bin="$(mktemp -d)"
+for f in openlora cuda_kernels reference_tiny; do
+  python3 -c 'import lzma,sys; open(sys.argv[2],"wb").write(lzma.open(sys.argv[1]).read())' \
+    "$carry/$f.xz" "$bin/$f" && chmod +x "$bin/$f"
+done
+# Test binaries look for tests/fixtures under the directory they were built in.
+manifest="$(cat "$carry/manifest_dir")"
+if [ "$manifest" != "$PWD" ] && [ ! -e "$manifest" ]; then
+  mkdir -p "$(dirname "$manifest")" && ln -s "$PWD" "$manifest"
+fi
+py="${PYTHON:-python3}"
+status=0
+{
+  echo "date: $(date -u +%FT%TZ)"
+  echo "commit: $(cat "$carry/commit")"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+} | tee "$out/device.txt"
+
+echo "== 1. kernel tests (GPU vs CPU twin)"
+"$bin/cuda_kernels" --test-threads=1 2>&1 | tee "$out/cuda_kernels.txt" || status=1
+
+echo "== 2. engine vs transformers+PEFT (fixtures regenerated on this machine)"
+"$py" tests/fixtures/make_reference.py tiny 2>&1 | tail -3
+"$bin/reference_tiny" 2>&1 | tee "$out/reference_tiny.txt" || status=1
+
+echo "== 3. benchmarks"
+"$py" scripts/gpu_bench.py --out "$out" 2>&1 | tee "$out/bench.txt" || status=1
+echo "exit status $status; results in $out"
+exit $status
