@@ -112,8 +112,11 @@ impl CudaDevice {
         Ok(self.stream.clone_htod(host)?)
     }
 
+    /// Copies `dev` back to the host, after all work enqueued before it.
     pub fn download<T: DeviceRepr + Copy>(&self, dev: &CudaSlice<T>) -> Result<Vec<T>> {
-        Ok(self.stream.clone_dtoh(dev)?)
+        let host = self.stream.clone_dtoh(dev)?;
+        self.stream.synchronize()?;
+        Ok(host)
     }
 
     pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize) -> Result<CudaSlice<T>> {
