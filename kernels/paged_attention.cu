@@ -12,7 +12,7 @@
 // mix of prefill and decode rows in one launch; a tiled flash-style prefill kernel is a later
 // optimisation (prefill attention is compute-bound, decode is what this kernel is shaped for).
 //
-// Algorithm: grid = (heads, rows), block = 4 warps. Warp w takes positions w, w + 4, ...; each
+// Algorithm: grid = (rows, heads) (rows on x: no 65535 limit), block = 4 warps. Warp w takes positions w, w + 4, ...; each
 // lane holds head_dim / 32 query dims in registers; a position costs one warp-reduced dot and an
 // online-softmax update (running max m, running sum l, weighted V accumulator). The warps' partial
 // (m, l, acc) are merged in shared memory at the end. head_dim must be a multiple of 32, <= 256.
@@ -31,7 +31,7 @@ __device__ void paged_attention(T* __restrict__ out, const T* __restrict__ q,
                                 int heads, int kv_heads, int head_dim, int block_size, float scale) {
   __shared__ float sm_m[PA_WARPS], sm_l[PA_WARPS];
   __shared__ float sm_acc[PA_WARPS][PA_MAX_DIMS_PER_LANE * WARP];
-  const int h = blockIdx.x, row = blockIdx.y;
+  const int row = blockIdx.x, h = blockIdx.y;
   const int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
   const int dpl = head_dim / WARP;  // dims per lane
   const int kvh = h / (heads / kv_heads);

@@ -256,6 +256,6 @@ pub fn paged_attention<T: GpuFloat + Default>(
     // `DeviceAttnBatch::upload` proved every row's positions are covered by its block table, and
     // the check above that every block id < num_blocks, so every cache read is in bounds; q/out
     // are [rows, heads, head_dim] with head_dim a multiple of 32 and <= 256 (the register tile).
-    unsafe { b.launch(grid((heads as u32, batch.rows as u32, 1), 128, 0)) }?;
+    unsafe { b.launch(grid((batch.rows as u32, heads as u32, 1), 128, 0)) }?;
     Ok(())
 }
