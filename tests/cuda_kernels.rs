@@ -449,6 +449,46 @@ fn paged_attention_and_write_kv_match_cpu_twin_bf16() {
     attention_all::<bf16>("attention_bf16");
 }
 
+// ---------------------------------------------------------------- dense projection
+
+fn linear_all<T: GpuFloat + Default>(name: &str) {
+    let dev = device();
+    let mut rng = rng(name);
+    // (k, n): SmolLM2's up and down projections (16-byte vector path) and an odd k (scalar path).
+    for (k, n) in [(576, 1536), (1536, 576), (102, 70)] {
+        let (tw, w) = round::<T>(&random(&mut rng, n * k, 1.0 / (k as f32).sqrt()));
+        let (tb, bias) = round::<T>(&random(&mut rng, n, 1.0));
+        let (wd, bd) = (dev.upload(&tw).unwrap(), dev.upload(&tb).unwrap());
+        for m in BATCHES {
+            let (tx, x) = round::<T>(&random(&mut rng, m * k, 1.0));
+            let xd = dev.upload(&tx).unwrap();
+            for with_bias in [false, true] {
+                let mut want = vec![0f32; m * n];
+                cpu::linear(&x, m, &w, n, k, with_bias.then_some(&bias[..]), &mut want);
+                let mut y = poisoned::<T>(&dev, m * n);
+                cuda::linear(&dev, &xd, &wd, n, k, with_bias.then_some(&bd), &mut y).unwrap();
+                let what = format!("linear m={m} k={k} n={n} bias={with_bias}");
+                assert_close(&what, &dev, &y, &want);
+            }
+        }
+    }
+}
+
+#[test]
+fn linear_matches_cpu_twin_f32() {
+    linear_all::<f32>("linear_f32");
+}
+
+#[test]
+fn linear_matches_cpu_twin_f16() {
+    linear_all::<f16>("linear_f16");
+}
+
+#[test]
+fn linear_matches_cpu_twin_bf16() {
+    linear_all::<bf16>("linear_bf16");
+}
+
 // ---------------------------------------------------------------- norms, rope, activation
 
 fn norm_all<T: GpuFloat + Default>(name: &str) {
