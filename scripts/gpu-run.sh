@@ -7,8 +7,9 @@
 # 10-minute limit bites, run `tests engine` and `bench` as two calls on the warm machine.
 #   1. GPU kernel tests: every kernel vs its CPU twin (tests/cuda_kernels.rs)
 #   2. engine (CPU path of the same binary) vs transformers+PEFT on fixtures regenerated there
-#   3. benchmarks (scripts/gpu_bench.py): HBM copy bandwidth and the decode roofline of an
-#      8B-shaped model, HF transformers+PEFT mixed-adapter generation as the peer
+#   3. benchmarks: examples/cuda_ops_bench (openlora's kernels on an 8B-shaped decode step vs the
+#      HBM roofline, with 1/100/1000 adapters) and scripts/gpu_bench.py (HF decode and
+#      transformers+PEFT mixed-adapter generation on the same GPU, the peer)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out="${OUT:-$PWD/gpu-out}"
@@ -16,7 +17,7 @@ mkdir -p "$out"
 carry=gpu-carry
 [ -d "$carry" ] || { echo "no $carry/: run scripts/gpu-pack.sh first and carry it" >&2; exit 2; }
 bin="$(mktemp -d)"
-for f in openlora cuda_kernels reference_tiny; do
+for f in openlora cuda_kernels reference_tiny cuda_ops_bench; do
   python3 -c 'import lzma,sys; open(sys.argv[2],"wb").write(lzma.open(sys.argv[1]).read())' \
     "$carry/$f.xz" "$bin/$f" && chmod +x "$bin/$f"
 done
@@ -48,6 +49,8 @@ if want engine; then
 fi
 if want bench; then
   echo "== 3. benchmarks"
+  "$bin/cuda_ops_bench" 2>&1 | tee "$out/ops_bench.md"
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
   "$py" scripts/gpu_bench.py --out "$out" 2>&1 | tee "$out/bench.txt"
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
