@@ -78,7 +78,10 @@ fn assert_close<T: GpuFloat>(what: &str, dev: &CudaDevice, got: &CudaSlice<T>, w
     assert_eq!(got.len(), want.len(), "{what}: length");
     let tol = tol::<T>();
     let bad: Vec<usize> = (0..got.len())
-        .filter(|&i| !((got[i] - want[i]).abs() <= tol * (1.0 + want[i].abs())))
+        .filter(|&i| {
+            let d = (got[i] - want[i]).abs();
+            d.is_nan() || d > tol * (1.0 + want[i].abs())
+        })
         .collect();
     if let Some(&i) = bad.first() {
         panic!(
@@ -292,8 +295,8 @@ fn sgmv_rejects_overlapping_segments_and_wrong_shapes() {
     let dev = device();
     let mut rng = rng("sgmv_rejects");
     let ads = adapters::<f32>(&dev, &mut rng, 1, 16, 8);
-    let x = dev.upload(&vec![0f32; 4 * 16]).unwrap();
-    let mut y = dev.upload(&vec![0f32; 4 * 8]).unwrap();
+    let x = dev.upload(&[0f32; 4 * 16]).unwrap();
+    let mut y = dev.upload(&[0f32; 4 * 8]).unwrap();
     let term = || DeviceLoraTerm {
         lora: &ads[0].dev,
         coeff: 1.0,

@@ -191,10 +191,10 @@ pub fn paged_attention<T: GpuFloat + Default>(
 ) -> Result<()> {
     const OP: &str = "paged_attention";
     let hd = kv.head_dim;
-    ensure(OP, hd % 32 == 0 && hd <= 256, || {
+    ensure(OP, hd.is_multiple_of(32) && hd <= 256, || {
         format!("head_dim {hd}: the kernel needs a multiple of 32, at most 256")
     })?;
-    ensure(OP, heads > 0 && heads % kv.kv_heads == 0, || {
+    ensure(OP, heads > 0 && heads.is_multiple_of(kv.kv_heads), || {
         format!(
             "{heads} heads is not a multiple of {} kv heads",
             kv.kv_heads

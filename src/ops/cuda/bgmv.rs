@@ -31,7 +31,7 @@ pub fn bgmv<T: GpuFloat + Default>(
 ) -> Result<()> {
     ensure(
         OP,
-        in_dim > 0 && out_dim > 0 && x.len() % in_dim == 0,
+        in_dim > 0 && out_dim > 0 && x.len().is_multiple_of(in_dim),
         || format!("x has {} elements for in_dim {in_dim}", x.len()),
     )?;
     let rows = x.len() / in_dim;

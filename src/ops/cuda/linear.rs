@@ -23,7 +23,7 @@ pub fn linear<T: GpuFloat>(
 ) -> Result<()> {
     ensure(
         OP,
-        n > 0 && k > 0 && w.len() == n * k && x.len() % k == 0,
+        n > 0 && k > 0 && w.len() == n * k && x.len().is_multiple_of(k),
         || {
             format!(
                 "w has {} elements (want {n}x{k}), x has {}",

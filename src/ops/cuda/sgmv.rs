@@ -39,7 +39,7 @@ fn check<T: GpuFloat>(
     y: &CudaSlice<T>,
 ) -> Result<usize> {
     ensure(OP, in_dim > 0 && out_dim > 0, || "zero dimension".into())?;
-    ensure(OP, x.len() % in_dim == 0, || {
+    ensure(OP, x.len().is_multiple_of(in_dim), || {
         format!(
             "x has {} elements, not a multiple of in_dim {in_dim}",
             x.len()
