@@ -12,7 +12,7 @@
 //! Not measured here: attention, norms, sampling, the engine loop (the ops are not yet wired in).
 
 use half::bf16;
-use openlora::ops::cuda::{self, CudaDevice, CudaSlice, DecodeRow, DeviceLora};
+use openlora::ops::cuda::{self, BgmvIndex, CudaDevice, CudaSlice, DeviceLora, DeviceLoraTable};
 use std::time::Instant;
 
 const LAYERS: usize = 32;
@@ -133,22 +133,28 @@ fn main() -> R<()> {
             roof / base * 100.0
         );
         for n in [1usize, 100, 1000] {
+            // The step's index is built once and shared by all 224 launches; the pool's slot
+            // tables (one per projection, shared by the layers here) are built once per count.
             let who = zipf_assign(batch, n);
+            let entries: Vec<(usize, usize, f32)> = who
+                .iter()
+                .enumerate()
+                .map(|(row, &a)| (row, a, 2.0))
+                .collect();
+            let index = BgmvIndex::new(&dev, batch, &entries)?;
+            let tables: Vec<DeviceLoraTable<bf16>> = (0..PROJ.len())
+                .map(|p| {
+                    let slots: Vec<&DeviceLora<bf16>> =
+                        adapters[..n].iter().map(|a| &a[p]).collect();
+                    DeviceLoraTable::new(&dev, &slots)
+                })
+                .collect::<R<_>>()?;
             let s = time(&dev, 10, || {
                 for lw in &weights {
                     for (p, w) in lw.iter().enumerate() {
                         let (i, o) = PROJ[p];
                         cuda::linear(&dev, &x[p], w, o, i, None, &mut y[p])?;
-                        let rows: Vec<DecodeRow<bf16>> = who
-                            .iter()
-                            .enumerate()
-                            .map(|(row, &a)| DecodeRow {
-                                row,
-                                lora: &adapters[a][p],
-                                coeff: 2.0,
-                            })
-                            .collect();
-                        cuda::bgmv(&dev, &x[p], i, &rows, o, &mut y[p])?;
+                        cuda::bgmv_indexed(&dev, &x[p], &index, &tables[p], &mut y[p])?;
                     }
                 }
                 Ok(())

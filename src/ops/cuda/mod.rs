@@ -26,7 +26,7 @@ mod sgmv;
 
 pub use activation::silu_and_mul;
 pub use attention::{paged_attention, write_kv, DeviceAttnBatch, DeviceKvLayer};
-pub use bgmv::{bgmv, DecodeRow};
+pub use bgmv::{bgmv, bgmv_indexed, BgmvIndex, DecodeRow, DeviceLoraTable};
 pub use device::{driver_available, CudaDevice};
 pub use dtype::GpuFloat;
 pub use linear::linear;
