@@ -50,4 +50,4 @@ echo "== cuda build (nvcc 13.0 -> sm_90 PTX, cargo build/check --features cuda; 
 # tests/cuda_kernels.rs are type-checked here and run on a GPU machine (scripts/gpu-run.sh).
 source scripts/cuda-env.sh
 cargo build --features cuda
-cargo check --features cuda --tests
+cargo check --features cuda --tests --examples
