@@ -44,6 +44,16 @@ pub enum Error {
     /// A chain operation (settlement, deposits) failed.
     #[error("chain: {0}")]
     Chain(#[from] crate::chain::ChainError),
+    /// The payer's deposit does not cover this call on top of its unsettled usage.
+    #[error("insufficient funds: payer {payer} has {available} wei available (deposit minus unsettled usage and calls in flight), this request may cost up to {needed} wei; deposit more into the Settlement contract")]
+    InsufficientFunds {
+        payer: String,
+        available: String,
+        needed: String,
+    },
+    /// The usage ledger (SQLite) failed.
+    #[error("ledger: {0}")]
+    Ledger(String),
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -87,13 +97,13 @@ impl Error {
             Error::NotFound(_) => "not_found_error",
             Error::Unsupported { .. } | Error::InvalidFile { .. } => "invalid_request_error",
             Error::Unavailable(_) | Error::EngineStopped => "service_unavailable",
+            Error::InsufficientFunds { .. } => "insufficient_quota",
             Error::Io { .. }
+            | Error::Ledger(_)
             | Error::Tokenizer(_)
             | Error::Template(_)
             | Error::Chain(_)
-            | Error::Internal(_) => {
-                "server_error"
-            }
+            | Error::Internal(_) => "server_error",
         }
     }
 
@@ -106,6 +116,7 @@ impl Error {
                 | Error::NotFound(_)
                 | Error::Unsupported { .. }
                 | Error::InvalidFile { .. }
+                | Error::InsufficientFunds { .. }
         )
     }
 }
