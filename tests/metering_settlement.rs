@@ -52,7 +52,9 @@ async fn two_hundred_calls_settle_exactly_and_every_receipt_verifies() {
         std::env::temp_dir().join(format!("openlora-metering-settle-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).unwrap();
-    let span = greedy_a8(&ATTR_PROMPT, 12);
+    let span = std::thread::spawn(|| greedy_a8(&ATTR_PROMPT, 12))
+        .join()
+        .unwrap();
     assert!(
         span.len() >= 6,
         "the attribution prompt should give a long enough completion: {span:?}"
