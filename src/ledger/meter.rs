@@ -278,3 +278,90 @@ impl Drop for CallMeter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::pricing::Price;
+    use super::*;
+    use crate::chain::Receipt;
+
+    fn ev(token: u32, n: usize, finish: Option<FinishReason>) -> SeqEvent {
+        SeqEvent {
+            token: Some(token),
+            text: String::new(),
+            logprob: None,
+            finish,
+            prompt_tokens: 5,
+            completion_tokens: n,
+        }
+    }
+
+    #[test]
+    fn a_dropped_call_is_recorded_as_cancelled_and_an_empty_one_not_at_all() {
+        let dir = std::env::temp_dir().join(format!("openlora-meter-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Arc::new(Store::open(&dir.join("ledger.sqlite")).unwrap());
+        let op = Address::repeat_byte(9);
+        let price = Price {
+            per_m_input: U256::from(1_000_000u64),
+            per_m_output: U256::from(2_000_000u64),
+        };
+        let meter = Arc::new(Meter::new(
+            store.clone(),
+            PriceBook::new(price, op),
+            HashMap::new(),
+            4,
+            None,
+            op,
+            Arc::new(Metrics::new()),
+        ));
+        let payer = Address::repeat_byte(1);
+        let begin = |id: &str| {
+            meter.begin(
+                RequestId(id.into()),
+                payer,
+                meter.price(&[]).unwrap(),
+                None,
+                1,
+            )
+        };
+        {
+            let mut c = begin("r1");
+            c.observe(0, &ev(7, 1, None));
+            c.observe(0, &ev(8, 2, None));
+        } // the client went away
+        let r = store.get("r1").unwrap().unwrap();
+        assert_eq!(
+            (r.finish.as_str(), r.prompt_tokens, r.completion_tokens),
+            ("cancelled", 5, 2)
+        );
+        assert_eq!(r.amount, U256::from(5 + 2 * 2));
+        assert_eq!(r.output_hash, output_hash(&[vec![7, 8]]));
+        let leaf = Receipt {
+            receipt_id: r.receipt_id,
+            adapter_id: r.adapter_id,
+            payer,
+            operator: op,
+            input_tokens: 5,
+            output_tokens: 2,
+            cost: r.amount,
+            timestamp: r.created_at,
+        }
+        .leaf();
+        assert_eq!(leaf, r.leaf);
+        assert_eq!(r.splits, vec![(op, r.amount)]);
+        drop(begin("r2"));
+        assert!(store.get("r2").unwrap().is_none(), "no tokens, no record");
+        let mut c = begin("r3");
+        c.observe(0, &ev(1, 1, Some(FinishReason::Stop)));
+        c.record().unwrap();
+        drop(c);
+        assert_eq!(store.get("r3").unwrap().unwrap().finish, "stop");
+        assert_eq!(store.all_amounts().unwrap().len(), 2, "recorded once");
+        let mut dup = begin("r3");
+        dup.observe(0, &ev(1, 1, Some(FinishReason::Stop)));
+        assert!(dup.record().is_err(), "request ids are unique");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
