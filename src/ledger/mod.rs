@@ -109,8 +109,8 @@ pub async fn open(
         metrics.clone(),
     ));
     let worker = match (settler, cfg.chain, funds) {
-        (Some(settler), Some(c), Some(funds)) => Some(
-            SettlementWorker::new(
+        (Some(settler), Some(c), Some(funds)) => {
+            let mut w = SettlementWorker::new(
                 store,
                 funds,
                 settler,
@@ -122,9 +122,18 @@ pub async fn open(
                     pause_after_submit: c.pause_after_submit,
                 },
                 metrics,
-            )
-            .spawn(),
-        ),
+            );
+            // Read deposits before the first request is admitted; with the RPC down, start with
+            // the last values the ledger saw and let the worker retry.
+            let first =
+                tokio::time::timeout(std::time::Duration::from_secs(10), w.refresh_deposits());
+            match first.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "could not read deposits at startup"),
+                Err(_) => tracing::warn!("reading deposits at startup timed out"),
+            }
+            Some(w.spawn())
+        }
         _ => None,
     };
     Ok((meter, worker))

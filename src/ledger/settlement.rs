@@ -189,9 +189,20 @@ impl SettlementWorker {
         Ok(worked)
     }
 
-    async fn refresh_deposits(&mut self) -> Result<()> {
+    /// Re-reads each payer's escrow; an amount the payer asked to withdraw counts as gone (the
+    /// server stops spending it as soon as it sees the request, as contracts/README.md asks).
+    pub async fn refresh_deposits(&mut self) -> Result<()> {
+        let s = self.settler.settlement();
         for p in &self.cfg.payers {
             let escrow = self.settler.balances(*p).await.map_err(chain_err)?.escrow;
+            let leaving = s
+                .pendingWithdrawal(crate::chain::NATIVE, *p)
+                .call()
+                .await
+                .map_err(|e| chain_err(ChainError::from_contract(e)))?
+                .amount;
+            let leaving = U256::from_be_slice(&leaving.to_be_bytes::<24>());
+            let escrow = escrow.saturating_sub(leaving);
             self.funds.set_escrow(*p, escrow);
             self.store.set_escrow(*p, escrow, unix_now())?;
         }
