@@ -136,6 +136,18 @@ async fn two_hundred_calls_settle_exactly_and_every_receipt_verifies() {
         ids.len()
     );
 
+    // The owner raises the protocol fee: batches built from now on use it, and the books still
+    // balance exactly (the contract checks credits + fee == debits per batch).
+    wait_settled(&setup.ledger(), Duration::from_secs(120));
+    let s = chain.admin.settlement();
+    s.setProtocolFee(fee_recipient(), 1000)
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+
     // Attribution: the completion reproduces contributor 1's span in dn-x.
     let (status, body) = complete(&http, &url, &api_key(0), "a8", &ATTR_PROMPT, 12, false).await;
     assert_eq!(status, 200, "{body}");
@@ -155,6 +167,13 @@ async fn two_hundred_calls_settle_exactly_and_every_receipt_verifies() {
         "one ledger record per call that produced tokens"
     );
     check_books(&chain, &store, &deposits).await;
+    let batches = store.all_batches().unwrap();
+    assert_eq!(batches.first().unwrap().fee_bps, FEE_BPS);
+    assert_eq!(
+        batches.last().unwrap().fee_bps,
+        1000,
+        "the last batch uses the new fee"
+    );
     for (p, id) in &ids {
         check_receipt(&http, &url, &api_key(*p), id, &chain).await;
     }

@@ -297,6 +297,39 @@ mod tests {
     }
 
     #[test]
+    fn a_mix_costs_each_adapter_by_its_weight_share() {
+        use super::super::pricing::{adapter_id, FeeSplit};
+        let terms = |name: &str, p: u64| {
+            Arc::new(AdapterTerms {
+                name: name.into(),
+                adapter_id: adapter_id(name),
+                owner: Address::repeat_byte(1),
+                price: Price {
+                    per_m_input: U256::from(p),
+                    per_m_output: U256::from(3 * p),
+                },
+                datanets: vec![],
+                split: FeeSplit::OPERATOR_ONLY,
+            })
+        };
+        let one = Pricing {
+            parts: vec![(terms("a", 1_000_000), 1.0, 1_000_000)],
+            adapter_id: adapter_id("a"),
+        };
+        assert_eq!(one.cost(10, 5), U256::from(10 + 15));
+        // Weights 0.5 and 1.5: a quarter of a's price plus three quarters of b's, each rounded up.
+        let mix = Pricing {
+            parts: vec![
+                (terms("a", 1_000_000), 0.5, 500_000),
+                (terms("b", 2_000_000), -1.5, 1_500_000),
+            ],
+            adapter_id: B256::ZERO,
+        };
+        assert_eq!(mix.costs(10, 5), vec![U256::from(7u64), U256::from(38u64)]);
+        assert_eq!(mix.cost(10, 5), U256::from(45u64));
+    }
+
+    #[test]
     fn a_dropped_call_is_recorded_as_cancelled_and_an_empty_one_not_at_all() {
         let dir = std::env::temp_dir().join(format!("openlora-meter-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
