@@ -22,7 +22,7 @@ async fn calls(
             ADAPTERS[i % 5],
             &prompt_for(i),
             3,
-            i % 3 == 0,
+            i.is_multiple_of(3),
         )
         .await;
         assert_eq!(status, 200, "call {i}: {body}");

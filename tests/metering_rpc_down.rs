@@ -39,7 +39,7 @@ async fn anvil_down_for_30s_under_traffic_then_everything_settles() {
                 ADAPTERS[i % 5],
                 &prompt_for(i),
                 3,
-                i % 3 == 0,
+                i.is_multiple_of(3),
             )
             .await;
             assert_eq!(status, 200, "call {i}: {body}");

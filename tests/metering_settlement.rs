@@ -91,7 +91,7 @@ async fn two_hundred_calls_settle_exactly_and_every_receipt_verifies() {
                     ADAPTERS[(i / 3) % 5],
                     &prompt_for(i),
                     2 + (i % 5) as u32,
-                    i % 4 == 0,
+                    i.is_multiple_of(4),
                 )
                 .await;
                 (i, status, body)

@@ -59,6 +59,9 @@ impl Drop for WorkerHandle {
     }
 }
 
+/// (address, wei) pairs: a batch's debits or credits.
+pub type Amounts = Vec<(Address, U256)>;
+
 pub fn batch_id(operator: Address, leaves: &[B256]) -> BatchId {
     let mut bytes = b"openlora.batch".to_vec();
     bytes.extend_from_slice(operator.as_slice());
@@ -69,11 +72,7 @@ pub fn batch_id(operator: Address, leaves: &[B256]) -> BatchId {
 }
 
 /// Debits per payer and credits per recipient of `rows` under fee `bps` (sorted by address).
-pub fn batch_amounts(
-    rows: &[UnbatchedRow],
-    bps: u16,
-    operator: Address,
-) -> (Vec<(Address, U256)>, Vec<(Address, U256)>) {
+pub fn batch_amounts(rows: &[UnbatchedRow], bps: u16, operator: Address) -> (Amounts, Amounts) {
     let mut debits: BTreeMap<Address, U256> = BTreeMap::new();
     let mut gross: BTreeMap<Address, U256> = BTreeMap::new();
     for r in rows {
