@@ -210,14 +210,15 @@ impl SettlementWorker {
     }
 
     async fn next_batch(&self) -> Result<Option<StoredBatch>> {
-        let rows = self.store.unbatched(self.cfg.max_records)?;
-        let Some(oldest) = rows.first().map(|r| r.created_at) else {
+        let (count, oldest) = self.store.unbatched_stats()?;
+        let Some(oldest) = oldest else {
             return Ok(None);
         };
         let due = unix_now().saturating_sub(oldest) >= self.cfg.interval.as_secs();
-        if rows.len() < self.cfg.max_records && !due {
+        if (count as usize) < self.cfg.max_records && !due {
             return Ok(None);
         }
+        let rows = self.store.unbatched(self.cfg.max_records)?;
         let bps = self.settler.protocol_fee_bps().await.map_err(chain_err)?;
         let operator = self.settler.signer_address();
         let leaves: Vec<B256> = rows.iter().map(|r| r.leaf).collect();

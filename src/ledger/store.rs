@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS batches (
     gas_used INTEGER,
     settled_at INTEGER
 );
+CREATE INDEX IF NOT EXISTS batches_status ON batches(status);
 CREATE TABLE IF NOT EXISTS payers (
     payer TEXT PRIMARY KEY,
     escrow TEXT NOT NULL,
@@ -277,20 +278,34 @@ impl Store {
         Ok(out)
     }
 
-    /// (records not settled, created_at of the oldest of them).
+    /// (records not settled, created_at of the oldest of them). Two indexed queries (records in
+    /// no batch, records in pending batches), so it stays cheap as the ledger grows.
     pub fn unsettled_stats(&self) -> Result<(u64, Option<u64>)> {
-        let conn = self.conn();
-        Ok(conn.query_row(
-            "SELECT COUNT(*), MIN(u.created_at) FROM usage u LEFT JOIN batches b
-             ON u.batch_id = b.batch_id WHERE u.batch_id IS NULL OR b.status = 'pending'",
-            [],
-            |r| {
-                Ok((
-                    r.get::<_, i64>(0)? as u64,
-                    r.get::<_, Option<i64>>(1)?.map(|t| t as u64),
-                ))
-            },
-        )?)
+        let (a, oldest_a) = self
+            .count_oldest("SELECT COUNT(*), MIN(created_at) FROM usage WHERE batch_id IS NULL")?;
+        let (b, oldest_b) = self.count_oldest(
+            "SELECT COUNT(*), MIN(created_at) FROM usage WHERE batch_id IN
+             (SELECT batch_id FROM batches WHERE status = 'pending')",
+        )?;
+        let oldest = match (oldest_a, oldest_b) {
+            (Some(x), Some(y)) => Some(x.min(y)),
+            (x, y) => x.or(y),
+        };
+        Ok((a + b, oldest))
+    }
+
+    /// (records in no batch, created_at of the oldest of them).
+    pub fn unbatched_stats(&self) -> Result<(u64, Option<u64>)> {
+        self.count_oldest("SELECT COUNT(*), MIN(created_at) FROM usage WHERE batch_id IS NULL")
+    }
+
+    fn count_oldest(&self, sql: &str) -> Result<(u64, Option<u64>)> {
+        Ok(self.conn().query_row(sql, [], |r| {
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                r.get::<_, Option<i64>>(1)?.map(|t| t as u64),
+            ))
+        })?)
     }
 
     /// The oldest `limit` records in no batch, in ledger order.
