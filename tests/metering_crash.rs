@@ -49,6 +49,7 @@ async fn kill_9_between_submit_and_record_loses_nothing_and_charges_once() {
         payers: 2,
         max_records: 10,
         pause_after_submit: true,
+        extra_keys: vec![],
     };
     let http = reqwest::Client::new();
     let server = setup.spawn();

@@ -23,6 +23,7 @@ async fn anvil_down_for_30s_under_traffic_then_everything_settles() {
         payers: 2,
         max_records: 5,
         pause_after_submit: false,
+        extra_keys: vec![],
     };
     let http = reqwest::Client::new();
     let server = setup.spawn();

@@ -75,6 +75,7 @@ async fn two_hundred_calls_settle_exactly_and_every_receipt_verifies() {
         payers: 3,
         max_records: 25,
         pause_after_submit: false,
+        extra_keys: vec![],
     };
     let server = setup.spawn();
     let url = server.url("");

@@ -207,6 +207,8 @@ pub struct ServerSetup {
     pub payers: usize,
     pub max_records: usize,
     pub pause_after_submit: bool,
+    /// More `(api key, payer)` pairs besides `api_key(i) -> payer(i)`.
+    pub extra_keys: Vec<(String, Address)>,
 }
 
 impl ServerSetup {
@@ -261,6 +263,9 @@ impl ServerSetup {
         for i in 0..self.payers {
             cmd.arg("--api-key")
                 .arg(format!("{}={}", api_key(i), payer(i)));
+        }
+        for (k, p) in &self.extra_keys {
+            cmd.arg("--api-key").arg(format!("{k}={p}"));
         }
         if self.pause_after_submit {
             cmd.env("OPENLORA_TEST_PAUSE_AFTER_SUBMIT", "1");
