@@ -47,6 +47,16 @@ pub enum Error {
     /// A CUDA launcher refused its arguments (`op` names it) or a driver call failed.
     #[error("cuda {op}: {message}")]
     Cuda { op: &'static str, message: String },
+    /// The payer's deposit does not cover this call on top of its unsettled usage.
+    #[error("insufficient funds: payer {payer} has {available} wei available (deposit minus unsettled usage and calls in flight), this request may cost up to {needed} wei; deposit more into the Settlement contract")]
+    InsufficientFunds {
+        payer: String,
+        available: String,
+        needed: String,
+    },
+    /// The usage ledger (SQLite) failed.
+    #[error("ledger: {0}")]
+    Ledger(String),
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -97,7 +107,9 @@ impl Error {
             Error::NotFound(_) => "not_found_error",
             Error::Unsupported { .. } | Error::InvalidFile { .. } => "invalid_request_error",
             Error::Unavailable(_) | Error::EngineStopped => "service_unavailable",
+            Error::InsufficientFunds { .. } => "insufficient_quota",
             Error::Io { .. }
+            | Error::Ledger(_)
             | Error::Tokenizer(_)
             | Error::Template(_)
             | Error::Chain(_)
@@ -115,6 +127,7 @@ impl Error {
                 | Error::NotFound(_)
                 | Error::Unsupported { .. }
                 | Error::InvalidFile { .. }
+                | Error::InsufficientFunds { .. }
         )
     }
 }

@@ -4,7 +4,8 @@
 //! `model` (Llama family, loaded from GGUF or HF folders), whose projections add each row's LoRA
 //! delta (`lora`, `ops::cpu::sgmv`) and whose attention reads a paged KV cache (`kv_cache`).
 //! `ops::cpu` holds the reference numerics, the oracle for every CUDA kernel. Metered calls settle
-//! in batches on an OP Stack chain through `chain` (alloy bindings to `contracts/`).
+//! in batches on an OP Stack chain through `chain` (alloy bindings to `contracts/`); `ledger` records
+//! every call durably, attributes it to data contributors and runs the settlement worker.
 
 pub mod bench;
 pub mod chain;
@@ -12,6 +13,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod kv_cache;
+pub mod ledger;
 pub mod lora;
 pub mod metrics;
 pub mod model;

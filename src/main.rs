@@ -21,6 +21,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once
 enum Cmd {
     /// Generate a completion for one prompt, streaming text to stdout.
     Generate {
@@ -46,6 +47,8 @@ enum Cmd {
     Serve(openlora::serve::ServeArgs),
     /// Decode throughput: batch 1 vs batch N with N distinct adapters, in one run.
     Bench(openlora::bench::BenchArgs),
+    /// Proof of Attribution: suffix-array build time and per-call attribution latency.
+    BenchAttribution(openlora::ledger::attribution_bench::AttributionBenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -118,6 +121,7 @@ fn main() -> anyhow::Result<()> {
             writeln!(out)?;
         }
         Cmd::Bench(args) => openlora::bench::run(args)?,
+        Cmd::BenchAttribution(args) => openlora::ledger::attribution_bench::run(args)?,
         Cmd::Serve(args) => openlora::serve::run(args)?,
     }
     Ok(())

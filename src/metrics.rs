@@ -3,8 +3,8 @@
 //! Gateway API Inference Extension reads from model servers.
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, Opts, Registry, TextEncoder,
 };
 
 pub const REQUESTS_TOTAL: &str = "openlora_requests_total";
@@ -22,6 +22,14 @@ pub const ADAPTER_EVICTIONS_TOTAL: &str = "openlora_adapter_evictions_total";
 pub const ADAPTER_HITS_TOTAL: &str = "openlora_adapter_hits_total";
 pub const ADAPTER_LOAD_SECONDS: &str = "openlora_adapter_load_seconds";
 pub const ADAPTERS_REGISTERED: &str = "openlora_adapters_registered";
+pub const LEDGER_RECORDS_TOTAL: &str = "openlora_ledger_records_total";
+pub const LEDGER_UNSETTLED_RECORDS: &str = "openlora_ledger_unsettled_records";
+pub const SETTLEMENT_LAG_SECONDS: &str = "openlora_settlement_lag_seconds";
+pub const SETTLEMENT_BATCH_CALLS: &str = "openlora_settlement_batch_calls";
+pub const SETTLEMENT_BATCHES_TOTAL: &str = "openlora_settlement_batches_total";
+pub const SETTLEMENT_GAS_USED_TOTAL: &str = "openlora_settlement_gas_used_total";
+pub const SETTLEMENT_FAILURES_TOTAL: &str = "openlora_settlement_failures_total";
+pub const ATTRIBUTION_SECONDS: &str = "openlora_attribution_seconds";
 pub const VLLM_WAITING: &str = "vllm:num_requests_waiting";
 pub const VLLM_RUNNING: &str = "vllm:num_requests_running";
 pub const VLLM_KV_USAGE: &str = "vllm:kv_cache_usage_perc";
@@ -48,6 +56,14 @@ pub struct Metrics {
     pub adapter_hits: IntCounterVec,
     pub adapter_load_seconds: HistogramVec,
     pub adapters_registered: IntGauge,
+    pub ledger_records: IntCounter,
+    pub ledger_unsettled: IntGauge,
+    pub settlement_lag: Gauge,
+    pub settlement_batch_calls: Histogram,
+    pub settlement_batches: IntCounter,
+    pub settlement_gas: IntCounter,
+    pub settlement_failures: IntCounterVec,
+    pub attribution_seconds: Histogram,
     pub vllm_waiting: Gauge,
     pub vllm_running: Gauge,
     pub vllm_kv_usage: Gauge,
@@ -132,6 +148,50 @@ impl Metrics {
             ),
             adapters_registered: IntGauge::new(ADAPTERS_REGISTERED, "Adapters registered.")
                 .expect("gauge"),
+            ledger_records: IntCounter::new(
+                LEDGER_RECORDS_TOTAL,
+                "Usage records committed to the ledger.",
+            )
+            .expect("counter"),
+            ledger_unsettled: IntGauge::new(
+                LEDGER_UNSETTLED_RECORDS,
+                "Usage records not yet settled on chain.",
+            )
+            .expect("gauge"),
+            settlement_lag: Gauge::new(
+                SETTLEMENT_LAG_SECONDS,
+                "Age of the oldest usage record not yet settled on chain.",
+            )
+            .expect("gauge"),
+            settlement_batch_calls: Histogram::with_opts(
+                HistogramOpts::new(SETTLEMENT_BATCH_CALLS, "Calls per settlement batch.").buckets(
+                    vec![1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0],
+                ),
+            )
+            .expect("histogram"),
+            settlement_batches: IntCounter::new(
+                SETTLEMENT_BATCHES_TOTAL,
+                "Settlement batches recorded as settled on chain.",
+            )
+            .expect("counter"),
+            settlement_gas: IntCounter::new(
+                SETTLEMENT_GAS_USED_TOTAL,
+                "Gas used by settlement transactions.",
+            )
+            .expect("counter"),
+            settlement_failures: counter(
+                SETTLEMENT_FAILURES_TOTAL,
+                "Settlement rounds that failed and will be retried, by reason.",
+                &["reason"],
+            ),
+            attribution_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    ATTRIBUTION_SECONDS,
+                    "Time to attribute one call's output to datanet contributors.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            )
+            .expect("histogram"),
             vllm_waiting: Gauge::new(VLLM_WAITING, "Number of requests waiting to be processed.")
                 .expect("gauge"),
             vllm_running: Gauge::new(VLLM_RUNNING, "Number of requests currently running.")
@@ -161,6 +221,14 @@ impl Metrics {
             Box::new(m.adapter_hits.clone()),
             Box::new(m.adapter_load_seconds.clone()),
             Box::new(m.adapters_registered.clone()),
+            Box::new(m.ledger_records.clone()),
+            Box::new(m.ledger_unsettled.clone()),
+            Box::new(m.settlement_lag.clone()),
+            Box::new(m.settlement_batch_calls.clone()),
+            Box::new(m.settlement_batches.clone()),
+            Box::new(m.settlement_gas.clone()),
+            Box::new(m.settlement_failures.clone()),
+            Box::new(m.attribution_seconds.clone()),
             Box::new(m.vllm_waiting.clone()),
             Box::new(m.vllm_running.clone()),
             Box::new(m.vllm_kv_usage.clone()),

@@ -1,12 +1,16 @@
 //! `openlora serve`: flags > environment (`OPENLORA_*`) > TOML config file > defaults, merged and
 //! validated once into the engine and server options. Loads the model (with progress), registers
 //! every adapter folder under `--adapters-dir`, serves until SIGTERM/Ctrl-C, then drains in-flight
-//! requests up to `--shutdown-timeout` seconds and exits 0.
+//! requests up to `--shutdown-timeout` seconds and exits 0. With `--ledger` every call is metered
+//! (see `ledger`); with `--chain-rpc` too, payers are admitted against their deposits and usage
+//! settles on chain from a background worker.
 
 use crate::config::EngineConfig;
 use crate::engine::{EngineHandle, LlmEngine};
 use crate::kv_cache::KvCache;
+use crate::ledger::{MeterConfig, MeteringArgs, MeteringFile};
 use crate::lora::AdapterRegistry;
+use crate::metrics::Metrics;
 use crate::model::Model;
 use crate::server::{self, AppState, ServerOptions};
 use anyhow::Context;
@@ -55,6 +59,8 @@ pub struct ServeArgs {
     /// Seconds to finish in-flight requests after SIGTERM.
     #[arg(long, env = "OPENLORA_SHUTDOWN_TIMEOUT")]
     pub shutdown_timeout: Option<u64>,
+    #[command(flatten)]
+    pub metering: MeteringArgs,
 }
 
 /// The same settings as a TOML file.
@@ -75,6 +81,8 @@ struct FileConfig {
     max_adapters_per_step: Option<usize>,
     max_queue: Option<usize>,
     shutdown_timeout: Option<u64>,
+    #[serde(default)]
+    metering: MeteringFile,
 }
 
 fn progress(msg: &str) -> indicatif::ProgressBar {
@@ -117,6 +125,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .unwrap_or(defaults.max_adapters_per_step),
         ..defaults
     };
+    let meter_cfg = MeterConfig::merge(args.metering, file.metering)?;
+    let payers = match &meter_cfg {
+        Some(_) => payer_addresses(&api_keys)?,
+        None => vec![],
+    };
     let opts = ServerOptions {
         api_keys,
         admin_key: args.admin_key.or(file.admin_key),
@@ -157,13 +170,34 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         register_dir(&registry, &dir)?;
     }
     let model = Arc::new(model);
-    let engine = EngineHandle::spawn(LlmEngine::new(model.clone(), engine_cfg.clone())?);
-    let state = AppState::new(engine, registry.clone(), opts);
-    tracing::info!(model = %model.name, adapters = registry.list().len(), kv_blocks = engine_cfg.num_blocks, "serving");
-
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let metrics = Arc::new(Metrics::new());
+    let (meter, _settlement_worker) = match meter_cfg {
+        Some(cfg) => {
+            let ledger = cfg.ledger.clone();
+            let (m, w) = rt
+                .block_on(crate::ledger::open(
+                    cfg,
+                    model.tokenizer.as_ref(),
+                    payers,
+                    metrics.clone(),
+                ))
+                .with_context(|| format!("opening the ledger {}", ledger.display()))?;
+            eprintln!(
+                "openlora: metering into {} (settlement {})",
+                ledger.display(),
+                if w.is_some() { "on" } else { "off" }
+            );
+            (Some(m), w)
+        }
+        None => (None, None),
+    };
+    let engine = EngineHandle::spawn(LlmEngine::new(model.clone(), engine_cfg.clone())?);
+    let state = AppState::with_meter(engine, registry.clone(), opts, metrics, meter);
+    tracing::info!(model = %model.name, adapters = registry.list().len(), kv_blocks = engine_cfg.num_blocks, "serving");
+
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind((host.as_str(), port))
             .await
@@ -193,6 +227,27 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         eprintln!("openlora: stopped");
         Ok(())
     })
+}
+
+/// With metering on, every API key must bill a payer address.
+fn payer_addresses(
+    api_keys: &HashMap<String, String>,
+) -> anyhow::Result<Vec<alloy::primitives::Address>> {
+    anyhow::ensure!(
+        !api_keys.is_empty(),
+        "metering needs API keys mapped to payer addresses (--api-key key=0x...)"
+    );
+    let mut out = Vec::new();
+    for payer in api_keys.values() {
+        let a: alloy::primitives::Address = payer
+            .parse()
+            .with_context(|| format!("payer `{payer}` is not an address (metering is on)"))?;
+        if !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// Registers each subfolder holding an `adapter_config.json`; a bad one is reported and skipped.

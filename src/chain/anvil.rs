@@ -45,12 +45,19 @@ pub struct LocalAnvil {
 impl LocalAnvil {
     /// Start `bin` (see [`find_anvil`]) in OP Stack mode, plus `extra_args`, and wait until it listens.
     pub fn spawn(bin: &Path, extra_args: &[&str]) -> std::io::Result<Self> {
+        Self::spawn_on(bin, 0, extra_args)
+    }
+
+    /// Like [`Self::spawn`] on a given port (0 = OS-chosen): to restart a node where clients
+    /// expect it, e.g. with `--state <file>` to keep the chain across the restart.
+    pub fn spawn_on(bin: &Path, port: u16, extra_args: &[&str]) -> std::io::Result<Self> {
+        let port_arg = port.to_string();
         let mut child = Command::new(bin)
             .args([
                 "--host",
                 "127.0.0.1",
                 "--port",
-                "0",
+                &port_arg,
                 "--network",
                 "optimism",
             ])
@@ -86,6 +93,23 @@ impl LocalAnvil {
                 )))
             }
         }
+    }
+
+    /// Stop with SIGTERM (so `--state`/`--dump-state` files are written) and wait for the exit.
+    pub fn stop(mut self) -> std::io::Result<()> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        if !status.success() {
+            return Err(std::io::Error::other("kill -TERM failed"));
+        }
+        for _ in 0..200 {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(std::io::Error::other("anvil did not exit after SIGTERM"))
     }
 
     pub fn port(&self) -> u16 {

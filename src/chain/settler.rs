@@ -160,6 +160,22 @@ impl Settler {
         })
     }
 
+    /// Like [`Self::connect`] without contacting the node: for a server that must start (and keep
+    /// serving) while the RPC is down. The chain id is fetched with the first transaction.
+    pub fn connect_lazy(
+        rpc_url: &str,
+        signer_key: &str,
+        deployment: Deployment,
+    ) -> Result<Self, ChainError> {
+        let (provider, signer) = provider_for(rpc_url, signer_key)?;
+        Ok(Self {
+            provider,
+            signer,
+            deployment,
+            receipt_timeout: DEFAULT_RECEIPT_TIMEOUT,
+        })
+    }
+
     /// Deploy DatanetRegistry, AdapterRegistry and Settlement from `signer_key`; returns a Settler
     /// for that signer (the owner unless `cfg.owner` says otherwise).
     pub async fn deploy_all(

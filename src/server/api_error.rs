@@ -59,6 +59,11 @@ impl From<Error> for ApiError {
             Error::Unsupported { .. } | Error::InvalidFile { .. } => {
                 (StatusCode::BAD_REQUEST, None, Some("invalid_adapter"))
             }
+            Error::InsufficientFunds { .. } => (
+                StatusCode::PAYMENT_REQUIRED,
+                None,
+                Some("insufficient_quota"),
+            ),
             Error::Unavailable(_) | Error::EngineStopped => {
                 (StatusCode::SERVICE_UNAVAILABLE, None, None)
             }

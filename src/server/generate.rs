@@ -2,13 +2,19 @@
 //! either one JSON body or an SSE stream (`data: {...}` frames, usage chunk, `data: [DONE]`).
 //! Metrics (TTFT, inter-token latency, end-to-end, tokens, outcome) are recorded here, once.
 //! Dropping the SSE body (client gone) drops the `RequestStream`, which aborts the sequence.
+//! With metering on, the payer is admitted against its funds before the request is queued, and
+//! the call's usage record is committed before the final JSON body or the final SSE chunk (usage
+//! chunk / `[DONE]`) is produced; a client that goes away earlier gets its call recorded as
+//! cancelled when the `CallMeter` drops.
 
 use super::api_error::ApiError;
 use super::openai::Usage;
 use super::state::{unix_now, AppState};
 use super::validate::ValidRequest;
 use crate::engine::{FinishReason, RequestStream, SeqEvent, TokenLogprob};
+use crate::ledger::{CallMeter, RequestId};
 use crate::model::Model;
+use alloy::primitives::Address;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -151,7 +157,55 @@ async fn submit(state: &AppState, req: &mut ValidRequest) -> Result<Vec<RequestS
     Ok(streams)
 }
 
-pub async fn respond(state: Arc<AppState>, kind: Kind, mut req: ValidRequest) -> Response {
+/// Prices and admits a metered call (before it is queued); `None` when metering is off.
+fn open_meter(
+    state: &AppState,
+    req: &ValidRequest,
+    payer: Option<Address>,
+    id: &str,
+) -> Result<Option<CallMeter>, ApiError> {
+    let (Some(meter), Some(payer)) = (&state.meter, payer) else {
+        return Ok(None);
+    };
+    let mix = req
+        .gens
+        .first()
+        .map(|g| g.adapters.as_slice())
+        .unwrap_or(&[]);
+    let pricing = meter.price(mix)?;
+    let gens: Vec<(u64, u64)> = req
+        .gens
+        .iter()
+        .map(|g| (g.prompt_ids.len() as u64, g.params.max_tokens as u64))
+        .collect();
+    let reservation = meter.admit(payer, &pricing, &gens)?;
+    Ok(Some(meter.begin(
+        RequestId(id.to_string()),
+        payer,
+        pricing,
+        reservation,
+        req.gens.len(),
+    )))
+}
+
+pub async fn respond(
+    state: Arc<AppState>,
+    kind: Kind,
+    mut req: ValidRequest,
+    payer: Option<Address>,
+) -> Response {
+    let id = request_id(kind);
+    let call = match open_meter(&state, &req, payer, &id) {
+        Ok(c) => c,
+        Err(e) => {
+            state
+                .metrics
+                .requests
+                .with_label_values(&[&req.adapter_label, e.error_type()])
+                .inc();
+            return e.into_response();
+        }
+    };
     let streams = match submit(&state, &mut req).await {
         Ok(s) => s,
         Err(e) => {
@@ -171,9 +225,9 @@ pub async fn respond(state: Arc<AppState>, kind: Kind, mut req: ValidRequest) ->
         done: false,
     };
     if req.stream {
-        stream_response(state, kind, req, streams, timer).into_response()
+        stream_response(state, kind, req, streams, timer, id, call).into_response()
     } else {
-        collect_response(state, kind, req, streams, timer).await
+        collect_response(state, kind, req, streams, timer, id, call).await
     }
 }
 
@@ -190,9 +244,11 @@ async fn collect_response(
     req: ValidRequest,
     streams: Vec<RequestStream>,
     mut timer: Timer,
+    id: String,
+    mut call: Option<CallMeter>,
 ) -> Response {
     let mut choices = Vec::new();
-    for mut s in streams {
+    for (i, mut s) in streams.into_iter().enumerate() {
         let mut c = Choice {
             text: String::new(),
             logprobs: vec![],
@@ -201,6 +257,9 @@ async fn collect_response(
         };
         while let Some(ev) = s.next().await {
             timer.token();
+            if let Some(m) = call.as_mut() {
+                m.observe(i, &ev);
+            }
             c.text.push_str(&ev.text);
             c.logprobs.extend(ev.logprob);
             c.usage = Usage::new(ev.prompt_tokens, ev.completion_tokens);
@@ -221,9 +280,14 @@ async fn collect_response(
         timer.finish(usage, "engine_stopped");
         return ApiError::from(crate::error::Error::EngineStopped).into_response();
     }
+    if let Some(m) = call.as_mut() {
+        if let Err(e) = m.record() {
+            timer.finish(usage, e.error_type());
+            return ApiError::from(e).into_response();
+        }
+    }
     timer.finish(usage, "ok");
     let model = state.engine.model();
-    let id = request_id(kind);
     let body = match kind {
         Kind::Chat => {
             let c = &choices[0];
@@ -257,8 +321,9 @@ fn stream_response(
     req: ValidRequest,
     streams: Vec<RequestStream>,
     timer: Timer,
+    id: String,
+    mut call: Option<CallMeter>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let id = request_id(kind);
     let created = unix_now();
     let model = state.engine.model().clone();
     let n = streams.len();
@@ -293,6 +358,9 @@ fn stream_response(
     let mut timer = timer;
     let body = tagged.map(move |(i, ev): (usize, SeqEvent)| {
         timer.token();
+        if let Some(m) = call.as_mut() {
+            m.observe(i, &ev);
+        }
         usages[i] = Usage::new(ev.prompt_tokens, ev.completion_tokens);
         let lp: Vec<TokenLogprob> = ev.logprob.into_iter().collect();
         let finish = ev.finish.map(FinishReason::as_str);
@@ -314,6 +382,13 @@ fn stream_response(
             finished += 1;
             if finished == n {
                 let total = usages.iter().fold(Usage::default(), |u, x| Usage::new(u.prompt_tokens + x.prompt_tokens, u.completion_tokens + x.completion_tokens));
+                // The record is committed before the final chunk leaves.
+                if let Some(Err(e)) = call.as_mut().map(CallMeter::record) {
+                    timer.finish(total, e.error_type());
+                    let e = ApiError::from(e);
+                    let body = json!({"error": {"message": e.message, "type": e.kind, "param": null, "code": e.code}});
+                    return stream::iter(vec![Ok(Event::default().data(body.to_string()))]);
+                }
                 timer.finish(total, "ok");
                 if include_usage {
                     events.push(chunk.clone()(json!([]), Some(total)));
@@ -321,7 +396,7 @@ fn stream_response(
                 events.push(Event::default().data("[DONE]"));
             }
         }
-        stream::iter(events.into_iter().map(Ok))
+        stream::iter(events.into_iter().map(Ok).collect::<Vec<_>>())
     });
     let all = stream::iter(first.into_iter().map(Ok)).chain(body.flatten());
     Sse::new(all).keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))

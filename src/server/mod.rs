@@ -6,18 +6,20 @@ mod admin;
 mod api_error;
 mod generate;
 mod openai;
+mod receipts;
 mod state;
 mod validate;
 
 pub use api_error::ApiError;
-pub use state::{AppState, ServerOptions};
+pub use state::{unix_now, AppState, ServerOptions};
 
 use crate::engine::EngineHandle;
+use crate::ledger::Meter;
 use crate::lora::AdapterRegistry;
 use crate::metrics::Metrics;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -34,7 +36,17 @@ impl AppState {
         registry: Arc<AdapterRegistry>,
         opts: ServerOptions,
     ) -> Arc<Self> {
-        let metrics = Arc::new(Metrics::new());
+        Self::with_meter(engine, registry, opts, Arc::new(Metrics::new()), None)
+    }
+
+    /// A server that meters every call into `meter` (whose metrics must be `metrics`).
+    pub fn with_meter(
+        engine: EngineHandle,
+        registry: Arc<AdapterRegistry>,
+        opts: ServerOptions,
+        metrics: Arc<Metrics>,
+        meter: Option<Arc<Meter>>,
+    ) -> Arc<Self> {
         metrics
             .adapters_registered
             .set(registry.list().len() as i64);
@@ -45,6 +57,7 @@ impl AppState {
             registry,
             metrics,
             opts,
+            meter,
             created: state::unix_now(),
         })
     }
@@ -60,6 +73,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
+        .route("/v1/receipts/{request_id}", get(receipts::get))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_api_key,
@@ -97,7 +111,11 @@ pub async fn run(
 }
 
 fn bearer(req: &Request) -> Option<&str> {
-    req.headers()
+    bearer_of(req.headers())
+}
+
+fn bearer_of(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)?
         .to_str()
         .ok()?
@@ -127,16 +145,50 @@ async fn require_admin(State(state): State<Arc<AppState>>, req: Request, next: N
     next.run(req).await
 }
 
-async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+/// With metering on, the account a call is billed to: the payer of the caller's API key.
+/// Keys without a payer address (the admin key) cannot run metered calls.
+fn payer(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<alloy::primitives::Address>, ApiError> {
+    if state.meter.is_none() {
+        return Ok(None);
+    }
+    bearer_of(headers)
+        .and_then(|k| state.opts.api_keys.get(k))
+        .and_then(|p| p.parse().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                "metered calls need an API key that is billed to a payer address",
+            )
+        })
+}
+
+async fn chat(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let payer = match payer(&state, &headers) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
     match parse_body(&body).and_then(|r| ValidRequest::chat(&state, r)) {
-        Ok(v) => generate::respond(state, Kind::Chat, v).await,
+        Ok(v) => generate::respond(state, Kind::Chat, v, payer).await,
         Err(e) => reject(&state, e),
     }
 }
 
-async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+async fn completions(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let payer = match payer(&state, &headers) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
     match parse_body(&body).and_then(|r| ValidRequest::completion(&state, r)) {
-        Ok(v) => generate::respond(state, Kind::Completion, v).await,
+        Ok(v) => generate::respond(state, Kind::Completion, v, payer).await,
         Err(e) => reject(&state, e),
     }
 }

@@ -1,6 +1,8 @@
-//! Shared state of the HTTP layer: the engine handle, the adapter registry, auth keys, metrics.
+//! Shared state of the HTTP layer: the engine handle, the adapter registry, auth keys, metrics,
+//! and the usage meter when metering is on.
 
 use crate::engine::EngineHandle;
+use crate::ledger::Meter;
 use crate::lora::AdapterRegistry;
 use crate::metrics::Metrics;
 use std::collections::HashMap;
@@ -35,6 +37,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub model_name: String,
     pub opts: ServerOptions,
+    /// Usage metering; `None` = calls are not recorded or billed.
+    pub meter: Option<Arc<Meter>>,
     pub default_max_tokens: usize,
     pub created: u64,
 }

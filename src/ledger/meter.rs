@@ -1,0 +1,400 @@
+//! `Meter`: what the HTTP layer talks to. It prices a call (`price`), admits it against the
+//! payer's funds (`admit`), and hands out a `CallMeter` that watches the call's tokens and writes
+//! its `UsageRecord` exactly once: explicitly (`record`, called before the final body or SSE chunk
+//! is sent) or, when the client goes away first, on `Drop`. A call that produced no completion
+//! token writes nothing. Recording runs attribution against the adapter's datanets.
+
+use super::attribution::Datanet;
+use super::funds::{Funds, Reservation};
+use super::pricing::{AdapterTerms, PriceBook};
+use super::record::{
+    datanet_attribution, output_hash, split_call, DatanetAttribution, PricedPart, RequestId,
+    UsageRecord,
+};
+use super::store::Store;
+use crate::engine::{FinishReason, SeqEvent};
+use crate::error::Result;
+use crate::lora::LoraAdapter;
+use crate::metrics::Metrics;
+use crate::server::unix_now;
+use alloy::primitives::{keccak256, Address, B256, U256};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+pub struct Meter {
+    pub store: Arc<Store>,
+    prices: PriceBook,
+    datanets: HashMap<String, Arc<Datanet>>,
+    min_span: usize,
+    /// `None` without a chain: calls are recorded but not checked against deposits.
+    pub funds: Option<Arc<Funds>>,
+    pub operator: Address,
+    metrics: Arc<Metrics>,
+}
+
+/// The priced adapters of one call: (terms, weight as given, share in ppm of the mix).
+#[derive(Clone)]
+pub struct Pricing {
+    parts: Vec<(Arc<AdapterTerms>, f32, u64)>,
+    adapter_id: B256,
+}
+
+impl Pricing {
+    /// Cost per adapter part of `input` prompt and `output` completion tokens.
+    pub fn costs(&self, input: u64, output: u64) -> Vec<U256> {
+        if self.parts.len() == 1 {
+            return vec![self.parts[0].0.price.quote(input, output)];
+        }
+        let total_ppm: u64 = self.parts.iter().map(|p| p.2).sum();
+        self.parts
+            .iter()
+            .map(|(t, _, ppm)| {
+                let p = &t.price;
+                let num = (U256::from(input) * p.per_m_input + U256::from(output) * p.per_m_output)
+                    * U256::from(*ppm);
+                num.div_ceil(U256::from(1_000_000u64) * U256::from(total_ppm))
+            })
+            .collect()
+    }
+
+    pub fn cost(&self, input: u64, output: u64) -> U256 {
+        self.costs(input, output).into_iter().sum()
+    }
+}
+
+impl Meter {
+    pub fn new(
+        store: Arc<Store>,
+        prices: PriceBook,
+        datanets: HashMap<String, Arc<Datanet>>,
+        min_span: usize,
+        funds: Option<Arc<Funds>>,
+        operator: Address,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Meter {
+            store,
+            prices,
+            datanets,
+            min_span,
+            funds,
+            operator,
+            metrics,
+        }
+    }
+
+    /// Terms of each adapter of the mix (the base model's when empty).
+    pub fn price(&self, mix: &[(Arc<LoraAdapter>, f32)]) -> Result<Pricing> {
+        if mix.is_empty() {
+            let base = Arc::new(self.prices.base());
+            let adapter_id = base.adapter_id;
+            return Ok(Pricing {
+                parts: vec![(base, 1.0, 1_000_000)],
+                adapter_id,
+            });
+        }
+        let mut parts = Vec::with_capacity(mix.len());
+        for (a, w) in mix {
+            let ppm = ((w.abs() as f64) * 1e6).round().max(1.0) as u64;
+            parts.push((self.prices.terms(a)?, *w, ppm));
+        }
+        let label: Vec<&str> = parts.iter().map(|p| p.0.name.as_str()).collect();
+        let adapter_id = if parts.len() == 1 {
+            parts[0].0.adapter_id
+        } else {
+            keccak256(label.join("+").as_bytes())
+        };
+        Ok(Pricing { parts, adapter_id })
+    }
+
+    /// Reserves the worst case of generations `(prompt tokens, max tokens)` against `payer`'s funds.
+    pub fn admit(
+        &self,
+        payer: Address,
+        pricing: &Pricing,
+        gens: &[(u64, u64)],
+    ) -> Result<Option<Reservation>> {
+        let Some(funds) = &self.funds else {
+            return Ok(None);
+        };
+        let worst: U256 = gens.iter().map(|(p, m)| pricing.cost(*p, *m)).sum();
+        funds.reserve(payer, worst).map(Some)
+    }
+
+    pub fn begin(
+        self: &Arc<Self>,
+        request_id: RequestId,
+        payer: Address,
+        pricing: Pricing,
+        reservation: Option<Reservation>,
+        choices: usize,
+    ) -> CallMeter {
+        CallMeter {
+            meter: self.clone(),
+            request_id,
+            payer,
+            pricing,
+            reservation,
+            outputs: vec![vec![]; choices],
+            prompt: vec![0; choices],
+            completion: vec![0; choices],
+            finish: vec![None; choices],
+            recorded: false,
+        }
+    }
+
+    fn attribute(&self, pricing: &Pricing, outputs: &[Vec<u32>]) -> Vec<DatanetAttribution> {
+        let mut out = vec![];
+        for (t, _, _) in &pricing.parts {
+            for (id, w) in &t.datanets {
+                let Some(d) = self.datanets.get(id) else {
+                    out.push(datanet_attribution(&t.name, id, *w, None, "missing"));
+                    continue;
+                };
+                let mut weights: BTreeMap<Address, u64> = BTreeMap::new();
+                let mut matched = 0;
+                for o in outputs {
+                    if let Some(a) = d.attribute(o, self.min_span) {
+                        matched += a.matched_tokens;
+                        for (who, x) in a.weights {
+                            *weights.entry(who).or_default() += x;
+                        }
+                    }
+                }
+                let a = if matched > 0 {
+                    super::attribution::Attribution {
+                        weights: weights.into_iter().collect(),
+                        matched_tokens: matched,
+                    }
+                } else {
+                    d.static_weights()
+                };
+                let source = if matched > 0 { "spans" } else { "static" };
+                out.push(datanet_attribution(&t.name, id, *w, Some(a), source));
+            }
+        }
+        out
+    }
+}
+
+/// Watches one call and writes its record once.
+pub struct CallMeter {
+    meter: Arc<Meter>,
+    request_id: RequestId,
+    payer: Address,
+    pricing: Pricing,
+    reservation: Option<Reservation>,
+    outputs: Vec<Vec<u32>>,
+    prompt: Vec<u64>,
+    completion: Vec<u64>,
+    finish: Vec<Option<FinishReason>>,
+    recorded: bool,
+}
+
+impl CallMeter {
+    pub fn observe(&mut self, choice: usize, ev: &SeqEvent) {
+        if choice >= self.outputs.len() {
+            return;
+        }
+        self.outputs[choice].extend(ev.token);
+        self.prompt[choice] = ev.prompt_tokens as u64;
+        self.completion[choice] = ev.completion_tokens as u64;
+        if ev.finish.is_some() {
+            self.finish[choice] = ev.finish;
+        }
+    }
+
+    pub fn request_id(&self) -> &RequestId {
+        &self.request_id
+    }
+
+    /// Writes the record (durably) unless already written; nothing when no token was produced.
+    pub fn record(&mut self) -> Result<()> {
+        if self.recorded {
+            return Ok(());
+        }
+        self.recorded = true;
+        let completion: u64 = self.completion.iter().sum();
+        if completion == 0 {
+            return Ok(());
+        }
+        let m = &self.meter;
+        let prompt: u64 = self.prompt.iter().sum();
+        let finish = match self
+            .finish
+            .iter()
+            .find(|f| f.is_none_or(|f| f == FinishReason::Cancelled))
+        {
+            Some(_) => "cancelled",
+            None => self.finish[0].map_or("cancelled", FinishReason::as_str),
+        };
+        let started = Instant::now();
+        let attribution = m.attribute(&self.pricing, &self.outputs);
+        m.metrics
+            .attribution_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let parts: Vec<PricedPart> = self
+            .pricing
+            .parts
+            .iter()
+            .zip(self.pricing.costs(prompt, completion))
+            .map(|((terms, weight, _), cost)| PricedPart {
+                terms: terms.clone(),
+                weight: *weight,
+                cost,
+            })
+            .collect();
+        let amount: U256 = parts.iter().map(|p| p.cost).sum();
+        let splits = split_call(&parts, &attribution, m.operator);
+        let record = UsageRecord {
+            request_id: self.request_id.clone(),
+            payer: self.payer,
+            operator: m.operator,
+            adapter_id: self.pricing.adapter_id,
+            parts,
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            amount,
+            timestamp: unix_now(),
+            finish: finish.to_string(),
+            output_hash: output_hash(&self.outputs),
+            attribution,
+            splits,
+        };
+        m.store.insert(&record)?;
+        m.metrics.ledger_records.inc();
+        if let (Some(funds), Some(r)) = (&m.funds, self.reservation.take()) {
+            funds.commit(r, amount);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for CallMeter {
+    fn drop(&mut self) {
+        if let Err(e) = self.record() {
+            tracing::error!(request_id = %self.request_id, error = %e, "could not record a cancelled call");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::pricing::Price;
+    use super::*;
+    use crate::chain::Receipt;
+
+    fn ev(token: u32, n: usize, finish: Option<FinishReason>) -> SeqEvent {
+        SeqEvent {
+            token: Some(token),
+            text: String::new(),
+            logprob: None,
+            finish,
+            prompt_tokens: 5,
+            completion_tokens: n,
+        }
+    }
+
+    #[test]
+    fn a_mix_costs_each_adapter_by_its_weight_share() {
+        use super::super::pricing::{adapter_id, FeeSplit};
+        let terms = |name: &str, p: u64| {
+            Arc::new(AdapterTerms {
+                name: name.into(),
+                adapter_id: adapter_id(name),
+                owner: Address::repeat_byte(1),
+                price: Price {
+                    per_m_input: U256::from(p),
+                    per_m_output: U256::from(3 * p),
+                },
+                datanets: vec![],
+                split: FeeSplit::OPERATOR_ONLY,
+            })
+        };
+        let one = Pricing {
+            parts: vec![(terms("a", 1_000_000), 1.0, 1_000_000)],
+            adapter_id: adapter_id("a"),
+        };
+        assert_eq!(one.cost(10, 5), U256::from(10 + 15));
+        // Weights 0.5 and 1.5: a quarter of a's price plus three quarters of b's, each rounded up.
+        let mix = Pricing {
+            parts: vec![
+                (terms("a", 1_000_000), 0.5, 500_000),
+                (terms("b", 2_000_000), -1.5, 1_500_000),
+            ],
+            adapter_id: B256::ZERO,
+        };
+        assert_eq!(mix.costs(10, 5), vec![U256::from(7u64), U256::from(38u64)]);
+        assert_eq!(mix.cost(10, 5), U256::from(45u64));
+    }
+
+    #[test]
+    fn a_dropped_call_is_recorded_as_cancelled_and_an_empty_one_not_at_all() {
+        let dir = std::env::temp_dir().join(format!("openlora-meter-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Arc::new(Store::open(&dir.join("ledger.sqlite")).unwrap());
+        let op = Address::repeat_byte(9);
+        let price = Price {
+            per_m_input: U256::from(1_000_000u64),
+            per_m_output: U256::from(2_000_000u64),
+        };
+        let meter = Arc::new(Meter::new(
+            store.clone(),
+            PriceBook::new(price, op),
+            HashMap::new(),
+            4,
+            None,
+            op,
+            Arc::new(Metrics::new()),
+        ));
+        let payer = Address::repeat_byte(1);
+        let begin = |id: &str| {
+            meter.begin(
+                RequestId(id.into()),
+                payer,
+                meter.price(&[]).unwrap(),
+                None,
+                1,
+            )
+        };
+        {
+            let mut c = begin("r1");
+            c.observe(0, &ev(7, 1, None));
+            c.observe(0, &ev(8, 2, None));
+        } // the client went away
+        let r = store.get("r1").unwrap().unwrap();
+        assert_eq!(
+            (r.finish.as_str(), r.prompt_tokens, r.completion_tokens),
+            ("cancelled", 5, 2)
+        );
+        assert_eq!(r.amount, U256::from(5 + 2 * 2));
+        assert_eq!(r.output_hash, output_hash(&[vec![7, 8]]));
+        let leaf = Receipt {
+            receipt_id: r.receipt_id,
+            adapter_id: r.adapter_id,
+            payer,
+            operator: op,
+            input_tokens: 5,
+            output_tokens: 2,
+            cost: r.amount,
+            timestamp: r.created_at,
+        }
+        .leaf();
+        assert_eq!(leaf, r.leaf);
+        assert_eq!(r.splits, vec![(op, r.amount)]);
+        drop(begin("r2"));
+        assert!(store.get("r2").unwrap().is_none(), "no tokens, no record");
+        let mut c = begin("r3");
+        c.observe(0, &ev(1, 1, Some(FinishReason::Stop)));
+        c.record().unwrap();
+        drop(c);
+        assert_eq!(store.get("r3").unwrap().unwrap().finish, "stop");
+        assert_eq!(store.all_amounts().unwrap().len(), 2, "recorded once");
+        let mut dup = begin("r3");
+        dup.observe(0, &ev(1, 1, Some(FinishReason::Stop)));
+        assert!(dup.record().is_err(), "request ids are unique");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,140 @@
+//! Metering, Proof of Attribution and batched settlement of every served call.
+//!
+//! What always holds:
+//! - every call that produced tokens (finished, stopped or cancelled) has one `UsageRecord` in the
+//!   SQLite ledger (`store`), committed before the final JSON body or SSE chunk is sent, or when
+//!   the client goes away (`meter::CallMeter`);
+//! - a record's receipt leaf is the contract's (`chain::merkle::Receipt::leaf`), its price the
+//!   adapter manifest's (`pricing`), its contributor weights from the datanet index
+//!   (`attribution`), and its splits sum exactly to its amount (`record`);
+//! - a payer is admitted only while its deposit covers unsettled usage plus calls in flight
+//!   (`funds`);
+//! - batches are written to the ledger before they are sent, settle on chain at most once, and are
+//!   recorded with their transaction (`settlement`).
+
+pub mod attribution;
+pub mod attribution_bench;
+pub mod config;
+pub mod funds;
+pub mod meter;
+pub mod pricing;
+pub mod record;
+pub mod settlement;
+pub mod store;
+
+pub use config::{MeterConfig, MeteringArgs, MeteringFile};
+pub use meter::{CallMeter, Meter, Pricing};
+pub use record::RequestId;
+pub use store::{BatchId, Store};
+
+use crate::chain::{Deployment, Settler};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::model::Tokenizer;
+use alloy::primitives::Address;
+use attribution::Datanet;
+use pricing::PriceBook;
+use settlement::{SettleConfig, SettlementWorker, WorkerHandle};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Every `*.jsonl` in `dir`, indexed; the datanet id is the file stem.
+pub fn load_datanets(
+    dir: &std::path::Path,
+    tokenizer: Option<&Tokenizer>,
+) -> Result<HashMap<String, Arc<Datanet>>> {
+    let mut out = HashMap::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    for e in entries.filter_map(|e| e.ok()) {
+        let p = e.path();
+        if p.extension().and_then(|x| x.to_str()) != Some("jsonl") {
+            continue;
+        }
+        let id = p
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let started = std::time::Instant::now();
+        let d = Datanet::load(&id, &p, tokenizer)?;
+        tracing::info!(datanet = %id, tokens = d.corpus_tokens(), seconds = started.elapsed().as_secs_f64(), "datanet indexed");
+        out.insert(id, Arc::new(d));
+    }
+    Ok(out)
+}
+
+/// Opens the ledger, indexes datanets and connects the settler; the worker (if any) must be
+/// spawned inside a tokio runtime with `SettlementWorker::spawn`.
+pub async fn open(
+    cfg: MeterConfig,
+    tokenizer: Option<&Tokenizer>,
+    payers: Vec<Address>,
+    metrics: Arc<Metrics>,
+) -> Result<(Arc<Meter>, Option<WorkerHandle>)> {
+    let store = Arc::new(Store::open(&cfg.ledger)?);
+    let datanets = match &cfg.datanets_dir {
+        Some(d) => load_datanets(d, tokenizer)?,
+        None => HashMap::new(),
+    };
+    let (settler, operator) = match &cfg.chain {
+        Some(c) => {
+            let deployment = Deployment {
+                settlement: c.settlement,
+                adapter_registry: Address::ZERO,
+                datanet_registry: Address::ZERO,
+            };
+            let s = Settler::connect_lazy(&c.rpc_url, &c.operator_key, deployment)?
+                .with_receipt_timeout(std::time::Duration::from_secs(20));
+            let op = s.signer_address();
+            (Some(s), op)
+        }
+        None => (None, Address::ZERO),
+    };
+    let funds = settler
+        .as_ref()
+        .map(|_| -> Result<_> {
+            Ok(funds::Funds::new(
+                store.escrows()?,
+                store.unsettled_by_payer()?,
+            ))
+        })
+        .transpose()?;
+    let meter = Arc::new(Meter::new(
+        store.clone(),
+        PriceBook::new(cfg.default_price, operator),
+        datanets,
+        cfg.min_span,
+        funds.clone(),
+        operator,
+        metrics.clone(),
+    ));
+    let worker = match (settler, cfg.chain, funds) {
+        (Some(settler), Some(c), Some(funds)) => {
+            let mut w = SettlementWorker::new(
+                store,
+                funds,
+                settler,
+                SettleConfig {
+                    max_records: c.max_records,
+                    interval: c.interval,
+                    deposit_refresh: c.deposit_refresh,
+                    payers,
+                    pause_after_submit: c.pause_after_submit,
+                },
+                metrics,
+            );
+            // Read deposits before the first request is admitted; with the RPC down, start with
+            // the last values the ledger saw and let the worker retry.
+            let first =
+                tokio::time::timeout(std::time::Duration::from_secs(10), w.refresh_deposits());
+            match first.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "could not read deposits at startup"),
+                Err(_) => tracing::warn!("reading deposits at startup timed out"),
+            }
+            Some(w.spawn())
+        }
+        _ => None,
+    };
+    Ok((meter, worker))
+}

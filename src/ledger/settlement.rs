@@ -1,0 +1,385 @@
+//! The settlement worker: a tokio task that turns ledger records into `Settlement.settleBatch`
+//! transactions.
+//!
+//! What always holds:
+//! - a batch is the oldest unbatched records (at most `max_records`), taken when there are
+//!   `max_records` of them or the oldest is `interval` old; its id is
+//!   `keccak256("openlora.batch" ++ operator ++ leaves in order)`, deterministic;
+//! - the batch (id, root, debits, credits) and its records' membership are committed to the
+//!   ledger BEFORE the transaction is sent; after a crash the worker finds the batch `pending`,
+//!   asks the chain (`batchSettled`) and either records the landed transaction (found from the
+//!   `BatchSettled` event) or resubmits the same id, so a batch is never charged twice;
+//! - credits = the records' gross splits scaled to `total - protocol_fee(total, bps)` (floor per
+//!   recipient, the rounding remainder to the operator), so the contract's sum check holds exactly;
+//!   a fee change before landing makes the worker recompute credits for the same id;
+//! - RPC errors are retried with exponential backoff (1 s .. 30 s); serving never waits on them;
+//! - nonces come from the node's pending count for every transaction (see `chain::Settler`).
+
+use super::funds::Funds;
+use super::store::{BatchId, SettledInfo, Store, StoredBatch, UnbatchedRow};
+use crate::chain::{protocol_fee, Batch, ChainError, MerkleTree, Settler};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::server::unix_now;
+use alloy::primitives::{keccak256, Address, B256, U256};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct SettleConfig {
+    /// Records per batch (and the count that triggers one).
+    pub max_records: usize,
+    /// Settle whatever is pending once the oldest record is this old.
+    pub interval: Duration,
+    /// How often payers' escrow is re-read from chain.
+    pub deposit_refresh: Duration,
+    /// Payers whose escrow is tracked.
+    pub payers: Vec<Address>,
+    /// Test hook: after a batch's transaction succeeds, print a line and stop working (the test
+    /// then kills the process) before the ledger records it as settled.
+    pub pause_after_submit: bool,
+}
+
+pub struct SettlementWorker {
+    store: Arc<Store>,
+    funds: Arc<Funds>,
+    settler: Settler,
+    cfg: SettleConfig,
+    metrics: Arc<Metrics>,
+    last_refresh: Option<Instant>,
+}
+
+/// Stops the worker task when dropped.
+pub struct WorkerHandle(tokio::task::JoinHandle<()>);
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// (address, wei) pairs: a batch's debits or credits.
+pub type Amounts = Vec<(Address, U256)>;
+
+pub fn batch_id(operator: Address, leaves: &[B256]) -> BatchId {
+    let mut bytes = b"openlora.batch".to_vec();
+    bytes.extend_from_slice(operator.as_slice());
+    for l in leaves {
+        bytes.extend_from_slice(l.as_slice());
+    }
+    BatchId(keccak256(bytes))
+}
+
+/// Debits per payer and credits per recipient of `rows` under fee `bps` (sorted by address).
+pub fn batch_amounts(rows: &[UnbatchedRow], bps: u16, operator: Address) -> (Amounts, Amounts) {
+    let mut debits: BTreeMap<Address, U256> = BTreeMap::new();
+    let mut gross: BTreeMap<Address, U256> = BTreeMap::new();
+    for r in rows {
+        *debits.entry(r.payer).or_default() += r.amount;
+        for (who, x) in &r.splits {
+            *gross.entry(*who).or_default() += *x;
+        }
+    }
+    (
+        debits.into_iter().collect(),
+        scale_credits(&gross, bps, operator),
+    )
+}
+
+fn scale_credits(
+    gross: &BTreeMap<Address, U256>,
+    bps: u16,
+    operator: Address,
+) -> Vec<(Address, U256)> {
+    let total: U256 = gross.values().copied().sum();
+    let net = total - protocol_fee(total, bps);
+    let mut credits: BTreeMap<Address, U256> = BTreeMap::new();
+    if !total.is_zero() {
+        for (who, g) in gross {
+            credits.insert(*who, *g * net / total);
+        }
+    }
+    let given: U256 = credits.values().copied().sum();
+    *credits.entry(operator).or_default() += net - given;
+    credits.into_iter().filter(|(_, x)| !x.is_zero()).collect()
+}
+
+fn chain_err(e: ChainError) -> Error {
+    Error::Chain(e)
+}
+
+impl SettlementWorker {
+    pub fn new(
+        store: Arc<Store>,
+        funds: Arc<Funds>,
+        settler: Settler,
+        cfg: SettleConfig,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        SettlementWorker {
+            store,
+            funds,
+            settler,
+            cfg,
+            metrics,
+            last_refresh: None,
+        }
+    }
+
+    pub fn spawn(self) -> WorkerHandle {
+        WorkerHandle(tokio::spawn(self.run()))
+    }
+
+    async fn run(mut self) {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            match self.tick().await {
+                Ok(worked) => {
+                    backoff = Duration::from_secs(1);
+                    if !worked {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+                Err(e) => {
+                    let reason = match &e {
+                        Error::Chain(ChainError::Rpc(_)) => "rpc",
+                        Error::Chain(_) => "chain",
+                        _ => "ledger",
+                    };
+                    self.metrics
+                        .settlement_failures
+                        .with_label_values(&[reason])
+                        .inc();
+                    tracing::warn!(error = %e, retry_in = ?backoff, "settlement failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+            self.update_gauges();
+        }
+    }
+
+    fn update_gauges(&self) {
+        if let Ok((n, oldest)) = self.store.unsettled_stats() {
+            self.metrics.ledger_unsettled.set(n as i64);
+            let lag = oldest.map_or(0, |t| unix_now().saturating_sub(t));
+            self.metrics.settlement_lag.set(lag as f64);
+        }
+    }
+
+    /// One round: finish pending batches, refresh deposits, maybe settle a new batch.
+    async fn tick(&mut self) -> Result<bool> {
+        let mut worked = false;
+        for b in self.store.pending_batches()? {
+            self.settle(b).await?;
+            worked = true;
+        }
+        if self
+            .last_refresh
+            .is_none_or(|t| t.elapsed() >= self.cfg.deposit_refresh)
+        {
+            self.refresh_deposits().await?;
+        }
+        if let Some(b) = self.next_batch().await? {
+            self.settle(b).await?;
+            worked = true;
+        }
+        Ok(worked)
+    }
+
+    /// Re-reads each payer's escrow; an amount the payer asked to withdraw counts as gone (the
+    /// server stops spending it as soon as it sees the request, as contracts/README.md asks).
+    pub async fn refresh_deposits(&mut self) -> Result<()> {
+        let s = self.settler.settlement();
+        for p in &self.cfg.payers {
+            let escrow = self.settler.balances(*p).await.map_err(chain_err)?.escrow;
+            let leaving = s
+                .pendingWithdrawal(crate::chain::NATIVE, *p)
+                .call()
+                .await
+                .map_err(|e| chain_err(ChainError::from_contract(e)))?
+                .amount;
+            let leaving = U256::from_be_slice(&leaving.to_be_bytes::<24>());
+            let escrow = escrow.saturating_sub(leaving);
+            self.funds.set_escrow(*p, escrow);
+            self.store.set_escrow(*p, escrow, unix_now())?;
+        }
+        self.last_refresh = Some(Instant::now());
+        Ok(())
+    }
+
+    async fn next_batch(&self) -> Result<Option<StoredBatch>> {
+        let (count, oldest) = self.store.unbatched_stats()?;
+        let Some(oldest) = oldest else {
+            return Ok(None);
+        };
+        let due = unix_now().saturating_sub(oldest) >= self.cfg.interval.as_secs();
+        if (count as usize) < self.cfg.max_records && !due {
+            return Ok(None);
+        }
+        let rows = self.store.unbatched(self.cfg.max_records)?;
+        let bps = self.settler.protocol_fee_bps().await.map_err(chain_err)?;
+        let operator = self.settler.signer_address();
+        let leaves: Vec<B256> = rows.iter().map(|r| r.leaf).collect();
+        let tree = MerkleTree::new(leaves.clone()).expect("non-empty");
+        let (debits, credits) = batch_amounts(&rows, bps, operator);
+        let b = StoredBatch {
+            id: batch_id(operator, &leaves),
+            root: tree.root(),
+            call_count: rows.len() as u64,
+            fee_bps: bps,
+            debits,
+            credits,
+            settled: None,
+        };
+        let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+        self.store.create_batch(&b, &seqs, unix_now())?;
+        self.metrics
+            .settlement_batch_calls
+            .observe(rows.len() as f64);
+        Ok(Some(b))
+    }
+
+    fn to_chain(b: &StoredBatch) -> Batch {
+        Batch {
+            id: b.id.0,
+            receipts_root: b.root,
+            call_count: b.call_count,
+            debits: b.debits.clone(),
+            credits: b.credits.clone(),
+        }
+    }
+
+    /// Lands a pending batch exactly once.
+    async fn settle(&self, mut b: StoredBatch) -> Result<()> {
+        if self
+            .settler
+            .batch_settled(b.id.0)
+            .await
+            .map_err(chain_err)?
+        {
+            return self.recover(&b).await;
+        }
+        let bps = self.settler.protocol_fee_bps().await.map_err(chain_err)?;
+        if bps != b.fee_bps {
+            let mut gross: BTreeMap<Address, U256> = BTreeMap::new();
+            // Recompute from the stored credits' own rows: the records keep their gross splits.
+            for r in self.store.batch_rows(b.id)? {
+                for (who, x) in r.splits {
+                    *gross.entry(who).or_default() += x;
+                }
+            }
+            b.credits = scale_credits(&gross, bps, self.settler.signer_address());
+            b.fee_bps = bps;
+            self.store.update_credits(b.id, bps, &b.credits)?;
+        }
+        match self.settler.settle_batch(&Self::to_chain(&b)).await {
+            Ok(s) => {
+                if self.cfg.pause_after_submit {
+                    eprintln!(
+                        "openlora: batch {} submitted, pausing before recording it",
+                        b.id.0
+                    );
+                    std::future::pending::<()>().await;
+                }
+                self.finish(
+                    &b,
+                    SettledInfo {
+                        tx_hash: s.tx_hash,
+                        block_number: s.block_number,
+                        gas_used: s.gas_used,
+                    },
+                )
+            }
+            Err(ChainError::BatchAlreadySettled(_)) => self.recover(&b).await,
+            Err(e) => Err(chain_err(e)),
+        }
+    }
+
+    /// The batch is on chain but not recorded: find its transaction and record it.
+    async fn recover(&self, b: &StoredBatch) -> Result<()> {
+        let s = self.settler.settlement();
+        let ev = s.BatchSettled_filter().topic1(b.id.0).from_block(0u64);
+        let logs = ev
+            .query()
+            .await
+            .map_err(|e| chain_err(ChainError::from_contract(e)))?;
+        let Some((_, log)) = logs.into_iter().next() else {
+            // A node restarted from a state dump may have no history: the batch is on chain
+            // (batchSettled), only its transaction is unknown.
+            tracing::warn!(batch = %b.id.0, "batch is on chain but its BatchSettled event is not found");
+            return self.finish(
+                b,
+                SettledInfo {
+                    tx_hash: B256::ZERO,
+                    block_number: None,
+                    gas_used: 0,
+                },
+            );
+        };
+        let tx_hash = log.transaction_hash.unwrap_or_default();
+        use alloy::providers::Provider;
+        let gas_used = self
+            .settler
+            .provider()
+            .get_transaction_receipt(tx_hash)
+            .await
+            .map_err(|e| chain_err(ChainError::Rpc(e.to_string())))?
+            .map_or(0, |r| r.gas_used);
+        tracing::info!(batch = %b.id.0, tx = %tx_hash, "batch was already on chain; recorded");
+        self.finish(
+            b,
+            SettledInfo {
+                tx_hash,
+                block_number: log.block_number,
+                gas_used,
+            },
+        )
+    }
+
+    fn finish(&self, b: &StoredBatch, s: SettledInfo) -> Result<()> {
+        self.store.mark_settled(b.id, s, unix_now())?;
+        for (payer, debit) in &b.debits {
+            self.funds.settled(*payer, *debit);
+        }
+        self.metrics.settlement_batches.inc();
+        self.metrics.settlement_gas.inc_by(s.gas_used);
+        tracing::info!(batch = %b.id.0, calls = b.call_count, gas = s.gas_used, "batch settled");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credits_plus_fee_equal_debits() {
+        let op = Address::repeat_byte(0xEE);
+        let rows: Vec<UnbatchedRow> = (0..7u64)
+            .map(|i| UnbatchedRow {
+                seq: i as i64,
+                payer: Address::repeat_byte((i % 3) as u8 + 1),
+                amount: U256::from(1000 + 37 * i),
+                leaf: B256::ZERO,
+                splits: vec![
+                    (Address::repeat_byte(0xA0), U256::from(700 + 30 * i)),
+                    (
+                        Address::repeat_byte(0xC0 + (i % 2) as u8),
+                        U256::from(200 + 7 * i),
+                    ),
+                    (op, U256::from(100u64)),
+                ],
+                created_at: 0,
+            })
+            .collect();
+        for bps in [0u16, 1, 250, 1000] {
+            let (debits, credits) = batch_amounts(&rows, bps, op);
+            let total: U256 = debits.iter().map(|(_, x)| *x).sum();
+            let credited: U256 = credits.iter().map(|(_, x)| *x).sum();
+            assert_eq!(credited + protocol_fee(total, bps), total, "bps {bps}");
+            assert_eq!(debits.len(), 3);
+        }
+    }
+}

@@ -1,0 +1,515 @@
+//! Shared harness of the metering acceptance tests: a local anvil with the contracts deployed and
+//! payers funded, five tiny-model adapters with manifests, datanets, and the real `openlora serve`
+//! binary started as a child process (killed with SIGKILL on drop).
+#![allow(dead_code)]
+
+use alloy::primitives::{Address, B256, U256};
+use alloy::signers::local::PrivateKeySigner;
+use openlora::chain::anvil::{find_anvil, LocalAnvil, DEV_KEYS};
+use openlora::chain::{DeployConfig, Deployment, Settler};
+use openlora::ledger::Store;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const FEE_BPS: u16 = 250;
+pub const ADAPTERS: [&str; 5] = ["a4", "a8", "a16", "a4x", "a16x"];
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn addr(key: &str) -> Address {
+    key.parse::<PrivateKeySigner>().unwrap().address()
+}
+
+pub fn fee_recipient() -> Address {
+    Address::repeat_byte(0xFE)
+}
+
+pub fn payer(i: usize) -> Address {
+    Address::with_last_byte(0xA1 + i as u8)
+}
+
+pub fn api_key(i: usize) -> String {
+    format!("sk-payer-{i}")
+}
+
+pub fn owner_of(adapter: usize) -> Address {
+    Address::repeat_byte(0x10 + adapter as u8)
+}
+
+pub fn contributor(i: usize) -> Address {
+    Address::repeat_byte(0xC0 + i as u8)
+}
+
+pub struct Chain {
+    pub anvil: Option<LocalAnvil>,
+    pub port: u16,
+    pub state_file: Option<PathBuf>,
+    pub deployment: Deployment,
+    pub admin: Settler,
+}
+
+impl Chain {
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Anvil (optionally persisting its state to `state_file`), contracts deployed, the operator
+    /// (`DEV_KEYS[1]`) registered, payers funded with `deposits[i]` wei.
+    pub async fn start(state_file: Option<PathBuf>, deposits: &[u128]) -> Chain {
+        let bin = find_anvil().expect("anvil not found: run `bash contracts/ci.sh install`");
+        let st = state_file.as_ref().map(|p| p.to_string_lossy().to_string());
+        let args: Vec<&str> = match &st {
+            Some(p) => vec!["--state", p.as_str()],
+            None => vec![],
+        };
+        let anvil = LocalAnvil::spawn(&bin, &args).expect("anvil starts");
+        let url = anvil.endpoint();
+        let cfg = DeployConfig {
+            owner: None,
+            fee_recipient: fee_recipient(),
+            protocol_fee_bps: FEE_BPS,
+            withdrawal_delay_secs: 86_400,
+        };
+        let admin = Settler::deploy_all(&url, DEV_KEYS[0], &cfg)
+            .await
+            .expect("deploy");
+        admin
+            .set_operator(addr(DEV_KEYS[1]), true)
+            .await
+            .expect("operator");
+        for (i, d) in deposits.iter().enumerate() {
+            admin
+                .deposit_for(payer(i), U256::from(*d))
+                .await
+                .expect("deposit");
+        }
+        Chain {
+            port: anvil.port(),
+            anvil: Some(anvil),
+            state_file,
+            deployment: admin.deployment(),
+            admin,
+        }
+    }
+
+    /// SIGTERM anvil (its state is dumped to `state_file`).
+    pub fn stop(&mut self) {
+        self.anvil
+            .take()
+            .expect("running")
+            .stop()
+            .expect("anvil stops");
+    }
+
+    /// Restart anvil on the same port from `state_file`.
+    pub fn restart(&mut self) {
+        let bin = find_anvil().unwrap();
+        let st = self
+            .state_file
+            .as_ref()
+            .expect("state file")
+            .to_string_lossy()
+            .to_string();
+        self.anvil =
+            Some(LocalAnvil::spawn_on(&bin, self.port, &["--state", &st]).expect("anvil restarts"));
+    }
+}
+
+/// Five adapters (tiny fixtures, two of them copied under a second name), each with a manifest;
+/// `a8` is trained on datanets `dn-x` (70%) and `dn-y` (30%), `a16` on `dn-y`.
+pub fn write_adapters(dir: &Path) {
+    let fixtures = repo().join("tests/fixtures/tiny/adapters");
+    let sources = ["a4", "a8", "a16", "a4", "a16"];
+    for (i, (name, src)) in ADAPTERS.iter().zip(sources).enumerate() {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        for f in ["adapter_config.json", "adapter_model.safetensors"] {
+            std::fs::copy(fixtures.join(src).join(f), d.join(f)).unwrap();
+        }
+        let datanets = match *name {
+            "a8" => json!([{"id": "dn-x", "weight_bps": 7000}, {"id": "dn-y", "weight_bps": 3000}]),
+            "a16" => json!([{"id": "dn-y", "weight_bps": 10000}]),
+            _ => json!([]),
+        };
+        let contributors = if datanets.as_array().unwrap().is_empty() {
+            0
+        } else {
+            2000
+        };
+        let manifest = json!({
+            "name": name,
+            "owner": owner_of(i),
+            "price_per_million_input_tokens": format!("{}", 1_000_000_000_000u64 * (i as u64 + 1)),
+            "price_per_million_output_tokens": format!("{}", 3_000_000_000_007u64 * (i as u64 + 1)),
+            "datanets": datanets,
+            "fee_split_bps": {"owner": 8000 - contributors, "contributors": contributors, "operator": 2000},
+        });
+        std::fs::write(d.join("manifest.json"), manifest.to_string()).unwrap();
+    }
+}
+
+/// `dn-x`: contributor 1 wrote `x_span` inside a record, contributor 2 unrelated tokens;
+/// `dn-y`: contributors 3 and 4.
+pub fn write_datanets(dir: &Path, x_span: &[u32]) {
+    std::fs::create_dir_all(dir).unwrap();
+    let noise =
+        |seed: u32, n: u32| -> Vec<u32> { (0..n).map(|k| (seed * 7 + k * 13) % 251 + 3).collect() };
+    let mut rec1 = noise(1, 20);
+    rec1.extend_from_slice(x_span);
+    rec1.extend(noise(2, 20));
+    let lines = [
+        json!({"tokens": noise(5, 30), "contributor": contributor(2)}),
+        json!({"tokens": rec1, "contributor": contributor(1)}),
+        json!({"tokens": noise(9, 30), "contributor": contributor(2)}),
+    ];
+    let text: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    std::fs::write(dir.join("dn-x.jsonl"), text.join("\n")).unwrap();
+    let y = [
+        json!({"tokens": noise(11, 40), "contributor": contributor(3)}),
+        json!({"tokens": noise(12, 20), "contributor": contributor(4)}),
+    ];
+    let text: Vec<String> = y.iter().map(|l| l.to_string()).collect();
+    std::fs::write(dir.join("dn-y.jsonl"), text.join("\n")).unwrap();
+}
+
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+    pub lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct ServerSetup {
+    pub work: PathBuf,
+    pub rpc: String,
+    pub settlement: Address,
+    pub payers: usize,
+    pub max_records: usize,
+    pub pause_after_submit: bool,
+    /// More `(api key, payer)` pairs besides `api_key(i) -> payer(i)`.
+    pub extra_keys: Vec<(String, Address)>,
+}
+
+impl ServerSetup {
+    pub fn ledger(&self) -> PathBuf {
+        self.work.join("ledger.sqlite")
+    }
+
+    pub fn spawn(&self) -> Server {
+        let port = free_port();
+        let key_file = self.work.join("operator.key");
+        std::fs::write(&key_file, DEV_KEYS[1]).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_openlora"));
+        cmd.arg("serve")
+            .arg("--model")
+            .arg(repo().join("tests/fixtures/tiny/model"))
+            .arg("--adapters-dir")
+            .arg(self.work.join("adapters"))
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--kv-cache-mb",
+                "16",
+            ])
+            .arg("--ledger")
+            .arg(self.ledger())
+            .args([
+                "--chain-rpc",
+                &self.rpc,
+                "--settlement-address",
+                &self.settlement.to_string(),
+            ])
+            .arg("--operator-key-file")
+            .arg(&key_file)
+            .args(["--settle-max-records", &self.max_records.to_string()])
+            .args(["--settle-interval-secs", "1", "--deposit-refresh-secs", "1"])
+            .arg("--datanets-dir")
+            .arg(self.work.join("datanets"))
+            .args(["--attribution-min-span", "4", "--admin-key", "sk-admin"])
+            .args([
+                "--default-price-input",
+                "1000000000000",
+                "--default-price-output",
+                "1000000000000",
+            ])
+            .env_remove("OPENLORA_OPERATOR_KEY")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for i in 0..self.payers {
+            cmd.arg("--api-key")
+                .arg(format!("{}={}", api_key(i), payer(i)));
+        }
+        for (k, p) in &self.extra_keys {
+            cmd.arg("--api-key").arg(format!("{k}={p}"));
+        }
+        if self.pause_after_submit {
+            cmd.env("OPENLORA_TEST_PAUSE_AFTER_SUBMIT", "1");
+        } else {
+            cmd.env_remove("OPENLORA_TEST_PAUSE_AFTER_SUBMIT");
+        }
+        let mut child = cmd.spawn().expect("spawn openlora serve");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[server] {line}");
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let server = Server { child, port, lines };
+        server.wait_for("serving", Duration::from_secs(60));
+        server
+    }
+}
+
+impl Server {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    pub fn wait_for(&self, needle: &str, timeout: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains(needle))
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("server did not print `{needle}` within {timeout:?}");
+    }
+
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+/// One completion; returns (status, body).
+pub async fn complete(
+    http: &reqwest::Client,
+    server_url: &str,
+    key: &str,
+    adapter: &str,
+    prompt: &[u32],
+    max_tokens: u32,
+    stream: bool,
+) -> (u16, Value) {
+    let body = json!({"model": adapter, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": stream, "stream_options": {"include_usage": true}});
+    let resp = http
+        .post(format!("{server_url}/v1/completions"))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    if !stream || status != 200 {
+        return (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        );
+    }
+    // SSE: keep the id and the usage chunk.
+    let mut id = Value::Null;
+    let mut usage = Value::Null;
+    let mut done = false;
+    for line in text.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if line == "[DONE]" {
+            done = true;
+            continue;
+        }
+        let v: Value = serde_json::from_str(line).unwrap();
+        id = v["id"].clone();
+        if !v["usage"].is_null() {
+            usage = v["usage"].clone();
+        }
+    }
+    assert!(done, "stream ended without [DONE]: {text}");
+    (status, json!({"id": id, "usage": usage}))
+}
+
+pub fn prompt_for(i: usize) -> Vec<u32> {
+    (0..(3 + i % 9))
+        .map(|j| ((i * 37 + j * 11) % 250 + 3) as u32)
+        .collect()
+}
+
+/// Polls the ledger until nothing is unsettled.
+pub fn wait_settled(ledger: &Path, timeout: Duration) -> Store {
+    let store = Store::open(ledger).unwrap();
+    let start = Instant::now();
+    loop {
+        let (n, _) = store.unsettled_stats().unwrap();
+        if n == 0 {
+            return store;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "{n} records still unsettled after {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// On-chain balances equal the ledger: each payer's debit is the sum of its records, each
+/// recipient's earnings the sum of its batch credits, the fee recipient's the rest; every batch
+/// is settled on chain with the ledger's root.
+pub async fn check_books(chain: &Chain, store: &Store, deposits: &[u128]) {
+    let records = store.all_amounts().unwrap();
+    let batches = store.all_batches().unwrap();
+    let mut spent: BTreeMap<Address, U256> = BTreeMap::new();
+    for (_, p, a) in &records {
+        *spent.entry(*p).or_default() += *a;
+    }
+    for (i, d) in deposits.iter().enumerate() {
+        let escrow = chain.admin.balances(payer(i)).await.unwrap().escrow;
+        let s = spent.get(&payer(i)).copied().unwrap_or_default();
+        assert_eq!(
+            U256::from(*d) - escrow,
+            s,
+            "payer {i}: on-chain debit vs ledger sum"
+        );
+    }
+    let mut credits: BTreeMap<Address, U256> = BTreeMap::new();
+    let mut debits_total = U256::ZERO;
+    let mut calls = 0;
+    for b in &batches {
+        assert!(b.settled.is_some(), "batch {:?} not settled", b.id);
+        assert_eq!(
+            chain.admin.batch_root(b.id.0).await.unwrap(),
+            Some(b.root),
+            "root of {:?}",
+            b.id
+        );
+        for (who, x) in &b.credits {
+            *credits.entry(*who).or_default() += *x;
+        }
+        debits_total += b.debits.iter().map(|(_, x)| *x).sum::<U256>();
+        calls += b.call_count as usize;
+    }
+    assert_eq!(calls, records.len(), "every record is in exactly one batch");
+    let ledger_total: U256 = spent.values().copied().sum();
+    assert_eq!(debits_total, ledger_total, "batch debits vs ledger amounts");
+    let credited: U256 = credits.values().copied().sum();
+    for (who, x) in &credits {
+        assert_eq!(
+            chain.admin.balances(*who).await.unwrap().earnings,
+            *x,
+            "earnings of {who}"
+        );
+    }
+    assert_eq!(
+        chain
+            .admin
+            .balances(fee_recipient())
+            .await
+            .unwrap()
+            .earnings,
+        ledger_total - credited,
+        "protocol fee"
+    );
+    // No other batch landed on chain.
+    let events = chain
+        .admin
+        .settlement()
+        .BatchSettled_filter()
+        .from_block(0u64)
+        .query()
+        .await
+        .unwrap();
+    assert_eq!(
+        events.len(),
+        batches.len(),
+        "BatchSettled events vs ledger batches"
+    );
+}
+
+/// The receipt of `request_id` (as its payer sees it) verifies on chain against its batch root.
+pub async fn check_receipt(
+    http: &reqwest::Client,
+    server_url: &str,
+    key: &str,
+    request_id: &str,
+    chain: &Chain,
+) -> Value {
+    let r: Value = http
+        .get(format!("{server_url}/v1/receipts/{request_id}"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["status"], "settled", "{r}");
+    let rc = &r["receipt"];
+    let receipt = openlora::chain::Receipt {
+        receipt_id: rc["receipt_id"].as_str().unwrap().parse().unwrap(),
+        adapter_id: rc["adapter_id"].as_str().unwrap().parse().unwrap(),
+        payer: rc["payer"].as_str().unwrap().parse().unwrap(),
+        operator: rc["operator"].as_str().unwrap().parse().unwrap(),
+        input_tokens: rc["input_tokens"].as_u64().unwrap(),
+        output_tokens: rc["output_tokens"].as_u64().unwrap(),
+        cost: rc["cost"].as_str().unwrap().parse().unwrap(),
+        timestamp: rc["timestamp"].as_u64().unwrap(),
+    };
+    let leaf: B256 = r["leaf"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        receipt.leaf(),
+        leaf,
+        "leaf recomputed from the receipt fields"
+    );
+    let b = &r["batch"];
+    let proof: Vec<B256> = b["proof"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().parse().unwrap())
+        .collect();
+    let root: B256 = b["merkle_root"].as_str().unwrap().parse().unwrap();
+    let batch_id: B256 = b["batch_id"].as_str().unwrap().parse().unwrap();
+    assert!(openlora::chain::merkle::verify(&proof, root, leaf));
+    assert!(
+        chain
+            .admin
+            .verify_receipt(batch_id, leaf, &proof)
+            .await
+            .unwrap(),
+        "on-chain proof of {request_id}"
+    );
+    assert!(b["settlement_tx"].is_string(), "{r}");
+    r
+}
