@@ -7,6 +7,7 @@
 //! in batches on an OP Stack chain through `chain` (alloy bindings to `contracts/`).
 
 pub mod bench;
+pub mod bench_pager;
 pub mod chain;
 pub mod config;
 pub mod engine;

@@ -14,7 +14,6 @@ pub use state::{AppState, ServerOptions};
 
 use crate::engine::EngineHandle;
 use crate::lora::AdapterRegistry;
-use crate::metrics::Metrics;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, StatusCode};
@@ -34,10 +33,9 @@ impl AppState {
         registry: Arc<AdapterRegistry>,
         opts: ServerOptions,
     ) -> Arc<Self> {
-        let metrics = Arc::new(Metrics::new());
-        metrics
-            .adapters_registered
-            .set(registry.list().len() as i64);
+        // One metrics registry per process: the engine's pager reports into it too.
+        let metrics = engine.metrics().clone();
+        metrics.adapters_registered.set(registry.len() as i64);
         Arc::new(AppState {
             model_name: engine.model().name.clone(),
             default_max_tokens: opts.default_max_tokens,
@@ -156,7 +154,8 @@ async fn models(State(state): State<Arc<AppState>>) -> Response {
     let mut data = vec![
         json!({"id": base, "object": "model", "created": state.created, "owned_by": "openlora", "root": base, "parent": null}),
     ];
-    for (name, _) in state.registry.list() {
+    for spec in state.registry.list() {
+        let name = &spec.name;
         data.push(json!({"id": name, "object": "model", "created": state.created, "owned_by": "openlora", "root": name, "parent": base}));
     }
     Json(json!({"object": "list", "data": data})).into_response()
