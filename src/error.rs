@@ -91,7 +91,9 @@ impl Error {
             | Error::Tokenizer(_)
             | Error::Template(_)
             | Error::Chain(_)
-            | Error::Internal(_) => "server_error",
+            | Error::Internal(_) => {
+                "server_error"
+            }
         }
     }
 
