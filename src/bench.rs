@@ -42,6 +42,9 @@ pub struct BenchArgs {
     /// Pager mode: host-tier slots.
     #[arg(long, default_value_t = 64)]
     pub host_slots: usize,
+    /// Pager mode: interleaved rounds of the throughput runs (best of each kept).
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
 }
 
 /// A random adapter (rank `r` on all seven projections), as if trained: for benchmarks and tests.
@@ -175,6 +178,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             requests: args.requests,
             device_slots: args.device_slots,
             host_slots: args.host_slots,
+            rounds: args.rounds.max(1),
         };
         return crate::bench_pager::run(&args.model, b);
     }

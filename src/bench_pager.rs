@@ -27,6 +27,8 @@ pub struct PagerBench {
     pub requests: usize,
     pub device_slots: usize,
     pub host_slots: usize,
+    /// Interleaved rounds of the throughput runs (best of each kept).
+    pub rounds: usize,
 }
 
 fn pager(
@@ -185,15 +187,24 @@ pub fn run(model_path: &Path, b: PagerBench) -> anyhow::Result<()> {
     }
     drop(engine);
 
-    // (2) Throughput, Zipf(1.0) over 1, 100, 1000 adapters.
+    // (2) Throughput, Zipf(1.0) over 1, 100, 1000 adapters; rounds interleaved, best of each
+    // kept, so load from other processes on the machine skews the ratios less.
+    let sizes = [1, 100, 1000];
+    let mut best = [(0.0f64, 0u64); 3];
+    for _ in 0..b.rounds {
+        for (i, &n) in sizes.iter().enumerate() {
+            let (tps, evictions) = zipf_throughput(&model, &b, &prompt, &specs[..n])?;
+            if tps > best[i].0 {
+                best[i] = (tps, evictions);
+            }
+        }
+    }
     println!(
-        "\n| adapters (Zipf 1.0) | tokens/s | ratio to 1 adapter | device evictions |\n|---|---|---|---|"
+        "\n| adapters (Zipf 1.0) | tokens/s (best of {}) | ratio to 1 adapter | device evictions |\n|---|---|---|---|",
+        b.rounds
     );
-    let mut base = None;
-    for n in [1, 100, 1000] {
-        let (tps, evictions) = zipf_throughput(&model, &b, &prompt, &specs[..n])?;
-        let r = tps / *base.get_or_insert(tps);
-        println!("| {n} | {tps:.1} | {r:.2} | {evictions} |");
+    for (&n, &(tps, evictions)) in sizes.iter().zip(&best) {
+        println!("| {n} | {tps:.1} | {:.2} | {evictions} |", tps / best[0].0);
     }
     println!(
         "\n(concurrency {}, {} requests x {} tokens, device slots {}, host slots {})",

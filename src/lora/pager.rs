@@ -508,9 +508,31 @@ fn page_in(shared: &Shared, spec: &AdapterSpec) -> Result<()> {
         .with_label_values(&["device"])
         .observe(start.elapsed().as_secs_f64());
     m.adapter_loads.with_label_values(&["device"]).inc();
+    let Some(mut st) = wait_for_slot(shared) else {
+        return Ok(()); // stopping
+    };
+    st.device.values_mut().for_each(|e| e.draining = false);
+    let last_use = st.tick();
+    st.stats.device_loads += 1;
+    st.device.insert(
+        spec.id,
+        DeviceEntry {
+            adapter,
+            pins: 0,
+            last_use,
+            draining: false,
+            forgotten: false,
+        },
+    );
+    Ok(())
+}
+
+/// Locks the state once the device tier has a free slot (evicting if it can); `None` when the
+/// pager is stopping.
+fn wait_for_slot(shared: &Shared) -> Option<MutexGuard<'_, State>> {
     let mut st = shared.lock();
     let mut last_drain: Option<Instant> = None;
-    while st.device.len() >= shared.cfg.device_slots && !st.evict_device(m) {
+    while st.device.len() >= shared.cfg.device_slots && !st.evict_device(&shared.metrics) {
         // Every slot is pinned or awaited: drain the least recently used pinned adapter so its
         // pins run out (awaited ones get pinned at the engine's next poll). Another one is added
         // only if no progress was made for a while (a pin may be held for long).
@@ -531,21 +553,8 @@ fn page_in(shared: &Shared, spec: &AdapterSpec) -> Result<()> {
             .expect("pager lock")
             .0;
         if st.stop {
-            return Ok(());
+            return None;
         }
     }
-    st.device.values_mut().for_each(|e| e.draining = false);
-    let last_use = st.tick();
-    st.stats.device_loads += 1;
-    st.device.insert(
-        spec.id,
-        DeviceEntry {
-            adapter,
-            pins: 0,
-            last_use,
-            draining: false,
-            forgotten: false,
-        },
-    );
-    Ok(())
+    Some(st)
 }
