@@ -85,8 +85,19 @@ impl Scheduler {
             budget -= n;
             i += 1;
         }
-        // 2. Waiting sequences in FIFO order. Every one is polled (a page-in may have finished);
-        //    one whose adapters are not on device yet is skipped, never waited for.
+        // 2. Waiting sequences, FIFO, adapter-aware.
+        self.admit_waiting(&mut budget, &mut plan, &mut adapters);
+        plan
+    }
+
+    /// Admits waiting sequences in FIFO order. Every one is polled (a page-in may have finished);
+    /// one whose adapters are not on device yet is skipped, never waited for.
+    fn admit_waiting(
+        &mut self,
+        budget: &mut usize,
+        plan: &mut Vec<Scheduled>,
+        adapters: &mut HashSet<usize>,
+    ) {
         let mut i = 0;
         let mut full = false;
         while i < self.waiting.len() {
@@ -105,7 +116,7 @@ impl Scheduler {
                 Ok(true) if !was_ready => self.paged_in.push(seq.id),
                 Ok(true) => {}
             }
-            if full || budget == 0 || self.running.len() >= self.cfg.max_num_seqs {
+            if full || *budget == 0 || self.running.len() >= self.cfg.max_num_seqs {
                 full = true;
                 i += 1;
                 continue;
@@ -119,7 +130,7 @@ impl Scheduler {
                 i += 1;
                 continue;
             }
-            let n = seq.pending().min(budget);
+            let n = seq.pending().min(*budget);
             // Only admit a partial (chunked) prefill when the whole prompt cannot fit a step.
             if (n < seq.pending() && !plan.is_empty()) || !seq.blocks.reserve(seq.computed + n) {
                 full = true;
@@ -133,8 +144,7 @@ impl Scheduler {
                 idx: self.running.len() - 1,
                 tokens: n,
             });
-            budget -= n;
+            *budget -= n;
         }
-        plan
     }
 }
