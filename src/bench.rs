@@ -4,11 +4,13 @@
 
 use crate::config::EngineConfig;
 use crate::engine::{GenerateRequest, LlmEngine, SamplingParams, SeqId};
-use crate::lora::{LoraAdapter, LoraConfig, LoraWeights, Proj};
+use crate::lora::{LoraAdapter, LoraConfig, LoraWeights, Proj, CONFIG_FILE, WEIGHTS_FILE};
 use crate::model::{Model, ModelConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::path::PathBuf;
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,6 +26,25 @@ pub struct BenchArgs {
     /// Decode tokens per sequence.
     #[arg(long, default_value_t = 32)]
     pub tokens: usize,
+    /// Benchmark the adapter pager instead: TTFT by tier, and throughput with 1/100/1000
+    /// adapters under Zipf(1.0) (see `bench_pager`).
+    #[arg(long)]
+    pub pager: bool,
+    /// Pager mode: requests in flight.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Pager mode: requests per throughput run.
+    #[arg(long, default_value_t = 64)]
+    pub requests: usize,
+    /// Pager mode: device-tier slots.
+    #[arg(long, default_value_t = 32)]
+    pub device_slots: usize,
+    /// Pager mode: host-tier slots.
+    #[arg(long, default_value_t = 64)]
+    pub host_slots: usize,
+    /// Pager mode: interleaved rounds of the throughput runs (best of each kept).
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
 }
 
 /// A random adapter (rank `r` on all seven projections), as if trained: for benchmarks and tests.
@@ -61,6 +82,53 @@ pub fn random_adapter(name: &str, cfg: &ModelConfig, r: usize, seed: u64) -> Lor
     }
 }
 
+/// Writes a random PEFT adapter folder (`adapter_config.json` + f32 `adapter_model.safetensors`)
+/// of rank `r` on `targets` of every layer: for benchmarks and tests of the registry and pager.
+pub fn write_random_adapter(
+    dir: &Path,
+    cfg: &ModelConfig,
+    r: usize,
+    targets: &[Proj],
+    seed: u64,
+) -> anyhow::Result<()> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    std::fs::create_dir_all(dir)?;
+    let config = serde_json::json!({
+        "peft_type": "LORA",
+        "r": r,
+        "lora_alpha": 2 * r,
+        "bias": "none",
+        "target_modules": targets.iter().map(|p| p.module_name()).collect::<Vec<_>>(),
+    });
+    std::fs::write(dir.join(CONFIG_FILE), serde_json::to_vec_pretty(&config)?)?;
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for l in 0..cfg.layers {
+        for &p in targets {
+            let (out, inp) = cfg.proj_shape(p);
+            let parent = match p {
+                Proj::Gate | Proj::Up | Proj::Down => "mlp",
+                _ => "self_attn",
+            };
+            for (ab, shape) in [("A", vec![r, inp]), ("B", vec![out, r])] {
+                let bytes: Vec<u8> = (0..shape[0] * shape[1])
+                    .flat_map(|_| rng.random_range(-0.05f32..0.05).to_le_bytes())
+                    .collect();
+                let name = format!(
+                    "base_model.model.model.layers.{l}.{parent}.{}.lora_{ab}.weight",
+                    p.module_name()
+                );
+                tensors.push((name, shape, bytes));
+            }
+        }
+    }
+    let views = tensors
+        .iter()
+        .map(|(n, shape, b)| Ok((n.as_str(), TensorView::new(Dtype::F32, shape.clone(), b)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    std::fs::write(dir.join(WEIGHTS_FILE), safetensors::serialize(views, None)?)?;
+    Ok(())
+}
+
 /// Decode tokens/s for `n` sequences, each with `adapters[i]` (or base when `None`).
 fn decode_throughput(
     model: &Arc<Model>,
@@ -87,7 +155,7 @@ fn decode_throughput(
             SeqId(i as u64),
             GenerateRequest {
                 prompt_ids: prompt.clone(),
-                adapters: a.iter().map(|a| (a.clone(), 1.0)).collect(),
+                adapters: a.iter().map(|a| (a.clone().into(), 1.0)).collect(),
                 params,
             },
         )?;
@@ -102,6 +170,18 @@ fn decode_throughput(
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.pager {
+        let b = crate::bench_pager::PagerBench {
+            rank: args.rank,
+            tokens: args.tokens,
+            concurrency: args.concurrency,
+            requests: args.requests,
+            device_slots: args.device_slots,
+            host_slots: args.host_slots,
+            rounds: args.rounds.max(1),
+        };
+        return crate::bench_pager::run(&args.model, b);
+    }
     let model = Arc::new(Model::load(&args.model)?);
     let cfg = model.config().clone();
     let adapters: Vec<Option<Arc<LoraAdapter>>> = (0..args.batch)

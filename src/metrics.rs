@@ -4,7 +4,7 @@
 
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, Opts, Registry, TextEncoder,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub const REQUESTS_TOTAL: &str = "openlora_requests_total";
@@ -20,6 +20,8 @@ pub const PREEMPTIONS_TOTAL: &str = "openlora_preemptions_total";
 pub const ADAPTER_LOADS_TOTAL: &str = "openlora_adapter_loads_total";
 pub const ADAPTER_EVICTIONS_TOTAL: &str = "openlora_adapter_evictions_total";
 pub const ADAPTER_HITS_TOTAL: &str = "openlora_adapter_hits_total";
+pub const ADAPTER_MISSES_TOTAL: &str = "openlora_adapter_misses_total";
+pub const ADAPTERS_RESIDENT: &str = "openlora_adapters_resident";
 pub const ADAPTER_LOAD_SECONDS: &str = "openlora_adapter_load_seconds";
 pub const ADAPTERS_REGISTERED: &str = "openlora_adapters_registered";
 pub const LEDGER_RECORDS_TOTAL: &str = "openlora_ledger_records_total";
@@ -54,6 +56,8 @@ pub struct Metrics {
     pub adapter_loads: IntCounterVec,
     pub adapter_evictions: IntCounterVec,
     pub adapter_hits: IntCounterVec,
+    pub adapter_misses: IntCounterVec,
+    pub adapters_resident: IntGaugeVec,
     pub adapter_load_seconds: HistogramVec,
     pub adapters_registered: IntGauge,
     pub ledger_records: IntCounter,
@@ -128,7 +132,7 @@ impl Metrics {
                 .expect("counter"),
             adapter_loads: counter(
                 ADAPTER_LOADS_TOTAL,
-                "Adapter loads, by tier loaded into.",
+                "Adapter loads, by tier loaded into (host: read from disk; device: made compute-ready).",
                 &["tier"],
             ),
             adapter_evictions: counter(
@@ -141,9 +145,19 @@ impl Metrics {
                 "Requests whose adapter was already resident, by tier.",
                 &["tier"],
             ),
+            adapter_misses: counter(
+                ADAPTER_MISSES_TOTAL,
+                "Requests whose adapter had to be paged in, by the tier it was found in (host, disk).",
+                &["tier"],
+            ),
+            adapters_resident: IntGaugeVec::new(
+                Opts::new(ADAPTERS_RESIDENT, "Adapters resident, by tier (device, host)."),
+                &["tier"],
+            )
+            .expect("gauge"),
             adapter_load_seconds: hist(
                 ADAPTER_LOAD_SECONDS,
-                "Adapter load time, by tier loaded into.",
+                "Adapter load time, by tier loaded into (host: read from disk; device: made compute-ready).",
                 &["tier"],
             ),
             adapters_registered: IntGauge::new(ADAPTERS_REGISTERED, "Adapters registered.")
@@ -219,6 +233,8 @@ impl Metrics {
             Box::new(m.adapter_loads.clone()),
             Box::new(m.adapter_evictions.clone()),
             Box::new(m.adapter_hits.clone()),
+            Box::new(m.adapter_misses.clone()),
+            Box::new(m.adapters_resident.clone()),
             Box::new(m.adapter_load_seconds.clone()),
             Box::new(m.adapters_registered.clone()),
             Box::new(m.ledger_records.clone()),

@@ -1,15 +1,16 @@
 //! `openlora serve`: flags > environment (`OPENLORA_*`) > TOML config file > defaults, merged and
 //! validated once into the engine and server options. Loads the model (with progress), registers
-//! every adapter folder under `--adapters-dir`, serves until SIGTERM/Ctrl-C, then drains in-flight
-//! requests up to `--shutdown-timeout` seconds and exits 0. With `--ledger` every call is metered
-//! (see `ledger`); with `--chain-rpc` too, payers are admitted against their deposits and usage
-//! settles on chain from a background worker.
+//! every adapter folder under `--adapters-dir` and every `--hub-adapter` (lazily: weights are paged
+//! in on first use within the `--adapter-*` budgets), serves until SIGTERM/Ctrl-C, then drains
+//! in-flight requests up to `--shutdown-timeout` seconds and exits 0. With `--ledger` every call is
+//! metered (see `ledger`); with `--chain-rpc` too, payers are admitted against their deposits and
+//! usage settles on chain from a background worker.
 
 use crate::config::EngineConfig;
 use crate::engine::{EngineHandle, LlmEngine};
 use crate::kv_cache::KvCache;
 use crate::ledger::{MeterConfig, MeteringArgs, MeteringFile};
-use crate::lora::AdapterRegistry;
+use crate::lora::{AdapterPager, AdapterRegistry, PagerConfig};
 use crate::metrics::Metrics;
 use crate::model::Model;
 use crate::server::{self, AppState, ServerOptions};
@@ -53,6 +54,20 @@ pub struct ServeArgs {
     pub max_num_seqs: Option<usize>,
     #[arg(long, env = "OPENLORA_MAX_ADAPTERS_PER_STEP")]
     pub max_adapters_per_step: Option<usize>,
+    /// Adapters kept in the compute-ready (device) tier at once.
+    #[arg(long, env = "OPENLORA_ADAPTER_DEVICE_SLOTS")]
+    pub adapter_device_slots: Option<usize>,
+    /// Host memory for adapter files, in MiB.
+    #[arg(long, env = "OPENLORA_ADAPTER_HOST_MB")]
+    pub adapter_host_mb: Option<usize>,
+    /// Hugging Face hub adapter ids (`org/name` or `org/name@revision`, repeatable), resolved in the
+    /// local hub cache (`HF_HOME`/`HF_HUB_CACHE`); registered under `org/name`.
+    #[arg(
+        long = "hub-adapter",
+        env = "OPENLORA_HUB_ADAPTERS",
+        value_delimiter = ','
+    )]
+    pub hub_adapters: Vec<String>,
     /// Waiting requests beyond which new ones get 429.
     #[arg(long, env = "OPENLORA_MAX_QUEUE")]
     pub max_queue: Option<usize>,
@@ -79,6 +94,10 @@ struct FileConfig {
     max_batch_tokens: Option<usize>,
     max_num_seqs: Option<usize>,
     max_adapters_per_step: Option<usize>,
+    adapter_device_slots: Option<usize>,
+    adapter_host_mb: Option<usize>,
+    #[serde(default)]
+    hub_adapters: Vec<String>,
     max_queue: Option<usize>,
     shutdown_timeout: Option<u64>,
     #[serde(default)]
@@ -142,6 +161,20 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| "127.0.0.1".into());
     let port = args.port.or(file.port).unwrap_or(8000);
     let kv_mb = args.kv_cache_mb.or(file.kv_cache_mb).unwrap_or(1024);
+    let pager_defaults = PagerConfig::default();
+    let pager_cfg = PagerConfig {
+        device_slots: args
+            .adapter_device_slots
+            .or(file.adapter_device_slots)
+            .unwrap_or(pager_defaults.device_slots),
+        host_bytes: args
+            .adapter_host_mb
+            .or(file.adapter_host_mb)
+            .map_or(pager_defaults.host_bytes, |mb| mb << 20),
+        ..pager_defaults
+    };
+    let mut hub_adapters = file.hub_adapters;
+    hub_adapters.extend(args.hub_adapters);
     let shutdown_timeout = Duration::from_secs(
         args.shutdown_timeout
             .or(file.shutdown_timeout)
@@ -169,11 +202,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(dir) = args.adapters_dir.or(file.adapters_dir) {
         register_dir(&registry, &dir)?;
     }
+    for id in &hub_adapters {
+        crate::lora::hub::register(&registry, id)
+            .with_context(|| format!("registering hub adapter {id}"))?;
+    }
+    // One metrics registry per process: the pager, the engine, the server and the meter share it.
+    let metrics = Arc::new(Metrics::new());
+    let pager = AdapterPager::new(m.clone(), pager_cfg, metrics.clone())?;
     let model = Arc::new(model);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let metrics = Arc::new(Metrics::new());
     let (meter, _settlement_worker) = match meter_cfg {
         Some(cfg) => {
             let ledger = cfg.ledger.clone();
@@ -194,9 +233,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => (None, None),
     };
-    let engine = EngineHandle::spawn(LlmEngine::new(model.clone(), engine_cfg.clone())?);
-    let state = AppState::with_meter(engine, registry.clone(), opts, metrics, meter);
-    tracing::info!(model = %model.name, adapters = registry.list().len(), kv_blocks = engine_cfg.num_blocks, "serving");
+    let engine = EngineHandle::spawn(LlmEngine::with_pager(
+        model.clone(),
+        engine_cfg.clone(),
+        Arc::new(pager),
+    )?);
+    let state = AppState::with_meter(engine, registry.clone(), opts, meter);
+    tracing::info!(model = %model.name, adapters = registry.len(), kv_blocks = engine_cfg.num_blocks, "serving");
 
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind((host.as_str(), port))
@@ -206,7 +249,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         eprintln!(
             "openlora: serving {} with {} adapters on http://{addr}/v1",
             model.name,
-            registry.list().len()
+            registry.len()
         );
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
@@ -250,7 +293,8 @@ fn payer_addresses(
     Ok(out)
 }
 
-/// Registers each subfolder holding an `adapter_config.json`; a bad one is reported and skipped.
+/// Registers each subfolder holding an `adapter_config.json` (config and header only: fast for
+/// thousands); a bad one is reported and skipped.
 fn register_dir(registry: &AdapterRegistry, dir: &Path) -> anyhow::Result<()> {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
@@ -267,7 +311,7 @@ fn register_dir(registry: &AdapterRegistry, dir: &Path) -> anyhow::Result<()> {
             .unwrap_or_default()
             .to_string();
         match registry.register(&name, &p) {
-            Ok(_) => tracing::info!(adapter = %name, "registered"),
+            Ok(_) => tracing::debug!(adapter = %name, "registered"),
             Err(e) => eprintln!("openlora: skipping adapter {name}: {e}"),
         }
     }

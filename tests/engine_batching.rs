@@ -19,7 +19,7 @@ fn setup() -> (Arc<Model>, Vec<Vec<(Arc<LoraAdapter>, f32)>>) {
         .iter()
         .map(|n| {
             reg.register(n, &dir.join("adapters").join(n)).unwrap();
-            reg.resolve(n).unwrap()
+            reg.load(n).unwrap()
         })
         .collect();
     let r12 = Arc::new(random_adapter("r12", model.config(), 12, 99));

@@ -81,7 +81,7 @@ fn smollm2_matches_transformers_peft_and_hf_tokenizer() {
     let mut engine = LlmEngine::new(model.clone(), EngineConfig::default()).unwrap();
     let mut batch = Vec::new();
     for (i, c) in cases.iter().enumerate() {
-        let adapter = c["adapter"].as_str().map(|n| reg.resolve(n).unwrap());
+        let adapter = c["adapter"].as_str().map(|n| reg.load(n).unwrap());
         let p = &prompts[c["prompt_index"].as_u64().unwrap() as usize];
         let ids: Vec<u32> = p["ids"]
             .as_array()

@@ -39,7 +39,7 @@ fn tiny_llama_matches_transformers_peft() {
     let cases = r["cases"].as_array().unwrap();
     assert!(cases.len() >= 20);
     for c in cases {
-        let adapter = c["adapter"].as_str().map(|n| reg.resolve(n).unwrap());
+        let adapter = c["adapter"].as_str().map(|n| reg.load(n).unwrap());
         let prompt = &prompts[c["prompt_index"].as_u64().unwrap() as usize];
         let want: Vec<f32> = c["last_logits"]
             .as_array()

@@ -1,12 +1,16 @@
 //! The engine on its own thread, driven through channels: `EngineHandle::submit` queues a request
-//! and returns a `RequestStream` of events. Dropping the stream (a client that went away) aborts
-//! the sequence, which frees its KV blocks on the next loop turn. Dropping the last handle stops
-//! the thread once in-flight work is done.
+//! and returns a `RequestStream` of events. A request whose adapter must be paged in is
+//! acknowledged when its adapters are ready, or answered with the page-in error, so a caller gets
+//! an error before any event. Dropping the stream (a client that went away) aborts the sequence,
+//! which frees its KV blocks and adapter pins on the next loop turn. Dropping the last handle
+//! stops the thread once in-flight work is done.
 
 use super::llm_engine::{EngineStats, LlmEngine};
 use super::request::{GenerateRequest, SeqEvent};
 use super::sequence::SeqId;
 use crate::error::{Error, Result};
+use crate::lora::AdapterPager;
+use crate::metrics::Metrics;
 use crate::model::Model;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +34,7 @@ pub struct EngineHandle {
     next_id: Arc<AtomicU64>,
     stats: Arc<Mutex<EngineStats>>,
     model: Arc<Model>,
+    pager: Arc<AdapterPager>,
     max_adapters_per_step: usize,
 }
 
@@ -78,6 +83,7 @@ impl EngineHandle {
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(Mutex::new(engine.stats()));
         let model = engine.model().clone();
+        let pager = engine.pager().clone();
         let max_adapters_per_step = engine.config().max_adapters_per_step;
         let st = stats.clone();
         std::thread::Builder::new()
@@ -89,12 +95,22 @@ impl EngineHandle {
             next_id: Arc::new(AtomicU64::new(1)),
             stats,
             model,
+            pager,
             max_adapters_per_step,
         }
     }
 
     pub fn model(&self) -> &Arc<Model> {
         &self.model
+    }
+
+    pub fn pager(&self) -> &Arc<AdapterPager> {
+        &self.pager
+    }
+
+    /// The metrics the engine's pager reports to (the server exports these).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        self.pager.metrics()
     }
 
     pub fn max_adapters_per_step(&self) -> usize {
@@ -143,6 +159,8 @@ impl EngineHandle {
 
 fn run(mut engine: LlmEngine, rx: mpsc::Receiver<Command>, stats: Arc<Mutex<EngineStats>>) {
     let mut sinks: HashMap<SeqId, tmpsc::UnboundedSender<SeqEvent>> = HashMap::new();
+    // Requests queued while their adapters page in: acknowledged once ready or failed.
+    let mut acks: HashMap<SeqId, oneshot::Sender<Result<()>>> = HashMap::new();
     loop {
         // Block when idle; otherwise drain commands without waiting.
         let first = if engine.has_work() {
@@ -158,20 +176,36 @@ fn run(mut engine: LlmEngine, rx: mpsc::Receiver<Command>, stats: Arc<Mutex<Engi
             .chain(std::iter::from_fn(|| rx.try_recv().ok()))
         {
             match cmd {
-                Command::Submit(id, req, sink, ack) => {
-                    let res = engine.add_request(id, req);
-                    if res.is_ok() {
+                Command::Submit(id, req, sink, ack) => match engine.add_request(id, req) {
+                    Ok(ready) => {
                         sinks.insert(id, sink);
+                        match ready {
+                            true => drop(ack.send(Ok(()))),
+                            false => drop(acks.insert(id, ack)),
+                        }
                     }
-                    let _ = ack.send(res);
-                }
+                    Err(e) => drop(ack.send(Err(e))),
+                },
                 Command::Abort(id) => {
                     engine.abort(id);
                     sinks.remove(&id);
+                    acks.remove(&id);
                 }
             }
         }
-        for (id, ev) in engine.step() {
+        let events = engine.step();
+        for id in engine.take_paged_in() {
+            if let Some(ack) = acks.remove(&id) {
+                let _ = ack.send(Ok(()));
+            }
+        }
+        for (id, e) in engine.take_failed() {
+            sinks.remove(&id);
+            if let Some(ack) = acks.remove(&id) {
+                let _ = ack.send(Err(e));
+            }
+        }
+        for (id, ev) in events {
             let finished = ev.finish.is_some();
             let delivered = sinks.get(&id).is_some_and(|s| s.send(ev).is_ok());
             if finished || !delivered {

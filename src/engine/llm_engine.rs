@@ -1,6 +1,8 @@
 //! The synchronous engine: `step()` = schedule -> one forward over the whole batch -> sample and
 //! stream. Owns the model, the KV cache and every sequence. A finished or aborted sequence is
-//! dropped at once, which returns its KV blocks.
+//! dropped at once, which returns its KV blocks and its adapter pins. Registered adapters are
+//! paged in by the `AdapterPager` off this thread; a step never waits for one unless there is
+//! nothing else to run.
 
 use super::detokenizer::TextStep;
 use super::request::{FinishReason, GenerateRequest, SeqEvent};
@@ -9,16 +11,20 @@ use super::sequence::{SeqId, Sequence};
 use crate::config::EngineConfig;
 use crate::error::{Error, Result};
 use crate::kv_cache::{BlockAllocator, KvCache};
-use crate::lora::LoraBatch;
+use crate::lora::{AdapterPager, AdapterRef, LoraBatch, PagerConfig};
+use crate::metrics::Metrics;
 use crate::model::{ForwardBatch, Model};
 use crate::ops::cpu::AttnSeq;
+use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub struct LlmEngine {
     model: Arc<Model>,
     kv: KvCache,
     alloc: BlockAllocator,
     scheduler: Scheduler,
+    pager: Arc<AdapterPager>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -35,7 +41,7 @@ pub struct EngineStats {
 
 fn adapter_names<'a>(seqs: impl Iterator<Item = &'a Sequence>) -> Vec<String> {
     let mut v: Vec<String> = seqs
-        .flat_map(|s| s.adapters.iter().map(|(a, _)| a.name.clone()))
+        .flat_map(|s| s.adapter_names().map(String::from))
         .collect();
     v.sort();
     v.dedup();
@@ -43,7 +49,21 @@ fn adapter_names<'a>(seqs: impl Iterator<Item = &'a Sequence>) -> Vec<String> {
 }
 
 impl LlmEngine {
+    /// An engine with its own pager (default budgets, private metrics).
     pub fn new(model: Arc<Model>, cfg: EngineConfig) -> Result<Self> {
+        let pager = AdapterPager::new(
+            model.config().clone(),
+            PagerConfig::default(),
+            Arc::new(Metrics::new()),
+        )?;
+        Self::with_pager(model, cfg, Arc::new(pager))
+    }
+
+    pub fn with_pager(
+        model: Arc<Model>,
+        cfg: EngineConfig,
+        pager: Arc<AdapterPager>,
+    ) -> Result<Self> {
         cfg.validate()?;
         let m = model.config();
         let kv = KvCache::new(
@@ -59,7 +79,22 @@ impl LlmEngine {
             kv,
             alloc,
             scheduler: Scheduler::new(cfg),
+            pager,
         })
+    }
+
+    pub fn pager(&self) -> &Arc<AdapterPager> {
+        &self.pager
+    }
+
+    /// Waiting sequences whose adapters finished paging in since the last call.
+    pub fn take_paged_in(&mut self) -> Vec<SeqId> {
+        std::mem::take(&mut self.scheduler.paged_in)
+    }
+
+    /// Sequences dropped because an adapter page-in failed, with the error for their caller.
+    pub fn take_failed(&mut self) -> Vec<(SeqId, Error)> {
+        std::mem::take(&mut self.scheduler.failed)
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -78,8 +113,10 @@ impl LlmEngine {
             .min(self.alloc.num_blocks() * self.alloc.block_size())
     }
 
-    /// Queues a request. Fails (client error) if it can never fit the context or the KV pool.
-    pub fn add_request(&mut self, id: SeqId, mut req: GenerateRequest) -> Result<()> {
+    /// Queues a request and starts paging in its adapters. Fails (client error) if it can never
+    /// fit the context or the KV pool. Returns true when its adapters are ready (schedulable now);
+    /// otherwise it becomes ready later (`take_paged_in`) or fails (`take_failed`).
+    pub fn add_request(&mut self, id: SeqId, mut req: GenerateRequest) -> Result<bool> {
         req.params.validate()?;
         let vocab = self.model.config().vocab_size as u32;
         if req.prompt_ids.is_empty() {
@@ -100,9 +137,25 @@ impl LlmEngine {
         }
         // Completions are cut at the context end ("length"), never rejected for max_tokens alone.
         req.params.max_tokens = req.params.max_tokens.min(max - req.prompt_ids.len());
-        let seq = Sequence::new(id, req, self.alloc.new_table());
+        let distinct: HashSet<_> = req
+            .adapters
+            .iter()
+            .filter_map(|(a, _)| match a {
+                AdapterRef::Paged(s) => Some(s.id),
+                AdapterRef::Fixed(_) => None,
+            })
+            .collect();
+        let slots = self.pager.config().device_slots;
+        if distinct.len() > slots {
+            return Err(Error::invalid(
+                "adapters",
+                format!("at most {slots} distinct adapters per request (the device budget)"),
+            ));
+        }
+        let mut seq = Sequence::new(id, req, self.alloc.new_table(), &self.pager);
+        let ready = seq.poll_ready()?;
         self.scheduler.waiting.push_back(seq);
-        Ok(())
+        Ok(ready)
     }
 
     /// Removes a sequence wherever it is; its blocks are freed immediately. Returns true if found.
@@ -134,6 +187,10 @@ impl LlmEngine {
     pub fn step(&mut self) -> Vec<(SeqId, SeqEvent)> {
         let mut plan = self.scheduler.schedule();
         if plan.is_empty() {
+            if self.scheduler.running.is_empty() && self.scheduler.failed.is_empty() {
+                // Only sequences waiting for page-ins: sleep until one lands instead of spinning.
+                self.pager.wait_for_load(Duration::from_millis(2));
+            }
             return Vec::new();
         }
         // Group rows by adapter mix so each adapter is one SGMV segment.

@@ -2,8 +2,7 @@
 //! what the engine streams back. `SamplingParams::validate` is the one place parameters are checked.
 
 use crate::error::{Error, Result};
-use crate::lora::LoraAdapter;
-use std::sync::Arc;
+use crate::lora::AdapterRef;
 
 #[derive(Debug, Clone)]
 pub struct SamplingParams {
@@ -105,7 +104,7 @@ impl SamplingParams {
 #[derive(Clone)]
 pub struct GenerateRequest {
     pub prompt_ids: Vec<u32>,
-    pub adapters: Vec<(Arc<LoraAdapter>, f32)>,
+    pub adapters: Vec<(AdapterRef, f32)>,
     pub params: SamplingParams,
 }
 

@@ -1,12 +1,21 @@
 //! Continuous batching. Each step: running sequences first (each needs one decode token, or the
-//! rest of its prefill), then waiting ones in FIFO order while the token budget, the sequence cap,
-//! the distinct-adapter cap and free KV blocks allow. The queue head is never skipped, so no
-//! request starves. When a running sequence cannot get a block, the most recently admitted running
-//! sequence is preempted (blocks freed, recomputed later) — work is never dropped.
+//! rest of its prefill), then waiting ones in FIFO order while the token budget, the sequence cap
+//! and free KV blocks allow. Adapter-aware: a waiting sequence whose adapters are not on device is
+//! skipped (its page-in runs in the background; the batch never waits for it), and one that would
+//! push the step past the distinct-adapter cap is passed over in favour of sequences whose adapters
+//! are already in the step, at most `AGING_STEPS` times: after that nothing behind it is admitted
+//! until it fits, so no request starves. The first sequence that does not fit the token budget or
+//! the KV pool stops admission. When a running sequence cannot get a block, the most recently
+//! admitted running sequence is preempted (blocks freed, recomputed later) — work is never dropped.
 
-use super::sequence::Sequence;
+use super::sequence::{SeqId, Sequence};
 use crate::config::EngineConfig;
+use crate::error::Error;
 use std::collections::{HashSet, VecDeque};
+
+/// Steps a ready sequence may be passed over for the distinct-adapter cap before it blocks
+/// admission behind it.
+pub const AGING_STEPS: usize = 8;
 
 pub struct Scheduler {
     cfg: EngineConfig,
@@ -14,6 +23,10 @@ pub struct Scheduler {
     /// In admission order (oldest first).
     pub running: Vec<Sequence>,
     pub preemptions: u64,
+    /// Waiting sequences whose adapters became ready since last taken.
+    pub paged_in: Vec<SeqId>,
+    /// Sequences removed because a page-in failed.
+    pub failed: Vec<(SeqId, Error)>,
 }
 
 /// One scheduled sequence: index into `running` and how many of its pending tokens to run.
@@ -36,6 +49,8 @@ impl Scheduler {
             waiting: VecDeque::new(),
             running: Vec::new(),
             preemptions: 0,
+            paged_in: Vec::new(),
+            failed: Vec::new(),
         }
     }
 
@@ -70,34 +85,66 @@ impl Scheduler {
             budget -= n;
             i += 1;
         }
-        // 2. Waiting sequences in FIFO order; stop at the first that does not fit.
-        while let Some(head) = self.waiting.front_mut() {
-            if budget == 0 || self.running.len() >= self.cfg.max_num_seqs {
-                break;
+        // 2. Waiting sequences, FIFO, adapter-aware.
+        self.admit_waiting(&mut budget, &mut plan, &mut adapters);
+        plan
+    }
+
+    /// Admits waiting sequences in FIFO order. Every one is polled (a page-in may have finished);
+    /// one whose adapters are not on device yet is skipped, never waited for.
+    fn admit_waiting(
+        &mut self,
+        budget: &mut usize,
+        plan: &mut Vec<Scheduled>,
+        adapters: &mut HashSet<usize>,
+    ) {
+        let mut i = 0;
+        let mut full = false;
+        while i < self.waiting.len() {
+            let seq = &mut self.waiting[i];
+            let was_ready = seq.is_ready();
+            match seq.poll_ready() {
+                Err(e) => {
+                    let seq = self.waiting.remove(i).expect("index in range");
+                    self.failed.push((seq.id, e));
+                    continue;
+                }
+                Ok(false) => {
+                    i += 1;
+                    continue;
+                }
+                Ok(true) if !was_ready => self.paged_in.push(seq.id),
+                Ok(true) => {}
             }
-            let new: Vec<usize> = adapter_set(head)
-                .filter(|a| !adapters.contains(a))
-                .collect();
+            if full || *budget == 0 || self.running.len() >= self.cfg.max_num_seqs {
+                full = true;
+                i += 1;
+                continue;
+            }
+            let new: Vec<usize> = adapter_set(seq).filter(|a| !adapters.contains(a)).collect();
             if adapters.len() + new.len() > self.cfg.max_adapters_per_step && !plan.is_empty() {
-                break;
+                // Prefer sequences whose adapters are already in this step; one passed over for
+                // too long stops admission behind it until the running adapters drain.
+                seq.skipped += 1;
+                full = seq.skipped > AGING_STEPS;
+                i += 1;
+                continue;
             }
-            let n = head.pending().min(budget);
+            let n = seq.pending().min(*budget);
             // Only admit a partial (chunked) prefill when the whole prompt cannot fit a step.
-            if n < head.pending() && !plan.is_empty() {
-                break;
-            }
-            if !head.blocks.reserve(head.computed + n) {
-                break;
+            if (n < seq.pending() && !plan.is_empty()) || !seq.blocks.reserve(seq.computed + n) {
+                full = true;
+                i += 1;
+                continue;
             }
             adapters.extend(new);
-            let seq = self.waiting.pop_front().expect("head exists");
+            let seq = self.waiting.remove(i).expect("index in range");
             self.running.push(seq);
             plan.push(Scheduled {
                 idx: self.running.len() - 1,
                 tokens: n,
             });
-            budget -= n;
+            *budget -= n;
         }
-        plan
     }
 }

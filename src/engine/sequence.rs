@@ -1,12 +1,15 @@
 //! One generation in flight. `tokens` is prompt + output; `computed` counts the leading tokens
 //! whose K/V are in the cache (always <= tokens.len()). Preemption drops the block table and
 //! resets `computed` to 0: the sequence is recomputed later with the same tokens and RNG state.
+//! A sequence is ready once every adapter of its mix is on device; from then until it is dropped
+//! its pager lease pins them, and `adapters` holds their compute-ready weights in mix order.
 
 use super::detokenizer::Detokenizer;
 use super::request::{GenerateRequest, SamplingParams};
 use super::sampler::Sampler;
+use crate::error::Result;
 use crate::kv_cache::BlockTable;
-use crate::lora::LoraAdapter;
+use crate::lora::{AdapterPager, AdapterRef, Lease, LoraAdapter};
 use std::sync::Arc;
 
 /// Engine-wide unique id of a sequence.
@@ -18,7 +21,14 @@ pub struct Sequence {
     pub tokens: Vec<u32>,
     pub prompt_len: usize,
     pub computed: usize,
+    /// The adapters as requested.
+    pub mix: Vec<(AdapterRef, f32)>,
+    /// The weights of `mix`, filled once ready (empty before, and for the base model).
     pub adapters: Vec<(Arc<LoraAdapter>, f32)>,
+    lease: Option<Lease>,
+    ready: bool,
+    /// Steps this ready sequence was passed over for the distinct-adapter cap (aging).
+    pub skipped: usize,
     pub params: SamplingParams,
     pub sampler: Sampler,
     pub detok: Detokenizer,
@@ -26,19 +36,65 @@ pub struct Sequence {
 }
 
 impl Sequence {
-    pub fn new(id: SeqId, req: GenerateRequest, blocks: BlockTable) -> Self {
+    /// Creates the sequence and claims its paged adapters (starting their page-in).
+    pub fn new(id: SeqId, req: GenerateRequest, blocks: BlockTable, pager: &AdapterPager) -> Self {
         let prompt_len = req.prompt_ids.len();
+        let paged: Vec<_> = req
+            .adapters
+            .iter()
+            .filter_map(|(r, _)| match r {
+                AdapterRef::Paged(s) => Some(s.clone()),
+                AdapterRef::Fixed(_) => None,
+            })
+            .collect();
         Sequence {
             id,
             tokens: req.prompt_ids,
             prompt_len,
             computed: 0,
-            adapters: req.adapters,
+            lease: (!paged.is_empty()).then(|| pager.lease(paged)),
+            mix: req.adapters,
+            adapters: Vec::new(),
+            ready: false,
+            skipped: 0,
             sampler: Sampler::new(req.params.seed),
             params: req.params,
             detok: Detokenizer::default(),
             blocks,
         }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready
+    }
+
+    /// True once every adapter is on device and pinned; fails if a page-in failed.
+    pub fn poll_ready(&mut self) -> Result<bool> {
+        if self.ready {
+            return Ok(true);
+        }
+        let mut paged = match &mut self.lease {
+            Some(l) => match l.poll()? {
+                Some(p) => p.to_vec().into_iter(),
+                None => return Ok(false),
+            },
+            None => Vec::new().into_iter(),
+        };
+        self.adapters = self
+            .mix
+            .iter()
+            .map(|(r, w)| match r {
+                AdapterRef::Fixed(a) => (a.clone(), *w),
+                AdapterRef::Paged(_) => (paged.next().expect("one pin per paged adapter"), *w),
+            })
+            .collect();
+        self.ready = true;
+        Ok(true)
+    }
+
+    /// Names of the requested adapters.
+    pub fn adapter_names(&self) -> impl Iterator<Item = &str> + '_ {
+        self.mix.iter().map(|(a, _)| a.name())
     }
 
     /// Tokens still to run through the model before the next sample.
@@ -54,7 +110,7 @@ impl Sequence {
             .collect()
     }
 
-    /// Drops the KV blocks; the sequence will be recomputed from scratch.
+    /// Drops the KV blocks; the sequence will be recomputed from scratch (its pins stay).
     pub fn preempt(&mut self) {
         self.blocks.release();
         self.computed = 0;

@@ -14,7 +14,7 @@ use super::record::{
 use super::store::Store;
 use crate::engine::{FinishReason, SeqEvent};
 use crate::error::Result;
-use crate::lora::LoraAdapter;
+use crate::lora::AdapterRef;
 use crate::metrics::Metrics;
 use crate::server::unix_now;
 use alloy::primitives::{keccak256, Address, B256, U256};
@@ -85,7 +85,7 @@ impl Meter {
     }
 
     /// Terms of each adapter of the mix (the base model's when empty).
-    pub fn price(&self, mix: &[(Arc<LoraAdapter>, f32)]) -> Result<Pricing> {
+    pub fn price(&self, mix: &[(AdapterRef, f32)]) -> Result<Pricing> {
         if mix.is_empty() {
             let base = Arc::new(self.prices.base());
             let adapter_id = base.adapter_id;

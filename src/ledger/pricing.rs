@@ -5,7 +5,7 @@
 //! `AdapterRegistry.quote`: `ceil((input * pricePerMInput + output * pricePerMOutput) / 1e6)`.
 
 use crate::error::{Error, Result};
-use crate::lora::LoraAdapter;
+use crate::lora::AdapterRef;
 use alloy::primitives::{keccak256, Address, B256, U256};
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -183,20 +183,20 @@ impl PriceBook {
     }
 
     /// The terms of `adapter` (its manifest, else the default price paid to the operator).
-    pub fn terms(&self, adapter: &LoraAdapter) -> Result<Arc<AdapterTerms>> {
-        if let Some(t) = self.cache.read().expect("price book").get(&adapter.path) {
-            if t.name == adapter.name {
+    pub fn terms(&self, adapter: &AdapterRef) -> Result<Arc<AdapterTerms>> {
+        let (name, dir) = (adapter.name(), adapter.dir());
+        if let Some(t) = self.cache.read().expect("price book").get(dir) {
+            if t.name == name {
                 return Ok(t.clone());
             }
         }
         let terms = Arc::new(
-            AdapterTerms::from_manifest(&adapter.name, &adapter.path)?
-                .unwrap_or_else(|| self.fallback(&adapter.name)),
+            AdapterTerms::from_manifest(name, dir)?.unwrap_or_else(|| self.fallback(name)),
         );
         self.cache
             .write()
             .expect("price book")
-            .insert(adapter.path.clone(), terms.clone());
+            .insert(dir.to_path_buf(), terms.clone());
         Ok(terms)
     }
 }

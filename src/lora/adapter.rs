@@ -3,11 +3,12 @@
 //! Weights are kept as `A: [r, in]`, `B: [out, r]` (f32) with the scale `alpha/r` (or
 //! `alpha/sqrt(r)` with rsLoRA) folded into `scale`.
 
-use super::Proj;
+use super::spec::{check_shape, parse_tensor_name, AdapterSpec, CONFIG_FILE, WEIGHTS_FILE};
+use super::{AdapterId, Proj};
 use crate::error::{Error, Result};
-use crate::model::safetensors_file::SafetensorsFile;
 use crate::model::ModelConfig;
 use regex::Regex;
+use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -123,82 +124,63 @@ pub struct LoraAdapter {
 impl LoraAdapter {
     /// Reads `adapter_config.json` only (cheap): used to register many adapters lazily.
     pub fn read_config(dir: &Path) -> Result<LoraConfig> {
-        let path = dir.join("adapter_config.json");
+        let path = dir.join(CONFIG_FILE);
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let v: Value = serde_json::from_str(&text)
-            .map_err(|e| Error::file("adapter_config.json", &path, e))?;
+        let v: Value =
+            serde_json::from_str(&text).map_err(|e| Error::file(CONFIG_FILE, &path, e))?;
         LoraConfig::parse(&v, &path)
     }
 
-    /// Loads and validates an adapter folder against the base model.
+    /// Loads and validates an adapter folder against the base model (eagerly, from disk).
     pub fn load(name: &str, dir: &Path, model: &ModelConfig) -> Result<Self> {
-        let config = Self::read_config(dir)?;
-        let path = dir.join("adapter_model.safetensors");
-        let file = SafetensorsFile::open(&path)?;
-        let bad = |m: String| Error::file("adapter_model.safetensors", &path, m);
-        let key_re = Regex::new(
-            r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])(?:\.[\w-]+)?\.weight$",
-        )
-        .expect("static regex");
+        let spec = AdapterSpec::read(AdapterId(u32::MAX), name, dir, model)?;
+        let path = spec.weights_path();
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        Self::from_bytes(&spec, &bytes, model)
+    }
+
+    /// Builds the compute-ready layout from the bytes of the spec's safetensors file. Every check
+    /// of `AdapterSpec::read` is repeated, so bytes that changed since registration fail here.
+    pub fn from_bytes(spec: &AdapterSpec, bytes: &[u8], model: &ModelConfig) -> Result<Self> {
+        let path = spec.weights_path();
+        let bad = |m: String| Error::file(WEIGHTS_FILE, &path, m);
+        let st =
+            SafeTensors::deserialize(bytes).map_err(|e| Error::file("safetensors", &path, e))?;
         let mut pending: Vec<[(Option<Vec<f32>>, Option<Vec<f32>>); 7]> =
             (0..model.layers).map(|_| Default::default()).collect();
-        for name in file.names() {
-            let caps = key_re.captures(&name).ok_or_else(|| bad(format!("unexpected tensor `{name}` (only lora_A/lora_B of q,k,v,o,gate,up,down are supported)")))?;
-            let layer: usize = caps[1]
-                .parse()
-                .map_err(|_| bad(format!("bad layer index in `{name}`")))?;
-            let proj = Proj::from_module_name(&caps[2])
-                .ok_or_else(|| bad(format!("unknown target module `{}` in `{name}`", &caps[2])))?;
-            if layer >= model.layers {
-                return Err(bad(format!(
-                    "`{name}`: layer {layer} but the base model has {} layers",
-                    model.layers
-                )));
-            }
-            let (data, shape) = file.tensor_f32(&name)?;
-            let (out, inp) = model.proj_shape(proj);
+        for (name, view) in st.tensors() {
+            let (layer, proj, is_a) = parse_tensor_name(&name, model.layers).map_err(bad)?;
+            check_shape(&name, view.shape(), proj, is_a, model).map_err(bad)?;
+            let data = to_f32(view.dtype(), view.data())
+                .ok_or_else(|| bad(format!("`{name}` has unsupported dtype {:?}", view.dtype())))?;
             let slot = &mut pending[layer][proj.index()];
-            match &caps[3] {
-                "A" => {
-                    if shape.len() != 2 || shape[1] != inp {
-                        return Err(bad(format!(
-                            "`{name}` has shape {shape:?}, expected [r, {inp}]"
-                        )));
-                    }
-                    slot.0 = Some(data);
-                }
-                _ => {
-                    if shape.len() != 2 || shape[0] != out {
-                        return Err(bad(format!(
-                            "`{name}` has shape {shape:?}, expected [{out}, r]"
-                        )));
-                    }
-                    slot.1 = Some(data);
-                }
+            match is_a {
+                true => slot.0 = Some(data),
+                false => slot.1 = Some(data),
             }
         }
         let mut layers = Vec::with_capacity(model.layers);
         for (l, projs) in pending.into_iter().enumerate() {
             let mut row: [Option<LoraWeights>; 7] = Default::default();
-            for (p, (a, b)) in projs.into_iter().enumerate() {
+            for (p, pair) in projs.into_iter().enumerate() {
                 let proj = Proj::ALL[p];
-                match (a, b) {
-                    (None, None) => {}
-                    (Some(a), Some(b)) => {
-                        let (out, inp) = model.proj_shape(proj);
+                let (out, inp) = model.proj_shape(proj);
+                row[p] = match pair {
+                    (None, None) => None,
+                    (Some(a), Some(b)) if a.len() / inp * out == b.len() => {
                         let rank = a.len() / inp;
-                        if b.len() != out * rank {
-                            return Err(bad(format!(
-                                "layer {l} {}: lora_A rank {rank} does not match lora_B",
-                                proj.module_name()
-                            )));
-                        }
-                        row[p] = Some(LoraWeights {
+                        Some(LoraWeights {
                             a,
                             b,
                             rank,
-                            scale: config.scale(rank),
-                        });
+                            scale: spec.config.scale(rank),
+                        })
+                    }
+                    (Some(_), Some(_)) => {
+                        return Err(bad(format!(
+                            "layer {l} {}: lora_A rank does not match lora_B",
+                            proj.module_name()
+                        )))
                     }
                     _ => {
                         return Err(bad(format!(
@@ -206,7 +188,7 @@ impl LoraAdapter {
                             proj.module_name()
                         )))
                     }
-                }
+                };
             }
             layers.push(row);
         }
@@ -214,9 +196,9 @@ impl LoraAdapter {
             return Err(bad("no LoRA tensors found".into()));
         }
         Ok(LoraAdapter {
-            name: name.to_string(),
-            path: dir.to_path_buf(),
-            config,
+            name: spec.name.clone(),
+            path: spec.dir.clone(),
+            config: spec.config.clone(),
             layers,
         })
     }
@@ -234,4 +216,23 @@ impl LoraAdapter {
     pub fn get(&self, layer: usize, proj: Proj) -> Option<&LoraWeights> {
         self.layers[layer][proj.index()].as_ref()
     }
+}
+
+/// Little-endian tensor bytes as f32 (F32, F16, BF16); `None` for other dtypes.
+fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
+    Some(match dtype {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        _ => return None,
+    })
 }

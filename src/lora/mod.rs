@@ -1,14 +1,23 @@
-//! LoRA adapters: the PEFT on-disk format (`adapter`), the registry of named adapters
-//! (`registry`), and the per-batch segment layout handed to SGMV (`batch`). Adapters are never
-//! merged into base weights; a running sequence holds an `Arc` of its adapters, which pins them.
+//! LoRA adapters: the PEFT on-disk format (`adapter`), what registration validates and records
+//! without reading weights (`spec`), the registry of named adapters (`registry`), how a request
+//! names its adapter (`adapter_ref`), the disk -> host -> device tiers (`pager`), the hub cache
+//! (`hub`) and the per-batch segment layout handed to SGMV (`batch`). Adapters are never merged
+//! into base weights; a running sequence holds a pager `Lease` on its adapters, which pins them.
 
 mod adapter;
+mod adapter_ref;
 mod batch;
+pub mod hub;
+mod pager;
 mod registry;
+mod spec;
 
 pub use adapter::{LoraAdapter, LoraConfig, LoraWeights};
+pub use adapter_ref::AdapterRef;
 pub use batch::LoraBatch;
+pub use pager::{AdapterPager, Lease, PagerConfig, PagerStats, Tier};
 pub use registry::{AdapterId, AdapterRegistry};
+pub use spec::{AdapterSpec, CONFIG_FILE, WEIGHTS_FILE};
 
 /// The seven projections of a Llama block that LoRA may target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -1,8 +1,10 @@
-//! The registry of named adapters shared by the engine and the HTTP layer. Names are unique;
-//! each registered adapter has a stable `AdapterId`. An adapter is validated against the base
-//! model when registered, so resolving a name never fails later for a malformed file.
+//! The registry of named adapters shared by the engine and the HTTP layer. Names are unique; each
+//! registered adapter has a stable `AdapterId` that is never reused. Registering is lazy: only the
+//! config and the safetensors header are read, and both are validated against the base model, so a
+//! malformed adapter fails here with a clear message and never inside a batch. Weights are paged in
+//! later by the `AdapterPager`.
 
-use super::LoraAdapter;
+use super::{AdapterRef, AdapterSpec, LoraAdapter};
 use crate::error::{Error, Result};
 use crate::model::ModelConfig;
 use std::collections::HashMap;
@@ -15,14 +17,30 @@ pub struct AdapterId(pub u32);
 
 #[derive(Default)]
 struct Inner {
-    by_name: HashMap<String, AdapterId>,
-    adapters: HashMap<AdapterId, Arc<LoraAdapter>>,
+    by_name: HashMap<String, Arc<AdapterSpec>>,
     next: u32,
 }
 
 pub struct AdapterRegistry {
     model: ModelConfig,
     inner: RwLock<Inner>,
+}
+
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.contains(char::is_whitespace) {
+        return Err(Error::invalid(
+            "lora_name",
+            "must be non-empty and contain no whitespace",
+        ));
+    }
+    Ok(())
+}
+
+fn duplicate(name: &str) -> Error {
+    Error::invalid(
+        "lora_name",
+        format!("adapter `{name}` is already registered"),
+    )
 }
 
 impl AdapterRegistry {
@@ -33,84 +51,90 @@ impl AdapterRegistry {
         }
     }
 
-    /// Loads, validates and registers the adapter in `dir` under `name`.
+    pub fn model(&self) -> &ModelConfig {
+        &self.model
+    }
+
+    /// Validates the adapter in `dir` (config + header, no weights) and registers it as `name`.
     pub fn register(&self, name: &str, dir: &Path) -> Result<AdapterId> {
-        if name.is_empty() || name.contains(char::is_whitespace) {
-            return Err(Error::invalid(
-                "lora_name",
-                "must be non-empty and contain no whitespace",
-            ));
-        }
+        check_name(name)?;
         if self.get_id(name).is_some() {
-            return Err(Error::invalid(
-                "lora_name",
-                format!("adapter `{name}` is already registered"),
-            ));
+            return Err(duplicate(name));
         }
-        let adapter = Arc::new(LoraAdapter::load(name, dir, &self.model)?);
+        // Ids are taken before validation so concurrent registrations never share one; a failed
+        // registration just skips its id.
+        let id = {
+            let mut inner = self.inner.write().expect("registry lock");
+            inner.next += 1;
+            AdapterId(inner.next - 1)
+        };
+        let spec = Arc::new(AdapterSpec::read(id, name, dir, &self.model)?);
         let mut inner = self.inner.write().expect("registry lock");
         if inner.by_name.contains_key(name) {
-            return Err(Error::invalid(
-                "lora_name",
-                format!("adapter `{name}` is already registered"),
-            ));
+            return Err(duplicate(name));
         }
-        let id = AdapterId(inner.next);
-        inner.next += 1;
-        inner.by_name.insert(name.to_string(), id);
-        inner.adapters.insert(id, adapter);
+        inner.by_name.insert(name.to_string(), spec);
         Ok(id)
     }
 
-    /// Removes an adapter. Running sequences keep their `Arc` and finish unaffected.
-    pub fn unregister(&self, name: &str) -> Result<()> {
+    /// Removes an adapter and returns its id. Requests already resolved keep their `AdapterRef`
+    /// and finish unaffected; the caller tells the pager to drop its copies.
+    pub fn unregister(&self, name: &str) -> Result<AdapterId> {
         let mut inner = self.inner.write().expect("registry lock");
-        let id = inner
+        inner
             .by_name
             .remove(name)
-            .ok_or_else(|| Error::NotFound(format!("adapter `{name}` is not registered")))?;
-        inner.adapters.remove(&id);
-        Ok(())
+            .map(|s| s.id)
+            .ok_or_else(|| Error::NotFound(format!("adapter `{name}` is not registered")))
     }
 
     pub fn get_id(&self, name: &str) -> Option<AdapterId> {
+        self.spec(name).map(|s| s.id)
+    }
+
+    pub fn spec(&self, name: &str) -> Option<Arc<AdapterSpec>> {
         self.inner
             .read()
             .expect("registry lock")
             .by_name
             .get(name)
-            .copied()
-    }
-
-    pub fn get(&self, id: AdapterId) -> Option<Arc<LoraAdapter>> {
-        self.inner
-            .read()
-            .expect("registry lock")
-            .adapters
-            .get(&id)
             .cloned()
     }
 
-    /// Resolves a name to its loaded adapter (pins it for as long as the `Arc` lives).
-    pub fn resolve(&self, name: &str) -> Result<Arc<LoraAdapter>> {
-        let inner = self.inner.read().expect("registry lock");
-        inner
-            .by_name
-            .get(name)
-            .and_then(|id| inner.adapters.get(id))
-            .cloned()
+    /// Resolves a name to a reference the engine pages in on demand.
+    pub fn resolve(&self, name: &str) -> Result<AdapterRef> {
+        self.spec(name)
+            .map(AdapterRef::Paged)
             .ok_or_else(|| Error::NotFound(format!("The model `{name}` does not exist")))
     }
 
-    /// (name, id) of every registered adapter, sorted by name.
-    pub fn list(&self) -> Vec<(String, AdapterId)> {
+    /// Reads a registered adapter's weights now, bypassing the pager (tests, tools).
+    pub fn load(&self, name: &str) -> Result<Arc<LoraAdapter>> {
+        let spec = self
+            .spec(name)
+            .ok_or_else(|| Error::NotFound(format!("The model `{name}` does not exist")))?;
+        let path = spec.weights_path();
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        Ok(Arc::new(LoraAdapter::from_bytes(
+            &spec,
+            &bytes,
+            &self.model,
+        )?))
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.read().expect("registry lock").by_name.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every registered adapter, sorted by name.
+    pub fn list(&self) -> Vec<Arc<AdapterSpec>> {
         let inner = self.inner.read().expect("registry lock");
-        let mut v: Vec<_> = inner
-            .by_name
-            .iter()
-            .map(|(n, id)| (n.clone(), *id))
-            .collect();
-        v.sort();
+        let mut v: Vec<_> = inner.by_name.values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
 }

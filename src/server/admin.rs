@@ -1,6 +1,7 @@
 //! Runtime adapter management, vLLM-compatible: load/unload by name and path, and a listing of
-//! every adapter with its tier and stats. Loading validates the adapter fully; a bad one is a 400
-//! and changes nothing. Unloading never disturbs running sequences: they hold their adapter.
+//! every adapter with its tier and stats. Loading validates the config and the tensor header
+//! against the base model (weights are paged in on first use); a bad one is a 400 and changes
+//! nothing. Unloading never disturbs running sequences: their pager lease keeps the weights.
 
 use super::api_error::ApiError;
 use super::openai::{LoadAdapterRequest, UnloadAdapterRequest};
@@ -12,32 +13,22 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 use std::sync::Arc;
-use std::time::Instant;
 
 pub async fn load(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     let run = || -> Result<String, ApiError> {
         let r: LoadAdapterRequest = parse_body(&body)?;
-        let start = Instant::now();
-        state
-            .registry
-            .register(&r.lora_name, std::path::Path::new(&r.lora_path))?;
-        state
-            .metrics
-            .adapter_loads
-            .with_label_values(&["device"])
-            .inc();
-        state
-            .metrics
-            .adapter_load_seconds
-            .with_label_values(&["device"])
-            .observe(start.elapsed().as_secs_f64());
+        // Registration reads the config and the safetensors header only; weights are paged in
+        // by the engine's pager when a request first uses the adapter.
+        // `lora_path` is a folder, or a hub id found in the local hub cache (as vLLM accepts).
+        let dir = crate::lora::hub::local_or_cached(&r.lora_path)?;
+        state.registry.register(&r.lora_name, &dir)?;
         state
             .metrics
             .adapters_registered
-            .set(state.registry.list().len() as i64);
+            .set(state.registry.len() as i64);
         Ok(r.lora_name)
     };
-    // Loading reads and checks weights: keep it off the async workers.
+    // Registration touches the file system: keep it off the async workers.
     match tokio::task::block_in_place(run) {
         Ok(name) => Json(json!({"status": "ok", "message": format!("Success: LoRA adapter '{name}' added successfully.")})).into_response(),
         Err(e) => e.into_response(),
@@ -47,16 +38,12 @@ pub async fn load(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
 pub async fn unload(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     let run = || -> Result<String, ApiError> {
         let r: UnloadAdapterRequest = parse_body(&body)?;
-        state.registry.unregister(&r.lora_name)?;
-        state
-            .metrics
-            .adapter_evictions
-            .with_label_values(&["device"])
-            .inc();
+        let id = state.registry.unregister(&r.lora_name)?;
+        state.engine.pager().forget(id);
         state
             .metrics
             .adapters_registered
-            .set(state.registry.list().len() as i64);
+            .set(state.registry.len() as i64);
         Ok(r.lora_name)
     };
     match run() {
@@ -65,26 +52,29 @@ pub async fn unload(State(state): State<Arc<AppState>>, body: Bytes) -> Response
     }
 }
 
+/// Every registered adapter with the tier its weights are in now (device, host or disk) and its
+/// pins, so routing layers see idle-but-resident adapters too.
 pub async fn list(State(state): State<Arc<AppState>>) -> Response {
     let stats = state.engine.stats();
+    let pager = state.engine.pager();
     let data: Vec<_> = state
         .registry
         .list()
         .into_iter()
-        .filter_map(|(name, id)| state.registry.get(id).map(|a| (name, id, a)))
-        .map(|(name, id, a)| {
+        .map(|a| {
             json!({
-                "id": name,
+                "id": a.name,
                 "object": "adapter",
-                "adapter_id": id.0,
-                // CPU build: loaded weights are already in the compute-ready layout.
-                "tier": "device",
-                "path": a.path.display().to_string(),
+                "adapter_id": a.id.0,
+                "tier": pager.tier(a.id).as_str(),
+                "pins": pager.pins(a.id),
+                "path": a.dir.display().to_string(),
                 "rank": a.config.r,
                 "target_modules": a.config.target_modules.iter().map(|p| p.module_name()).collect::<Vec<_>>(),
-                "size_bytes": a.size_bytes(),
-                "running": stats.running_adapters.contains(&name),
-                "waiting": stats.waiting_adapters.contains(&name),
+                "size_bytes": a.size_bytes,
+                "file_bytes": a.file_bytes,
+                "running": stats.running_adapters.contains(&a.name),
+                "waiting": stats.waiting_adapters.contains(&a.name),
             })
         })
         .collect();

@@ -16,7 +16,6 @@ pub use state::{unix_now, AppState, ServerOptions};
 use crate::engine::EngineHandle;
 use crate::ledger::Meter;
 use crate::lora::AdapterRegistry;
-use crate::metrics::Metrics;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -36,20 +35,19 @@ impl AppState {
         registry: Arc<AdapterRegistry>,
         opts: ServerOptions,
     ) -> Arc<Self> {
-        Self::with_meter(engine, registry, opts, Arc::new(Metrics::new()), None)
+        Self::with_meter(engine, registry, opts, None)
     }
 
-    /// A server that meters every call into `meter` (whose metrics must be `metrics`).
+    /// A server that meters every call into `meter`. One metrics registry per process: the
+    /// engine's (its pager reports into it), which the meter must have been opened with too.
     pub fn with_meter(
         engine: EngineHandle,
         registry: Arc<AdapterRegistry>,
         opts: ServerOptions,
-        metrics: Arc<Metrics>,
         meter: Option<Arc<Meter>>,
     ) -> Arc<Self> {
-        metrics
-            .adapters_registered
-            .set(registry.list().len() as i64);
+        let metrics = engine.metrics().clone();
+        metrics.adapters_registered.set(registry.len() as i64);
         Arc::new(AppState {
             model_name: engine.model().name.clone(),
             default_max_tokens: opts.default_max_tokens,
@@ -208,7 +206,8 @@ async fn models(State(state): State<Arc<AppState>>) -> Response {
     let mut data = vec![
         json!({"id": base, "object": "model", "created": state.created, "owned_by": "openlora", "root": base, "parent": null}),
     ];
-    for (name, _) in state.registry.list() {
+    for spec in state.registry.list() {
+        let name = &spec.name;
         data.push(json!({"id": name, "object": "model", "created": state.created, "owned_by": "openlora", "root": name, "parent": base}));
     }
     Json(json!({"object": "list", "data": data})).into_response()

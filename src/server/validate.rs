@@ -5,9 +5,8 @@ use super::openai::{ChatRequest, CommonParams, CompletionRequest, Content, Promp
 use super::state::AppState;
 use crate::engine::{GenerateRequest, SamplingParams};
 use crate::error::{Error, Result};
-use crate::lora::LoraAdapter;
+use crate::lora::AdapterRef;
 use crate::model::ChatMessage;
-use std::sync::Arc;
 
 /// Parses a JSON body, naming the field on a type error.
 pub fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
@@ -39,7 +38,7 @@ pub struct ValidRequest {
 fn resolve_adapters(
     state: &AppState,
     c: &CommonParams,
-) -> Result<(Vec<(Arc<LoraAdapter>, f32)>, String)> {
+) -> Result<(Vec<(AdapterRef, f32)>, String)> {
     let base = &state.model_name;
     let mut mix = Vec::new();
     if let Some(list) = &c.adapters {
@@ -72,7 +71,7 @@ fn resolve_adapters(
         "base".to_string()
     } else {
         mix.iter()
-            .map(|(a, _)| a.name.as_str())
+            .map(|(a, _)| a.name())
             .collect::<Vec<_>>()
             .join("+")
     };

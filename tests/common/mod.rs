@@ -84,7 +84,7 @@ pub fn request(
 ) -> GenerateRequest {
     GenerateRequest {
         prompt_ids: prompt.to_vec(),
-        adapters,
+        adapters: adapters.into_iter().map(|(a, w)| (a.into(), w)).collect(),
         params,
     }
 }

@@ -1,0 +1,84 @@
+//! Adapters named by Hugging Face hub id (`org/name`, optionally `org/name@revision`), found in the
+//! local hub cache through the `hf-hub` crate's `Cache` (layout `models--org--name/refs/<rev>` ->
+//! `snapshots/<commit>/<file>`). The cache root is `HF_HUB_CACHE`, else `HF_HOME/hub`, else
+//! `~/.cache/huggingface/hub`, as for the Python tools. This build does not download: a hub
+//! adapter must already be in the cache (`huggingface-cli download org/name`), which is exactly
+//! how `HF_HUB_OFFLINE=1` behaves; a missing one is a clear error naming the cache path.
+
+use super::{AdapterId, AdapterRegistry, CONFIG_FILE, WEIGHTS_FILE};
+use crate::error::{Error, Result};
+use hf_hub::{Cache, Repo, RepoType};
+use std::path::{Path, PathBuf};
+
+/// The hub cache the environment points at.
+pub fn cache_from_env() -> Cache {
+    match std::env::var_os("HF_HUB_CACHE") {
+        Some(p) if !p.is_empty() => Cache::new(PathBuf::from(p)),
+        _ => Cache::from_env(),
+    }
+}
+
+/// `org/name[@revision]` -> (repo id, revision); `None` if `id` is not shaped like a hub id.
+pub fn parse_id(id: &str) -> Option<(&str, &str)> {
+    let (repo, rev) = id.split_once('@').unwrap_or((id, "main"));
+    let (org, name) = repo.split_once('/')?;
+    let ok = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    };
+    (ok(org) && ok(name) && !rev.is_empty()).then_some((repo, rev))
+}
+
+/// The snapshot folder holding the adapter's PEFT files in `cache`.
+pub fn resolve_in(cache: &Cache, id: &str) -> Result<PathBuf> {
+    let (repo_id, rev) = parse_id(id).ok_or_else(|| {
+        Error::invalid(
+            "lora_path",
+            format!("`{id}` is neither a folder nor a hub id (org/name[@revision])"),
+        )
+    })?;
+    let repo = cache.repo(Repo::with_revision(
+        repo_id.to_string(),
+        RepoType::Model,
+        rev.to_string(),
+    ));
+    let missing = |file: &str| {
+        Error::NotFound(format!(
+            "hub adapter `{id}`: {file} is not in the local hub cache at {} (this build does not download; populate the cache, e.g. `huggingface-cli download {repo_id}`)",
+            cache.path().display()
+        ))
+    };
+    let config = repo.get(CONFIG_FILE).ok_or_else(|| missing(CONFIG_FILE))?;
+    let weights = repo
+        .get(WEIGHTS_FILE)
+        .ok_or_else(|| missing(WEIGHTS_FILE))?;
+    let dir = config.parent().map(Path::to_path_buf).unwrap_or_default();
+    if weights.parent() != Some(dir.as_path()) {
+        return Err(Error::Internal(format!(
+            "hub adapter `{id}`: config and weights resolved to different snapshots"
+        )));
+    }
+    Ok(dir)
+}
+
+/// A local folder as is, else a hub id resolved in the environment's cache.
+pub fn local_or_cached(path_or_id: &str) -> Result<PathBuf> {
+    let p = Path::new(path_or_id);
+    if p.exists() || parse_id(path_or_id).is_none() {
+        return Ok(p.to_path_buf());
+    }
+    resolve_in(&cache_from_env(), path_or_id)
+}
+
+/// Registers the hub adapter `id` from `cache` under its repo id (`org/name`).
+pub fn register_from(registry: &AdapterRegistry, cache: &Cache, id: &str) -> Result<AdapterId> {
+    let dir = resolve_in(cache, id)?;
+    let name = parse_id(id).map_or(id, |(repo, _)| repo);
+    registry.register(name, &dir)
+}
+
+/// Registers the hub adapter `id` from the environment's cache.
+pub fn register(registry: &AdapterRegistry, id: &str) -> Result<AdapterId> {
+    register_from(registry, &cache_from_env(), id)
+}

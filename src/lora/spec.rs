@@ -1,0 +1,170 @@
+//! What registering an adapter records: its validated `adapter_config.json` and the index of its
+//! safetensors header (names, shapes, dtypes), checked against the base model. No weight is read:
+//! the header is parsed from a memory map, so registering thousands of adapters is cheap. An
+//! `AdapterSpec` that exists is a promise that `LoraAdapter::from_bytes` succeeds on the same file.
+
+use super::{AdapterId, LoraConfig, Proj};
+use crate::error::{Error, Result};
+use crate::model::ModelConfig;
+use regex::Regex;
+use safetensors::{Dtype, SafeTensors};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// The file names of a PEFT adapter folder.
+pub const CONFIG_FILE: &str = "adapter_config.json";
+pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+
+/// A registered adapter: everything but its weights.
+#[derive(Debug, Clone)]
+pub struct AdapterSpec {
+    pub id: AdapterId,
+    pub name: String,
+    /// The folder holding `adapter_config.json` and `adapter_model.safetensors`.
+    pub dir: PathBuf,
+    pub config: LoraConfig,
+    /// `ranks[layer][proj]`: the rank of that projection's pair, `None` if not adapted.
+    pub ranks: Vec<[Option<usize>; 7]>,
+    /// Size of the safetensors file (the host-tier footprint).
+    pub file_bytes: usize,
+    /// Size of the compute-ready f32 layout (the device-tier footprint).
+    pub size_bytes: usize,
+}
+
+/// `(layer, proj, is_a)` of a PEFT tensor name, or a clear error.
+pub(crate) fn parse_tensor_name(
+    name: &str,
+    layers: usize,
+) -> std::result::Result<(usize, Proj, bool), String> {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    let re = RE.get_or_init(|| {
+        Regex::new(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])(?:\.[\w-]+)?\.weight$")
+            .expect("static regex")
+    });
+    let caps = re.captures(name).ok_or_else(|| {
+        format!(
+            "unexpected tensor `{name}` (only lora_A/lora_B of q,k,v,o,gate,up,down are supported)"
+        )
+    })?;
+    let layer: usize = caps[1]
+        .parse()
+        .map_err(|_| format!("bad layer index in `{name}`"))?;
+    let proj = Proj::from_module_name(&caps[2])
+        .ok_or_else(|| format!("unknown target module `{}` in `{name}`", &caps[2]))?;
+    if layer >= layers {
+        return Err(format!(
+            "`{name}`: layer {layer} but the base model has {layers} layers"
+        ));
+    }
+    Ok((layer, proj, &caps[3] == "A"))
+}
+
+/// Checks one tensor's shape against the base model; returns its rank.
+pub(crate) fn check_shape(
+    name: &str,
+    shape: &[usize],
+    proj: Proj,
+    is_a: bool,
+    model: &ModelConfig,
+) -> std::result::Result<usize, String> {
+    let (out, inp) = model.proj_shape(proj);
+    match is_a {
+        true if shape.len() == 2 && shape[1] == inp && shape[0] > 0 => Ok(shape[0]),
+        true => Err(format!("`{name}` has shape {shape:?}, expected [r, {inp}]")),
+        false if shape.len() == 2 && shape[0] == out && shape[1] > 0 => Ok(shape[1]),
+        false => Err(format!("`{name}` has shape {shape:?}, expected [{out}, r]")),
+    }
+}
+
+impl AdapterSpec {
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join(CONFIG_FILE)
+    }
+
+    pub fn weights_path(&self) -> PathBuf {
+        self.dir.join(WEIGHTS_FILE)
+    }
+
+    /// Reads the config and the safetensors header of `dir` and validates both against `model`.
+    pub fn read(id: AdapterId, name: &str, dir: &Path, model: &ModelConfig) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(Error::io(
+                dir,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "adapter folder not found"),
+            ));
+        }
+        let config = super::LoraAdapter::read_config(dir)?;
+        let path = dir.join(WEIGHTS_FILE);
+        let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+        // SAFETY: read-only map; only the header is parsed here and no reference outlives `mmap`.
+        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
+        let st =
+            SafeTensors::deserialize(&mmap).map_err(|e| Error::file("safetensors", &path, e))?;
+        let ranks = Self::index(&st, model).map_err(|m| Error::file(WEIGHTS_FILE, &path, m))?;
+        let size_bytes = ranks
+            .iter()
+            .flat_map(|row| Proj::ALL.map(|p| (p, row[p.index()])))
+            .filter_map(|(p, r)| r.map(|r| (p, r)))
+            .map(|(p, r)| {
+                let (out, inp) = model.proj_shape(p);
+                (r * inp + out * r) * 4
+            })
+            .sum();
+        Ok(AdapterSpec {
+            id,
+            name: name.to_string(),
+            dir: dir.to_path_buf(),
+            config,
+            ranks,
+            file_bytes: mmap.len(),
+            size_bytes,
+        })
+    }
+
+    /// Validates every tensor of the header; returns `ranks[layer][proj]`.
+    fn index(
+        st: &SafeTensors<'_>,
+        model: &ModelConfig,
+    ) -> std::result::Result<Vec<[Option<usize>; 7]>, String> {
+        let mut pairs: Vec<[(Option<usize>, Option<usize>); 7]> =
+            (0..model.layers).map(|_| Default::default()).collect();
+        for (name, view) in st.tensors() {
+            let (layer, proj, is_a) = parse_tensor_name(&name, model.layers)?;
+            if !matches!(view.dtype(), Dtype::F32 | Dtype::F16 | Dtype::BF16) {
+                return Err(format!("`{name}` has unsupported dtype {:?}", view.dtype()));
+            }
+            let rank = check_shape(&name, view.shape(), proj, is_a, model)?;
+            let slot = &mut pairs[layer][proj.index()];
+            match is_a {
+                true => slot.0 = Some(rank),
+                false => slot.1 = Some(rank),
+            }
+        }
+        let mut ranks = Vec::with_capacity(model.layers);
+        for (l, row) in pairs.into_iter().enumerate() {
+            let mut out = [None; 7];
+            for (p, pair) in row.into_iter().enumerate() {
+                let m = Proj::ALL[p].module_name();
+                out[p] = match pair {
+                    (None, None) => None,
+                    (Some(a), Some(b)) if a == b => Some(a),
+                    (Some(a), Some(b)) => {
+                        return Err(format!(
+                            "layer {l} {m}: lora_A rank {a} does not match lora_B rank {b}"
+                        ))
+                    }
+                    _ => {
+                        return Err(format!(
+                            "layer {l} {m}: lora_A and lora_B must both be present"
+                        ))
+                    }
+                };
+            }
+            ranks.push(out);
+        }
+        if ranks.iter().all(|r| r.iter().all(Option::is_none)) {
+            return Err("no LoRA tensors found".into());
+        }
+        Ok(ranks)
+    }
+}
