@@ -61,7 +61,8 @@ pub struct ServeArgs {
     #[arg(long, env = "OPENLORA_ADAPTER_HOST_MB")]
     pub adapter_host_mb: Option<usize>,
     /// Hugging Face hub adapter ids (`org/name` or `org/name@revision`, repeatable), resolved in the
-    /// local hub cache (`HF_HOME`/`HF_HUB_CACHE`); registered under `org/name`.
+    /// local hub cache (`HF_HOME`/`HF_HUB_CACHE`), downloaded into it when missing (not with
+    /// `HF_HUB_OFFLINE=1`); registered under `org/name`.
     #[arg(
         long = "hub-adapter",
         env = "OPENLORA_HUB_ADAPTERS",

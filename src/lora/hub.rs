@@ -1,12 +1,14 @@
 //! Adapters named by Hugging Face hub id (`org/name`, optionally `org/name@revision`), found in the
 //! local hub cache through the `hf-hub` crate's `Cache` (layout `models--org--name/refs/<rev>` ->
 //! `snapshots/<commit>/<file>`). The cache root is `HF_HUB_CACHE`, else `HF_HOME/hub`, else
-//! `~/.cache/huggingface/hub`, as for the Python tools. This build does not download: a hub
-//! adapter must already be in the cache (`huggingface-cli download org/name`), which is exactly
-//! how `HF_HUB_OFFLINE=1` behaves; a missing one is a clear error naming the cache path.
+//! `~/.cache/huggingface/hub`, as for the Python tools. An adapter missing from the cache is
+//! downloaded into it (its two PEFT files only) from `HF_ENDPOINT` (default `https://huggingface.co`,
+//! token from `HF_TOKEN` or the cache's token file) through `hf-hub`'s sync API, unless
+//! `HF_HUB_OFFLINE=1`: then a missing one is a clear error naming the cache path.
 
 use super::{AdapterId, AdapterRegistry, CONFIG_FILE, WEIGHTS_FILE};
 use crate::error::{Error, Result};
+use hf_hub::api::sync::ApiBuilder;
 use hf_hub::{Cache, Repo, RepoType};
 use std::path::{Path, PathBuf};
 
@@ -45,7 +47,7 @@ pub fn resolve_in(cache: &Cache, id: &str) -> Result<PathBuf> {
     ));
     let missing = |file: &str| {
         Error::NotFound(format!(
-            "hub adapter `{id}`: {file} is not in the local hub cache at {} (this build does not download; populate the cache, e.g. `huggingface-cli download {repo_id}`)",
+            "hub adapter `{id}`: {file} is not in the local hub cache at {} (offline: populate the cache, e.g. `huggingface-cli download {repo_id}`, or unset HF_HUB_OFFLINE)",
             cache.path().display()
         ))
     };
@@ -62,18 +64,70 @@ pub fn resolve_in(cache: &Cache, id: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// A local folder as is, else a hub id resolved in the environment's cache.
+/// True when `HF_HUB_OFFLINE` forbids network access (`1`, `true`, `yes`, `on`).
+pub fn offline() -> bool {
+    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "1" | "true" | "yes" | "on"
+        )
+    })
+}
+
+/// The snapshot folder of `id` in `cache`, downloading its PEFT files from `endpoint` first when
+/// they are missing (never when offline). A failed download is a clear error and leaves the cache
+/// without a partial snapshot (hf-hub writes to a temporary blob and renames it when complete).
+pub fn fetch_into(cache: &Cache, endpoint: &str, id: &str) -> Result<PathBuf> {
+    let cached = resolve_in(cache, id);
+    if cached.is_ok() || offline() {
+        return cached;
+    }
+    let (repo_id, rev) = parse_id(id).expect("resolve_in checked the id");
+    let mut builder = ApiBuilder::from_cache(cache.clone())
+        .with_progress(false)
+        .with_endpoint(endpoint.trim_end_matches('/').to_string());
+    if let Ok(token) = std::env::var("HF_TOKEN") {
+        builder = builder.with_token(Some(token));
+    }
+    let api = builder
+        .build()
+        .map_err(|e| Error::Internal(format!("hub client: {e}")))?;
+    let repo = api.repo(Repo::with_revision(
+        repo_id.to_string(),
+        RepoType::Model,
+        rev.to_string(),
+    ));
+    for file in [CONFIG_FILE, WEIGHTS_FILE] {
+        repo.get(file).map_err(|e| {
+            Error::NotFound(format!(
+                "hub adapter `{id}`: downloading {file} from {endpoint} failed: {e}"
+            ))
+        })?;
+    }
+    resolve_in(cache, id)
+}
+
+/// The hub endpoint the environment names (`HF_ENDPOINT`), else the public hub.
+pub fn endpoint_from_env() -> String {
+    std::env::var("HF_ENDPOINT")
+        .ok()
+        .filter(|e| !e.is_empty())
+        .unwrap_or_else(|| "https://huggingface.co".to_string())
+}
+
+/// A local folder as is, else a hub id from the environment's cache (downloaded when missing).
 pub fn local_or_cached(path_or_id: &str) -> Result<PathBuf> {
     let p = Path::new(path_or_id);
     if p.exists() || parse_id(path_or_id).is_none() {
         return Ok(p.to_path_buf());
     }
-    resolve_in(&cache_from_env(), path_or_id)
+    fetch_into(&cache_from_env(), &endpoint_from_env(), path_or_id)
 }
 
-/// Registers the hub adapter `id` from `cache` under its repo id (`org/name`).
+/// Registers the hub adapter `id` from `cache` under its repo id (`org/name`), downloading it
+/// from the environment's endpoint when it is not cached.
 pub fn register_from(registry: &AdapterRegistry, cache: &Cache, id: &str) -> Result<AdapterId> {
-    let dir = resolve_in(cache, id)?;
+    let dir = fetch_into(cache, &endpoint_from_env(), id)?;
     let name = parse_id(id).map_or(id, |(repo, _)| repo);
     registry.register(name, &dir)
 }

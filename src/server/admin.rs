@@ -19,7 +19,7 @@ pub async fn load(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
         let r: LoadAdapterRequest = parse_body(&body)?;
         // Registration reads the config and the safetensors header only; weights are paged in
         // by the engine's pager when a request first uses the adapter.
-        // `lora_path` is a folder, or a hub id found in the local hub cache (as vLLM accepts).
+        // `lora_path` is a folder, or a hub id from the local hub cache, downloaded when missing (as vLLM accepts).
         let dir = crate::lora::hub::local_or_cached(&r.lora_path)?;
         state.registry.register(&r.lora_name, &dir)?;
         state
