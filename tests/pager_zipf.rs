@@ -23,24 +23,6 @@ const ADAPTERS: usize = 2000;
 const REQUESTS: usize = 1000;
 const CONCURRENCY: usize = 32;
 
-/// A scratch folder removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("openlora-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Scratch(p)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn target_sets() -> Vec<Vec<Proj>> {
     use Proj::*;
     vec![

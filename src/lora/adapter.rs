@@ -6,9 +6,10 @@
 use super::spec::{check_shape, parse_tensor_name, AdapterSpec, CONFIG_FILE, WEIGHTS_FILE};
 use super::{AdapterId, Proj};
 use crate::error::{Error, Result};
+use crate::model::safetensors_file::to_f32;
 use crate::model::ModelConfig;
 use regex::Regex;
-use safetensors::{Dtype, SafeTensors};
+use safetensors::SafeTensors;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -216,23 +217,4 @@ impl LoraAdapter {
     pub fn get(&self, layer: usize, proj: Proj) -> Option<&LoraWeights> {
         self.layers[layer][proj.index()].as_ref()
     }
-}
-
-/// Little-endian tensor bytes as f32 (F32, F16, BF16); `None` for other dtypes.
-fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
-    Some(match dtype {
-        Dtype::F32 => bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        Dtype::F16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        _ => return None,
-    })
 }

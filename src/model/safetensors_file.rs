@@ -47,28 +47,32 @@ impl SafetensorsFile {
         let t = st
             .tensor(name)
             .map_err(|e| Error::file("safetensors", &self.path, format!("`{name}`: {e}")))?;
-        let bytes = t.data();
-        let data: Vec<f32> = match t.dtype() {
-            Dtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            other => {
-                return Err(Error::file(
-                    "safetensors",
-                    &self.path,
-                    format!("`{name}` has unsupported dtype {other:?}"),
-                ))
-            }
-        };
+        let data = to_f32(t.dtype(), t.data()).ok_or_else(|| {
+            Error::file(
+                "safetensors",
+                &self.path,
+                format!("`{name}` has unsupported dtype {:?}", t.dtype()),
+            )
+        })?;
         Ok((data, t.shape().to_vec()))
     }
+}
+
+/// Little-endian tensor bytes as f32 (F32, F16, BF16); `None` for other dtypes.
+pub fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
+    Some(match dtype {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        _ => return None,
+    })
 }
