@@ -15,29 +15,14 @@ async fn calls(
 ) -> Vec<(usize, String)> {
     let mut ids = vec![];
     for i in range {
-        let (status, body) = complete(
-            http,
-            &server.url(""),
-            &api_key(i % 2),
-            ADAPTERS[i % 5],
-            &prompt_for(i),
-            3,
-            i.is_multiple_of(3),
-        )
-        .await;
-        assert_eq!(status, 200, "call {i}: {body}");
-        if body["usage"]["completion_tokens"].as_u64().unwrap() > 0 {
-            ids.push((i % 2, body["id"].as_str().unwrap().to_string()));
-        }
+        ids.extend(two_payer_call(http, &server.url(""), i).await);
     }
     ids
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_between_submit_and_record_loses_nothing_and_charges_once() {
-    let work = std::env::temp_dir().join(format!("openlora-metering-crash-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).unwrap();
+    let work = fresh_dir("crash");
     write_adapters(&work.join("adapters"));
     write_datanets(&work.join("datanets"), &[5, 6, 7, 8, 9]);
     let deposits = [1_000_000_000_000_000_000u128; 2];

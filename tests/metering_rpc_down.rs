@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anvil_down_for_30s_under_traffic_then_everything_settles() {
-    let work = std::env::temp_dir().join(format!("openlora-metering-rpc-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).unwrap();
+    let work = fresh_dir("rpc");
     write_adapters(&work.join("adapters"));
     write_datanets(&work.join("datanets"), &[5, 6, 7, 8, 9]);
     let deposits = [1_000_000_000_000_000_000u128; 2];
@@ -32,21 +30,7 @@ async fn anvil_down_for_30s_under_traffic_then_everything_settles() {
     let mut i = 0usize;
     let call = |i: usize| {
         let (http, url) = (http.clone(), url.clone());
-        async move {
-            let (status, body) = complete(
-                &http,
-                &url,
-                &api_key(i % 2),
-                ADAPTERS[i % 5],
-                &prompt_for(i),
-                3,
-                i.is_multiple_of(3),
-            )
-            .await;
-            assert_eq!(status, 200, "call {i}: {body}");
-            let produced = body["usage"]["completion_tokens"].as_u64().unwrap() > 0;
-            produced.then(|| (i % 2, body["id"].as_str().unwrap().to_string()))
-        }
+        async move { two_payer_call(&http, &url, i).await }
     };
     for _ in 0..10 {
         ids.extend(call(i).await);
@@ -67,14 +51,7 @@ async fn anvil_down_for_30s_under_traffic_then_everything_settles() {
         during >= 20,
         "requests kept being served while the chain was down ({during})"
     );
-    let metrics = http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&http, &server.url("")).await;
     assert!(
         metrics
             .lines()

@@ -48,10 +48,7 @@ fn greedy_a8(prompt: &[u32], max_tokens: usize) -> Vec<u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_calls_settle_exactly_and_every_receipt_verifies() {
-    let work =
-        std::env::temp_dir().join(format!("openlora-metering-settle-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).unwrap();
+    let work = fresh_dir("settle");
     let span = std::thread::spawn(|| greedy_a8(&ATTR_PROMPT, 12))
         .join()
         .unwrap();
@@ -222,14 +219,7 @@ async fn two_hundred_calls_settle_exactly_and_every_receipt_verifies() {
         "{r}"
     );
 
-    let metrics = http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&http, &server.url("")).await;
     for name in [
         "openlora_settlement_batches_total",
         "openlora_settlement_gas_used_total",

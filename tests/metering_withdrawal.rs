@@ -11,10 +11,7 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_requested_withdrawal_is_not_spent() {
-    let work =
-        std::env::temp_dir().join(format!("openlora-metering-withdraw-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).unwrap();
+    let work = fresh_dir("withdraw");
     write_adapters(&work.join("adapters"));
     write_datanets(&work.join("datanets"), &[5, 6, 7, 8, 9]);
     let deposits = [1_000_000_000_000_000_000u128];

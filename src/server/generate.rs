@@ -195,27 +195,22 @@ pub async fn respond(
     payer: Option<Address>,
 ) -> Response {
     let id = request_id(kind);
+    // A request refused before it runs is counted under its error type.
+    let reject = |e: ApiError, label: &str| {
+        state
+            .metrics
+            .requests
+            .with_label_values(&[label, e.error_type()])
+            .inc();
+        e.into_response()
+    };
     let call = match open_meter(&state, &req, payer, &id) {
         Ok(c) => c,
-        Err(e) => {
-            state
-                .metrics
-                .requests
-                .with_label_values(&[&req.adapter_label, e.error_type()])
-                .inc();
-            return e.into_response();
-        }
+        Err(e) => return reject(e, &req.adapter_label),
     };
     let streams = match submit(&state, &mut req).await {
         Ok(s) => s,
-        Err(e) => {
-            state
-                .metrics
-                .requests
-                .with_label_values(&[&req.adapter_label, e.error_type()])
-                .inc();
-            return e.into_response();
-        }
+        Err(e) => return reject(e, &req.adapter_label),
     };
     let timer = Timer {
         state: state.clone(),

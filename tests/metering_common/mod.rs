@@ -316,6 +316,47 @@ impl Server {
     }
 }
 
+/// An empty work folder for one test (left in place afterwards, for inspection).
+pub fn fresh_dir(tag: &str) -> std::path::PathBuf {
+    let work = std::env::temp_dir().join(format!("openlora-metering-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).unwrap();
+    work
+}
+
+/// The server's `/metrics` text.
+pub async fn metrics_text(http: &reqwest::Client, server_url: &str) -> String {
+    http.get(format!("{server_url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Call `i` of the two-payer workload (payer `i % 2`, adapter `i % 5`, every third streamed);
+/// asserts a 200 and returns (payer, request id) when it produced tokens.
+pub async fn two_payer_call(
+    http: &reqwest::Client,
+    server_url: &str,
+    i: usize,
+) -> Option<(usize, String)> {
+    let (status, body) = complete(
+        http,
+        server_url,
+        &api_key(i % 2),
+        ADAPTERS[i % 5],
+        &prompt_for(i),
+        3,
+        i.is_multiple_of(3),
+    )
+    .await;
+    assert_eq!(status, 200, "call {i}: {body}");
+    let produced = body["usage"]["completion_tokens"].as_u64().unwrap() > 0;
+    produced.then(|| (i % 2, body["id"].as_str().unwrap().to_string()))
+}
+
 /// One completion; returns (status, body).
 pub async fn complete(
     http: &reqwest::Client,
