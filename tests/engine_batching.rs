@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use openlora::bench::random_adapter;
+use openlora::lora::random_adapter;
 use openlora::config::EngineConfig;
 use openlora::engine::{GenerateRequest, LlmEngine, SamplingParams, SeqId};
 use openlora::lora::{AdapterRegistry, LoraAdapter};

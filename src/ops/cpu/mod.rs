@@ -3,13 +3,16 @@
 
 mod activation;
 mod attention;
+mod attention_grouped;
 mod linear;
 mod norm;
 mod rope;
 mod sgmv;
+pub mod quant;
 
 pub use activation::silu_and_mul;
 pub use attention::{paged_attention, write_kv, AttnSeq, KvLayerView};
+pub use attention_grouped::{paged_attention_grouped, write_kv_as, KvElem, KvView};
 pub use linear::{dot, linear};
 pub use norm::rms_norm;
 pub use rope::RopeTable;
