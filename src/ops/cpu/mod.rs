@@ -5,6 +5,7 @@ mod activation;
 mod attention;
 mod linear;
 mod norm;
+pub mod quant;
 mod rope;
 mod sgmv;
 
@@ -12,5 +13,6 @@ pub use activation::silu_and_mul;
 pub use attention::{paged_attention, write_kv, AttnSeq, KvLayerView};
 pub use linear::{dot, linear};
 pub use norm::rms_norm;
+pub use quant::{qlinear, QMatrix, QStorage, QuantError, WeightFormat};
 pub use rope::RopeTable;
 pub use sgmv::{sgmv, LoraSegment, LoraTerm};
