@@ -1,5 +1,6 @@
-//! CPU reference ops on plain `f32` slices (row-major). Shapes are checked by the callers that
-//! build the batch (`model::llama`); these functions assert them in debug builds only.
+//! CPU ops on plain `f32` slices (row-major): the f32 reference numerics (the oracle of every CUDA
+//! kernel), the quantized matrix product (`quant`) and 16-bit-KV attention. Shapes are checked by
+//! the callers that build the batch (`exec::cpu`); these functions assert them in debug builds only.
 
 mod activation;
 mod attention;
@@ -9,7 +10,6 @@ mod norm;
 pub mod quant;
 mod rope;
 mod sgmv;
-pub mod quant;
 
 pub use activation::silu_and_mul;
 pub use attention::{paged_attention, write_kv, AttnSeq, KvLayerView};
