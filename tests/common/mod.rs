@@ -128,7 +128,16 @@ pub fn run_engine(
 
 /// Greedy tokens of one request run alone.
 pub fn run_alone(model: &Arc<Model>, req: GenerateRequest) -> Vec<u32> {
-    let mut engine = LlmEngine::new(model.clone(), EngineConfig::default()).unwrap();
+    run_alone_with(model, req, KvDtype::Auto)
+}
+
+/// Greedy tokens of one request run alone with a KV cache of `kv_dtype`.
+pub fn run_alone_with(model: &Arc<Model>, req: GenerateRequest, kv_dtype: KvDtype) -> Vec<u32> {
+    let cfg = EngineConfig {
+        kv_dtype,
+        ..Default::default()
+    };
+    let mut engine = LlmEngine::new(model.clone(), cfg).unwrap();
     let (out, _) = run_engine(&mut engine, vec![vec![(SeqId(0), req)]]);
     out[&SeqId(0)].clone()
 }
