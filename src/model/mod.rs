@@ -11,7 +11,7 @@ pub mod safetensors_file;
 mod tokenizer;
 mod weights;
 
-pub use chat_template::{ChatMessage, ChatTemplate, CHATML};
+pub use chat_template::{ChatMessage, ChatTemplate, PromptPiece, CHATML};
 pub use config::{Arch, ModelConfig};
 pub use llama::{ForwardBatch, Llama};
 pub use tokenizer::Tokenizer;

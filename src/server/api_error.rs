@@ -56,6 +56,12 @@ impl From<Error> for ApiError {
                 Some("model".to_string()),
                 Some("model_not_found"),
             ),
+            Error::InvalidAdapter { .. } => (
+                StatusCode::BAD_REQUEST,
+                Some("lora_path".to_string()),
+                Some("invalid_adapter"),
+            ),
+            Error::Conflict(_) => (StatusCode::CONFLICT, Some("lora_name".to_string()), None),
             Error::Unsupported { .. } | Error::InvalidFile { .. } => {
                 (StatusCode::BAD_REQUEST, None, Some("invalid_adapter"))
             }
@@ -66,9 +72,6 @@ impl From<Error> for ApiError {
             ),
             Error::Unavailable(_) | Error::EngineStopped => {
                 (StatusCode::SERVICE_UNAVAILABLE, None, None)
-            }
-            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-                (StatusCode::BAD_REQUEST, None, Some("not_found"))
             }
             _ => (StatusCode::INTERNAL_SERVER_ERROR, None, None),
         };
