@@ -34,6 +34,14 @@ impl ApiError {
         }
     }
 
+    /// An over-long prompt names the request's prompt field (`messages` or `prompt`).
+    pub fn prompt_param(mut self, param: &str) -> Self {
+        if self.code == Some("context_length_exceeded") {
+            self.param = Some(param.to_string());
+        }
+        self
+    }
+
     pub fn error_type(&self) -> &'static str {
         self.kind
     }
