@@ -151,15 +151,8 @@ impl Error {
     /// True when the caller, not the server, is at fault.
     pub fn is_client_error(&self) -> bool {
         matches!(
-            self,
-            Error::InvalidRequest { .. }
-                | Error::ContextLength(_)
-                | Error::NotFound(_)
-                | Error::InvalidAdapter { .. }
-                | Error::Conflict(_)
-                | Error::Unsupported { .. }
-                | Error::InvalidFile { .. }
-                | Error::InsufficientFunds { .. }
+            self.error_type(),
+            "invalid_request_error" | "insufficient_quota"
         )
     }
 }

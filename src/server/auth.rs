@@ -57,7 +57,7 @@ pub fn payer_of<'a>(opts: &'a ServerOptions, key: &str) -> Option<&'a String> {
     found
 }
 
-fn is_admin_key(opts: &ServerOptions, key: Option<&str>) -> bool {
+pub fn is_admin_key(opts: &ServerOptions, key: Option<&str>) -> bool {
     match (&opts.admin_key, key) {
         (Some(admin), Some(k)) => keys_equal(admin, k),
         _ => false,
