@@ -181,7 +181,10 @@ mod tests {
 
     #[test]
     fn normalize_folds_dots_lexically() {
-        assert_eq!(normalize(Path::new("/a/b/../c/./d")), PathBuf::from("/a/c/d"));
+        assert_eq!(
+            normalize(Path::new("/a/b/../c/./d")),
+            PathBuf::from("/a/c/d")
+        );
         assert_eq!(normalize(Path::new("/a/../../..")), PathBuf::from("/"));
         assert!(normalize(Path::new("rel")).is_absolute());
     }
@@ -199,10 +202,17 @@ mod tests {
             std::fs::canonicalize(&good).unwrap()
         );
         // Lexically outside: refused, and the message names no path.
-        for p in [away.clone(), root.join("../outside/away"), PathBuf::from("/etc")] {
+        for p in [
+            away.clone(),
+            root.join("../outside/away"),
+            PathBuf::from("/etc"),
+        ] {
             let m = msg(roots.confine("a", &p));
             assert!(m.contains("outside the allowed adapter roots"), "{m}");
-            assert!(!m.contains(&*base.to_string_lossy()) && !m.contains("/etc"), "{m}");
+            assert!(
+                !m.contains(&*base.to_string_lossy()) && !m.contains("/etc"),
+                "{m}"
+            );
         }
         // A symlink in the root that points out of it.
         std::os::unix::fs::symlink(&away, root.join("link")).unwrap();
@@ -223,6 +233,21 @@ mod tests {
         std::fs::write(dirfile.join(WEIGHTS_FILE), "x").unwrap();
         let m = msg(roots.confine("a", &dirfile));
         assert!(m.contains("not a regular file"), "{m}");
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    #[test]
+    fn sizes_are_capped() {
+        let base = scratch("cap");
+        let dir = adapter(&base.join("a"));
+        let roots = AdapterRoots::new([base.clone()]);
+        let f = dir.join(CONFIG_FILE);
+        assert!(roots.check_file("a", &f, CONFIG_FILE, 2).is_ok());
+        let m = roots
+            .check_file("a", &f, CONFIG_FILE, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains("larger than 1 bytes"), "{m}");
         let _ = std::fs::remove_dir_all(&base);
     }
 

@@ -126,7 +126,11 @@ mod tests {
     fn accepts_hub_ids() {
         for (id, repo, rev) in [
             ("org/name", "org/name", "main"),
-            ("HuggingFaceTB/SmolLM2-135M", "HuggingFaceTB/SmolLM2-135M", "main"),
+            (
+                "HuggingFaceTB/SmolLM2-135M",
+                "HuggingFaceTB/SmolLM2-135M",
+                "main",
+            ),
             ("a_b/c.d@v1.0", "a_b/c.d", "v1.0"),
             ("o/n@feature/x-y", "o/n", "feature/x-y"),
             ("o/n@refs/pr/12", "o/n", "refs/pr/12"),

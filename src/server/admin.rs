@@ -12,12 +12,12 @@ use super::auth::AdminAccess;
 use super::openai::{LoadAdapterRequest, UnloadAdapterRequest};
 use super::state::AppState;
 use super::validate::parse_body;
+use crate::error::Error;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::Extension;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
-use crate::error::Error;
 use serde_json::json;
 use std::sync::Arc;
 
@@ -27,7 +27,9 @@ pub async fn load(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
         let name = r.lora_name.as_str();
         let base = &state.model_name;
         if name == base || name.starts_with(&format!("{base}:")) {
-            return Err(Error::invalid("lora_name", "is the base model's name; choose another").into());
+            return Err(
+                Error::invalid("lora_name", "is the base model's name; choose another").into(),
+            );
         }
         if !r.load_inplace && state.registry.get_id(name).is_some() {
             return Err(Error::Conflict(format!(

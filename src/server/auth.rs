@@ -67,7 +67,9 @@ pub fn is_admin_key(opts: &ServerOptions, key: Option<&str>) -> bool {
 fn is_loopback(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
     }
 }
 
@@ -151,7 +153,10 @@ mod tests {
 
     fn opts(api: &[&str], admin: Option<&str>, open: bool) -> ServerOptions {
         ServerOptions {
-            api_keys: api.iter().map(|k| (k.to_string(), "p".to_string())).collect(),
+            api_keys: api
+                .iter()
+                .map(|k| (k.to_string(), "p".to_string()))
+                .collect(),
             admin_key: admin.map(String::from),
             insecure_open_admin: open,
             ..Default::default()
@@ -186,11 +191,15 @@ mod tests {
     #[test]
     fn admin_policy() {
         let ok = |o: &ServerOptions, k: Option<&str>, lo: bool| admin_access(o, k, lo).ok();
-        let status =
-            |o: &ServerOptions, k: Option<&str>, lo: bool| admin_access(o, k, lo).unwrap_err().status;
+        let status = |o: &ServerOptions, k: Option<&str>, lo: bool| {
+            admin_access(o, k, lo).unwrap_err().status
+        };
         // Admin key configured: needed from everywhere, loopback included.
         let o = opts(&["a"], Some("adm"), false);
-        assert_eq!(ok(&o, Some("adm"), false), Some(AdminAccess { sees_paths: true }));
+        assert_eq!(
+            ok(&o, Some("adm"), false),
+            Some(AdminAccess { sees_paths: true })
+        );
         assert_eq!(status(&o, Some("a"), true), StatusCode::UNAUTHORIZED);
         assert_eq!(status(&o, None, true), StatusCode::UNAUTHORIZED);
         // API keys but no admin key: disabled, even an API key on loopback.
