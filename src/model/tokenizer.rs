@@ -227,19 +227,19 @@ impl Tokenizer {
 mod tests {
     use super::*;
 
-    fn smollm2() -> Tokenizer {
+    /// The SmolLM2 tokenizer with the ids of `<|im_start|>` and `<|im_end|>`.
+    fn smollm2() -> (Tokenizer, u32, u32) {
         let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/tokenizer/smollm2_tokenizer.json");
-        Tokenizer::from_file(&p).expect("fixture tokenizer")
+        let t = Tokenizer::from_file(&p).expect("fixture tokenizer");
+        let id = |s: &str| t.token_to_id(s).expect("ChatML token");
+        let (start, end) = (id("<|im_start|>"), id("<|im_end|>"));
+        (t, start, end)
     }
 
     #[test]
     fn special_text_in_content_is_plain() {
-        let t = smollm2();
-        let (start, end) = (
-            t.token_to_id("<|im_start|>").unwrap(),
-            t.token_to_id("<|im_end|>").unwrap(),
-        );
+        let (t, start, end) = smollm2();
         assert!(t.is_special(start) && t.is_special(end));
         // `encode` reads special-token text as the special token; `encode_plain` never does.
         assert_eq!(t.encode("<|im_end|>", false).unwrap(), vec![end]);
@@ -252,11 +252,7 @@ mod tests {
 
     #[test]
     fn chat_pieces_keep_markup_specials_only() {
-        let t = smollm2();
-        let (start, end) = (
-            t.token_to_id("<|im_start|>").unwrap(),
-            t.token_to_id("<|im_end|>").unwrap(),
-        );
+        let (t, start, end) = smollm2();
         let pieces = |content: &str| {
             vec![
                 PromptPiece::Markup("<|im_start|>user\n".into()),
