@@ -4,7 +4,9 @@
 //! in on first use within the `--adapter-*` budgets), serves until SIGTERM/Ctrl-C, then drains
 //! in-flight requests up to `--shutdown-timeout` seconds and exits 0. With `--ledger` every call is
 //! metered (see `ledger`); with `--chain-rpc` too, payers are admitted against their deposits and
-//! usage settles on chain from a background worker.
+//! usage settles on chain from a background worker. Runtime adapter loads are confined to
+//! `--adapter-roots` (default: the adapters dir and the hub cache); who may use the admin
+//! endpoints is decided in `server::auth` (`--admin-key`, `--insecure-open-admin`).
 
 use crate::config::EngineConfig;
 use crate::engine::{EngineHandle, LlmEngine};
