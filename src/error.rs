@@ -19,6 +19,13 @@ pub enum Error {
     /// The model or adapter uses a feature openlora does not implement; `field` names it.
     #[error("unsupported {field}: {message}")]
     Unsupported { field: String, message: String },
+    /// A runtime-loaded adapter is refused (where it lives, what its files hold); the message names
+    /// the adapter and never a server path.
+    #[error("adapter `{name}`: {message}")]
+    InvalidAdapter { name: String, message: String },
+    /// The request conflicts with the current state (an adapter name already taken).
+    #[error("{0}")]
+    Conflict(String),
     /// A model or adapter file is malformed.
     #[error("invalid {what} at {path}: {message}")]
     InvalidFile {
@@ -100,12 +107,35 @@ impl Error {
         }
     }
 
+    /// The error as a client may see it about adapter `name`: the variants that carry a server
+    /// path (`Io`, `InvalidFile`) become `InvalidAdapter`, naming the file but not where it is.
+    pub fn about_adapter(self, name: &str) -> Error {
+        let file = |p: &std::path::Path| {
+            p.file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "its folder".into())
+        };
+        let message = match self {
+            Error::Io { path, source } => format!("cannot read {}: {}", file(&path), source.kind()),
+            Error::InvalidFile { what, message, .. } => format!("invalid {what}: {message}"),
+            other => return other,
+        };
+        Error::InvalidAdapter {
+            name: name.to_string(),
+            message,
+        }
+    }
+
     /// Stable snake_case label: the OpenAI error `type` and the metric `outcome` label.
     pub fn error_type(&self) -> &'static str {
         match self {
-            Error::InvalidRequest { .. } | Error::ContextLength(_) => "invalid_request_error",
-            Error::NotFound(_) => "not_found_error",
-            Error::Unsupported { .. } | Error::InvalidFile { .. } => "invalid_request_error",
+            Error::InvalidRequest { .. }
+            | Error::ContextLength(_)
+            | Error::NotFound(_)
+            | Error::InvalidAdapter { .. }
+            | Error::Conflict(_)
+            | Error::Unsupported { .. }
+            | Error::InvalidFile { .. } => "invalid_request_error",
             Error::Unavailable(_) | Error::EngineStopped => "service_unavailable",
             Error::InsufficientFunds { .. } => "insufficient_quota",
             Error::Io { .. }
@@ -121,13 +151,8 @@ impl Error {
     /// True when the caller, not the server, is at fault.
     pub fn is_client_error(&self) -> bool {
         matches!(
-            self,
-            Error::InvalidRequest { .. }
-                | Error::ContextLength(_)
-                | Error::NotFound(_)
-                | Error::Unsupported { .. }
-                | Error::InvalidFile { .. }
-                | Error::InsufficientFunds { .. }
+            self.error_type(),
+            "invalid_request_error" | "insufficient_quota"
         )
     }
 }

@@ -64,12 +64,15 @@ fn hub_ids_resolve_from_a_populated_cache_offline() {
         from_hub.layers[0][0].as_ref().unwrap().a,
         direct.layers[0][0].as_ref().unwrap().a
     );
-    // Missing: clear error naming the cache; a local folder path is used as is.
+    // Missing: clear error naming the id, never the server's cache path; a local folder path is
+    // used as is.
     let err = hub::register(&registry, "acme/absent")
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("not in the local hub cache") && err.contains(&cache.display().to_string()),
+        err.contains("not in the local hub cache")
+            && err.contains("acme/absent")
+            && !err.contains(&cache.display().to_string()),
         "{err}"
     );
     assert_eq!(hub::local_or_cached(tiny.to_str().unwrap()).unwrap(), tiny);

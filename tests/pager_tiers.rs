@@ -53,7 +53,8 @@ fn pinned_adapters_are_never_evicted() {
     let mut lb = pager.lease(vec![b.clone()]);
     wait_ready(&pager, &mut la);
     wait_ready(&pager, &mut lb);
-    let a_weights = la.poll().unwrap().unwrap()[0].clone();
+    let a_slot = la.poll().unwrap().unwrap()[0];
+    let a_weights = pager.slots().get(a_slot).unwrap().adapter;
     // Both slots pinned: C's page-in must wait, whatever time passes.
     let mut lc = pager.lease(vec![c.clone()]);
     std::thread::sleep(Duration::from_millis(300));
@@ -62,7 +63,9 @@ fn pinned_adapters_are_never_evicted() {
         (pager.tier(a.id), pager.tier(b.id)),
         (Tier::Device, Tier::Device)
     );
-    assert!(Arc::ptr_eq(&la.poll().unwrap().unwrap()[0], &a_weights));
+    // A's slot still holds the same weights.
+    assert_eq!(la.poll().unwrap().unwrap()[0], a_slot);
+    assert!(Arc::ptr_eq(&pager.slots().get(a_slot).unwrap().adapter, &a_weights));
     assert_eq!(pager.stats().device_evictions, 0);
     // Releasing B's pin (its sequence finished) lets C in; B drops to the host tier.
     drop(lb);

@@ -171,12 +171,13 @@ fn zipf_2000_adapters_device_32_host_256() {
     // Pin the coldest adapter for the whole run, as a running sequence would.
     let pinned_spec = specs[ADAPTERS - 1].clone();
     let mut pin = pager.lease(vec![pinned_spec.clone()]);
-    let pinned = loop {
+    let pinned_slot = loop {
         if let Some(p) = pin.poll().unwrap() {
-            break p[0].clone();
+            break p[0];
         }
         pager.wait_for_load(Duration::from_millis(5));
     };
+    let pinned = pager.slots().get(pinned_slot).unwrap().adapter;
 
     let work = workload(&specs);
     let distinct: std::collections::HashSet<_> = work.iter().map(|(s, _)| s.id).collect();
@@ -202,7 +203,8 @@ fn zipf_2000_adapters_device_32_host_256() {
     assert!(stats.hits > 0 && stats.misses > 0);
     assert_eq!(pager.tier(pinned_spec.id), Tier::Device);
     assert_eq!(pager.pins(pinned_spec.id), 1);
-    assert!(Arc::ptr_eq(&pin.poll().unwrap().unwrap()[0], &pinned));
+    assert_eq!(pin.poll().unwrap().unwrap()[0], pinned_slot);
+    assert!(Arc::ptr_eq(&pager.slots().get(pinned_slot).unwrap().adapter, &pinned));
     // Every finished sequence released its pins: only the test's own lease is left.
     assert_eq!(stats.pinned, 1, "{stats:?}");
 

@@ -4,13 +4,15 @@
 //! in on first use within the `--adapter-*` budgets), serves until SIGTERM/Ctrl-C, then drains
 //! in-flight requests up to `--shutdown-timeout` seconds and exits 0. With `--ledger` every call is
 //! metered (see `ledger`); with `--chain-rpc` too, payers are admitted against their deposits and
-//! usage settles on chain from a background worker.
+//! usage settles on chain from a background worker. Runtime adapter loads are confined to
+//! `--adapter-roots` (default: the adapters dir and the hub cache); who may use the admin
+//! endpoints is decided in `server::auth` (`--admin-key`, `--insecure-open-admin`).
 
 use super::runtime_args::RuntimeArgs;
 use openlora::config::EngineConfig;
 use openlora::engine::{EngineHandle, LlmEngine};
 use openlora::ledger::{MeterConfig, MeteringArgs, MeteringFile};
-use openlora::lora::{AdapterPager, AdapterRegistry, PagerConfig};
+use openlora::lora::{AdapterPager, AdapterRegistry, AdapterRoots, PagerConfig};
 use openlora::metrics::Metrics;
 use openlora::model::Model;
 use openlora::server::{self, AppState, ServerOptions};
@@ -42,9 +44,21 @@ pub struct ServeArgs {
     /// `key=payer` (repeatable): bearer API keys and the payer account each is billed to.
     #[arg(long = "api-key", env = "OPENLORA_API_KEYS", value_delimiter = ',')]
     pub api_keys: Vec<String>,
-    /// Key for the adapter admin endpoints.
+    /// Key for the adapter admin endpoints. Without it they are disabled when API keys are set,
+    /// and answer only loopback peers when no key is set.
     #[arg(long, env = "OPENLORA_ADMIN_KEY")]
     pub admin_key: Option<String>,
+    /// INSECURE: open the adapter admin endpoints to anyone when no admin key is set.
+    #[arg(long, env = "OPENLORA_INSECURE_OPEN_ADMIN")]
+    pub insecure_open_admin: bool,
+    /// Folders `/v1/load_lora_adapter` may read adapters from (repeatable; default: the adapters
+    /// dir and the hub cache). Paths are canonicalized; symlinks leaving them are refused.
+    #[arg(
+        long = "adapter-roots",
+        env = "OPENLORA_ADAPTER_ROOTS",
+        value_delimiter = ','
+    )]
+    pub adapter_roots: Vec<PathBuf>,
     /// KV cache memory in MiB.
     #[arg(long, env = "OPENLORA_KV_CACHE_MB")]
     pub kv_cache_mb: Option<usize>,
@@ -93,6 +107,10 @@ struct FileConfig {
     #[serde(default)]
     api_keys: HashMap<String, String>,
     admin_key: Option<String>,
+    #[serde(default)]
+    insecure_open_admin: bool,
+    #[serde(default)]
+    adapter_roots: Vec<PathBuf>,
     kv_cache_mb: Option<usize>,
     max_batch_tokens: Option<usize>,
     max_num_seqs: Option<usize>,
@@ -156,12 +174,27 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(_) => payer_addresses(&api_keys)?,
         None => vec![],
     };
-    let opts = ServerOptions {
+    let adapters_dir = args.adapters_dir.or(file.adapters_dir);
+    let mut roots = args.adapter_roots;
+    if roots.is_empty() {
+        roots = file.adapter_roots;
+    }
+    if roots.is_empty() {
+        roots.extend(adapters_dir.clone());
+        roots.push(openlora::lora::hub::cache_from_env().path().clone());
+    }
+    let mut opts = ServerOptions {
         api_keys,
         admin_key: args.admin_key.or(file.admin_key),
+        insecure_open_admin: args.insecure_open_admin || file.insecure_open_admin,
+        adapter_roots: AdapterRoots::new(roots),
         max_queue: args.max_queue.or(file.max_queue).unwrap_or(256),
         ..Default::default()
     };
+    if opts.insecure_open_admin && opts.admin_key.is_none() {
+        tracing::warn!("--insecure-open-admin: anyone who can reach this server may load, replace and unload adapters");
+        eprintln!("openlora: WARNING: --insecure-open-admin: the adapter admin endpoints are open to anyone who can reach this server");
+    }
     let host = args
         .host
         .or(file.host)
@@ -216,9 +249,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         kv_dtype.resolve(load_options.dtype).bytes_per_token(m),
     );
     engine_cfg.kv_dtype = kv_dtype;
+    opts.max_context = Some(engine_cfg.num_blocks * engine_cfg.block_size);
     let registry = Arc::new(AdapterRegistry::new(m.clone()));
-    if let Some(dir) = args.adapters_dir.or(file.adapters_dir) {
-        register_dir(&registry, &dir)?;
+    if let Some(dir) = &adapters_dir {
+        register_dir(&registry, dir)?;
     }
     for id in &hub_adapters {
         openlora::lora::hub::register(&registry, id)

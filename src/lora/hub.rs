@@ -4,9 +4,10 @@
 //! `~/.cache/huggingface/hub`, as for the Python tools. An adapter missing from the cache is
 //! downloaded into it (its two PEFT files only) from `HF_ENDPOINT` (default `https://huggingface.co`,
 //! token from `HF_TOKEN` or the cache's token file) through `hf-hub`'s sync API, unless
-//! `HF_HUB_OFFLINE=1`: then a missing one is a clear error naming the cache path.
+//! `HF_HUB_OFFLINE=1`: then a missing one is a clear error (naming no server path). Ids and
+//! revisions are checked by the hub's rules (`HubId`) before the cache or the network is touched.
 
-use super::{AdapterId, AdapterRegistry, CONFIG_FILE, WEIGHTS_FILE};
+use super::{AdapterId, AdapterRegistry, HubId, CONFIG_FILE, WEIGHTS_FILE};
 use crate::error::{Error, Result};
 use hf_hub::api::sync::ApiBuilder;
 use hf_hub::{Cache, Repo, RepoType};
@@ -20,26 +21,17 @@ pub fn cache_from_env() -> Cache {
     }
 }
 
-/// `org/name[@revision]` -> (repo id, revision); `None` if `id` is not shaped like a hub id.
+/// `org/name[@revision]` -> (repo id, revision); `None` unless `id` passes the hub's rules
+/// (`HubId::parse`), so neither part can step out of the cache.
 pub fn parse_id(id: &str) -> Option<(&str, &str)> {
-    let (repo, rev) = id.split_once('@').unwrap_or((id, "main"));
-    let (org, name) = repo.split_once('/')?;
-    let ok = |s: &str| {
-        !s.is_empty()
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    };
-    (ok(org) && ok(name) && !rev.is_empty()).then_some((repo, rev))
+    HubId::parse(id).ok()?;
+    Some(id.split_once('@').unwrap_or((id, "main")))
 }
 
 /// The snapshot folder holding the adapter's PEFT files in `cache`.
 pub fn resolve_in(cache: &Cache, id: &str) -> Result<PathBuf> {
-    let (repo_id, rev) = parse_id(id).ok_or_else(|| {
-        Error::invalid(
-            "lora_path",
-            format!("`{id}` is neither a folder nor a hub id (org/name[@revision])"),
-        )
-    })?;
+    HubId::parse(id)?;
+    let (repo_id, rev) = parse_id(id).expect("checked by HubId::parse");
     let repo = cache.repo(Repo::with_revision(
         repo_id.to_string(),
         RepoType::Model,
@@ -47,8 +39,7 @@ pub fn resolve_in(cache: &Cache, id: &str) -> Result<PathBuf> {
     ));
     let missing = |file: &str| {
         Error::NotFound(format!(
-            "hub adapter `{id}`: {file} is not in the local hub cache at {} (offline: populate the cache, e.g. `huggingface-cli download {repo_id}`, or unset HF_HUB_OFFLINE)",
-            cache.path().display()
+            "hub adapter `{id}`: {file} is not in the local hub cache (offline: populate the cache, e.g. `huggingface-cli download {repo_id}`, or unset HF_HUB_OFFLINE)"
         ))
     };
     let config = repo.get(CONFIG_FILE).ok_or_else(|| missing(CONFIG_FILE))?;
@@ -105,6 +96,11 @@ pub fn fetch_into(cache: &Cache, endpoint: &str, id: &str) -> Result<PathBuf> {
         })?;
     }
     resolve_in(cache, id)
+}
+
+/// `fetch_into` for an id already checked by the hub's rules.
+pub fn fetch_id(cache: &Cache, endpoint: &str, id: &HubId) -> Result<PathBuf> {
+    fetch_into(cache, endpoint, &format!("{}@{}", id.repo, id.revision))
 }
 
 /// The hub endpoint the environment names (`HF_ENDPOINT`), else the public hub.

@@ -1,12 +1,15 @@
 //! LoRA adapters: the PEFT on-disk format (`adapter`), what registration validates and records
 //! without reading weights (`spec`), the registry of named adapters (`registry`), how a request
 //! names its adapter (`adapter_ref`), the disk -> host -> device tiers (`pager`), the hub cache
-//! (`hub`) and the per-batch segment layout handed to SGMV (`batch`). Adapters are never merged
+//! (`hub`, ids checked by `hub_id`), the roots runtime-loaded adapters are confined to
+//! (`adapter_roots`) and the per-batch segment layout handed to SGMV (`batch`). Adapters are never merged
 //! into base weights; a running sequence holds a pager `Lease` on its adapters, which pins them.
 
 mod adapter;
 mod adapter_ref;
+mod adapter_roots;
 pub mod hub;
+mod hub_id;
 mod pager;
 mod random;
 mod registry;
@@ -15,6 +18,8 @@ mod spec;
 
 pub use adapter::{LoraAdapter, LoraConfig, LoraWeights};
 pub use adapter_ref::AdapterRef;
+pub use adapter_roots::{AdapterRoots, MAX_CONFIG_BYTES, MAX_WEIGHTS_BYTES};
+pub use hub_id::HubId;
 pub use pager::{AdapterPager, Lease, PagerConfig, PagerStats, Tier};
 pub use random::{random_adapter, write_random_adapter};
 pub use registry::{AdapterId, AdapterRegistry};

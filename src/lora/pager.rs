@@ -8,7 +8,10 @@
 //! - page-ins never run on the engine thread: a lease that is not ready is simply polled again;
 //! - progress: when every device slot is pinned, the least recently used pinned adapter is marked
 //!   draining (new leases for it wait behind the queued page-in), so its pins run out and the
-//!   oldest page-in gets a slot. No page-in waits forever under any popularity distribution.
+//!   oldest page-in gets a slot. No page-in waits forever under any popularity distribution;
+//! - a failed page-in is never final: the leases waiting on it fail (503), and the first lease
+//!   after a backoff (doubling from `RETRY_BACKOFF` to `MAX_RETRY_BACKOFF`) tries again; a read
+//!   error is retried at once a few times before it counts as a failure.
 
 use super::{AdapterId, AdapterSlot, AdapterSpec, LoraAdapter, SlotTable};
 use crate::error::{Error, Result};
@@ -20,6 +23,20 @@ use std::time::{Duration, Instant};
 
 /// How long a page-in waits on one draining adapter before draining another as well.
 const DRAIN_PATIENCE: Duration = Duration::from_millis(50);
+
+/// Wait before a failed adapter is tried again; doubles with each failure in a row.
+const RETRY_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(10);
+/// Pauses between the immediate retries of a failed read.
+const READ_RETRIES: [Duration; 2] = [Duration::from_millis(20), Duration::from_millis(100)];
+
+/// The last failed page-in of an adapter: leases fail fast until `retry_at`.
+struct Failure {
+    /// Names the adapter, never a server path.
+    message: String,
+    retry_at: Instant,
+    streak: u32,
+}
 
 /// Budgets of the host and device tiers.
 #[derive(Debug, Clone)]
@@ -122,7 +139,7 @@ struct State {
     queued: HashSet<AdapterId>,
     /// Leases not yet pinned, per adapter: their adapters are not evicted for other page-ins.
     wanted: HashMap<AdapterId, usize>,
-    failed: HashMap<AdapterId, String>,
+    failed: HashMap<AdapterId, Failure>,
     /// Slots of the pool no device entry occupies.
     free_slots: Vec<AdapterSlot>,
     stats: PagerStats,
@@ -410,11 +427,12 @@ impl Lease {
 
     fn try_pin(&self) -> Result<Option<Vec<AdapterSlot>>> {
         let mut st = self.shared.lock();
+        let now = Instant::now();
         for s in &self.specs {
-            if let Some(msg) = st.failed.get(&s.id) {
+            if let Some(f) = st.failed.get(&s.id).filter(|f| f.retry_at > now) {
                 return Err(Error::Unavailable(format!(
-                    "adapter `{}` could not be paged in: {msg}",
-                    s.name
+                    "adapter `{}` could not be paged in ({}); retry later",
+                    s.name, f.message
                 )));
             }
         }
@@ -481,12 +499,36 @@ fn worker(shared: &Shared) {
                 st = shared.wake_worker.wait(st).expect("pager lock");
             }
         };
-        let res = page_in(shared, &spec);
+        let mut res = page_in(shared, &spec);
+        for pause in READ_RETRIES {
+            if !matches!(res, Err(Error::Io { .. })) {
+                break;
+            }
+            std::thread::sleep(pause);
+            res = page_in(shared, &spec);
+        }
         let mut st = shared.lock();
-        if let Err(e) = res {
-            tracing::warn!(adapter = %spec.name, error = %e, "page-in failed");
-            st.failed.insert(spec.id, e.to_string());
-            st.stats.failures += 1;
+        match res {
+            Ok(()) => {
+                st.failed.remove(&spec.id);
+            }
+            Err(e) => {
+                tracing::warn!(adapter = %spec.name, error = %e, "page-in failed");
+                let streak = st.failed.get(&spec.id).map_or(1, |f| f.streak + 1);
+                let backoff = RETRY_BACKOFF
+                    .saturating_mul(1 << (streak - 1).min(16))
+                    .min(MAX_RETRY_BACKOFF);
+                let failure = Failure {
+                    message: match e.about_adapter(&spec.name) {
+                        Error::InvalidAdapter { message, .. } => message,
+                        other => other.to_string(),
+                    },
+                    retry_at: Instant::now() + backoff,
+                    streak,
+                };
+                st.failed.insert(spec.id, failure);
+                st.stats.failures += 1;
+            }
         }
         st.queue.pop_front();
         st.queued.remove(&spec.id);

@@ -37,21 +37,26 @@ pub struct AdapterRegistry {
     inner: RwLock<Inner>,
 }
 
+/// Longest adapter name.
+const MAX_NAME_LEN: usize = 256;
+
 fn check_name(name: &str) -> Result<()> {
-    if name.is_empty() || name.contains(char::is_whitespace) {
+    if name.is_empty()
+        || name.len() > MAX_NAME_LEN
+        || name.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
         return Err(Error::invalid(
             "lora_name",
-            "must be non-empty and contain no whitespace",
+            "must be 1 to 256 bytes with no whitespace or control characters",
         ));
     }
     Ok(())
 }
 
 fn duplicate(name: &str) -> Error {
-    Error::invalid(
-        "lora_name",
-        format!("adapter `{name}` is already registered"),
-    )
+    Error::Conflict(format!(
+        "adapter `{name}` is already registered; pass \"load_inplace\": true to replace it"
+    ))
 }
 
 impl AdapterRegistry {
@@ -72,20 +77,37 @@ impl AdapterRegistry {
         if self.get_id(name).is_some() {
             return Err(duplicate(name));
         }
-        // Ids are taken before validation so concurrent registrations never share one; a failed
-        // registration just skips its id.
+        let spec = self.read_spec(name, dir)?;
+        let mut inner = self.inner.write().expect("registry lock");
+        if inner.by_name.contains_key(name) {
+            return Err(duplicate(name));
+        }
+        let id = spec.id;
+        inner.by_name.insert(name.to_string(), spec);
+        Ok(id)
+    }
+
+    /// Registers `dir` as `name`, replacing the adapter registered under it, if any (vLLM's
+    /// `load_inplace`). Returns the new id and the replaced one, whose pager copies the caller
+    /// drops; requests already resolved keep the old weights until they finish.
+    pub fn replace(&self, name: &str, dir: &Path) -> Result<(AdapterId, Option<AdapterId>)> {
+        check_name(name)?;
+        let spec = self.read_spec(name, dir)?;
+        let id = spec.id;
+        let mut inner = self.inner.write().expect("registry lock");
+        let old = inner.by_name.insert(name.to_string(), spec).map(|s| s.id);
+        Ok((id, old))
+    }
+
+    /// Reads and validates `dir` under a fresh id. Ids are taken before validation so concurrent
+    /// registrations never share one; a failed registration just skips its id.
+    fn read_spec(&self, name: &str, dir: &Path) -> Result<Arc<AdapterSpec>> {
         let id = {
             let mut inner = self.inner.write().expect("registry lock");
             inner.next += 1;
             AdapterId(inner.next - 1)
         };
-        let spec = Arc::new(AdapterSpec::read(id, name, dir, &self.model)?);
-        let mut inner = self.inner.write().expect("registry lock");
-        if inner.by_name.contains_key(name) {
-            return Err(duplicate(name));
-        }
-        inner.by_name.insert(name.to_string(), spec);
-        Ok(id)
+        Ok(Arc::new(AdapterSpec::read(id, name, dir, &self.model)?))
     }
 
     /// Removes an adapter and returns its id. Requests already resolved keep their `AdapterRef`

@@ -12,7 +12,7 @@ pub mod safetensors_file;
 mod tokenizer;
 mod weights;
 
-pub use chat_template::{ChatMessage, ChatTemplate, CHATML};
+pub use chat_template::{ChatMessage, ChatTemplate, PromptPiece, CHATML};
 pub use config::{Arch, ModelConfig};
 pub use proj::Proj;
 pub use tokenizer::Tokenizer;

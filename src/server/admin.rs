@@ -2,14 +2,21 @@
 //! every adapter with its tier and stats. Loading validates the config and the tensor header
 //! against the base model (weights are paged in on first use); a bad one is a 400 and changes
 //! nothing. Unloading never disturbs running sequences: their pager lease keeps the weights.
+//! What always holds: `lora_path` is confined to the adapter roots (`AdapterRoots`); a taken
+//! name is only replaced with `"load_inplace": true` (409 otherwise); the base model's name is
+//! never an adapter's; errors name the adapter, never a server path; paths are listed only to
+//! callers `auth` lets see them.
 
 use super::api_error::ApiError;
+use super::auth::AdminAccess;
 use super::openai::{LoadAdapterRequest, UnloadAdapterRequest};
 use super::state::AppState;
 use super::validate::parse_body;
+use crate::error::Error;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use serde_json::json;
 use std::sync::Arc;
@@ -17,11 +24,37 @@ use std::sync::Arc;
 pub async fn load(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     let run = || -> Result<String, ApiError> {
         let r: LoadAdapterRequest = parse_body(&body)?;
+        let name = r.lora_name.as_str();
+        let base = &state.model_name;
+        if name == base || name.starts_with(&format!("{base}:")) {
+            return Err(
+                Error::invalid("lora_name", "is the base model's name; choose another").into(),
+            );
+        }
+        if !r.load_inplace && state.registry.get_id(name).is_some() {
+            return Err(Error::Conflict(format!(
+                "adapter `{name}` is already registered; pass \"load_inplace\": true to replace it"
+            ))
+            .into());
+        }
         // Registration reads the config and the safetensors header only; weights are paged in
-        // by the engine's pager when a request first uses the adapter.
-        // `lora_path` is a folder, or a hub id from the local hub cache, downloaded when missing (as vLLM accepts).
-        let dir = crate::lora::hub::local_or_cached(&r.lora_path)?;
-        state.registry.register(&r.lora_name, &dir)?;
+        // by the engine's pager when a request first uses the adapter. `lora_path` is a folder
+        // under the adapter roots, or a hub id (downloaded into the hub cache when missing).
+        let register = || -> crate::error::Result<()> {
+            let dir = state.opts.adapter_roots.resolve(name, &r.lora_path)?;
+            if r.load_inplace {
+                if let (_, Some(old)) = state.registry.replace(name, &dir)? {
+                    state.engine.pager().forget(old);
+                }
+            } else {
+                state.registry.register(name, &dir)?;
+            }
+            Ok(())
+        };
+        register().map_err(|e| {
+            tracing::info!(adapter = %name, error = %e, "adapter load refused");
+            e.about_adapter(name)
+        })?;
         state
             .metrics
             .adapters_registered
@@ -54,7 +87,11 @@ pub async fn unload(State(state): State<Arc<AppState>>, body: Bytes) -> Response
 
 /// Every registered adapter with the tier its weights are in now (device, host or disk) and its
 /// pins, so routing layers see idle-but-resident adapters too.
-pub async fn list(State(state): State<Arc<AppState>>) -> Response {
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    access: Option<Extension<AdminAccess>>,
+) -> Response {
+    let sees_paths = access.is_some_and(|a| a.sees_paths);
     let stats = state.engine.stats();
     let pager = state.engine.pager();
     let data: Vec<_> = state
@@ -62,20 +99,23 @@ pub async fn list(State(state): State<Arc<AppState>>) -> Response {
         .list()
         .into_iter()
         .map(|a| {
-            json!({
+            let mut v = json!({
                 "id": a.name,
                 "object": "adapter",
                 "adapter_id": a.id.0,
                 "tier": pager.tier(a.id).as_str(),
                 "pins": pager.pins(a.id),
-                "path": a.dir.display().to_string(),
                 "rank": a.config.r,
                 "target_modules": a.config.target_modules.iter().map(|p| p.module_name()).collect::<Vec<_>>(),
                 "size_bytes": a.size_bytes,
                 "file_bytes": a.file_bytes,
                 "running": stats.running_adapters.contains(&a.name),
                 "waiting": stats.waiting_adapters.contains(&a.name),
-            })
+            });
+            if sees_paths {
+                v["path"] = json!(a.dir.display().to_string());
+            }
+            v
         })
         .collect();
     Json(json!({"object": "list", "data": data})).into_response()

@@ -34,6 +34,14 @@ impl ApiError {
         }
     }
 
+    /// An over-long prompt names the request's prompt field (`messages` or `prompt`).
+    pub fn prompt_param(mut self, param: &str) -> Self {
+        if self.code == Some("context_length_exceeded") {
+            self.param = Some(param.to_string());
+        }
+        self
+    }
+
     pub fn error_type(&self) -> &'static str {
         self.kind
     }
@@ -56,6 +64,12 @@ impl From<Error> for ApiError {
                 Some("model".to_string()),
                 Some("model_not_found"),
             ),
+            Error::InvalidAdapter { .. } => (
+                StatusCode::BAD_REQUEST,
+                Some("lora_path".to_string()),
+                Some("invalid_adapter"),
+            ),
+            Error::Conflict(_) => (StatusCode::CONFLICT, Some("lora_name".to_string()), None),
             Error::Unsupported { .. } | Error::InvalidFile { .. } => {
                 (StatusCode::BAD_REQUEST, None, Some("invalid_adapter"))
             }
@@ -66,9 +80,6 @@ impl From<Error> for ApiError {
             ),
             Error::Unavailable(_) | Error::EngineStopped => {
                 (StatusCode::SERVICE_UNAVAILABLE, None, None)
-            }
-            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-                (StatusCode::BAD_REQUEST, None, Some("not_found"))
             }
             _ => (StatusCode::INTERNAL_SERVER_ERROR, None, None),
         };

@@ -30,6 +30,16 @@ pub enum Kind {
     Completion,
 }
 
+impl Kind {
+    /// The request field holding the prompt.
+    pub fn prompt_param(self) -> &'static str {
+        match self {
+            Kind::Chat => "messages",
+            Kind::Completion => "prompt",
+        }
+    }
+}
+
 /// Per-request metric bookkeeping.
 struct Timer {
     state: Arc<AppState>,
@@ -172,7 +182,10 @@ fn open_meter(
         .first()
         .map(|g| g.adapters.as_slice())
         .unwrap_or(&[]);
-    let pricing = meter.price(mix)?;
+    // A bad manifest is reported by adapter name, never by its path on the server.
+    let pricing = meter
+        .price(mix)
+        .map_err(|e| e.about_adapter(&req.adapter_label))?;
     let gens: Vec<(u64, u64)> = req
         .gens
         .iter()
@@ -197,6 +210,7 @@ pub async fn respond(
     let id = request_id(kind);
     // A request refused before it runs is counted under its error type.
     let reject = |e: ApiError, label: &str| {
+        let e = e.prompt_param(kind.prompt_param());
         state
             .metrics
             .requests

@@ -1,9 +1,12 @@
 //! The OpenAI-compatible HTTP server (axum). Requests are validated once (`validate`) into engine
 //! requests, run and shaped by `generate`, errors mapped once (`api_error`). `run(listener, state,
 //! shutdown)` serves until `shutdown` resolves, then stops accepting and drains in-flight work.
+//! Who may call what is decided in `auth`. Every error status the server answers (413, 405,
+//! unknown routes, extractor rejections) carries an OpenAI-shaped JSON body.
 
 mod admin;
 mod api_error;
+mod auth;
 mod generate;
 mod openai;
 mod receipts;
@@ -17,15 +20,16 @@ use crate::engine::EngineHandle;
 use crate::ledger::Meter;
 use crate::lora::AdapterRegistry;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::middleware::{self, Next};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use generate::Kind;
 use serde_json::json;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use validate::{parse_body, ValidRequest};
 
@@ -48,7 +52,9 @@ impl AppState {
     ) -> Arc<Self> {
         let metrics = engine.metrics().clone();
         metrics.adapters_registered.set(registry.len() as i64);
+        let positions = engine.model().config().max_positions;
         Arc::new(AppState {
+            max_context: opts.max_context.map_or(positions, |m| m.min(positions)),
             model_name: engine.model().name.clone(),
             default_max_tokens: opts.default_max_tokens,
             engine,
@@ -66,7 +72,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/load_lora_adapter", post(admin::load))
         .route("/v1/unload_lora_adapter", post(admin::unload))
         .route("/v1/adapters", get(admin::list))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_admin,
+        ));
     let api = Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
@@ -74,7 +83,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/receipts/{request_id}", get(receipts::get))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
-            require_api_key,
+            auth::require_api_key,
         ));
     Router::new()
         .merge(admin)
@@ -82,10 +91,18 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(|| async { "ok" }))
         .route("/ready", get(|| async { "ready" }))
         .route("/metrics", get(metrics))
-        .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "not_found_error", "no such endpoint")
+        .fallback(|method: Method, uri: Uri| async move {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                format!("Invalid URL ({method} {})", uri.path()),
+            )
         })
         .layer(DefaultBodyLimit::max(state.opts.max_body_bytes))
+        .layer(middleware::map_response_with_state(
+            state.clone(),
+            openai_error_body,
+        ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -103,44 +120,44 @@ pub async fn run(
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    // The peer address lets the admin endpoints tell loopback callers apart (`auth`).
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
-fn bearer(req: &Request) -> Option<&str> {
-    bearer_of(req.headers())
-}
-
-fn bearer_of(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
-}
-
-async fn require_api_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    if !state.opts.api_keys.is_empty() {
-        let key = bearer(&req);
-        let ok = key.is_some_and(|k| {
-            state.opts.api_keys.contains_key(k) || state.opts.admin_key.as_deref() == Some(k)
-        });
-        if !ok {
-            return ApiError::unauthorized("Incorrect API key provided.").into_response();
-        }
+/// Gives every error response without a JSON body (axum's 413, 405, extractor rejections) the
+/// OpenAI error shape, keeping its status and headers (`Allow` on 405).
+async fn openai_error_body(State(state): State<Arc<AppState>>, res: Response) -> Response {
+    let status = res.status();
+    let json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if json || !(status.is_client_error() || status.is_server_error()) {
+        return res;
     }
-    next.run(req).await
-}
-
-async fn require_admin(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    if let Some(admin) = &state.opts.admin_key {
-        if bearer(&req) != Some(admin.as_str()) {
-            return ApiError::unauthorized("This endpoint needs the admin key.").into_response();
-        }
-    }
-    next.run(req).await
+    let message = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => format!(
+            "request body too large (limit {} bytes)",
+            state.opts.max_body_bytes
+        ),
+        StatusCode::METHOD_NOT_ALLOWED => "method not allowed for this endpoint".to_string(),
+        s => s.canonical_reason().unwrap_or("error").to_string(),
+    };
+    let kind = match status.is_server_error() {
+        true => "server_error",
+        false => "invalid_request_error",
+    };
+    let (mut parts, _) = res.into_parts();
+    let body = ApiError::new(status, kind, message).into_response();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.extend(body.headers().clone());
+    Response::from_parts(parts, body.into_body())
 }
 
 /// With metering on, the account a call is billed to: the payer of the caller's API key.
@@ -152,8 +169,8 @@ fn payer(
     if state.meter.is_none() {
         return Ok(None);
     }
-    bearer_of(headers)
-        .and_then(|k| state.opts.api_keys.get(k))
+    auth::bearer_of(headers)
+        .and_then(|k| auth::payer_of(&state.opts, k))
         .and_then(|p| p.parse().ok())
         .map(Some)
         .ok_or_else(|| {
@@ -172,7 +189,7 @@ async fn chat(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Byte
     };
     match parse_body(&body).and_then(|r| ValidRequest::chat(&state, r)) {
         Ok(v) => generate::respond(state, Kind::Chat, v, payer).await,
-        Err(e) => reject(&state, e),
+        Err(e) => reject(&state, e, Kind::Chat),
     }
 }
 
@@ -187,12 +204,12 @@ async fn completions(
     };
     match parse_body(&body).and_then(|r| ValidRequest::completion(&state, r)) {
         Ok(v) => generate::respond(state, Kind::Completion, v, payer).await,
-        Err(e) => reject(&state, e),
+        Err(e) => reject(&state, e, Kind::Completion),
     }
 }
 
-fn reject(state: &AppState, e: crate::error::Error) -> Response {
-    let e = ApiError::from(e);
+fn reject(state: &AppState, e: crate::error::Error, kind: Kind) -> Response {
+    let e = ApiError::from(e).prompt_param(kind.prompt_param());
     state
         .metrics
         .requests

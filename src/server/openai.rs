@@ -123,6 +123,9 @@ impl Usage {
 pub struct LoadAdapterRequest {
     pub lora_name: String,
     pub lora_path: String,
+    /// vLLM's flag: replace the adapter already registered under `lora_name`.
+    #[serde(default)]
+    pub load_inplace: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -4,7 +4,8 @@
 //! 404); the admin key sees all.
 
 use super::api_error::ApiError;
-use super::{bearer_of, AppState};
+use super::auth::{bearer_of, is_admin_key, payer_of};
+use super::AppState;
 use crate::chain::MerkleTree;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -42,9 +43,9 @@ fn lookup(
         return Ok(None);
     };
     let key = bearer_of(headers);
-    let is_admin = key.is_some() && key == state.opts.admin_key.as_deref();
+    let is_admin = is_admin_key(&state.opts, key);
     let own = key
-        .and_then(|k| state.opts.api_keys.get(k))
+        .and_then(|k| payer_of(&state.opts, k))
         .and_then(|p| p.parse::<alloy::primitives::Address>().ok())
         == Some(r.payer);
     if !state.opts.api_keys.is_empty() && !is_admin && !own {

@@ -4,7 +4,7 @@
 pub use crate::clock::unix_now;
 use crate::engine::EngineHandle;
 use crate::ledger::Meter;
-use crate::lora::AdapterRegistry;
+use crate::lora::{AdapterRegistry, AdapterRoots};
 use crate::metrics::Metrics;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,8 +12,16 @@ use std::sync::Arc;
 pub struct ServerOptions {
     /// API key -> payer account id. Empty = no auth on the OpenAI endpoints.
     pub api_keys: HashMap<String, String>,
-    /// Admin key for adapter management; `None` = admin endpoints open.
+    /// Admin key for adapter management. `None`: the admin endpoints are disabled when API keys
+    /// are set, and answer loopback peers only when no key is set (see `auth`).
     pub admin_key: Option<String>,
+    /// `--insecure-open-admin`: admin endpoints open to anyone when no admin key is set.
+    pub insecure_open_admin: bool,
+    /// The folders `/v1/load_lora_adapter` may read adapters from (`--adapter-roots`).
+    pub adapter_roots: AdapterRoots,
+    /// Most tokens (prompt + completion) one sequence may hold; `None` = the model's context.
+    /// `max_tokens` is clamped to what is left of it at the edge (and so is the metered reservation).
+    pub max_context: Option<usize>,
     /// Waiting sequences beyond which new requests get 429.
     pub max_queue: usize,
     pub default_max_tokens: usize,
@@ -25,6 +33,9 @@ impl Default for ServerOptions {
         ServerOptions {
             api_keys: HashMap::new(),
             admin_key: None,
+            insecure_open_admin: false,
+            adapter_roots: AdapterRoots::default(),
+            max_context: None,
             max_queue: 256,
             default_max_tokens: 512,
             max_body_bytes: 4 << 20,
@@ -41,6 +52,8 @@ pub struct AppState {
     /// Usage metering; `None` = calls are not recorded or billed.
     pub meter: Option<Arc<Meter>>,
     pub default_max_tokens: usize,
+    /// Most tokens one sequence may hold (the model's context, or less).
+    pub max_context: usize,
     pub created: u64,
 }
 

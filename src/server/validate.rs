@@ -1,5 +1,10 @@
 //! The edge: OpenAI request bodies become `ValidRequest`s (token ids, resolved adapters, checked
 //! sampling parameters) here and only here. Every rejection names the offending field.
+//! What always holds for a `ValidRequest`: chat contents were tokenized as plain text (only the
+//! template's markup yields special tokens; `/v1/completions` prompts are tokenized with special
+//! tokens read as such, as vLLM does: they are raw prompts); each prompt fits the context and its
+//! `max_tokens` is clamped to what is left of it, so metering reserves the clamped value; stop
+//! strings are at most `MAX_STOP_BYTES` long.
 
 use super::openai::{ChatRequest, CommonParams, CompletionRequest, Content, PromptSpec, StopSpec};
 use super::state::AppState;
@@ -7,6 +12,9 @@ use crate::engine::{GenerateRequest, SamplingParams};
 use crate::error::{Error, Result};
 use crate::lora::AdapterRef;
 use crate::model::ChatMessage;
+
+/// Longest stop string, in bytes (each is checked against the output's tail on every token).
+pub const MAX_STOP_BYTES: usize = 256;
 
 /// Parses a JSON body, naming the field on a type error.
 pub fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
@@ -101,6 +109,12 @@ fn sampling(c: &CommonParams, default_max: usize) -> Result<SamplingParams> {
         Some(StopSpec::One(s)) => vec![s.clone()],
         Some(StopSpec::Many(v)) => v.clone(),
     };
+    if stop.iter().any(|s| s.len() > MAX_STOP_BYTES) {
+        return Err(Error::invalid(
+            "stop",
+            format!("each stop string has at most {MAX_STOP_BYTES} bytes"),
+        ));
+    }
     let p = SamplingParams {
         temperature: c.temperature.unwrap_or(1.0),
         top_k: c.top_k.unwrap_or(0).max(0) as usize,
@@ -116,6 +130,19 @@ fn sampling(c: &CommonParams, default_max: usize) -> Result<SamplingParams> {
     };
     p.validate()?;
     Ok(p)
+}
+
+/// Refuses a prompt that leaves no room to generate and clamps `max_tokens` to the room left.
+fn fit_context(state: &AppState, g: &mut GenerateRequest) -> Result<()> {
+    let max = state.max_context;
+    let len = g.prompt_ids.len();
+    if len >= max {
+        return Err(Error::ContextLength(format!(
+            "This model's maximum context length is {max} tokens. However, your prompt has {len} tokens."
+        )));
+    }
+    g.params.max_tokens = g.params.max_tokens.min(max - len);
+    Ok(())
 }
 
 impl ValidRequest {
@@ -172,8 +199,8 @@ impl ValidRequest {
                 "this model has no chat template; use /v1/completions",
             )
         })?;
-        let text = template.render(&messages, true)?;
-        let prompt_ids = model.tokenizer()?.encode(&text, false)?;
+        let pieces = template.render_pieces(&messages, true)?;
+        let prompt_ids = model.tokenizer()?.encode_chat(&pieces)?;
         if r.logprobs == Some(true) {
             let n = r.top_logprobs.unwrap_or(0);
             if !(0..=20).contains(&n) {
@@ -183,13 +210,15 @@ impl ValidRequest {
         } else if r.top_logprobs.is_some() {
             return Err(Error::invalid("top_logprobs", "requires logprobs: true"));
         }
+        let mut gen = GenerateRequest {
+            prompt_ids,
+            adapters: mix,
+            params,
+        };
+        fit_context(state, &mut gen)?;
         Ok(ValidRequest {
-            logprobs: params.logprobs.is_some(),
-            gens: vec![GenerateRequest {
-                prompt_ids,
-                adapters: mix,
-                params,
-            }],
+            logprobs: gen.params.logprobs.is_some(),
+            gens: vec![gen],
             model: r.common.model.clone(),
             adapter_label,
             stream: r.common.stream,
@@ -230,16 +259,20 @@ impl ValidRequest {
         if prompts.is_empty() || prompts.len() > 16 {
             return Err(Error::invalid("prompt", "between 1 and 16 prompts"));
         }
+        let mut gens: Vec<GenerateRequest> = prompts
+            .into_iter()
+            .map(|prompt_ids| GenerateRequest {
+                prompt_ids,
+                adapters: mix.clone(),
+                params: params.clone(),
+            })
+            .collect();
+        for g in &mut gens {
+            fit_context(state, g)?;
+        }
         Ok(ValidRequest {
             logprobs: params.logprobs.is_some(),
-            gens: prompts
-                .into_iter()
-                .map(|prompt_ids| GenerateRequest {
-                    prompt_ids,
-                    adapters: mix.clone(),
-                    params: params.clone(),
-                })
-                .collect(),
+            gens,
             model: r.common.model.clone(),
             adapter_label,
             stream: r.common.stream,

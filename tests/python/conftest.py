@@ -97,63 +97,87 @@ class Server:
         assert self.http.get("/health").status_code == 200
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory) -> Server:
+KEY_ARGS = [
+    "--api-key", "sk-test-alice=0x00000000000000000000000000000000000000a1",
+    "--api-key", "sk-test-bob=0x00000000000000000000000000000000000000b0",
+    "--admin-key", ADMIN,
+]
+
+
+def launch_server(work: Path, extra: list[str], env: dict | None = None, host: str = "127.0.0.1") -> Server:
+    """Starts `openlora serve` on a free port with the demo adapters in `work/adapters` plus
+    `extra` flags; does not wait for readiness (see `wait_ready`)."""
     binary = env_bin()
     assert Path(binary).exists(), f"server binary {binary} not found (cargo build --bins, or set OPENLORA_BIN)"
-    model = _model_path()
-    work = tmp_path_factory.mktemp("server")
     adapters_dir = work / "adapters"
     demo = copy_demo_adapters(adapters_dir)
     port = _free_port()
     cmd = [
         binary, "serve",
-        "--model", model,
+        "--model", _model_path(),
         "--adapters-dir", str(adapters_dir),
-        "--host", "127.0.0.1",
+        "--host", host,
         "--port", str(port),
-        "--api-key", "sk-test-alice=0x00000000000000000000000000000000000000a1",
-        "--api-key", "sk-test-bob=0x00000000000000000000000000000000000000b0",
-        "--admin-key", ADMIN,
         "--max-queue", "256",
+        *extra,
     ]
     stderr_path = work / "server.stderr"
     stderr_f = open(stderr_path, "wb")
-    proc = subprocess.Popen(cmd, stdout=stderr_f, stderr=subprocess.STDOUT, cwd=work)
+    proc = subprocess.Popen(cmd, stdout=stderr_f, stderr=subprocess.STDOUT, cwd=work,
+                            env={**os.environ, **(env or {})})
+    proc._stderr_f = stderr_f  # closed by stop_server
     http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
-    srv = Server(port, proc, stderr_path, adapters_dir, demo, http)
+    return Server(port, proc, stderr_path, adapters_dir, demo, http)
+
+
+def wait_ready(srv: Server, key: str | None = ALICE) -> Server:
+    deadline = time.monotonic() + 120
+    while True:
+        if srv.proc.poll() is not None:
+            pytest.fail(f"server exited with {srv.proc.returncode} before ready:\n{srv.stderr_tail()}")
+        try:
+            if srv.http.get("/ready", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"server not ready within 120 s:\n{srv.stderr_tail()}")
+        time.sleep(0.25)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    models = srv.http.get("/v1/models", headers=headers)
+    assert models.status_code == 200, models.text
+    srv.base_model = models.json()["data"][0]["id"]
+    return srv
+
+
+def stop_server(srv: Server) -> None:
+    """SIGTERM, and the server must exit 0 within 30 s."""
+    srv.http.close()
+    proc, stderr_f = srv.proc, srv.proc._stderr_f
+    if proc.poll() is not None:
+        stderr_f.close()
+        return
+    proc.send_signal(signal.SIGTERM)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode} before ready:\n{srv.stderr_tail()}")
-            try:
-                if http.get("/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not ready within 120 s:\n{srv.stderr_tail()}")
-            time.sleep(0.25)
-        models = http.get("/v1/models", headers={"Authorization": f"Bearer {ALICE}"})
-        assert models.status_code == 200, models.text
-        srv.base_model = models.json()["data"][0]["id"]
-        yield srv
+        rc = proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        stderr_f.close()
+        pytest.fail(f"server did not exit within 30 s of SIGTERM:\n{srv.stderr_tail()}")
+    stderr_f.close()
+    assert rc == 0, f"server exited with {rc} after SIGTERM:\n{srv.stderr_tail()}"
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory) -> Server:
+    # Runtime-loaded adapters may come from any of this session's temp folders.
+    roots = ["--adapter-roots", str(tmp_path_factory.getbasetemp())]
+    srv = launch_server(tmp_path_factory.mktemp("server"), KEY_ARGS + roots)
+    try:
+        yield wait_ready(srv)
     finally:
-        http.close()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                rc = proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                stderr_f.close()
-                pytest.fail(f"server did not exit within 30 s of SIGTERM:\n{srv.stderr_tail()}")
-            stderr_f.close()
-            assert rc == 0, f"server exited with {rc} after SIGTERM:\n{srv.stderr_tail()}"
-        else:
-            stderr_f.close()
+        stop_server(srv)
 
 
 @pytest.fixture(scope="session")
