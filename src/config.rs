@@ -11,6 +11,9 @@ pub struct EngineConfig {
     pub num_blocks: usize,
     /// Tokens (prefill + decode) per forward step.
     pub max_batch_tokens: usize,
+    /// Token-equivalents a step may cost while sequences are decoding (bounds inter-token latency
+    /// during long prefills; see `engine::scheduler`).
+    pub max_step_cost: usize,
     /// Sequences running at once.
     pub max_num_seqs: usize,
     /// Distinct adapters in one step.
@@ -25,6 +28,7 @@ impl Default for EngineConfig {
             block_size: 16,
             num_blocks: 1024,
             max_batch_tokens: 512,
+            max_step_cost: 128,
             max_num_seqs: 64,
             max_adapters_per_step: 16,
             kv_dtype: KvDtype::Auto,
@@ -44,6 +48,7 @@ impl EngineConfig {
         pos(self.block_size, "block_size")?;
         pos(self.num_blocks, "num_blocks")?;
         pos(self.max_batch_tokens, "max_batch_tokens")?;
+        pos(self.max_step_cost, "max_step_cost")?;
         pos(self.max_num_seqs, "max_num_seqs")?;
         pos(self.max_adapters_per_step, "max_adapters_per_step")
     }

@@ -25,6 +25,16 @@ pub struct BenchArgs {
     /// Decode tokens per sequence.
     #[arg(long, default_value_t = 32)]
     pub tokens: usize,
+    /// Measure inter-token latency of `--streams` decoding streams while a `--prompt-tokens` prompt
+    /// prefills, with and without the step cost bound (see `bench_itl`).
+    #[arg(long)]
+    pub itl: bool,
+    /// ITL mode: decoding streams.
+    #[arg(long, default_value_t = 7)]
+    pub streams: usize,
+    /// ITL mode: length of the prompt that prefills meanwhile.
+    #[arg(long, default_value_t = 8000)]
+    pub prompt_tokens: usize,
     /// Benchmark the adapter pager instead: TTFT by tier, and throughput with 1/100/1000
     /// adapters under Zipf(1.0) (see `bench_pager`).
     #[arg(long)]
@@ -104,6 +114,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let threads = args.runtime.init_threads()?;
     let model = Arc::new(Model::load_with(&args.model, &args.runtime.load_options()?)?);
     let kv_dtype = args.runtime.kv_dtype()?;
+    if args.itl {
+        println!("threads: {threads}; weights: {}", model.weights.describe());
+        return super::bench_itl::run(&model, kv_dtype, args.streams, args.prompt_tokens);
+    }
     let cfg = model.config().clone();
     let adapters: Vec<Option<Arc<LoraAdapter>>> = (0..args.batch)
         .map(|i| {

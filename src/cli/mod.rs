@@ -2,6 +2,7 @@
 //! flags and wire library parts together.
 
 pub mod bench;
+pub mod bench_itl;
 pub mod bench_pager;
 pub mod runtime_args;
 pub mod serve;

@@ -64,6 +64,10 @@ pub struct ServeArgs {
     pub kv_cache_mb: Option<usize>,
     #[arg(long, env = "OPENLORA_MAX_BATCH_TOKENS")]
     pub max_batch_tokens: Option<usize>,
+    /// Token-equivalents one step may cost while streams are decoding: prefill chunks of long
+    /// prompts shrink to fit, bounding inter-token latency (see `engine::scheduler`).
+    #[arg(long, env = "OPENLORA_MAX_STEP_COST")]
+    pub max_step_cost: Option<usize>,
     #[arg(long, env = "OPENLORA_MAX_NUM_SEQS")]
     pub max_num_seqs: Option<usize>,
     #[arg(long, env = "OPENLORA_MAX_ADAPTERS_PER_STEP")]
@@ -113,6 +117,7 @@ struct FileConfig {
     adapter_roots: Vec<PathBuf>,
     kv_cache_mb: Option<usize>,
     max_batch_tokens: Option<usize>,
+    max_step_cost: Option<usize>,
     max_num_seqs: Option<usize>,
     max_adapters_per_step: Option<usize>,
     adapter_device_slots: Option<usize>,
@@ -159,6 +164,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .max_batch_tokens
             .or(file.max_batch_tokens)
             .unwrap_or(defaults.max_batch_tokens),
+        max_step_cost: args
+            .max_step_cost
+            .or(file.max_step_cost)
+            .unwrap_or(defaults.max_step_cost),
         max_num_seqs: args
             .max_num_seqs
             .or(file.max_num_seqs)

@@ -5,7 +5,7 @@
 //! nothing else to run.
 
 use super::detokenizer::TextStep;
-use super::request::{FinishReason, GenerateRequest, SeqEvent};
+use super::request::{FinishReason, GenerateRequest, SeqEvent, TokenLogprob};
 use super::scheduler::{Scheduled, Scheduler};
 use super::sequence::{SeqId, Sequence};
 use crate::config::EngineConfig;
@@ -15,7 +15,8 @@ use crate::kv_cache::BlockAllocator;
 use crate::lora::{AdapterPager, AdapterRef, PagerConfig};
 use crate::metrics::Metrics;
 use crate::model::Model;
-use std::collections::HashSet;
+use rayon::prelude::*;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -72,11 +73,12 @@ impl LlmEngine {
         };
         let executor = exec::create(&model, &exec_cfg, pager.slots().clone())?;
         let alloc = BlockAllocator::new(cfg.num_blocks, cfg.block_size);
+        let attn_k = model.config().attention_positions_per_token();
         Ok(LlmEngine {
             model,
             executor,
             alloc,
-            scheduler: Scheduler::new(cfg),
+            scheduler: Scheduler::new(cfg, attn_k),
             pager,
         })
     }
@@ -209,23 +211,40 @@ impl LlmEngine {
 
     fn postprocess(&mut self, plan: &[Scheduled], logits: &[f32]) -> Vec<(SeqId, SeqEvent)> {
         let vocab = self.model.config().vocab_size;
-        let mut events = Vec::new();
-        let mut finished = Vec::new();
-        let mut row = 0;
+        // Which scheduled sequences sample this step, and their logits row (in plan order).
+        let mut rows = HashMap::new();
         for s in plan {
             let seq = &mut self.scheduler.running[s.idx];
             seq.computed += s.tokens;
-            if seq.computed < seq.tokens.len() {
-                continue; // a prefill chunk: nothing to sample yet
+            if seq.computed == seq.tokens.len() {
+                let row = rows.len();
+                rows.insert(s.idx, row); // otherwise a prefill chunk: nothing to sample yet
             }
-            let l = &logits[row * vocab..(row + 1) * vocab];
-            row += 1;
-            let (token, logprob) = seq.sampler.sample(
-                l,
-                &seq.params,
-                &seq.tokens[..seq.prompt_len],
-                &seq.tokens[seq.prompt_len..],
-            );
+        }
+        // Sampling is O(vocab) per sequence and each has its own RNG: run them in parallel.
+        let mut sampled: Vec<Option<(u32, Option<TokenLogprob>)>> = self
+            .scheduler
+            .running
+            .par_iter_mut()
+            .enumerate()
+            .map(|(i, seq)| {
+                rows.get(&i).map(|&r| {
+                    seq.sampler.sample(
+                        &logits[r * vocab..(r + 1) * vocab],
+                        &seq.params,
+                        &seq.tokens[..seq.prompt_len],
+                        &seq.tokens[seq.prompt_len..],
+                    )
+                })
+            })
+            .collect();
+        let mut events = Vec::new();
+        let mut finished = Vec::new();
+        for s in plan {
+            let Some((token, logprob)) = sampled[s.idx].take() else {
+                continue;
+            };
+            let seq = &mut self.scheduler.running[s.idx];
             seq.tokens.push(token);
             let n_out = seq.tokens.len() - seq.prompt_len;
             let is_stop_id = (!seq.params.ignore_eos && self.model.eos_ids.contains(&token))

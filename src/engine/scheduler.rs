@@ -7,6 +7,14 @@
 //! until it fits, so no request starves. The first sequence that does not fit the token budget or
 //! the KV pool stops admission. When a running sequence cannot get a block, the most recently
 //! admitted running sequence is preempted (blocks freed, recomputed later) — work is never dropped.
+//!
+//! Step cost is bounded while anything decodes: a step's cost is counted in token-equivalents (one
+//! token through every projection = 1; attention over `c` cached positions = `c / K`, `K` taken
+//! from the model's shapes, `ModelConfig::attention_positions_per_token`), and a step that carries
+//! decode rows never costs more than `max_step_cost`. Prefill chunks shrink to fit, down to one
+//! token, so a long prompt makes progress every step without stalling the decoding streams: their
+//! inter-token latency stays at about the time of `max_step_cost` token-equivalents. Steps with no
+//! decode rows are bounded by `max_batch_tokens` only.
 
 use super::sequence::{SeqId, Sequence};
 use crate::config::EngineConfig;
@@ -20,6 +28,8 @@ pub const AGING_STEPS: usize = 8;
 
 pub struct Scheduler {
     cfg: EngineConfig,
+    /// Cached positions of attention that cost as much as one token's projections (`K`).
+    attn_k: f64,
     pub waiting: VecDeque<Sequence>,
     /// In admission order (oldest first).
     pub running: Vec<Sequence>,
@@ -41,10 +51,25 @@ fn adapter_set(s: &Sequence) -> impl Iterator<Item = AdapterSlot> + '_ {
     s.adapters.iter().map(|(a, _)| *a)
 }
 
+/// Cost of running `n` rows of a sequence whose first new row is at position `c`.
+fn chunk_cost(n: usize, c: usize, k: f64) -> f64 {
+    n as f64 + n as f64 * (c as f64 + (n as f64 + 1.0) / 2.0) / k
+}
+
+/// The most rows (at least 1) of a sequence at position `c` that fit in `left` token-equivalents.
+fn rows_within(left: f64, c: usize, k: f64) -> usize {
+    // n²/(2k) + n·(1 + (c + 1/2)/k) - left <= 0
+    let b = 1.0 + (c as f64 + 0.5) / k;
+    let n = ((b * b + 2.0 * left / k).sqrt() - b) * k;
+    (n.max(0.0).floor() as usize).max(1)
+}
+
 impl Scheduler {
-    pub fn new(cfg: EngineConfig) -> Self {
+    /// `attn_k`: see `ModelConfig::attention_positions_per_token`.
+    pub fn new(cfg: EngineConfig, attn_k: usize) -> Self {
         Scheduler {
             cfg,
+            attn_k: attn_k.max(1) as f64,
             waiting: VecDeque::new(),
             running: Vec::new(),
             preemptions: 0,
@@ -63,26 +88,44 @@ impl Scheduler {
 
     /// Plans the next step, moving admitted sequences from `waiting` to `running`.
     pub fn schedule(&mut self) -> Vec<Scheduled> {
-        let mut budget = self.cfg.max_batch_tokens;
+        let mut budget = Budget {
+            tokens: self.cfg.max_batch_tokens,
+            cost: 0.0,
+            decoding: self.running.iter().any(|s| s.pending() == 1),
+        };
         let mut plan = Vec::new();
         let mut adapters: HashSet<AdapterSlot> = HashSet::new();
-        // 1. Running sequences, oldest first; preempt from the newest end when blocks run out.
-        let mut i = 0;
-        while i < self.running.len() && budget > 0 {
-            let n = self.running[i].pending().min(budget);
-            let need = self.running[i].computed + n;
-            if !self.running[i].blocks.reserve(need) {
-                // Free blocks by preempting the newest running sequence (possibly this one).
-                let mut victim = self.running.pop().expect("non-empty");
-                victim.preempt();
-                self.preemptions += 1;
-                self.waiting.push_front(victim);
-                continue; // retry index i (or stop if it was the victim)
+        // 1. Running sequences: decode rows first (oldest first), then prefill chunks, which
+        //    shrink to the step's cost bound; preempt from the newest end when blocks run out.
+        for decode_pass in [true, false] {
+            let mut i = 0;
+            while i < self.running.len() && budget.tokens > 0 {
+                let seq = &self.running[i];
+                let is_decode = seq.pending() == 1;
+                if is_decode != decode_pass || plan.iter().any(|p: &Scheduled| p.idx == i) {
+                    i += 1;
+                    continue;
+                }
+                let n = budget.rows_for(seq.pending(), seq.computed, self.cfg.max_step_cost, self.attn_k);
+                if n == 0 {
+                    break;
+                }
+                let need = self.running[i].computed + n;
+                if !self.running[i].blocks.reserve(need) {
+                    // Free blocks by preempting the newest running sequence (possibly this one).
+                    let victim_idx = self.running.len() - 1;
+                    let mut victim = self.running.pop().expect("non-empty");
+                    plan.retain(|p| p.idx != victim_idx);
+                    victim.preempt();
+                    self.preemptions += 1;
+                    self.waiting.push_front(victim);
+                    continue; // retry index i (or stop if it was the victim)
+                }
+                adapters.extend(adapter_set(&self.running[i]));
+                budget.take(n, self.running[i].computed, self.attn_k);
+                plan.push(Scheduled { idx: i, tokens: n });
+                i += 1;
             }
-            adapters.extend(adapter_set(&self.running[i]));
-            plan.push(Scheduled { idx: i, tokens: n });
-            budget -= n;
-            i += 1;
         }
         // 2. Waiting sequences, FIFO, adapter-aware.
         self.admit_waiting(&mut budget, &mut plan, &mut adapters);
@@ -93,7 +136,7 @@ impl Scheduler {
     /// one whose adapters are not on device yet is skipped, never waited for.
     fn admit_waiting(
         &mut self,
-        budget: &mut usize,
+        budget: &mut Budget,
         plan: &mut Vec<Scheduled>,
         adapters: &mut HashSet<AdapterSlot>,
     ) {
@@ -115,7 +158,7 @@ impl Scheduler {
                 Ok(true) if !was_ready => self.paged_in.push(seq.id),
                 Ok(true) => {}
             }
-            if full || *budget == 0 || self.running.len() >= self.cfg.max_num_seqs {
+            if full || budget.tokens == 0 || self.running.len() >= self.cfg.max_num_seqs {
                 full = true;
                 i += 1;
                 continue;
@@ -129,13 +172,20 @@ impl Scheduler {
                 i += 1;
                 continue;
             }
-            let n = seq.pending().min(*budget);
-            // Only admit a partial (chunked) prefill when the whole prompt cannot fit a step.
-            if (n < seq.pending() && !plan.is_empty()) || !seq.blocks.reserve(seq.computed + n) {
+            let n = budget.rows_for(seq.pending(), seq.computed, self.cfg.max_step_cost, self.attn_k);
+            // A partial (chunked) prefill is admitted only when the whole prompt cannot fit a
+            // step; then nothing behind it is admitted this step (FIFO).
+            let chunked = n < seq.pending();
+            if n == 0
+                || (chunked && plan.iter().any(|p: &Scheduled| p.tokens > 1))
+                || !seq.blocks.reserve(seq.computed + n)
+            {
                 full = true;
                 i += 1;
                 continue;
             }
+            full = chunked;
+            let computed = seq.computed;
             adapters.extend(new);
             let seq = self.waiting.remove(i).expect("index in range");
             self.running.push(seq);
@@ -143,7 +193,57 @@ impl Scheduler {
                 idx: self.running.len() - 1,
                 tokens: n,
             });
-            *budget -= n;
+            budget.take(n, computed, self.attn_k);
+        }
+    }
+}
+
+/// What is left of one step: tokens (`max_batch_tokens`) and, when decode rows are in the step,
+/// cost (`max_step_cost` token-equivalents).
+struct Budget {
+    tokens: usize,
+    cost: f64,
+    decoding: bool,
+}
+
+impl Budget {
+    /// Rows of a sequence (`pending` tokens, first at position `c`) that fit now; 0 if none.
+    fn rows_for(&self, pending: usize, c: usize, max_cost: usize, k: f64) -> usize {
+        let n = pending.min(self.tokens);
+        if !self.decoding || n == 0 {
+            return n;
+        }
+        let left = max_cost as f64 - self.cost;
+        if left < chunk_cost(1, c, k) && self.cost > 0.0 && pending > 1 {
+            return 0; // a prefill chunk would exceed the bound; decode rows always go
+        }
+        match pending {
+            1 => n,
+            _ => n.min(rows_within(left, c, k)),
+        }
+    }
+
+    fn take(&mut self, n: usize, c: usize, k: f64) {
+        self.tokens -= n;
+        self.cost += chunk_cost(n, c, k);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_within_is_the_largest_chunk_under_the_bound() {
+        let k = 3000.0;
+        for c in [0, 100, 2000, 8000] {
+            for left in [1.0, 10.0, 128.0, 512.0] {
+                let n = rows_within(left, c, k);
+                if n > 1 {
+                    assert!(chunk_cost(n, c, k) <= left + 1e-9, "c={c} left={left} n={n}");
+                }
+                assert!(chunk_cost(n + 1, c, k) > left, "c={c} left={left} n={n} not maximal");
+            }
         }
     }
 }

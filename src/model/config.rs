@@ -2,6 +2,7 @@
 //! metadata. Every field the forward pass reads is here and already validated: an unsupported
 //! feature is an `Error::Unsupported` naming the field, at load time.
 
+use super::Proj;
 use crate::error::{Error, Result};
 use serde_json::Value;
 
@@ -193,6 +194,19 @@ impl ModelConfig {
     }
 
     /// (out, in) of a projection's weight.
+    /// How many cached positions of attention cost as much as one token through every
+    /// projection (multiply-adds: all layers' projections vs q·k and p·v over one position).
+    pub fn attention_positions_per_token(&self) -> usize {
+        let proj: usize = Proj::ALL
+            .iter()
+            .map(|&p| {
+                let (o, i) = self.proj_shape(p);
+                o * i
+            })
+            .sum();
+        (proj / (2 * self.heads * self.head_dim).max(1)).max(1)
+    }
+
     pub fn proj_shape(&self, p: super::Proj) -> (usize, usize) {
         use super::Proj::*;
         match p {
