@@ -179,7 +179,7 @@ impl<F: FmtK, const VNNI: bool> Tile for SimdK<'_, F, VNNI> {
                     }
                     acc[r][c] = fold(acc[r][c], isum, wv[c].d * a[r].d[b]);
                     if !F::SIGNED {
-                        let imin = min_sum(&wv[c].mn, &a[r].bsums[16 * b..16 * b + 16]);
+                        let imin = min_sum(&wv[c].mn, &a[r].extra[16 * b..16 * b + 16]);
                         summ[r][c] = (-(wv[c].dmin * a[r].d[b])).mul_add(imin as f32, summ[r][c]);
                     }
                 }
