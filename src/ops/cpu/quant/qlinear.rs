@@ -9,7 +9,7 @@ use super::acts::{Q8Acts, Q8KActs};
 use super::format::WeightFormat;
 use super::qmatrix::QMatrix;
 use super::scalar;
-use super::tile::{drive, Tile};
+use super::tile::{drive, Block, Tile, ROW_BLOCK};
 use rayon::prelude::*;
 use std::sync::OnceLock;
 
@@ -94,32 +94,41 @@ pub fn qlinear_with(
         return;
     }
     let acts = Acts::quantize(w.format(), x, m, k);
-    let per_task = (n / (rayon::current_num_threads() * 8)).clamp(4, 256) / 4 * 4;
-    let mut yt = vec![0f32; m * n];
-    yt.par_chunks_mut(per_task * m)
-        .enumerate()
-        .for_each(|(t, out)| {
-            let rows = t * per_task..t * per_task + out.len() / m;
-            run(isa, w, &acts, m, rows, out);
+    if m >= ROW_BLOCK {
+        // Prefill: tasks own blocks of activation rows, i.e. contiguous rows of `y`, and sweep
+        // all weight rows (which stay in cache across the block's micro-tiles).
+        y.par_chunks_mut(ROW_BLOCK * n).enumerate().for_each(|(t, out)| {
+            let is = t * ROW_BLOCK..t * ROW_BLOCK + out.len() / n;
+            run(isa, w, &acts, Block { is, js: 0..n, out, si: n, sj: 1 });
         });
-    for (i, row) in y.chunks_exact_mut(n).enumerate() {
-        for (j, v) in row.iter_mut().enumerate() {
-            *v = yt[j * m + i] + bias.map_or(0.0, |b| b[j]);
+    } else {
+        // Decode: tasks own ranges of weight rows (output features), written transposed.
+        let per_task = (n / (rayon::current_num_threads() * 8)).clamp(4, 256) / 4 * 4;
+        let mut yt = vec![0f32; m * n];
+        yt.par_chunks_mut(per_task * m).enumerate().for_each(|(t, out)| {
+            let js = t * per_task..t * per_task + out.len() / m;
+            run(isa, w, &acts, Block { is: 0..m, js, out, si: 1, sj: m });
+        });
+        for (i, row) in y.chunks_exact_mut(n).enumerate() {
+            row.iter_mut().enumerate().for_each(|(j, v)| *v = yt[j * m + i]);
         }
+    }
+    if let Some(b) = bias {
+        y.chunks_exact_mut(n).for_each(|row| row.iter_mut().zip(b).for_each(|(v, b)| *v += b));
     }
 }
 
-/// Weight rows `rows` for all `m` activation rows into `out[(j - rows.start) * m + i]`.
-fn run(isa: Isa, w: &QMatrix, acts: &Acts, m: usize, rows: std::ops::Range<usize>, out: &mut [f32]) {
+/// Computes the elements of `b`.
+fn run(isa: Isa, w: &QMatrix, acts: &Acts, b: Block) {
     match isa {
         // SAFETY: the scalar kernel has no instruction-set requirement; rows are in range.
-        Isa::Scalar => unsafe { drive(&ScalarTile::new(w, acts), m, rows, out) },
+        Isa::Scalar => unsafe { drive(&ScalarTile::new(w, acts), b) },
         #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
         // SAFETY: AVX2 + FMA are compile-time features of this build.
-        Isa::Avx2 => unsafe { super::x86::run::<false>(w, acts, m, rows, out) },
+        Isa::Avx2 => unsafe { super::x86::run::<false>(w, acts, b) },
         #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
         // SAFETY: `qlinear_with` checked `Isa::available`, i.e. run-time detection of VNNI + VL.
-        Isa::Avx512Vnni => unsafe { super::x86::run_vnni(w, acts, m, rows, out) },
+        Isa::Avx512Vnni => unsafe { super::x86::run_vnni(w, acts, b) },
         #[allow(unreachable_patterns)]
         _ => unreachable!("{isa:?} checked available"),
     }
@@ -264,12 +273,13 @@ pub(crate) mod tests {
         for f in WeightFormat::ALL {
             let (n, k) = (37, cols_for(f));
             let w = QMatrix::quantize(&data(&mut rng, n * k), n, k, f).unwrap();
-            let x = data(&mut rng, 33 * k);
-            let mut all = vec![0f32; 33 * n];
-            qlinear(&x, 33, &w, None, &mut all);
-            for m in [1usize, 3, 7, 33] {
+            // 70 rows: two row blocks, the second one partial (the prefill path).
+            let x = data(&mut rng, 70 * k);
+            let mut all = vec![0f32; 70 * n];
+            qlinear(&x, 70, &w, None, &mut all);
+            for m in [1usize, 3, 7, 33, 70] {
                 // Row t of the big batch goes to position (t * 5 + 1) % m of a batch of m rows.
-                for t in [0usize, 4, 17, 32] {
+                for t in [0usize, 4, 17, 32, 69] {
                     let pos = (t * 5 + 1) % m;
                     let mut xb = data(&mut rng, m * k);
                     xb[pos * k..(pos + 1) * k].copy_from_slice(&x[t * k..(t + 1) * k]);

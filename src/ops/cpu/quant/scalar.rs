@@ -54,7 +54,7 @@ pub(crate) fn dot32(f: WeightFormat, w: &[u8], a: Q8Row) -> f32 {
         let isum = lanes32(|i| k.q[i] as i32, &a.qs[32 * b..], |_| 1);
         fold(&mut acc, isum, k.d * a.d[b]);
         if has_min(f) {
-            summ = k.m.mul_add(a.s[b], summ);
+            summ = k.m.mul_add(a.extra[b], summ);
         }
     }
     tree(acc) + summ
@@ -72,7 +72,7 @@ pub(crate) fn dot_k(f: WeightFormat, w: &[u8], a: Q8KRow) -> f32 {
             isum = add(isum, lanes32(q, &qa[32 * s..], |_| k.sc[s] as i32));
         }
         fold(&mut acc, isum, k.d * a.d[b]);
-        let bs = &a.bsums[16 * b..];
+        let bs = &a.extra[16 * b..];
         let imin: i32 = (0..8)
             .map(|s| k.mn[s] as i32 * (bs[2 * s] as i32 + bs[2 * s + 1] as i32))
             .sum();

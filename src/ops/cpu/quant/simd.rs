@@ -59,10 +59,11 @@ pub(crate) fn fold(acc: __m256, isum: __m256i, dd: f32) -> __m256 {
 pub(crate) fn scale_vec<const VNNI: bool>(lo: i16, hi: i16) -> __m256i {
     // SAFETY: AVX2 at compile time.
     unsafe {
-        if VNNI {
-            _mm256_set_m128i(_mm_set1_epi32(hi as i32), _mm_set1_epi32(lo as i32))
-        } else {
-            _mm256_set_m128i(_mm_set1_epi16(hi), _mm_set1_epi16(lo))
+        match (VNNI, lo == hi) {
+            (true, true) => _mm256_set1_epi32(lo as i32),
+            (false, true) => _mm256_set1_epi16(lo),
+            (true, false) => _mm256_set_m128i(_mm_set1_epi32(hi as i32), _mm_set1_epi32(lo as i32)),
+            (false, false) => _mm256_set_m128i(_mm_set1_epi16(hi), _mm_set1_epi16(lo)),
         }
     }
 }

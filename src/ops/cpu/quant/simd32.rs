@@ -112,7 +112,7 @@ impl<F: Fmt32, const VNNI: bool> Tile for Simd32<'_, F, VNNI> {
                 let qa = &a[r].qs[32 * b..32 * b + 32];
                 // SAFETY: 32 readable bytes.
                 let av = unsafe { _mm256_loadu_si256(qa.as_ptr().cast()) };
-                let (da, sa) = (a[r].d[b], a[r].s[b]);
+                let (da, sa) = (a[r].d[b], a[r].extra[b]);
                 for c in 0..C {
                     let (q, d, m) = wv[c];
                     let isum = if F::SIGNED {

@@ -1,8 +1,7 @@
-//! The loop nest shared by every kernel: a task owns a contiguous range of weight rows (output
-//! features) and computes them for all `m` activation rows, in micro-tiles of `R` activation rows
-//! × `C` weight rows so each loaded weight block serves `R` rows and each activation block `C`
-//! weight rows. A [`Tile`] computes every element of a tile exactly as it would alone, so the
-//! choice of tile never changes a bit of the output.
+//! The loop nest shared by every kernel: a task computes a block of output elements (activation
+//! rows × weight rows) in micro-tiles of `R` activation rows × `C` weight rows, so each loaded
+//! weight block serves `R` rows and each activation block `C` weight rows. A [`Tile`] computes
+//! every element of a tile exactly as it would alone, so the choice of tile never changes a bit.
 
 use std::ops::Range;
 
@@ -13,7 +12,7 @@ const C: usize = 2;
 /// Weight rows per micro-tile for a batch of fewer than `R` rows (decode): more independent chains.
 const C_NARROW: usize = 4;
 /// Activation rows per cache block: the weight rows of a task are swept once per block.
-const ROW_BLOCK: usize = 64;
+pub(crate) const ROW_BLOCK: usize = 64;
 
 /// A kernel for one (weight format, instruction set).
 pub(crate) trait Tile {
@@ -24,56 +23,58 @@ pub(crate) trait Tile {
     unsafe fn tile<const TR: usize, const TC: usize>(&self, i: usize, j: usize) -> [[f32; TC]; TR];
 }
 
-/// Computes weight rows `rows` for activation rows `0..m` into `out[(j - rows.start) * m + i]`.
+/// Where a task writes: element (i, j) goes to `out[(i - is.start) * si + (j - js.start) * sj]`.
+pub(crate) struct Block<'a> {
+    pub is: Range<usize>,
+    pub js: Range<usize>,
+    pub out: &'a mut [f32],
+    pub si: usize,
+    pub sj: usize,
+}
+
+impl Block<'_> {
+    #[inline(always)]
+    fn put<const TR: usize, const TC: usize>(&mut self, i: usize, j: usize, t: [[f32; TC]; TR]) {
+        for (r, row) in t.iter().enumerate() {
+            for (c, &v) in row.iter().enumerate() {
+                let at = (i + r - self.is.start) * self.si + (j + c - self.js.start) * self.sj;
+                self.out[at] = v;
+            }
+        }
+    }
+}
+
+/// Computes every element of `b`.
 ///
 /// # Safety
-/// As [`Tile::tile`], for every row in `rows` and `0..m`.
+/// As [`Tile::tile`], for every row of `b.is` and `b.js`.
 #[inline(always)]
-pub(crate) unsafe fn drive<K: Tile>(k: &K, m: usize, rows: Range<usize>, out: &mut [f32]) {
-    let j0 = rows.start;
-    let mut put = |i: usize, j: usize, v: &[f32]| {
-        for (c, &x) in v.iter().enumerate() {
-            out[(j + c - j0) * m + i] = x;
-        }
-    };
-    // SAFETY (all calls below): forwarded from the caller; i, j stay within 0..m and `rows`.
-    if m < R {
-        let mut j = j0;
-        while j + C_NARROW <= rows.end {
-            for i in 0..m {
-                put(i, j, &unsafe { k.tile::<1, C_NARROW>(i, j) }[0]);
-            }
+pub(crate) unsafe fn drive<K: Tile>(k: &K, mut b: Block) {
+    let (is, js) = (b.is.clone(), b.js.clone());
+    // SAFETY (all tile calls below): forwarded from the caller; i, j stay within `is` and `js`.
+    if is.len() < R {
+        let mut j = js.start;
+        while j + C_NARROW <= js.end {
+            is.clone().for_each(|i| b.put(i, j, unsafe { k.tile::<1, C_NARROW>(i, j) }));
             j += C_NARROW;
         }
-        for j in j..rows.end {
-            for i in 0..m {
-                put(i, j, &unsafe { k.tile::<1, 1>(i, j) }[0]);
-            }
+        for j in j..js.end {
+            is.clone().for_each(|i| b.put(i, j, unsafe { k.tile::<1, 1>(i, j) }));
         }
         return;
     }
-    for i0 in (0..m).step_by(ROW_BLOCK) {
-        let i1 = (i0 + ROW_BLOCK).min(m);
+    for i0 in is.clone().step_by(ROW_BLOCK) {
+        let i1 = (i0 + ROW_BLOCK).min(is.end);
         let full = i0 + (i1 - i0) / R * R;
-        let mut j = j0;
-        while j + C <= rows.end {
-            for i in (i0..full).step_by(R) {
-                let t = unsafe { k.tile::<R, C>(i, j) };
-                t.iter().enumerate().for_each(|(r, v)| put(i + r, j, v));
-            }
-            for i in full..i1 {
-                put(i, j, &unsafe { k.tile::<1, C>(i, j) }[0]);
-            }
+        let mut j = js.start;
+        while j + C <= js.end {
+            (i0..full).step_by(R).for_each(|i| b.put(i, j, unsafe { k.tile::<R, C>(i, j) }));
+            (full..i1).for_each(|i| b.put(i, j, unsafe { k.tile::<1, C>(i, j) }));
             j += C;
         }
-        for j in j..rows.end {
-            for i in (i0..full).step_by(R) {
-                let t = unsafe { k.tile::<R, 1>(i, j) };
-                t.iter().enumerate().for_each(|(r, v)| put(i + r, j, v));
-            }
-            for i in full..i1 {
-                put(i, j, &unsafe { k.tile::<1, 1>(i, j) }[0]);
-            }
+        for j in j..js.end {
+            (i0..full).step_by(R).for_each(|i| b.put(i, j, unsafe { k.tile::<R, 1>(i, j) }));
+            (full..i1).for_each(|i| b.put(i, j, unsafe { k.tile::<1, 1>(i, j) }));
         }
     }
 }

@@ -9,9 +9,8 @@ use super::qmatrix::QMatrix;
 use super::simd32::{Simd32, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
 use super::simdf::SimdFloat;
 use super::simdk::{SimdK, Q4K, Q5K, Q6K};
-use super::tile::drive;
+use super::tile::{drive, Block};
 use std::marker::PhantomData;
-use std::ops::Range;
 
 /// Runs weight rows `rows` of `qm` against `acts`.
 ///
@@ -21,24 +20,22 @@ use std::ops::Range;
 pub(crate) unsafe fn run<const VNNI: bool>(
     qm: &QMatrix,
     acts: &Acts,
-    m: usize,
-    rows: Range<usize>,
-    out: &mut [f32],
+    b: Block,
 ) {
     let (f, w) = (qm.format(), qm.as_bytes());
     // SAFETY (every arm): forwarded from the caller.
     unsafe {
         match (f, acts) {
-            (_, Acts::F32 { x, k }) => drive(&SimdFloat { f, w, x, k: *k }, m, rows, out),
-            (F::Q4_0, Acts::Q8(a)) => drive(&q32::<Q4_0, VNNI>(w, a), m, rows, out),
-            (F::Q4_1, Acts::Q8(a)) => drive(&q32::<Q4_1, VNNI>(w, a), m, rows, out),
-            (F::Q5_0, Acts::Q8(a)) => drive(&q32::<Q5_0, VNNI>(w, a), m, rows, out),
-            (F::Q5_1, Acts::Q8(a)) => drive(&q32::<Q5_1, VNNI>(w, a), m, rows, out),
-            (F::Q8_0, Acts::Q8(a)) => drive(&q32::<Q8_0, VNNI>(w, a), m, rows, out),
-            (F::Q4_K, Acts::Q8K(a)) => drive(&qk::<Q4K, VNNI>(w, a), m, rows, out),
-            (F::Q5_K, Acts::Q8K(a)) => drive(&qk::<Q5K, VNNI>(w, a), m, rows, out),
-            (F::Q6_K, Acts::Q8K(a)) => drive(&qk::<Q6K, VNNI>(w, a), m, rows, out),
-            _ => drive(&ScalarTile::new(qm, acts), m, rows, out),
+            (_, Acts::F32 { x, k }) => drive(&SimdFloat { f, w, x, k: *k }, b),
+            (F::Q4_0, Acts::Q8(a)) => drive(&q32::<Q4_0, VNNI>(w, a), b),
+            (F::Q4_1, Acts::Q8(a)) => drive(&q32::<Q4_1, VNNI>(w, a), b),
+            (F::Q5_0, Acts::Q8(a)) => drive(&q32::<Q5_0, VNNI>(w, a), b),
+            (F::Q5_1, Acts::Q8(a)) => drive(&q32::<Q5_1, VNNI>(w, a), b),
+            (F::Q8_0, Acts::Q8(a)) => drive(&q32::<Q8_0, VNNI>(w, a), b),
+            (F::Q4_K, Acts::Q8K(a)) => drive(&qk::<Q4K, VNNI>(w, a), b),
+            (F::Q5_K, Acts::Q8K(a)) => drive(&qk::<Q5K, VNNI>(w, a), b),
+            (F::Q6_K, Acts::Q8K(a)) => drive(&qk::<Q6K, VNNI>(w, a), b),
+            _ => drive(&ScalarTile::new(qm, acts), b),
         }
     }
 }
@@ -59,10 +56,8 @@ fn qk<'a, K, const VNNI: bool>(w: &'a [u8], a: &'a super::acts::Q8KActs) -> Simd
 pub(crate) unsafe fn run_vnni(
     qm: &QMatrix,
     acts: &Acts,
-    m: usize,
-    rows: Range<usize>,
-    out: &mut [f32],
+    b: Block,
 ) {
     // SAFETY: forwarded from the caller.
-    unsafe { run::<true>(qm, acts, m, rows, out) }
+    unsafe { run::<true>(qm, acts, b) }
 }
