@@ -32,6 +32,9 @@ pub enum Error {
     /// The engine thread stopped.
     #[error("engine stopped")]
     EngineStopped,
+    /// The engine failed (panicked) while running the request: a server error, never billed.
+    #[error("{0}")]
+    EngineFailed(String),
     #[error("io error at {path}: {source}")]
     Io {
         path: PathBuf,
@@ -114,6 +117,7 @@ impl Error {
             | Error::Template(_)
             | Error::Chain(_)
             | Error::Cuda { .. }
+            | Error::EngineFailed(_)
             | Error::Internal(_) => "server_error",
         }
     }

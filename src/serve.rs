@@ -2,7 +2,8 @@
 //! validated once into the engine and server options. Loads the model (with progress), registers
 //! every adapter folder under `--adapters-dir` and every `--hub-adapter` (lazily: weights are paged
 //! in on first use within the `--adapter-*` budgets), serves until SIGTERM/Ctrl-C, then drains
-//! in-flight requests up to `--shutdown-timeout` seconds and exits 0. With `--ledger` every call is
+//! in-flight requests up to `--shutdown-timeout` seconds and exits 0. An engine panic fails the
+//! in-flight requests (500) and the engine is rebuilt in place (`EngineHandle::spawn_supervised`). With `--ledger` every call is
 //! metered (see `ledger`); with `--chain-rpc` too, payers are admitted against their deposits and
 //! usage settles on chain from a background worker.
 
@@ -234,11 +235,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => (None, None),
     };
-    let engine = EngineHandle::spawn(LlmEngine::with_pager(
-        model.clone(),
-        engine_cfg.clone(),
-        Arc::new(pager),
-    )?);
+    // Supervised: after a panic the engine is rebuilt from the same model, pager and config.
+    let pager = Arc::new(pager);
+    let (m2, cfg2) = (model.clone(), engine_cfg.clone());
+    let engine = EngineHandle::spawn_supervised(move || {
+        LlmEngine::with_pager(m2.clone(), cfg2.clone(), pager.clone())
+    })?;
     let state = AppState::with_meter(engine, registry.clone(), opts, meter);
     tracing::info!(model = %model.name, adapters = registry.len(), kv_blocks = engine_cfg.num_blocks, "serving");
 

@@ -1,15 +1,17 @@
 //! LoRA adapters: the PEFT on-disk format (`adapter`), what registration validates and records
 //! without reading weights (`spec`), the registry of named adapters (`registry`), how a request
 //! names its adapter (`adapter_ref`), the disk -> host -> device tiers (`pager`), the hub cache
-//! (`hub`) and the per-batch segment layout handed to SGMV (`batch`). Adapters are never merged
+//! (`hub`), regular-file-only reads of adapter files (`regular_file`) and the per-batch segment layout handed to SGMV (`batch`). Adapters are never merged
 //! into base weights; a running sequence holds a pager `Lease` on its adapters, which pins them.
 
 mod adapter;
 mod adapter_ref;
 mod batch;
 pub mod hub;
+mod hub_download;
 mod pager;
 mod registry;
+pub mod regular_file;
 mod spec;
 
 pub use adapter::{LoraAdapter, LoraConfig, LoraWeights};

@@ -41,6 +41,9 @@ pub struct AppState {
     pub meter: Option<Arc<Meter>>,
     pub default_max_tokens: usize,
     pub created: u64,
+    /// A prompt text longer than this (in characters) cannot fit the context whatever it
+    /// tokenizes to: rejected before it is tokenized.
+    pub max_prompt_chars: usize,
 }
 
 pub fn unix_now() -> u64 {

@@ -118,6 +118,20 @@ fn sampling(c: &CommonParams, default_max: usize) -> Result<SamplingParams> {
     Ok(p)
 }
 
+/// The cheap bound before tokenizing: a text too long to fit the context whatever it tokenizes
+/// to is rejected without spending the CPU on it (the exact check is the engine's, on tokens).
+fn check_prompt_chars(state: &AppState, text: &str) -> Result<()> {
+    // Bytes bound characters from above: only count them when the bytes alone exceed the bound.
+    if text.len() > state.max_prompt_chars && text.chars().count() > state.max_prompt_chars {
+        return Err(Error::ContextLength(format!(
+            "This model's maximum context length is {} tokens. However, your prompt ({} characters) is certainly longer.",
+            state.engine.max_seq_len(),
+            text.chars().count()
+        )));
+    }
+    Ok(())
+}
+
 impl ValidRequest {
     pub fn chat(state: &AppState, r: ChatRequest) -> Result<Self> {
         let (mix, adapter_label) = resolve_adapters(state, &r.common)?;
@@ -173,6 +187,7 @@ impl ValidRequest {
             )
         })?;
         let text = template.render(&messages, true)?;
+        check_prompt_chars(state, &text)?;
         let prompt_ids = model.tokenizer()?.encode(&text, false)?;
         if r.logprobs == Some(true) {
             let n = r.top_logprobs.unwrap_or(0);
@@ -220,7 +235,10 @@ impl ValidRequest {
             params.logprobs = Some(n as usize);
         }
         let model = state.engine.model();
-        let encode = |t: &str| model.tokenizer().and_then(|tok| tok.encode(t, false));
+        let encode = |t: &str| {
+            check_prompt_chars(state, t)?;
+            model.tokenizer().and_then(|tok| tok.encode(t, false))
+        };
         let prompts: Vec<Vec<u32>> = match r.prompt {
             PromptSpec::Text(t) => vec![encode(&t)?],
             PromptSpec::Texts(ts) => ts.iter().map(|t| encode(t)).collect::<Result<_>>()?,
