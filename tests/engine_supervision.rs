@@ -24,15 +24,7 @@ fn body(prompt: &[u32], max_tokens: u32, stream: bool) -> Value {
 
 /// (status, full body text) of one completion.
 async fn call(http: &reqwest::Client, url: &str, key: &str, body: Value) -> (u16, String) {
-    let resp = http
-        .post(format!("{url}/v1/completions"))
-        .bearer_auth(key)
-        .json(&body)
-        .send()
-        .await
-        .expect("request");
-    let status = resp.status().as_u16();
-    (status, resp.text().await.unwrap_or_default())
+    post_completion(http, url, key, &body).await
 }
 
 async fn status_of(http: &reqwest::Client, url: &str) -> u16 {
@@ -165,13 +157,11 @@ async fn an_engine_panic_fails_in_flight_calls_unbilled_and_the_engine_restarts(
 
     // Nothing billed for the failed calls: the ledger holds the first call only.
     let store = Store::open(&setup.ledger()).unwrap();
-    let ids: Vec<String> = store
-        .all_amounts()
-        .unwrap()
-        .into_iter()
-        .map(|(id, _, _)| id)
-        .collect();
-    assert_eq!(ids, vec![before_id.clone()], "only the call before the fault is billed");
+    assert_eq!(
+        billed_ids(&store),
+        vec![before_id.clone()],
+        "only the call before the fault is billed"
+    );
 
     // A later call (streamed, same prompt) succeeds on the restarted engine and is billed.
     let (status, text) = call(&http, &url, &api_key(1), body(&prompt, 60, true)).await;
@@ -185,12 +175,7 @@ async fn an_engine_panic_fails_in_flight_calls_unbilled_and_the_engine_restarts(
         after["choices"][0]["text"], before["choices"][0]["text"],
         "the restarted engine answers as before"
     );
-    let ids: Vec<String> = store
-        .all_amounts()
-        .unwrap()
-        .into_iter()
-        .map(|(id, _, _)| id)
-        .collect();
+    let ids = billed_ids(&store);
     assert_eq!(ids.len(), 3, "{ids:?}");
     assert!(ids.contains(&after["id"].as_str().unwrap().to_string()));
     drop(server);

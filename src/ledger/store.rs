@@ -171,7 +171,7 @@ impl Store {
     pub fn insert_all(&self, records: &[&UsageRecord]) -> Result<Vec<Result<i64>>> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let each = records.iter().map(|r| insert_row(&tx, r)).collect();
+        let each: Vec<_> = records.iter().map(|r| insert_row(&tx, r)).collect();
         tx.commit()?;
         Ok(each)
     }

@@ -276,7 +276,9 @@ async fn collect_response(
     let usage = total_usage(&choices.iter().map(|c| c.usage).collect::<Vec<_>>());
     if let Some(e) = failure {
         // The server failed the call: not billed.
-        call.take().map(CallMeter::void);
+        if let Some(m) = call.take() {
+            m.void();
+        }
         timer.finish(usage, e.error_type());
         return ApiError::from(e).into_response();
     }
@@ -390,7 +392,9 @@ fn stream_response(
             Err(e) => {
                 // The server failed the call: not billed; the client sees why, then the end.
                 failed = true;
-                call.take().map(CallMeter::void);
+                if let Some(m) = call.take() {
+                    m.void();
+                }
                 t.finish(total_usage(&usages), e.error_type());
                 return stream::iter(error_events(ApiError::from(e))).boxed();
             }
