@@ -59,11 +59,10 @@ def check(r: httpx.Response, what: object) -> None:
 
 
 def post(http: httpx.Client, path: str, content: bytes, key: str = ALICE) -> httpx.Response:
-    return http.post(
-        path,
-        content=content,
-        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-    )
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    return http.post(path, content=content, headers=headers)
 
 
 # ---- strategies -------------------------------------------------------------------------------
