@@ -164,3 +164,62 @@ fn commit_group(store: &Store, metrics: &Metrics, jobs: Vec<Job>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::record::RequestId;
+    use super::*;
+    use alloy::primitives::{Address, B256};
+
+    fn record(id: &str) -> UsageRecord {
+        UsageRecord {
+            request_id: RequestId(id.into()),
+            payer: Address::repeat_byte(1),
+            operator: Address::repeat_byte(2),
+            adapter_id: B256::ZERO,
+            parts: vec![],
+            prompt_tokens: 3,
+            completion_tokens: 2,
+            amount: U256::from(7u64),
+            timestamp: 1,
+            finish: "stop".into(),
+            output_hash: B256::ZERO,
+            attribution: vec![],
+            splits: vec![(Address::repeat_byte(2), U256::from(7u64))],
+        }
+    }
+
+    #[test]
+    fn concurrent_records_commit_in_groups_and_a_duplicate_fails_alone() {
+        let dir = std::env::temp_dir().join(format!("openlora-writer-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Arc::new(Store::open(&dir.join("ledger.sqlite")).unwrap());
+        let metrics = Arc::new(Metrics::new());
+        let writer = Arc::new(Writer::spawn(store.clone(), metrics.clone()));
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let w = writer.clone();
+                std::thread::spawn(move || {
+                    let commits: Vec<Commit> = (0..25)
+                        .map(|i| w.submit(record(&format!("r{t}-{i}")), None))
+                        .collect();
+                    commits.into_iter().map(Commit::wait_blocking).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for t in threads {
+            assert!(t.join().unwrap().iter().all(Result::is_ok));
+        }
+        assert_eq!(store.all_amounts().unwrap().len(), 200, "every record committed");
+        assert_eq!(metrics.ledger_records.get(), 200);
+        // In one group: a duplicate id fails its own record only.
+        let a = writer.submit(record("r0-0"), None);
+        let b = writer.submit(record("fresh"), None);
+        assert!(a.wait_blocking().is_err(), "request ids are unique");
+        b.wait_blocking().unwrap();
+        assert!(store.get("fresh").unwrap().is_some());
+        drop(writer);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
