@@ -175,7 +175,7 @@ fn serve(
 fn rebuild_engine(rebuild: &mut Rebuild, rx: &mpsc::Receiver<Command>) -> Option<LlmEngine> {
     let mut delay = Duration::from_millis(100);
     loop {
-        match catch_unwind(AssertUnwindSafe(|| rebuild())) {
+        match catch_unwind(AssertUnwindSafe(rebuild.as_mut())) {
             Ok(Ok(engine)) => return Some(engine),
             Ok(Err(e)) => tracing::error!(error = %e, "rebuilding the engine failed; retrying"),
             Err(p) => tracing::error!(panic = panic_message(&*p), "rebuilding the engine panicked; retrying"),
