@@ -34,7 +34,7 @@ pub struct Meter {
     pub funds: Option<Arc<Funds>>,
     pub operator: Address,
     metrics: Arc<Metrics>,
-    writer: Writer,
+    writer: Arc<Writer>,
 }
 
 /// The priced adapters of one call: (terms, weight as given, share in ppm of the mix).
@@ -78,7 +78,7 @@ impl Meter {
         metrics: Arc<Metrics>,
     ) -> Self {
         Meter {
-            writer: Writer::spawn(store.clone(), metrics.clone()),
+            writer: Arc::new(Writer::spawn(store.clone(), metrics.clone())),
             store,
             prices,
             datanets,
@@ -87,6 +87,11 @@ impl Meter {
             operator,
             metrics,
         }
+    }
+
+    /// The ledger's one writer (the settlement worker writes through it too).
+    pub fn writer(&self) -> Arc<Writer> {
+        self.writer.clone()
     }
 
     /// Blocks until every record queued so far is committed (tests, tools).

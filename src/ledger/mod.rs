@@ -115,6 +115,7 @@ pub async fn open(
         (Some(settler), Some(c), Some(funds)) => {
             let mut w = SettlementWorker::new(
                 store,
+                meter.writer(),
                 funds,
                 settler,
                 SettleConfig {

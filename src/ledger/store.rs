@@ -1,8 +1,8 @@
 //! The durable ledger: one SQLite file in WAL mode with `synchronous = FULL`, so a record is on
-//! disk when `insert`/`insert_all` returns and survives `kill -9`. Usage records are inserted by
-//! the one ledger writer thread (`writer`), a group per transaction. Tables: `usage` (one row per metered call),
-//! `batches` (settlement batches, written before they are submitted), `payers` (last known
-//! on-chain escrow). Amounts are decimal strings of wei, hashes and addresses 0x-hex.
+//! disk when `insert`/`insert_all` returns and survives `kill -9`. In the server every write
+//! goes through the one ledger writer thread (`writer`; usage records a group per transaction).
+//! Tables: `usage` (one row per metered call), `batches` (settlement batches, written before they
+//! are submitted), `payers` (last known on-chain escrow). Amounts are decimal strings of wei, hashes and addresses 0x-hex.
 //!
 //! What always holds: a usage row belongs to at most one batch, and a batch's rows never change
 //! once the batch is written; a batch is `pending` until its transaction is known to have

@@ -1,8 +1,9 @@
-//! The ledger's one writer: a thread that owns every usage-record insert. Callers queue a record
-//! (`Writer::submit`) and get a `Commit` that resolves once the record is durable; the thread
-//! takes every record queued meanwhile and commits them in one SQLite transaction (group commit:
-//! one `synchronous = FULL` sync for the group), then answers each caller and moves its payer's
-//! reservation to committed usage. No request thread ever waits on SQLite.
+//! The ledger's one writer: a thread that owns every write to the ledger. Callers queue a usage
+//! record (`Writer::submit`) and get a `Commit` that resolves once the record is durable; the
+//! thread takes every record queued meanwhile and commits them in one SQLite transaction (group
+//! commit: one `synchronous = FULL` sync for the group), then answers each caller and moves its
+//! payer's reservation to committed usage. The settlement worker's writes (batches, escrows) run
+//! on the same thread (`Writer::write`). No request thread or async worker waits on a commit.
 //!
 //! What always holds: a record's `Commit` resolves `Ok` only after its transaction committed;
 //! records queued before the writer is dropped are committed before its thread ends.
@@ -29,6 +30,8 @@ pub struct Settle {
 
 enum Job {
     Insert(Box<UsageRecord>, Option<Settle>, oneshot::Sender<Result<()>>),
+    /// Any other ledger write (settlement batches, escrows); answers through its own channel.
+    Write(Box<dyn FnOnce(&Store) + Send>),
     /// Answered once every job queued before it is done.
     Flush(oneshot::Sender<()>),
 }
@@ -95,6 +98,20 @@ impl Writer {
         }
     }
 
+    /// Runs the write `f` on the writer thread (after the records queued before it) and returns
+    /// its result.
+    pub async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        let job = Job::Write(Box::new(move |s: &Store| drop(tx.send(f(s)))));
+        if self.tx.as_ref().is_none_or(|t| t.send(job).is_err()) {
+            return Err(stopped());
+        }
+        rx.await.unwrap_or_else(|_| Err(stopped()))
+    }
+
     /// Blocks until every record queued so far is committed (tests, shutdown).
     pub fn flush(&self) {
         let (tx, rx) = oneshot::channel();
@@ -131,7 +148,7 @@ fn commit_group(store: &Store, metrics: &Metrics, jobs: Vec<Job>) {
         .iter()
         .filter_map(|j| match j {
             Job::Insert(r, _, _) => Some(&**r),
-            Job::Flush(_) => None,
+            Job::Write(_) | Job::Flush(_) => None,
         })
         .collect();
     let results = store.insert_all(&records);
@@ -148,6 +165,7 @@ fn commit_group(store: &Store, metrics: &Metrics, jobs: Vec<Job>) {
     for job in jobs {
         match job {
             Job::Flush(done) => drop(done.send(())),
+            Job::Write(f) => f(store),
             Job::Insert(record, settle, reply) => {
                 let r = results.next().unwrap_or_else(|| Err(stopped())).map(|_| ());
                 if r.is_ok() {
