@@ -88,14 +88,12 @@ impl Writer {
     pub fn submit(&self, record: UsageRecord, settle: Option<Settle>) -> Commit {
         let (tx, rx) = oneshot::channel();
         let job = Job::Insert(Box::new(record), settle, tx);
-        match self.tx.as_ref().map(|t| t.send(job)) {
-            Some(Ok(())) => Commit(Some(rx)),
-            _ => {
-                let (tx, rx) = oneshot::channel();
-                let _ = tx.send(Err(stopped()));
-                Commit(Some(rx))
-            }
+        if self.tx.as_ref().is_some_and(|t| t.send(job).is_ok()) {
+            return Commit(Some(rx));
         }
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(Err(stopped()));
+        Commit(Some(rx))
     }
 
     /// Runs the write `f` on the writer thread (after the records queued before it) and returns
