@@ -1,6 +1,7 @@
 //! Engine configuration, validated once by `EngineConfig::validate` before the engine starts.
 
 use crate::error::{Error, Result};
+use crate::exec::KvDtype;
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -14,6 +15,8 @@ pub struct EngineConfig {
     pub max_num_seqs: usize,
     /// Distinct adapters in one step.
     pub max_adapters_per_step: usize,
+    /// Element type of the KV cache.
+    pub kv_dtype: KvDtype,
 }
 
 impl Default for EngineConfig {
@@ -24,6 +27,7 @@ impl Default for EngineConfig {
             max_batch_tokens: 512,
             max_num_seqs: 64,
             max_adapters_per_step: 16,
+            kv_dtype: KvDtype::Auto,
         }
     }
 }

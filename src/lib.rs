@@ -9,19 +9,18 @@
 //! in batches on an OP Stack chain through `chain` (alloy bindings to `contracts/`); `ledger` records
 //! every call durably, attributes it to data contributors and runs the settlement worker.
 
-pub mod bench;
-pub mod bench_pager;
 pub mod chain;
+pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod exec;
 pub mod kv_cache;
 pub mod ledger;
 pub mod lora;
 pub mod metrics;
 pub mod model;
 pub mod ops;
-pub mod serve;
 pub mod server;
 
 pub use error::{Error, Result};

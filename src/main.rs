@@ -1,5 +1,7 @@
 //! The `openlora` command line: `generate` (one prompt, streamed to stdout) and `bench`.
 
+mod cli;
+
 use clap::{Parser, Subcommand};
 use openlora::config::EngineConfig;
 use openlora::engine::{EngineHandle, GenerateRequest, LlmEngine, SamplingParams};
@@ -42,11 +44,13 @@ enum Cmd {
         temperature: f32,
         #[arg(long)]
         seed: Option<u64>,
+        #[command(flatten)]
+        runtime: cli::runtime_args::RuntimeArgs,
     },
     /// Serve the OpenAI-compatible HTTP API.
-    Serve(openlora::serve::ServeArgs),
+    Serve(cli::serve::ServeArgs),
     /// Decode throughput: batch 1 vs batch N with N distinct adapters, in one run.
-    Bench(openlora::bench::BenchArgs),
+    Bench(cli::bench::BenchArgs),
     /// Proof of Attribution: suffix-array build time and per-call attribution latency.
     BenchAttribution(openlora::ledger::attribution_bench::AttributionBenchArgs),
 }
@@ -67,8 +71,14 @@ fn main() -> anyhow::Result<()> {
             max_tokens,
             temperature,
             seed,
+            runtime,
         } => {
-            let model = Arc::new(Model::load(&model)?);
+            runtime.init_threads()?;
+            let model = Arc::new(Model::load_with(&model, &runtime.load_options()?)?);
+            let engine_cfg = EngineConfig {
+                kv_dtype: runtime.kv_dtype()?,
+                ..Default::default()
+            };
             let registry = AdapterRegistry::new(model.config().clone());
             let mut mix = Vec::new();
             for spec in &adapters {
@@ -104,7 +114,7 @@ fn main() -> anyhow::Result<()> {
                 ..Default::default()
             };
             let handle =
-                EngineHandle::spawn(LlmEngine::new(model.clone(), EngineConfig::default())?);
+                EngineHandle::spawn(LlmEngine::new(model.clone(), engine_cfg)?);
             let mut stream = handle.submit_blocking(GenerateRequest {
                 prompt_ids,
                 adapters: mix,
@@ -120,9 +130,9 @@ fn main() -> anyhow::Result<()> {
             }
             writeln!(out)?;
         }
-        Cmd::Bench(args) => openlora::bench::run(args)?,
+        Cmd::Bench(args) => cli::bench::run(args)?,
         Cmd::BenchAttribution(args) => openlora::ledger::attribution_bench::run(args)?,
-        Cmd::Serve(args) => openlora::serve::run(args)?,
+        Cmd::Serve(args) => cli::serve::run(args)?,
     }
     Ok(())
 }

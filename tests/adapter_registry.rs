@@ -5,7 +5,7 @@
 
 mod common;
 use common::*;
-use openlora::bench::write_random_adapter;
+use openlora::lora::write_random_adapter;
 use openlora::config::EngineConfig;
 use openlora::engine::{EngineHandle, GenerateRequest, LlmEngine};
 use openlora::lora::{AdapterPager, AdapterRegistry, PagerConfig, Proj, Tier};

@@ -4,16 +4,22 @@
 
 mod common;
 use common::*;
-use openlora::bench::random_adapter;
+use openlora::lora::random_adapter;
 use openlora::config::EngineConfig;
 use openlora::engine::{GenerateRequest, LlmEngine, SamplingParams, SeqId};
 use openlora::lora::{AdapterRegistry, LoraAdapter};
-use openlora::model::Model;
+use openlora::exec::KvDtype;
+use openlora::model::{LoadOptions, Model};
+use openlora::ops::cpu::quant::WeightFormat;
 use std::sync::Arc;
 
 fn setup() -> (Arc<Model>, Vec<Vec<(Arc<LoraAdapter>, f32)>>) {
+    setup_with(&LoadOptions::default())
+}
+
+fn setup_with(opts: &LoadOptions) -> (Arc<Model>, Vec<Vec<(Arc<LoraAdapter>, f32)>>) {
     let dir = fixtures().join("tiny");
-    let model = Arc::new(Model::load(&dir.join("model")).unwrap());
+    let model = Arc::new(Model::load_with(&dir.join("model"), opts).unwrap());
     let reg = AdapterRegistry::new(model.config().clone());
     let ad: Vec<Arc<LoraAdapter>> = ["a4", "a8", "a16"]
         .iter()
@@ -62,17 +68,21 @@ fn workload(mixes: &[Vec<(Arc<LoraAdapter>, f32)>]) -> Vec<(SeqId, usize, Genera
 }
 
 fn check(engine_cfg: EngineConfig) -> usize {
-    let (model, mixes) = setup();
+    check_with(engine_cfg, &LoadOptions::default())
+}
+
+fn check_with(engine_cfg: EngineConfig, opts: &LoadOptions) -> usize {
+    let (model, mixes) = setup_with(opts);
     let work = workload(&mixes);
     let mut arrivals = vec![vec![]; 10];
     for (id, at, req) in &work {
         arrivals[*at].push((*id, req.clone()));
     }
-    let mut engine = LlmEngine::new(model.clone(), engine_cfg).unwrap();
+    let mut engine = LlmEngine::new(model.clone(), engine_cfg.clone()).unwrap();
     let (out, peak) = run_engine(&mut engine, arrivals);
     assert!(peak >= 4, "requests should overlap in steps (peak {peak})");
     for (id, _, req) in work {
-        let alone = run_alone(&model, req);
+        let alone = run_alone_with(&model, req, engine_cfg.kv_dtype);
         assert_eq!(
             out[&id], alone,
             "sequence {id:?} differs in the batch from alone"
@@ -89,6 +99,23 @@ fn mixed_adapter_batch_with_arrivals_equals_each_request_alone() {
         ..Default::default()
     });
     assert_eq!(preempted, 0);
+}
+
+#[test]
+fn quantized_weights_and_16_bit_kv_batch_equals_each_request_alone() {
+    // Q8_0 projections with Q8_0 activations (int8 dot products), an f16 and a bf16 KV cache.
+    let q8 = LoadOptions {
+        quantize: Some(WeightFormat::Q8_0),
+        ..Default::default()
+    };
+    for kv_dtype in [KvDtype::F16, KvDtype::BF16] {
+        let cfg = EngineConfig {
+            max_batch_tokens: 64,
+            kv_dtype,
+            ..Default::default()
+        };
+        assert_eq!(check_with(cfg, &q8), 0);
+    }
 }
 
 #[test]

@@ -8,11 +8,17 @@ use openlora::engine::{EngineHandle, FinishReason, LlmEngine, SamplingParams};
 use openlora::model::{ChatMessage, Model};
 use std::sync::Arc;
 
+/// On the exact f32 path (the reference one; transformers says "The capital of France is Paris.").
+/// The first token of this answer is a near-tie in the reference itself ("The" 25.33 vs "L" 25.24),
+/// which 8-bit activation rounding can flip: the quantized path is checked against the reference
+/// by agreement rates in quantized_smollm2.rs, not on one prompt.
 #[test]
 fn cli_generate_answers_paris() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_openlora"))
         .args([
             "generate",
+            "--dtype",
+            "f32",
             "--chat",
             "--max-tokens",
             "24",
@@ -53,7 +59,8 @@ fn collect(
 
 #[test]
 fn stop_strings_eos_and_seeds() {
-    let model = Arc::new(Model::load(&smollm2_path()).unwrap());
+    // The exact path, whose answer is known to be "The capital of France is Paris." (see above).
+    let model = Arc::new(Model::load_with(&smollm2_path(), &f32_weights()).unwrap());
     let tmpl = model.template.as_ref().unwrap();
     let chat = tmpl
         .render(

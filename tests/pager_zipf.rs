@@ -6,7 +6,7 @@
 
 mod common;
 use common::*;
-use openlora::bench::write_random_adapter;
+use openlora::lora::write_random_adapter;
 use openlora::config::EngineConfig;
 use openlora::engine::{GenerateRequest, LlmEngine, SamplingParams, SeqId};
 use openlora::lora::{AdapterPager, AdapterRegistry, AdapterSpec, PagerConfig, Proj, Tier};

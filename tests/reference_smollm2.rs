@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 #[test]
 fn smollm2_matches_transformers_peft_and_hf_tokenizer() {
-    let model = Arc::new(Model::load(&smollm2_path()).unwrap());
+    let model = Arc::new(Model::load_with(&smollm2_path(), &f32_weights()).unwrap());
     let tok = model.tokenizer().unwrap();
 
     // Tokenizer: every case, including digits, runs of spaces, accents, emoji and special tokens.

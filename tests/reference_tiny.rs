@@ -11,7 +11,7 @@ use std::sync::Arc;
 #[test]
 fn tiny_llama_matches_transformers_peft() {
     let dir = fixtures().join("tiny");
-    let model = Arc::new(Model::load(&dir.join("model")).unwrap());
+    let model = Arc::new(Model::load_with(&dir.join("model"), &f32_weights()).unwrap());
     assert_eq!(
         model.config().kv_heads * 2,
         model.config().heads,

@@ -130,13 +130,13 @@ impl EngineHandle {
         Self::start(engine, None)
     }
 
-    /// An engine built by `rebuild` and rebuilt by it after a panic (same model, pager and
-    /// config; the pager and the metrics outlive the engine).
+    /// `engine`, rebuilt by `rebuild` after a panic (same model, pager and config; the pager and
+    /// the metrics outlive the engine).
     pub fn spawn_supervised(
-        mut rebuild: impl FnMut() -> Result<LlmEngine> + Send + 'static,
-    ) -> Result<Self> {
-        let engine = rebuild()?;
-        Ok(Self::start(engine, Some(Box::new(rebuild))))
+        engine: LlmEngine,
+        rebuild: impl FnMut() -> Result<LlmEngine> + Send + 'static,
+    ) -> Self {
+        Self::start(engine, Some(Box::new(rebuild)))
     }
 
     fn start(engine: LlmEngine, rebuild: Option<Rebuild>) -> Self {

@@ -1,5 +1,5 @@
-//! The synchronous engine: `step()` = schedule -> one forward over the whole batch -> sample and
-//! stream. Owns the model, the KV cache and every sequence. A finished or aborted sequence is
+//! The synchronous engine: `step()` = schedule -> plan -> the executor runs it -> sample and
+//! stream. Owns the executor (behind the backend seam), the block allocator and every sequence. A finished or aborted sequence is
 //! dropped at once, which returns its KV blocks and its adapter pins. Registered adapters are
 //! paged in by the `AdapterPager` off this thread; a step never waits for one unless there is
 //! nothing else to run.
@@ -10,18 +10,18 @@ use super::scheduler::{Scheduled, Scheduler};
 use super::sequence::{SeqId, Sequence};
 use crate::config::EngineConfig;
 use crate::error::{Error, Result};
-use crate::kv_cache::{BlockAllocator, KvCache};
-use crate::lora::{AdapterPager, AdapterRef, LoraBatch, PagerConfig};
+use crate::exec::{self, ExecConfig, Executor, StepPlan};
+use crate::kv_cache::BlockAllocator;
+use crate::lora::{AdapterPager, AdapterRef, PagerConfig};
 use crate::metrics::Metrics;
-use crate::model::{ForwardBatch, Model};
-use crate::ops::cpu::AttnSeq;
+use crate::model::Model;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub struct LlmEngine {
     model: Arc<Model>,
-    kv: KvCache,
+    executor: Box<dyn Executor>,
     alloc: BlockAllocator,
     scheduler: Scheduler,
     pager: Arc<AdapterPager>,
@@ -65,18 +65,16 @@ impl LlmEngine {
         pager: Arc<AdapterPager>,
     ) -> Result<Self> {
         cfg.validate()?;
-        let m = model.config();
-        let kv = KvCache::new(
-            m.layers,
-            cfg.num_blocks,
-            cfg.block_size,
-            m.kv_heads,
-            m.head_dim,
-        );
+        let exec_cfg = ExecConfig {
+            num_blocks: cfg.num_blocks,
+            block_size: cfg.block_size,
+            kv_dtype: cfg.kv_dtype,
+        };
+        let executor = exec::create(&model, &exec_cfg, pager.slots().clone())?;
         let alloc = BlockAllocator::new(cfg.num_blocks, cfg.block_size);
         Ok(LlmEngine {
             model,
-            kv,
+            executor,
             alloc,
             scheduler: Scheduler::new(cfg),
             pager,
@@ -85,6 +83,11 @@ impl LlmEngine {
 
     pub fn pager(&self) -> &Arc<AdapterPager> {
         &self.pager
+    }
+
+    /// The executor's one-line description (device, formats, KV cache).
+    pub fn describe(&self) -> String {
+        self.executor.describe()
     }
 
     /// Waiting sequences whose adapters finished paging in since the last call.
@@ -140,9 +143,9 @@ impl LlmEngine {
         let distinct: HashSet<_> = req
             .adapters
             .iter()
-            .filter_map(|(a, _)| match a {
-                AdapterRef::Paged(s) => Some(s.id),
-                AdapterRef::Fixed(_) => None,
+            .map(|(a, _)| match a {
+                AdapterRef::Paged(s) => s.id,
+                AdapterRef::Fixed(a) => a.uid,
             })
             .collect();
         let slots = self.pager.config().device_slots;
@@ -195,11 +198,13 @@ impl LlmEngine {
         }
         // Group rows by adapter mix so each adapter is one SGMV segment.
         plan.sort_by_key(|s| self.scheduler.running[s.idx].adapter_key());
-        let logits = {
-            let batch = build_batch(&self.scheduler.running, &plan);
-            self.model.llama.forward(&batch, &mut self.kv)
-        };
-        self.postprocess(&plan, &logits)
+        let step = build_plan(&self.scheduler.running, &plan);
+        match self.executor.step(&step) {
+            Ok(logits) => self.postprocess(&plan, &logits),
+            // An executor failure is the server's: it must not go unnoticed (the supervisor
+            // fails the in-flight requests and restarts the engine).
+            Err(e) => panic!("executor step failed: {e}"),
+        }
     }
 
     fn postprocess(&mut self, plan: &[Scheduled], logits: &[f32]) -> Vec<(SeqId, SeqEvent)> {
@@ -262,34 +267,20 @@ impl LlmEngine {
     }
 }
 
-/// Flattens the scheduled sequences into one forward batch.
-fn build_batch<'a>(running: &'a [Sequence], plan: &[Scheduled]) -> ForwardBatch<'a> {
-    let mut b = ForwardBatch {
-        tokens: vec![],
-        positions: vec![],
-        slots: vec![],
-        seqs: vec![],
-        lora: LoraBatch::default(),
-        logit_rows: vec![],
-    };
+/// Flattens the scheduled sequences into one step plan.
+fn build_plan(running: &[Sequence], plan: &[Scheduled]) -> StepPlan {
+    let mut p = StepPlan::default();
     for s in plan {
         let seq = &running[s.idx];
-        let start = b.tokens.len();
-        for pos in seq.computed..seq.computed + s.tokens {
-            b.tokens.push(seq.tokens[pos]);
-            b.positions.push(pos);
-            b.slots.push(seq.blocks.slot(pos));
-        }
-        b.seqs.push(AttnSeq {
-            row_start: start,
-            rows: s.tokens,
-            context_len: seq.computed + s.tokens,
-            block_table: seq.blocks.ids(),
-        });
-        b.lora.push(start..start + s.tokens, &seq.adapters);
-        if seq.computed + s.tokens == seq.tokens.len() {
-            b.logit_rows.push(start + s.tokens - 1);
-        }
+        let end = seq.computed + s.tokens;
+        p.push_seq(
+            &seq.tokens[seq.computed..end],
+            seq.computed,
+            |pos| seq.blocks.slot(pos),
+            seq.blocks.ids(),
+            &seq.adapters,
+            end == seq.tokens.len(),
+        );
     }
-    b
+    p
 }

@@ -1,6 +1,8 @@
-//! Picks the next token from one sequence's logits: penalties, then greedy or temperature
+//! Picks the next token from one sequence's logits: penalties, then greedy (argmax) or temperature
 //! sampling filtered by top-k, top-p and min-p, with the sequence's own seeded RNG (so a seeded
 //! request is reproducible whatever else shares its batch). Logprobs are of the raw logits.
+//! Every path is O(vocab) or close: only the candidates a filter can keep are ever sorted
+//! (partial selection, widened geometrically until top-p's mass is covered), never the vocabulary.
 
 use super::request::{SamplingParams, TokenLogprob};
 use rand::rngs::StdRng;
@@ -22,6 +24,7 @@ fn log_softmax(logits: &[f32]) -> Vec<f32> {
     logits.iter().map(|&x| x - lse).collect()
 }
 
+/// The first index of the largest value (one pass).
 fn argmax(x: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &v) in x.iter().enumerate() {
@@ -96,20 +99,26 @@ impl Sampler {
     }
 
     fn sample_random(&mut self, x: &[f32], p: &SamplingParams) -> u32 {
-        // Candidates sorted by logit (desc), then filtered; probabilities renormalised.
-        let mut cand: Vec<(u32, f32)> = x
+        let scaled: Vec<(u32, f32)> = x
             .iter()
             .enumerate()
             .map(|(i, &v)| (i as u32, v / p.temperature))
             .collect();
-        cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        if p.top_k > 0 {
-            cand.truncate(p.top_k);
+        let max = scaled.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max);
+        if p.top_k == 0 && p.top_p >= 1.0 && p.min_p <= 0.0 {
+            // No filter: one draw over the whole distribution, in one pass.
+            let w: Vec<f32> = scaled.iter().map(|c| (c.1 - max).exp()).collect();
+            let mut r = self.rng.random::<f32>() * w.iter().sum::<f32>();
+            for (i, q) in w.iter().enumerate() {
+                r -= q;
+                if r <= 0.0 {
+                    return i as u32;
+                }
+            }
+            return argmax(x);
         }
-        let max = cand[0].1;
-        let mut probs: Vec<f32> = cand.iter().map(|&(_, v)| (v - max).exp()).collect();
-        let z: f32 = probs.iter().sum();
-        probs.iter_mut().for_each(|q| *q /= z);
+        let (cand, z) = candidates(&scaled, max, p);
+        let probs: Vec<f32> = cand.iter().map(|&(_, v)| (v - max).exp() / z).collect();
         let mut keep = probs.len();
         if p.top_p < 1.0 {
             let mut acc = 0.0;
@@ -134,6 +143,45 @@ impl Sampler {
             }
         }
         cand[keep - 1].0
+    }
+}
+
+/// The `n` largest `(token, scaled logit)` pairs, sorted (desc, ties by id), by partial selection.
+fn top_n(scaled: &[(u32, f32)], n: usize) -> Vec<(u32, f32)> {
+    let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    let mut v = scaled.to_vec();
+    if n < v.len() {
+        v.select_nth_unstable_by(n - 1, order);
+        v.truncate(n);
+    }
+    v.sort_by(order);
+    v
+}
+
+/// The candidates the filters may keep, sorted by logit, and the mass their probabilities are
+/// normalised by: with top-k, exactly the top k (renormalised among themselves, as vLLM does);
+/// otherwise the head of the distribution, widened 64, 256, ... until it covers top-p's mass
+/// (or, for min-p alone, until it reaches below min-p's floor).
+fn candidates(scaled: &[(u32, f32)], max: f32, p: &SamplingParams) -> (Vec<(u32, f32)>, f32) {
+    let mass = |c: &[(u32, f32)]| c.iter().map(|c| (c.1 - max).exp()).sum::<f32>();
+    if p.top_k > 0 {
+        let head = top_n(scaled, p.top_k.min(scaled.len()));
+        let z = mass(&head);
+        return (head, z);
+    }
+    let z = mass(scaled);
+    let mut n = 64.min(scaled.len());
+    loop {
+        let head = top_n(scaled, n);
+        let covered = if p.top_p < 1.0 {
+            mass(&head) / z >= p.top_p
+        } else {
+            head.last().is_some_and(|c| (c.1 - max).exp() < p.min_p)
+        };
+        if covered || n == scaled.len() {
+            return (head, z);
+        }
+        n = (n * 4).min(scaled.len());
     }
 }
 
@@ -217,5 +265,52 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(Sampler::new(None).sample(&logits, &p, &[0], &[]).0, 1);
+    }
+
+    #[test]
+    fn partial_selection_keeps_what_a_full_sort_keeps() {
+        use rand::Rng;
+        let mut rng = StdRng::seed_from_u64(3);
+        // A peaky 49,152-token distribution and a flat one (top-p must widen past 64 there).
+        for spread in [8.0f32, 0.01] {
+            let x: Vec<f32> = (0..49_152).map(|_| rng.random_range(-spread..spread)).collect();
+            for (top_k, top_p, min_p) in [(0, 0.9, 0.0), (40, 0.95, 0.0), (0, 1.0, 0.05), (0, 0.5, 0.1)] {
+                let p = SamplingParams {
+                    temperature: 0.8,
+                    top_k,
+                    top_p,
+                    min_p,
+                    ..Default::default()
+                };
+                let scaled: Vec<(u32, f32)> =
+                    x.iter().enumerate().map(|(i, &v)| (i as u32, v / 0.8)).collect();
+                let max = scaled.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max);
+                let (cand, _) = candidates(&scaled, max, &p);
+                let mut full = scaled.clone();
+                full.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                assert_eq!(cand[..], full[..cand.len()], "head is the sorted prefix");
+                // The head covers every token the filters keep.
+                let z: f64 = full.iter().map(|c| ((c.1 - max) as f64).exp()).sum();
+                let kz: f64 = full[..if top_k > 0 { top_k } else { full.len() }]
+                    .iter()
+                    .map(|c| ((c.1 - max) as f64).exp())
+                    .sum();
+                let z = if top_k > 0 { kz } else { z };
+                let mut acc = 0.0;
+                let mut need = 0;
+                for c in &full {
+                    let q = ((c.1 - max) as f64).exp() / z;
+                    if (top_p < 1.0 && acc >= top_p as f64 - 1e-6)
+                        || (top_p >= 1.0 && q < min_p as f64)
+                        || (top_k > 0 && need == top_k)
+                    {
+                        break;
+                    }
+                    acc += q;
+                    need += 1;
+                }
+                assert!(cand.len() >= need, "kept {} < needed {need}", cand.len());
+            }
+        }
     }
 }

@@ -11,6 +11,7 @@
 use super::sequence::{SeqId, Sequence};
 use crate::config::EngineConfig;
 use crate::error::Error;
+use crate::lora::AdapterSlot;
 use std::collections::{HashSet, VecDeque};
 
 /// Steps a ready sequence may be passed over for the distinct-adapter cap before it blocks
@@ -36,10 +37,8 @@ pub struct Scheduled {
     pub tokens: usize,
 }
 
-fn adapter_set(s: &Sequence) -> impl Iterator<Item = usize> + '_ {
-    s.adapters
-        .iter()
-        .map(|(a, _)| std::sync::Arc::as_ptr(a) as usize)
+fn adapter_set(s: &Sequence) -> impl Iterator<Item = AdapterSlot> + '_ {
+    s.adapters.iter().map(|(a, _)| *a)
 }
 
 impl Scheduler {
@@ -66,7 +65,7 @@ impl Scheduler {
     pub fn schedule(&mut self) -> Vec<Scheduled> {
         let mut budget = self.cfg.max_batch_tokens;
         let mut plan = Vec::new();
-        let mut adapters: HashSet<usize> = HashSet::new();
+        let mut adapters: HashSet<AdapterSlot> = HashSet::new();
         // 1. Running sequences, oldest first; preempt from the newest end when blocks run out.
         let mut i = 0;
         while i < self.running.len() && budget > 0 {
@@ -96,7 +95,7 @@ impl Scheduler {
         &mut self,
         budget: &mut usize,
         plan: &mut Vec<Scheduled>,
-        adapters: &mut HashSet<usize>,
+        adapters: &mut HashSet<AdapterSlot>,
     ) {
         let mut i = 0;
         let mut full = false;
@@ -121,7 +120,7 @@ impl Scheduler {
                 i += 1;
                 continue;
             }
-            let new: Vec<usize> = adapter_set(seq).filter(|a| !adapters.contains(a)).collect();
+            let new: Vec<AdapterSlot> = adapter_set(seq).filter(|a| !adapters.contains(a)).collect();
             if adapters.len() + new.len() > self.cfg.max_adapters_per_step && !plan.is_empty() {
                 // Prefer sequences whose adapters are already in this step; one passed over for
                 // too long stops admission behind it until the running adapters drain.

@@ -2,14 +2,14 @@
 //! whose K/V are in the cache (always <= tokens.len()). Preemption drops the block table and
 //! resets `computed` to 0: the sequence is recomputed later with the same tokens and RNG state.
 //! A sequence is ready once every adapter of its mix is on device; from then until it is dropped
-//! its pager lease pins them, and `adapters` holds their compute-ready weights in mix order.
+//! its pager lease pins them, and `adapters` holds their slots in the adapter pool, in mix order.
 
 use super::detokenizer::Detokenizer;
 use super::request::{GenerateRequest, SamplingParams};
 use super::sampler::Sampler;
 use crate::error::Result;
 use crate::kv_cache::BlockTable;
-use crate::lora::{AdapterPager, AdapterRef, Lease, LoraAdapter};
+use crate::lora::{AdapterPager, AdapterRef, AdapterSlot, AdapterSpec, Lease};
 use std::sync::Arc;
 
 /// Engine-wide unique id of a sequence.
@@ -23,8 +23,9 @@ pub struct Sequence {
     pub computed: usize,
     /// The adapters as requested.
     pub mix: Vec<(AdapterRef, f32)>,
-    /// The weights of `mix`, filled once ready (empty before, and for the base model).
-    pub adapters: Vec<(Arc<LoraAdapter>, f32)>,
+    /// The pool slots of `mix` with their weights, filled once ready (empty before, and for the
+    /// base model).
+    pub adapters: Vec<(AdapterSlot, f32)>,
     lease: Option<Lease>,
     ready: bool,
     /// Steps this ready sequence was passed over for the distinct-adapter cap (aging).
@@ -39,12 +40,13 @@ impl Sequence {
     /// Creates the sequence and claims its paged adapters (starting their page-in).
     pub fn new(id: SeqId, req: GenerateRequest, blocks: BlockTable, pager: &AdapterPager) -> Self {
         let prompt_len = req.prompt_ids.len();
+        // In-memory adapters go through the pager too: they need a slot of the pool.
         let paged: Vec<_> = req
             .adapters
             .iter()
-            .filter_map(|(r, _)| match r {
-                AdapterRef::Paged(s) => Some(s.clone()),
-                AdapterRef::Fixed(_) => None,
+            .map(|(r, _)| match r {
+                AdapterRef::Paged(s) => s.clone(),
+                AdapterRef::Fixed(a) => Arc::new(AdapterSpec::preloaded(a.clone())),
             })
             .collect();
         Sequence {
@@ -73,20 +75,17 @@ impl Sequence {
         if self.ready {
             return Ok(true);
         }
-        let mut paged = match &mut self.lease {
+        let slots = match &mut self.lease {
             Some(l) => match l.poll()? {
-                Some(p) => p.to_vec().into_iter(),
+                Some(p) => p.to_vec(),
                 None => return Ok(false),
             },
-            None => Vec::new().into_iter(),
+            None => Vec::new(),
         };
-        self.adapters = self
-            .mix
-            .iter()
-            .map(|(r, w)| match r {
-                AdapterRef::Fixed(a) => (a.clone(), *w),
-                AdapterRef::Paged(_) => (paged.next().expect("one pin per paged adapter"), *w),
-            })
+        self.adapters = slots
+            .into_iter()
+            .zip(&self.mix)
+            .map(|(slot, (_, w))| (slot, *w))
             .collect();
         self.ready = true;
         Ok(true)
@@ -103,11 +102,8 @@ impl Sequence {
     }
 
     /// Sort key grouping sequences with the same adapter mix next to each other.
-    pub fn adapter_key(&self) -> Vec<usize> {
-        self.adapters
-            .iter()
-            .map(|(a, _)| Arc::as_ptr(a) as usize)
-            .collect()
+    pub fn adapter_key(&self) -> Vec<AdapterSlot> {
+        self.adapters.iter().map(|(s, _)| *s).collect()
     }
 
     /// Drops the KV blocks; the sequence will be recomputed from scratch (its pins stay).

@@ -1,8 +1,7 @@
-//! The paged KV cache: a fixed pool of blocks (`block_manager`) and their storage (`cache`).
-//! A sequence owns a `BlockTable`; dropping the table returns its blocks to the pool at once.
+//! The paged KV cache's bookkeeping: a fixed pool of block ids (`block_manager`). A sequence owns a
+//! `BlockTable`; dropping the table returns its blocks to the pool at once. The storage the ids
+//! index lives in the executor (`exec`), on whatever device it runs.
 
 mod block_manager;
-mod cache;
 
 pub use block_manager::{BlockAllocator, BlockId, BlockTable};
-pub use cache::KvCache;

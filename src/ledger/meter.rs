@@ -19,7 +19,7 @@ use crate::engine::{FinishReason, SeqEvent};
 use crate::error::Result;
 use crate::lora::AdapterRef;
 use crate::metrics::Metrics;
-use crate::server::unix_now;
+use crate::clock::unix_now;
 use alloy::primitives::{keccak256, Address, B256, U256};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

@@ -21,7 +21,7 @@ use super::store::{BatchId, SettledInfo, Store, StoredBatch, UnbatchedRow};
 use crate::chain::{protocol_fee, Batch, ChainError, MerkleTree, Settler};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::server::unix_now;
+use crate::clock::unix_now;
 use alloy::primitives::{keccak256, Address, B256, U256};
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -116,6 +116,8 @@ pub struct LoraWeights {
 /// A loaded adapter: `layers[l][proj]`.
 #[derive(Debug)]
 pub struct LoraAdapter {
+    /// The registered adapter's id, or a fresh in-memory id (`AdapterId::fresh_in_memory`).
+    pub uid: AdapterId,
     pub name: String,
     pub path: PathBuf,
     pub config: LoraConfig,
@@ -134,7 +136,7 @@ impl LoraAdapter {
 
     /// Loads and validates an adapter folder against the base model (eagerly, from disk).
     pub fn load(name: &str, dir: &Path, model: &ModelConfig) -> Result<Self> {
-        let spec = AdapterSpec::read(AdapterId(u32::MAX), name, dir, model)?;
+        let spec = AdapterSpec::read(AdapterId::fresh_in_memory(), name, dir, model)?;
         let path = spec.weights_path();
         let bytes = super::regular_file::read(&path)?;
         Self::from_bytes(&spec, &bytes, model)
@@ -197,6 +199,7 @@ impl LoraAdapter {
             return Err(bad("no LoRA tensors found".into()));
         }
         Ok(LoraAdapter {
+            uid: spec.id,
             name: spec.name.clone(),
             path: spec.dir.clone(),
             config: spec.config.clone(),

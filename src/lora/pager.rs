@@ -10,7 +10,7 @@
 //!   draining (new leases for it wait behind the queued page-in), so its pins run out and the
 //!   oldest page-in gets a slot. No page-in waits forever under any popularity distribution.
 
-use super::{AdapterId, AdapterSpec, LoraAdapter};
+use super::{AdapterId, AdapterSlot, AdapterSpec, LoraAdapter, SlotTable};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::model::ModelConfig;
@@ -97,7 +97,8 @@ pub struct PagerStats {
 }
 
 struct DeviceEntry {
-    adapter: Arc<LoraAdapter>,
+    /// The slot of the executor's adapter pool this adapter occupies (filled in `SlotTable`).
+    slot: AdapterSlot,
     pins: usize,
     last_use: u64,
     /// Every slot was pinned when a page-in needed one: new leases wait instead of pinning.
@@ -122,12 +123,15 @@ struct State {
     /// Leases not yet pinned, per adapter: their adapters are not evicted for other page-ins.
     wanted: HashMap<AdapterId, usize>,
     failed: HashMap<AdapterId, String>,
+    /// Slots of the pool no device entry occupies.
+    free_slots: Vec<AdapterSlot>,
     stats: PagerStats,
     stop: bool,
 }
 
 struct Shared {
     model: ModelConfig,
+    slots: Arc<SlotTable>,
     cfg: PagerConfig,
     metrics: Arc<Metrics>,
     state: Mutex<State>,
@@ -147,7 +151,7 @@ pub struct AdapterPager {
 pub struct Lease {
     shared: Arc<Shared>,
     specs: Vec<Arc<AdapterSpec>>,
-    pinned: Option<Vec<Arc<LoraAdapter>>>,
+    pinned: Option<Vec<AdapterSlot>>,
 }
 
 impl Shared {
@@ -186,7 +190,7 @@ impl State {
 
     /// Evicts the least recently used device entry that is unpinned and not awaited by a lease
     /// (a draining one counts as not awaited); false if there is none.
-    fn evict_device(&mut self, m: &Metrics) -> bool {
+    fn evict_device(&mut self, m: &Metrics, slots: &SlotTable) -> bool {
         let wanted = &self.wanted;
         let victim = self
             .device
@@ -197,6 +201,7 @@ impl State {
         let Some(id) = victim else { return false };
         let e = self.device.remove(&id).expect("victim exists");
         assert_eq!(e.pins, 0, "a pinned adapter must never be evicted");
+        self.release_slot(e.slot, slots);
         self.stats.device_evictions += 1;
         m.adapter_evictions.with_label_values(&["device"]).inc();
         true
@@ -233,14 +238,22 @@ impl State {
         }
     }
 
-    fn unpin(&mut self, id: AdapterId) {
+    fn unpin(&mut self, id: AdapterId, slots: &SlotTable) {
         let Some(e) = self.device.get_mut(&id) else {
             return;
         };
         e.pins -= 1;
         if e.pins == 0 && e.forgotten {
+            let slot = e.slot;
             self.device.remove(&id);
+            self.release_slot(slot, slots);
         }
+    }
+
+    /// Returns a slot to the free list once its occupant has left the device tier.
+    fn release_slot(&mut self, slot: AdapterSlot, slots: &SlotTable) {
+        slots.clear(slot);
+        self.free_slots.push(slot);
     }
 
     fn publish(&mut self, m: &Metrics) {
@@ -260,11 +273,16 @@ impl State {
 impl AdapterPager {
     pub fn new(model: ModelConfig, cfg: PagerConfig, metrics: Arc<Metrics>) -> Result<Self> {
         cfg.validate()?;
+        let state = State {
+            free_slots: (0..cfg.device_slots as u32).rev().map(AdapterSlot).collect(),
+            ..State::default()
+        };
         let shared = Arc::new(Shared {
             model,
+            slots: Arc::new(SlotTable::new(cfg.device_slots)),
             cfg,
             metrics,
-            state: Mutex::default(),
+            state: Mutex::new(state),
             wake_worker: Condvar::new(),
             loaded: Condvar::new(),
         });
@@ -285,6 +303,11 @@ impl AdapterPager {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.shared.metrics
+    }
+
+    /// The slot table an executor reads the leased slots' weights from.
+    pub fn slots(&self) -> &Arc<SlotTable> {
+        &self.shared.slots
     }
 
     /// Claims `specs` for one request and starts paging in whatever is not on device yet.
@@ -339,8 +362,10 @@ impl AdapterPager {
         st.failed.remove(&id);
         match st.device.get_mut(&id) {
             Some(e) if e.pins > 0 => e.forgotten = true,
-            Some(_) => {
+            Some(e) => {
+                let slot = e.slot;
                 st.device.remove(&id);
+                st.release_slot(slot, &self.shared.slots);
             }
             None => {}
         }
@@ -370,9 +395,9 @@ impl Drop for AdapterPager {
 }
 
 impl Lease {
-    /// The pinned adapters (in the order given) once all are on device; `None` while paging in.
-    /// Fails if a page-in failed (the file changed or vanished since registration).
-    pub fn poll(&mut self) -> Result<Option<&[Arc<LoraAdapter>]>> {
+    /// The slots of the pinned adapters (in the order given) once all are on device; `None` while
+    /// paging in. Fails if a page-in failed (the file changed or vanished since registration).
+    pub fn poll(&mut self) -> Result<Option<&[AdapterSlot]>> {
         if self.pinned.is_none() {
             self.pinned = self.try_pin()?;
         }
@@ -383,7 +408,7 @@ impl Lease {
         self.pinned.is_some()
     }
 
-    fn try_pin(&self) -> Result<Option<Vec<Arc<LoraAdapter>>>> {
+    fn try_pin(&self) -> Result<Option<Vec<AdapterSlot>>> {
         let mut st = self.shared.lock();
         for s in &self.specs {
             if let Some(msg) = st.failed.get(&s.id) {
@@ -415,7 +440,7 @@ impl Lease {
                 let e = st.device.get_mut(&s.id).expect("checked resident");
                 e.pins += 1;
                 e.last_use = now;
-                e.adapter.clone()
+                e.slot
             })
             .collect();
         st.publish(&self.shared.metrics);
@@ -431,7 +456,7 @@ impl Drop for Lease {
         let mut st = self.shared.lock();
         for s in &self.specs {
             match pinned {
-                true => st.unpin(s.id),
+                true => st.unpin(s.id, &self.shared.slots),
                 false => st.want(s.id, -1),
             }
         }
@@ -486,9 +511,10 @@ fn page_in(shared: &Shared, spec: &AdapterSpec) -> Result<()> {
             h.bytes.clone()
         })
     };
-    let bytes = match cached {
-        Some(b) => b,
-        None => {
+    let bytes = match (&spec.preloaded, cached) {
+        (Some(adapter), _) => return install(shared, spec, adapter.clone()),
+        (None, Some(b)) => b,
+        (None, None) => {
             let start = Instant::now();
             let path = spec.weights_path();
             let b = Arc::new(super::regular_file::read(&path)?);
@@ -508,16 +534,23 @@ fn page_in(shared: &Shared, spec: &AdapterSpec) -> Result<()> {
         .with_label_values(&["device"])
         .observe(start.elapsed().as_secs_f64());
     m.adapter_loads.with_label_values(&["device"]).inc();
+    install(shared, spec, adapter)
+}
+
+/// Puts a compute-ready adapter into a free slot of the device tier (waiting for one).
+fn install(shared: &Shared, spec: &AdapterSpec, adapter: Arc<LoraAdapter>) -> Result<()> {
     let Some(mut st) = wait_for_slot(shared) else {
         return Ok(()); // stopping
     };
     st.device.values_mut().for_each(|e| e.draining = false);
     let last_use = st.tick();
     st.stats.device_loads += 1;
+    let slot = st.free_slots.pop().expect("wait_for_slot leaves a free slot");
+    shared.slots.fill(slot, adapter);
     st.device.insert(
         spec.id,
         DeviceEntry {
-            adapter,
+            slot,
             pins: 0,
             last_use,
             draining: false,
@@ -532,7 +565,7 @@ fn page_in(shared: &Shared, spec: &AdapterSpec) -> Result<()> {
 fn wait_for_slot(shared: &Shared) -> Option<MutexGuard<'_, State>> {
     let mut st = shared.lock();
     let mut last_drain: Option<Instant> = None;
-    while st.device.len() >= shared.cfg.device_slots && !st.evict_device(&shared.metrics) {
+    while st.free_slots.is_empty() && !st.evict_device(&shared.metrics, &shared.slots) {
         // Every slot is pinned or awaited: drain the least recently used pinned adapter so its
         // pins run out (awaited ones get pinned at the engine's next poll). Another one is added
         // only if no progress was made for a while (a pin may be held for long).

@@ -15,6 +15,17 @@ use std::sync::{Arc, RwLock};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AdapterId(pub u32);
 
+/// Ids from here up name in-memory adapters (never registered); the registry counts up from 0.
+const IN_MEMORY_IDS: u32 = 1 << 31;
+
+impl AdapterId {
+    /// A new id for an adapter held in memory, distinct from every registered id.
+    pub fn fresh_in_memory() -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(IN_MEMORY_IDS);
+        AdapterId(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     by_name: HashMap<String, Arc<AdapterSpec>>,

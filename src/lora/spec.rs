@@ -29,6 +29,9 @@ pub struct AdapterSpec {
     pub file_bytes: usize,
     /// Size of the compute-ready f32 layout (the device-tier footprint).
     pub size_bytes: usize,
+    /// Weights already in the compute-ready layout (an in-memory adapter: tests, benchmarks);
+    /// the pager installs them without reading any file.
+    pub preloaded: Option<std::sync::Arc<super::LoraAdapter>>,
 }
 
 /// `(layer, proj, is_a)` of a PEFT tensor name, or a clear error.
@@ -118,7 +121,27 @@ impl AdapterSpec {
             ranks,
             file_bytes: mmap.len(),
             size_bytes,
+            preloaded: None,
         })
+    }
+
+    /// The spec of an adapter held in memory; its id is the adapter's own `uid`.
+    pub fn preloaded(adapter: std::sync::Arc<super::LoraAdapter>) -> Self {
+        let ranks = adapter
+            .layers
+            .iter()
+            .map(|row| std::array::from_fn(|p| row[p].as_ref().map(|w| w.rank)))
+            .collect();
+        AdapterSpec {
+            id: adapter.uid,
+            name: adapter.name.clone(),
+            dir: adapter.path.clone(),
+            config: adapter.config.clone(),
+            ranks,
+            file_bytes: 0,
+            size_bytes: adapter.size_bytes(),
+            preloaded: Some(adapter),
+        }
     }
 
     /// Validates every tensor of the header; returns `ranks[layer][proj]`.

@@ -193,8 +193,8 @@ impl ModelConfig {
     }
 
     /// (out, in) of a projection's weight.
-    pub fn proj_shape(&self, p: crate::lora::Proj) -> (usize, usize) {
-        use crate::lora::Proj::*;
+    pub fn proj_shape(&self, p: super::Proj) -> (usize, usize) {
+        use super::Proj::*;
         match p {
             Q => (self.q_dim(), self.hidden),
             K | V => (self.kv_dim(), self.hidden),

@@ -1,22 +1,28 @@
-//! GGUF (llama.cpp) models: metadata -> `ModelConfig`, tensors (F32/F16/Q8_0/Q4_0/Q4_1, any type
-//! candle can dequantize) -> dense f32 in the HF layout. llama.cpp stores q/k rows of the llama
-//! architecture permuted for its interleaved rope; they are un-permuted here so that HF-trained
-//! LoRA adapters line up with the base weights.
+//! GGUF (llama.cpp) models: metadata -> `ModelConfig`; tensors either in their stored format
+//! (`get_native`: the quant blocks stay in the memory-mapped file) or dequantized to dense f32
+//! (`get`, the reference path), both in the HF layout. llama.cpp stores q/k rows of the llama
+//! architecture permuted for its interleaved rope; they are un-permuted here (whole rows move, so
+//! this works on quantized rows too) so that HF-trained LoRA adapters line up with the base weights.
 
 use super::config::Arch;
 use super::weights::{TensorName, TensorSource};
 use super::ModelConfig;
 use crate::error::{Error, Result};
-use crate::lora::Proj;
+use super::Proj;
 use candle_core::quantized::gguf_file::{Content, Value};
+use crate::ops::cpu::quant::{QMatrix, QStorage, WeightFormat};
 use candle_core::Device;
+use memmap2::Mmap;
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub struct GgufFile {
     path: PathBuf,
     reader: BufReader<File>,
+    /// The whole file, mapped read-only: native tensors borrow their blocks from it.
+    mmap: Arc<Mmap>,
     pub content: Content,
     arch: Option<Arch>,
     heads: usize,
@@ -43,11 +49,15 @@ fn num(v: &Value) -> Option<f64> {
 impl GgufFile {
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: a read-only map of a model file; the server never writes it, and every tensor
+        // range is bounds-checked against the map's length before use.
+        let mmap = Arc::new(unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?);
         let mut reader = BufReader::new(file);
         let content = Content::read(&mut reader).map_err(|e| Error::file("gguf", path, e))?;
         Ok(GgufFile {
             path: path.to_path_buf(),
             reader,
+            mmap,
             content,
             arch: None,
             heads: 0,
@@ -118,21 +128,43 @@ impl GgufFile {
     }
 }
 
-/// Inverts llama.cpp's q/k permutation: rows `(head, pair, 2)` back to `(head, 2, pair)`.
-fn unpermute(w: &[f32], heads: usize, cols: usize) -> Vec<f32> {
-    let rows = w.len() / cols;
+/// The row permutation that inverts llama.cpp's q/k permutation: output row `dst` is input row
+/// `perm[dst]`, rows `(head, pair, 2)` going back to `(head, 2, pair)`.
+fn unpermute_rows(rows: usize, heads: usize) -> Vec<usize> {
     let hd = rows / heads;
-    let mut out = vec![0f32; w.len()];
+    let mut perm = vec![0; rows];
     for h in 0..heads {
         for i in 0..hd / 2 {
             for j in 0..2 {
-                let src = h * hd + i * 2 + j;
-                let dst = h * hd + j * (hd / 2) + i;
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&w[src * cols..(src + 1) * cols]);
+                perm[h * hd + j * (hd / 2) + i] = h * hd + i * 2 + j;
             }
         }
     }
+    perm
+}
+
+/// Inverts llama.cpp's q/k permutation on dense rows of `cols` values.
+fn unpermute(w: &[f32], heads: usize, cols: usize) -> Vec<f32> {
+    let perm = unpermute_rows(w.len() / cols, heads);
+    let mut out = Vec::with_capacity(w.len());
+    for src in perm {
+        out.extend_from_slice(&w[src * cols..(src + 1) * cols]);
+    }
     out
+}
+
+impl GgufFile {
+    /// Heads whose rows llama.cpp permuted in this tensor (q and k of the llama arch), if any.
+    fn permuted_heads(&self, name: &TensorName) -> Option<usize> {
+        if self.arch != Some(Arch::Llama) {
+            return None;
+        }
+        match name {
+            TensorName::Weight(_, Proj::Q) | TensorName::Bias(_, Proj::Q) => Some(self.heads),
+            TensorName::Weight(_, Proj::K) | TensorName::Bias(_, Proj::K) => Some(self.kv_heads),
+            _ => None,
+        }
+    }
 }
 
 impl TensorSource for GgufFile {
@@ -148,19 +180,41 @@ impl TensorSource for GgufFile {
         let t = q.dequantize(&Device::Cpu)?;
         let shape = t.dims().to_vec();
         let mut data = t.flatten_all()?.to_vec1::<f32>()?;
-        if self.arch == Some(Arch::Llama) {
+        if let Some(heads) = self.permuted_heads(name) {
             let cols = shape.last().copied().unwrap_or(1);
-            match name {
-                TensorName::Weight(_, Proj::Q) | TensorName::Bias(_, Proj::Q) => {
-                    data = unpermute(&data, self.heads, cols)
-                }
-                TensorName::Weight(_, Proj::K) | TensorName::Bias(_, Proj::K) => {
-                    data = unpermute(&data, self.kv_heads, cols)
-                }
-                _ => {}
-            }
+            data = unpermute(&data, heads, cols);
         }
         Ok(Some((data, shape)))
+    }
+
+    fn get_native(&mut self, name: &TensorName) -> Result<Option<QMatrix>> {
+        let key = Self::gguf_name(name);
+        let Some(info) = self.content.tensor_infos.get(&key) else {
+            return Ok(None);
+        };
+        let bad = |m: String| Error::file("gguf", &self.path, format!("{key}: {m}"));
+        let dims = info.shape.dims();
+        let [rows, cols] = dims[..] else {
+            return Err(bad(format!("expected a matrix, found shape {dims:?}")));
+        };
+        let format = WeightFormat::ALL
+            .into_iter()
+            .find(|f| f.ggml_dtype() == info.ggml_dtype)
+            .ok_or_else(|| bad(format!("unsupported tensor type {:?}", info.ggml_dtype)))?;
+        let start = self.content.tensor_data_offset as usize + info.offset as usize;
+        let end = start + rows * format.row_bytes(cols);
+        if end > self.mmap.len() {
+            return Err(bad("tensor data runs past the end of the file".into()));
+        }
+        let storage = QStorage::mapped(self.mmap.clone(), start..end);
+        let q = QMatrix::from_bytes(format, rows, cols, storage).map_err(|e| bad(e.to_string()))?;
+        match self.permuted_heads(name) {
+            Some(heads) => q
+                .permute_rows(&unpermute_rows(rows, heads))
+                .map(Some)
+                .map_err(|e| bad(e.to_string())),
+            None => Ok(Some(q)),
+        }
     }
 
     fn describe(&self) -> String {

@@ -4,7 +4,8 @@
 use super::safetensors_file::SafetensorsFile;
 use super::weights::{TensorName, TensorSource};
 use crate::error::{Error, Result};
-use crate::lora::Proj;
+use crate::ops::cpu::quant::QMatrix;
+use super::Proj;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -89,6 +90,14 @@ impl TensorSource for HfFolder {
         let key = Self::hf_name(name);
         match self.index.get(&key) {
             Some(&i) => self.files[i].tensor_f32(&key).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn get_native(&mut self, name: &TensorName) -> Result<Option<QMatrix>> {
+        let key = Self::hf_name(name);
+        match self.index.get(&key) {
+            Some(&i) => self.files[i].matrix(&key).map(Some),
             None => Ok(None),
         }
     }

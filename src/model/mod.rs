@@ -1,30 +1,37 @@
-//! The base model: architecture config, weights loaded from GGUF or an HF folder into one dense
-//! layout, tokenizer, chat template and stop ids. `Model::load` is the only constructor, so a
-//! `Model` is always complete and consistent (weights match the config, stop ids are in vocab).
+//! The base model: architecture config, host weights loaded from GGUF or an HF folder (in the
+//! format `LoadOptions` asks for), tokenizer, chat template and stop ids. `Model::load_with` is the
+//! only constructor, so a `Model` is always complete and consistent (weights match the config,
+//! stop ids are in vocab). Running the weights is an executor's job (`exec`), not the model's.
 
 mod chat_template;
 mod config;
 mod gguf;
 mod hf;
-mod llama;
+mod proj;
 pub mod safetensors_file;
 mod tokenizer;
 mod weights;
 
 pub use chat_template::{ChatMessage, ChatTemplate, CHATML};
 pub use config::{Arch, ModelConfig};
-pub use llama::{ForwardBatch, Llama};
+pub use proj::Proj;
 pub use tokenizer::Tokenizer;
-pub use weights::{LlamaWeights, TensorName, TensorSource};
+pub use weights::{
+    LayerWeights, Linear, LlamaWeights, LoadOptions, TensorName, TensorSource, Weight, WeightDtype,
+};
 
 use crate::error::{Error, Result};
 use serde_json::Value;
 use std::path::Path;
+use std::sync::Arc;
 
 pub struct Model {
     /// Served name (file stem or folder name).
     pub name: String,
-    pub llama: Llama,
+    pub cfg: ModelConfig,
+    pub weights: Arc<LlamaWeights>,
+    /// How the weights were loaded (the executor picks its defaults from it).
+    pub load_options: LoadOptions,
     pub tokenizer: Option<Tokenizer>,
     pub template: Option<ChatTemplate>,
     /// Token ids that end generation (every EOS id the model declares).
@@ -36,11 +43,16 @@ const END_MARKERS: [&str; 4] = ["<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoft
 
 impl Model {
     pub fn config(&self) -> &ModelConfig {
-        &self.llama.cfg
+        &self.cfg
+    }
+
+    /// Loads a `.gguf` file or an HF folder with the default options (formats as stored).
+    pub fn load(path: &Path) -> Result<Self> {
+        Self::load_with(path, &LoadOptions::default())
     }
 
     /// Loads a `.gguf` file or an HF folder (`config.json` + safetensors).
-    pub fn load(path: &Path) -> Result<Self> {
+    pub fn load_with(path: &Path, opts: &LoadOptions) -> Result<Self> {
         let name = path
             .file_stem()
             .and_then(|s| s.to_str())
@@ -48,9 +60,9 @@ impl Model {
             .trim_end_matches(".Q4_1")
             .to_string();
         if path.is_dir() {
-            Self::load_hf(path, name)
+            Self::load_hf(path, name, opts)
         } else if path.extension().is_some_and(|e| e == "gguf") {
-            Self::load_gguf(path, name)
+            Self::load_gguf(path, name, opts)
         } else if !path.exists() {
             Err(Error::io(
                 path,
@@ -65,7 +77,7 @@ impl Model {
         }
     }
 
-    fn load_gguf(path: &Path, name: String) -> Result<Self> {
+    fn load_gguf(path: &Path, name: String, opts: &LoadOptions) -> Result<Self> {
         let mut g = gguf::GgufFile::open(path)?;
         let cfg = g.config()?;
         let tokens = g
@@ -102,18 +114,18 @@ impl Model {
             Some(src) => Some(ChatTemplate::new(src, &tok_str(bos), &eos_str)?),
             None => None,
         };
-        let weights = LlamaWeights::load(&cfg, &mut g)?;
+        let weights = LlamaWeights::load(&cfg, &mut g, opts)?;
         Ok(Self::finish(
             name,
             cfg,
-            weights,
+            (weights, *opts),
             Some(tokenizer),
             template,
             eos_ids,
         ))
     }
 
-    fn load_hf(dir: &Path, name: String) -> Result<Self> {
+    fn load_hf(dir: &Path, name: String, opts: &LoadOptions) -> Result<Self> {
         let cfg = ModelConfig::from_hf(&hf::read_json(&dir.join("config.json"))?)?;
         let tokenizer = match dir.join("tokenizer.json") {
             p if p.exists() => Some(Tokenizer::from_file(&p)?),
@@ -160,16 +172,21 @@ impl Model {
             eos_ids.extend(t.token_to_id(&eos));
         }
         let mut src = hf::HfFolder::open(dir)?;
-        let weights = LlamaWeights::load(&cfg, &mut src)?;
+        let weights = LlamaWeights::load(&cfg, &mut src, opts)?;
         Ok(Self::finish(
-            name, cfg, weights, tokenizer, template, eos_ids,
+            name,
+            cfg,
+            (weights, *opts),
+            tokenizer,
+            template,
+            eos_ids,
         ))
     }
 
     fn finish(
         name: String,
         cfg: ModelConfig,
-        weights: LlamaWeights,
+        (weights, load_options): (LlamaWeights, LoadOptions),
         tokenizer: Option<Tokenizer>,
         template: Option<ChatTemplate>,
         mut eos_ids: Vec<u32>,
@@ -179,7 +196,9 @@ impl Model {
         eos_ids.dedup();
         Model {
             name,
-            llama: Llama::new(cfg, weights),
+            cfg,
+            weights: Arc::new(weights),
+            load_options,
             tokenizer,
             template,
             eos_ids,

@@ -1,6 +1,8 @@
-//! A memory-mapped `.safetensors` file with tensors read out as `f32` (from F32, F16 or BF16).
+//! A memory-mapped `.safetensors` file with tensors read out as `f32` (from F32, F16 or BF16), or
+//! as matrices kept in their 16-bit dtype.
 
 use crate::error::{Error, Result};
+use crate::ops::cpu::quant::{QMatrix, QStorage, WeightFormat};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 use std::path::{Path, PathBuf};
@@ -55,6 +57,26 @@ impl SafetensorsFile {
             )
         })?;
         Ok((data, t.shape().to_vec()))
+    }
+}
+
+impl SafetensorsFile {
+    /// A 2-D tensor in its own dtype (F32, F16 or BF16), bytes copied out of the map.
+    pub fn matrix(&self, name: &str) -> Result<QMatrix> {
+        let st = self.parsed()?;
+        let bad = |m: String| Error::file("safetensors", &self.path, format!("`{name}`: {m}"));
+        let t = st.tensor(name).map_err(|e| bad(e.to_string()))?;
+        let format = match t.dtype() {
+            Dtype::F32 => WeightFormat::F32,
+            Dtype::F16 => WeightFormat::F16,
+            Dtype::BF16 => WeightFormat::BF16,
+            other => return Err(bad(format!("unsupported dtype {other:?}"))),
+        };
+        let &[rows, cols] = t.shape() else {
+            return Err(bad(format!("expected a matrix, found shape {:?}", t.shape())));
+        };
+        QMatrix::from_bytes(format, rows, cols, QStorage::copy_from(t.data()))
+            .map_err(|e| bad(e.to_string()))
     }
 }
 

@@ -1,13 +1,65 @@
-//! The dense f32 weights of a Llama-family model, in the HF layout (`[out, in]` per projection,
-//! q/k rows in the rotate-half order). Whatever the source format, the loaders produce exactly
-//! this, with every shape checked against the `ModelConfig`.
+//! The weights of a Llama-family model in the HF layout (`[out, in]` per projection, q/k rows in
+//! the rotate-half order), held in host memory in the format chosen at load (`LoadOptions`):
+//! dense f32 (the exact reference path), or a `QMatrix` that keeps the file's own format (GGUF
+//! quant blocks straight from the memory map, HF 16-bit tensors as they are) or a format quantized
+//! at load. Whatever the source, every shape is checked against the `ModelConfig` here.
 
 use super::ModelConfig;
 use crate::error::{Error, Result};
-use crate::lora::Proj;
+use crate::model::Proj;
+use crate::ops::cpu::quant::{QMatrix, WeightFormat};
+
+/// How weights are kept in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightDtype {
+    /// As stored: GGUF quant formats and HF 16-bit tensors stay as they are.
+    #[default]
+    Auto,
+    /// Dequantized to dense f32 at load (the exact reference path).
+    F32,
+}
+
+/// Load-time choices for the weights.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    pub dtype: WeightDtype,
+    /// Quantize every projection (and the output head) to this format at load (ISQ).
+    pub quantize: Option<WeightFormat>,
+}
+
+/// One weight matrix `[out, in]`.
+pub enum Weight {
+    Dense(Vec<f32>),
+    Quant(QMatrix),
+}
+
+impl Weight {
+    /// Row `i` as f32 (embedding lookup).
+    pub fn row(&self, i: usize, cols: usize, out: &mut [f32]) {
+        match self {
+            Weight::Dense(w) => out.copy_from_slice(&w[i * cols..(i + 1) * cols]),
+            Weight::Quant(q) => q.dequantize_row(i, out),
+        }
+    }
+
+    /// Bytes held in memory (mapped bytes included).
+    pub fn bytes(&self) -> usize {
+        match self {
+            Weight::Dense(w) => w.len() * 4,
+            Weight::Quant(q) => q.byte_len(),
+        }
+    }
+
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Weight::Dense(_) => "f32",
+            Weight::Quant(q) => q.format().name(),
+        }
+    }
+}
 
 pub struct Linear {
-    pub w: Vec<f32>,
+    pub w: Weight,
     pub out: usize,
     pub inp: usize,
     pub bias: Option<Vec<f32>>,
@@ -21,17 +73,20 @@ pub struct LayerWeights {
 }
 
 pub struct LlamaWeights {
-    pub embed: Vec<f32>,
+    pub embed: Weight,
     pub layers: Vec<LayerWeights>,
     pub final_norm: Vec<f32>,
     /// `None` when tied to `embed`.
-    pub lm_head: Option<Vec<f32>>,
+    pub lm_head: Option<Weight>,
 }
 
 /// A source of named tensors (GGUF or safetensors) in logical names.
 pub trait TensorSource {
     /// The tensor as f32 and its shape in `[out, in]` order, or `None` if absent.
     fn get(&mut self, name: &TensorName) -> Result<Option<(Vec<f32>, Vec<usize>)>>;
+    /// A 2-D tensor in its stored format (no conversion), or `None` if absent. Sources that
+    /// cannot keep a format return it dequantized in a `QMatrix` of f32 rows.
+    fn get_native(&mut self, name: &TensorName) -> Result<Option<QMatrix>>;
     fn describe(&self) -> String;
 }
 
@@ -47,35 +102,68 @@ pub enum TensorName {
     Bias(usize, Proj),
 }
 
+fn missing(name: &TensorName, src: &dyn TensorSource) -> Error {
+    Error::unsupported(
+        format!("tensor {name:?}"),
+        format!("missing from {}", src.describe()),
+    )
+}
+
+fn wrong_shape(name: &TensorName, got: &[usize], want: &[usize]) -> Error {
+    Error::unsupported(
+        format!("tensor {name:?}"),
+        format!("shape {got:?}, expected {want:?}"),
+    )
+}
+
+/// Reads one tensor as f32, checking its shape.
+fn dense(src: &mut dyn TensorSource, name: TensorName, shape: &[usize]) -> Result<Vec<f32>> {
+    let (data, got) = src.get(&name)?.ok_or_else(|| missing(&name, src))?;
+    if got != shape {
+        return Err(wrong_shape(&name, &got, shape));
+    }
+    Ok(data)
+}
+
+/// Reads one matrix in the format `opts` asks for, checking its shape.
+fn matrix(
+    src: &mut dyn TensorSource,
+    name: TensorName,
+    (rows, cols): (usize, usize),
+    opts: &LoadOptions,
+    quantize: Option<WeightFormat>,
+) -> Result<Weight> {
+    if opts.dtype == WeightDtype::F32 {
+        return Ok(Weight::Dense(dense(src, name, &[rows, cols])?));
+    }
+    if let Some(fmt) = quantize {
+        let data = dense(src, name, &[rows, cols])?;
+        let q = QMatrix::quantize(&data, rows, cols, fmt)
+            .map_err(|e| Error::unsupported(format!("quantizing {name:?}"), e.to_string()))?;
+        return Ok(Weight::Quant(q));
+    }
+    let q = src.get_native(&name)?.ok_or_else(|| missing(&name, src))?;
+    if (q.rows(), q.cols()) != (rows, cols) {
+        return Err(wrong_shape(&name, &[q.rows(), q.cols()], &[rows, cols]));
+    }
+    Ok(Weight::Quant(q))
+}
+
 impl LlamaWeights {
-    pub fn load(cfg: &ModelConfig, src: &mut dyn TensorSource) -> Result<Self> {
-        let mut need = |name: TensorName, shape: &[usize]| -> Result<Vec<f32>> {
-            let (data, got) = src.get(&name)?.ok_or_else(|| {
-                Error::unsupported(
-                    format!("tensor {name:?}"),
-                    format!("missing from {}", src.describe()),
-                )
-            })?;
-            if got != shape {
-                return Err(Error::unsupported(
-                    format!("tensor {name:?}"),
-                    format!("shape {got:?}, expected {shape:?}"),
-                ));
-            }
-            Ok(data)
-        };
-        let embed = need(TensorName::Embed, &[cfg.vocab_size, cfg.hidden])?;
-        let final_norm = need(TensorName::FinalNorm, &[cfg.hidden])?;
+    pub fn load(cfg: &ModelConfig, src: &mut dyn TensorSource, opts: &LoadOptions) -> Result<Self> {
+        // The embedding is only ever read row by row: it keeps its stored format unless f32.
+        let embed = matrix(src, TensorName::Embed, (cfg.vocab_size, cfg.hidden), opts, None)?;
+        let final_norm = dense(src, TensorName::FinalNorm, &[cfg.hidden])?;
         let mut layers = Vec::with_capacity(cfg.layers);
         for l in 0..cfg.layers {
-            let attn_norm = need(TensorName::AttnNorm(l), &[cfg.hidden])?;
-            let mlp_norm = need(TensorName::MlpNorm(l), &[cfg.hidden])?;
+            let attn_norm = dense(src, TensorName::AttnNorm(l), &[cfg.hidden])?;
+            let mlp_norm = dense(src, TensorName::MlpNorm(l), &[cfg.hidden])?;
             let mut proj = Vec::with_capacity(7);
             for p in Proj::ALL {
                 let (out, inp) = cfg.proj_shape(p);
-                let w = need(TensorName::Weight(l, p), &[out, inp])?;
+                let w = matrix(src, TensorName::Weight(l, p), (out, inp), opts, opts.quantize)?;
                 let bias = if cfg.qkv_bias && matches!(p, Proj::Q | Proj::K | Proj::V) {
-                    Some(need(TensorName::Bias(l, p), &[out])?)
+                    Some(dense(src, TensorName::Bias(l, p), &[out])?)
                 } else {
                     None
                 };
@@ -87,9 +175,10 @@ impl LlamaWeights {
                 proj,
             });
         }
+        let head = (cfg.vocab_size, cfg.hidden);
         let lm_head = match cfg.tie_embeddings {
             true => None,
-            false => Some(need(TensorName::LmHead, &[cfg.vocab_size, cfg.hidden])?),
+            false => Some(matrix(src, TensorName::LmHead, head, opts, opts.quantize)?),
         };
         Ok(LlamaWeights {
             embed,
@@ -99,7 +188,35 @@ impl LlamaWeights {
         })
     }
 
-    pub fn lm_head(&self) -> &[f32] {
-        self.lm_head.as_deref().unwrap_or(&self.embed)
+    pub fn lm_head(&self) -> &Weight {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+
+    /// Bytes of all weights held (mapped or owned).
+    pub fn bytes(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| l.proj.iter().map(|p| p.w.bytes()).sum::<usize>())
+            .sum();
+        layers + self.embed.bytes() + self.lm_head.as_ref().map_or(0, Weight::bytes)
+    }
+
+    /// The formats of the projections, e.g. "q4_1 x 210" (for the startup log).
+    pub fn describe(&self) -> String {
+        let mut counts: Vec<(&str, usize)> = Vec::new();
+        for p in self.layers.iter().flat_map(|l| &l.proj) {
+            match counts.iter_mut().find(|(n, _)| *n == p.w.describe()) {
+                Some(c) => c.1 += 1,
+                None => counts.push((p.w.describe(), 1)),
+            }
+        }
+        let parts: Vec<String> = counts.iter().map(|(n, c)| format!("{n} x {c}")).collect();
+        format!(
+            "projections {}; embedding {}; output {}",
+            parts.join(", "),
+            self.embed.describe(),
+            self.lm_head().describe()
+        )
     }
 }

@@ -1,6 +1,7 @@
 //! Shared state of the HTTP layer: the engine handle, the adapter registry, auth keys, metrics,
 //! and the usage meter when metering is on.
 
+pub use crate::clock::unix_now;
 use crate::engine::EngineHandle;
 use crate::ledger::Meter;
 use crate::lora::AdapterRegistry;
@@ -46,9 +47,3 @@ pub struct AppState {
     pub max_prompt_chars: usize,
 }
 
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}

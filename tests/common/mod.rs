@@ -3,10 +3,10 @@
 
 use openlora::config::EngineConfig;
 use openlora::engine::{GenerateRequest, LlmEngine, SamplingParams, SeqEvent, SeqId};
-use openlora::kv_cache::{BlockAllocator, KvCache};
-use openlora::lora::{LoraAdapter, LoraBatch};
-use openlora::model::{ForwardBatch, Model};
-use openlora::ops::cpu::AttnSeq;
+use openlora::exec::{self, ExecConfig, KvDtype, StepPlan};
+use openlora::kv_cache::BlockAllocator;
+use openlora::lora::{AdapterSlot, LoraAdapter, SlotTable};
+use openlora::model::Model;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -51,40 +51,30 @@ pub fn load_json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-/// Last-position logits of `prompt` in one prefill, computed directly through the model.
+/// Last-position logits of `prompt` in one prefill, computed directly through an executor.
 pub fn prompt_logits(
-    model: &Model,
+    model: &Arc<Model>,
     prompt: &[u32],
     adapter: Option<&Arc<LoraAdapter>>,
 ) -> Vec<f32> {
-    let cfg = model.config();
     let alloc = BlockAllocator::new(prompt.len().div_ceil(16), 16);
-    let mut kv = KvCache::new(
-        cfg.layers,
-        alloc.num_blocks(),
-        16,
-        cfg.kv_heads,
-        cfg.head_dim,
-    );
+    let slots = Arc::new(SlotTable::new(1));
+    let mut mix = vec![];
+    if let Some(a) = adapter {
+        slots.fill(AdapterSlot(0), a.clone());
+        mix.push((AdapterSlot(0), 1.0));
+    }
+    let cfg = ExecConfig {
+        num_blocks: alloc.num_blocks(),
+        block_size: 16,
+        kv_dtype: KvDtype::Auto,
+    };
+    let mut ex = exec::create(model, &cfg, slots).unwrap();
     let mut table = alloc.new_table();
     assert!(table.reserve(prompt.len()));
-    let mut lora = LoraBatch::default();
-    let mix: Vec<_> = adapter.map(|a| (a.clone(), 1.0)).into_iter().collect();
-    lora.push(0..prompt.len(), &mix);
-    let batch = ForwardBatch {
-        tokens: prompt.to_vec(),
-        positions: (0..prompt.len()).collect(),
-        slots: (0..prompt.len()).map(|p| table.slot(p)).collect(),
-        seqs: vec![AttnSeq {
-            row_start: 0,
-            rows: prompt.len(),
-            context_len: prompt.len(),
-            block_table: table.ids(),
-        }],
-        lora,
-        logit_rows: vec![prompt.len() - 1],
-    };
-    model.llama.forward(&batch, &mut kv)
+    let mut plan = StepPlan::default();
+    plan.push_seq(prompt, 0, |p| table.slot(p), table.ids(), &mix, true);
+    ex.step(&plan).unwrap()
 }
 
 pub fn greedy_params(max_tokens: usize) -> SamplingParams {
@@ -138,7 +128,24 @@ pub fn run_engine(
 
 /// Greedy tokens of one request run alone.
 pub fn run_alone(model: &Arc<Model>, req: GenerateRequest) -> Vec<u32> {
-    let mut engine = LlmEngine::new(model.clone(), EngineConfig::default()).unwrap();
+    run_alone_with(model, req, KvDtype::Auto)
+}
+
+/// Greedy tokens of one request run alone with a KV cache of `kv_dtype`.
+pub fn run_alone_with(model: &Arc<Model>, req: GenerateRequest, kv_dtype: KvDtype) -> Vec<u32> {
+    let cfg = EngineConfig {
+        kv_dtype,
+        ..Default::default()
+    };
+    let mut engine = LlmEngine::new(model.clone(), cfg).unwrap();
     let (out, _) = run_engine(&mut engine, vec![vec![(SeqId(0), req)]]);
     out[&SeqId(0)].clone()
+}
+
+/// The exact reference path: weights dequantized to f32 (and, by default with them, an f32 KV cache).
+pub fn f32_weights() -> openlora::model::LoadOptions {
+    openlora::model::LoadOptions {
+        dtype: openlora::model::WeightDtype::F32,
+        quantize: None,
+    }
 }

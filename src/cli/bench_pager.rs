@@ -5,14 +5,14 @@
 //! single-adapter run. The 1,000 adapters are distinct registrations (own ids, own page-ins and
 //! memory) whose folders hard-link one weights file, to keep the disk footprint at one adapter.
 
-use crate::bench::write_random_adapter;
-use crate::config::EngineConfig;
-use crate::engine::{GenerateRequest, LlmEngine, SamplingParams, SeqId};
-use crate::lora::{
+use openlora::config::EngineConfig;
+use openlora::engine::{GenerateRequest, LlmEngine, SamplingParams, SeqId};
+use openlora::lora::{
+    write_random_adapter,
     AdapterPager, AdapterRegistry, AdapterSpec, PagerConfig, Proj, CONFIG_FILE, WEIGHTS_FILE,
 };
-use crate::metrics::Metrics;
-use crate::model::Model;
+use openlora::metrics::Metrics;
+use openlora::model::Model;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};

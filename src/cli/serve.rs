@@ -7,14 +7,14 @@
 //! metered (see `ledger`); with `--chain-rpc` too, payers are admitted against their deposits and
 //! usage settles on chain from a background worker.
 
-use crate::config::EngineConfig;
-use crate::engine::{EngineHandle, LlmEngine};
-use crate::kv_cache::KvCache;
-use crate::ledger::{MeterConfig, MeteringArgs, MeteringFile};
-use crate::lora::{AdapterPager, AdapterRegistry, PagerConfig};
-use crate::metrics::Metrics;
-use crate::model::Model;
-use crate::server::{self, AppState, ServerOptions};
+use super::runtime_args::RuntimeArgs;
+use openlora::config::EngineConfig;
+use openlora::engine::{EngineHandle, LlmEngine};
+use openlora::ledger::{MeterConfig, MeteringArgs, MeteringFile};
+use openlora::lora::{AdapterPager, AdapterRegistry, PagerConfig};
+use openlora::metrics::Metrics;
+use openlora::model::Model;
+use openlora::server::{self, AppState, ServerOptions};
 use anyhow::Context;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -77,6 +77,8 @@ pub struct ServeArgs {
     #[arg(long, env = "OPENLORA_SHUTDOWN_TIMEOUT")]
     pub shutdown_timeout: Option<u64>,
     #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    #[command(flatten)]
     pub metering: MeteringArgs,
 }
 
@@ -102,6 +104,10 @@ struct FileConfig {
     hub_adapters: Vec<String>,
     max_queue: Option<usize>,
     shutdown_timeout: Option<u64>,
+    dtype: Option<String>,
+    quantize: Option<String>,
+    kv_cache_dtype: Option<String>,
+    threads: Option<usize>,
     #[serde(default)]
     metering: MeteringFile,
 }
@@ -183,8 +189,18 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .unwrap_or(30),
     );
 
+    let runtime = args.runtime.or(RuntimeArgs {
+        dtype: file.dtype,
+        quantize: file.quantize,
+        kv_cache_dtype: file.kv_cache_dtype,
+        threads: file.threads,
+    });
+    let load_options = runtime.load_options()?;
+    let kv_dtype = runtime.kv_dtype()?;
+    let threads = runtime.init_threads()?;
+    eprintln!("openlora: {threads} compute threads");
     let pb = progress(&format!("loading {}", model_path.display()));
-    let mut model = Model::load(&model_path)
+    let mut model = Model::load_with(&model_path, &load_options)
         .with_context(|| format!("loading model {}", model_path.display()))?;
     if let Some(name) = args.served_model_name.or(file.served_model_name) {
         model.name = name;
@@ -198,14 +214,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let m = model.config();
     engine_cfg.num_blocks = engine_cfg.blocks_for_memory(
         kv_mb << 20,
-        KvCache::bytes_per_token(m.layers, m.kv_heads, m.head_dim),
+        kv_dtype.resolve(load_options.dtype).bytes_per_token(m),
     );
+    engine_cfg.kv_dtype = kv_dtype;
     let registry = Arc::new(AdapterRegistry::new(m.clone()));
     if let Some(dir) = args.adapters_dir.or(file.adapters_dir) {
         register_dir(&registry, &dir)?;
     }
     for id in &hub_adapters {
-        crate::lora::hub::register(&registry, id)
+        openlora::lora::hub::register(&registry, id)
             .with_context(|| format!("registering hub adapter {id}"))?;
     }
     // One metrics registry per process: the pager, the engine, the server and the meter share it.
@@ -219,7 +236,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(cfg) => {
             let ledger = cfg.ledger.clone();
             let (m, w) = rt
-                .block_on(crate::ledger::open(
+                .block_on(openlora::ledger::open(
                     cfg,
                     model.tokenizer.as_ref(),
                     payers,
@@ -235,12 +252,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => (None, None),
     };
-    // Supervised: after a panic the engine is rebuilt from the same model, pager and config.
     let pager = Arc::new(pager);
+    let engine = LlmEngine::with_pager(model.clone(), engine_cfg.clone(), pager.clone())?;
+    eprintln!("openlora: {}", engine.describe());
+    // Supervised: after a panic the engine is rebuilt from the same model, pager and config.
     let (m2, cfg2) = (model.clone(), engine_cfg.clone());
-    let engine = EngineHandle::spawn_supervised(move || {
+    let engine = EngineHandle::spawn_supervised(engine, move || {
         LlmEngine::with_pager(m2.clone(), cfg2.clone(), pager.clone())
-    })?;
+    });
     let state = AppState::with_meter(engine, registry.clone(), opts, meter);
     tracing::info!(model = %model.name, adapters = registry.len(), kv_blocks = engine_cfg.num_blocks, "serving");
 

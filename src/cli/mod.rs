@@ -1,0 +1,7 @@
+//! The command-line front ends (`serve`, `bench`), kept out of the library: they only parse
+//! flags and wire library parts together.
+
+pub mod bench;
+pub mod bench_pager;
+pub mod runtime_args;
+pub mod serve;

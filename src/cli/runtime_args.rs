@@ -1,0 +1,73 @@
+//! The flags that choose how the model runs, shared by `serve`, `generate` and `bench`: weight
+//! format in memory, load-time quantization, KV cache element type, compute threads. Parsed once
+//! into library types; a bad value is a clear error naming the flag.
+
+use anyhow::Context;
+use openlora::exec::KvDtype;
+use openlora::model::{LoadOptions, WeightDtype};
+use openlora::ops::cpu::quant::WeightFormat;
+
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct RuntimeArgs {
+    /// Weights in memory: `auto` keeps the file's formats (GGUF quant blocks computed on directly,
+    /// HF 16-bit tensors as they are); `f32` dequantizes everything (the exact reference path).
+    #[arg(long, env = "OPENLORA_DTYPE")]
+    pub dtype: Option<String>,
+    /// Quantize the projections at load (`q8_0` or `q4_k`), like mistral.rs ISQ.
+    #[arg(long, env = "OPENLORA_QUANTIZE")]
+    pub quantize: Option<String>,
+    /// KV cache element type: `auto` (f16; f32 with `--dtype f32`), `f16`, `bf16` or `f32`.
+    #[arg(long, env = "OPENLORA_KV_CACHE_DTYPE")]
+    pub kv_cache_dtype: Option<String>,
+    /// Compute threads (default: the machine's cores).
+    #[arg(long, env = "OPENLORA_THREADS")]
+    pub threads: Option<usize>,
+}
+
+impl RuntimeArgs {
+    /// Fills unset fields from `other` (e.g. a config file).
+    pub fn or(self, other: RuntimeArgs) -> RuntimeArgs {
+        RuntimeArgs {
+            dtype: self.dtype.or(other.dtype),
+            quantize: self.quantize.or(other.quantize),
+            kv_cache_dtype: self.kv_cache_dtype.or(other.kv_cache_dtype),
+            threads: self.threads.or(other.threads),
+        }
+    }
+
+    pub fn load_options(&self) -> anyhow::Result<LoadOptions> {
+        let dtype = match self.dtype.as_deref().unwrap_or("auto") {
+            "auto" => WeightDtype::Auto,
+            "f32" | "float32" => WeightDtype::F32,
+            other => anyhow::bail!("--dtype `{other}`: expected auto or f32"),
+        };
+        let quantize = match self.quantize.as_deref() {
+            None | Some("none") => None,
+            Some(q) => match WeightFormat::from_name(q) {
+                Some(f @ (WeightFormat::Q8_0 | WeightFormat::Q4_K)) => Some(f),
+                _ => anyhow::bail!("--quantize `{q}`: expected q8_0 or q4_k"),
+            },
+        };
+        anyhow::ensure!(
+            !(quantize.is_some() && dtype == WeightDtype::F32),
+            "--quantize and --dtype f32 exclude each other"
+        );
+        Ok(LoadOptions { dtype, quantize })
+    }
+
+    pub fn kv_dtype(&self) -> anyhow::Result<KvDtype> {
+        KvDtype::parse(self.kv_cache_dtype.as_deref().unwrap_or("auto"))
+            .context("--kv-cache-dtype")
+    }
+
+    /// Sizes the global compute pool once (before any parallel work); returns its thread count.
+    pub fn init_threads(&self) -> anyhow::Result<usize> {
+        let n = self.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        });
+        anyhow::ensure!(n > 0, "--threads must be > 0");
+        // Fails only if the pool was already built (then it keeps its size).
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+        Ok(rayon::current_num_threads())
+    }
+}

@@ -1,0 +1,130 @@
+//! The Llama-family forward pass over one heterogeneous batch: rows of many sequences flattened
+//! into `[tokens, hidden]`; base projections shared by all rows (dense f32 or quantized weights),
+//! each row's LoRA delta added by SGMV over the batch's segments; attention through each
+//! sequence's block table. Logits are computed only for the plan's `logit_rows`. No step reads
+//! another row's values except through attention of its own sequence, so every row's result is
+//! the same alone or batched.
+
+use super::kv_store::KvStore;
+use crate::exec::StepPlan;
+use crate::lora::LoraAdapter;
+use crate::model::{LlamaWeights, ModelConfig, Proj, Weight};
+use crate::ops::cpu::quant::qlinear;
+use crate::ops::cpu::{self, AttnSeq, LoraSegment, LoraTerm, RopeTable};
+use std::ops::Range;
+use std::sync::Arc;
+
+/// The step's LoRA segments with their slots resolved to weights.
+pub type ResolvedLora = Vec<(Range<usize>, Vec<(Arc<LoraAdapter>, f32)>)>;
+
+pub struct CpuModel {
+    pub cfg: ModelConfig,
+    pub weights: Arc<LlamaWeights>,
+    rope: RopeTable,
+}
+
+/// `y[m, n] = x[m, k] · Wᵀ (+ b)` for any weight format.
+fn matmul(x: &[f32], m: usize, w: &Weight, n: usize, k: usize, bias: Option<&[f32]>) -> Vec<f32> {
+    let mut y = vec![0f32; m * n];
+    match w {
+        Weight::Dense(w) => cpu::linear(x, m, w, n, k, bias, &mut y),
+        Weight::Quant(q) => qlinear(x, m, q, bias, &mut y),
+    }
+    y
+}
+
+/// The SGMV segments of one projection of one layer (terms whose adapter targets it).
+fn segments(lora: &ResolvedLora, layer: usize, proj: Proj) -> Vec<LoraSegment<'_>> {
+    lora.iter()
+        .filter_map(|(rows, mix)| {
+            let terms: Vec<LoraTerm> = mix
+                .iter()
+                .filter_map(|(ad, w)| {
+                    ad.get(layer, proj).map(|lw| LoraTerm {
+                        a: &lw.a,
+                        b: &lw.b,
+                        rank: lw.rank,
+                        coeff: lw.scale * w,
+                    })
+                })
+                .collect();
+            (!terms.is_empty()).then(|| LoraSegment {
+                rows: rows.clone(),
+                terms,
+            })
+        })
+        .collect()
+}
+
+fn add_assign(h: &mut [f32], delta: &[f32]) {
+    for (a, b) in h.iter_mut().zip(delta) {
+        *a += b;
+    }
+}
+
+impl CpuModel {
+    pub fn new(cfg: ModelConfig, weights: Arc<LlamaWeights>) -> Self {
+        let rope = RopeTable::new(&cfg.inv_freq, cfg.max_positions);
+        CpuModel { cfg, weights, rope }
+    }
+
+    /// `y = x·Wᵀ (+b) + Σ LoRA deltas` for one projection.
+    fn project(&self, l: usize, p: Proj, x: &[f32], rows: usize, lora: &ResolvedLora) -> Vec<f32> {
+        let lin = &self.weights.layers[l].proj[p.index()];
+        let mut y = matmul(x, rows, &lin.w, lin.out, lin.inp, lin.bias.as_deref());
+        if !lora.is_empty() {
+            cpu::sgmv(x, lin.inp, &segments(lora, l, p), lin.out, &mut y);
+        }
+        y
+    }
+
+    /// Runs the plan, writing its K/V into `kv`; returns `[logit_rows.len(), vocab]` logits.
+    pub fn forward(&self, plan: &StepPlan, lora: &ResolvedLora, kv: &mut KvStore) -> Vec<f32> {
+        let cfg = &self.cfg;
+        let (d, t) = (cfg.hidden, plan.tokens.len());
+        let mut h = vec![0f32; t * d];
+        for (row, &tok) in h.chunks_mut(d).zip(&plan.tokens) {
+            self.weights.embed.row(tok as usize, d, row);
+        }
+        let seqs: Vec<AttnSeq> = plan
+            .seqs
+            .iter()
+            .map(|s| AttnSeq {
+                row_start: s.row_start,
+                rows: s.rows,
+                context_len: s.context_len,
+                block_table: &s.block_table,
+            })
+            .collect();
+        let mut xn = vec![0f32; t * d];
+        let mut attn = vec![0f32; t * cfg.q_dim()];
+        for (l, lw) in self.weights.layers.iter().enumerate() {
+            cpu::rms_norm(&h, &lw.attn_norm, cfg.rms_eps, &mut xn);
+            let mut q = self.project(l, Proj::Q, &xn, t, lora);
+            let mut k = self.project(l, Proj::K, &xn, t, lora);
+            let v = self.project(l, Proj::V, &xn, t, lora);
+            self.rope.apply(&mut q, &plan.positions, cfg.heads);
+            self.rope.apply(&mut k, &plan.positions, cfg.kv_heads);
+            kv.write(l, &k, &v, &plan.kv_slots);
+            kv.attention(l, &q, &seqs, cfg.heads, &mut attn);
+            let o = self.project(l, Proj::O, &attn, t, lora);
+            add_assign(&mut h, &o);
+
+            cpu::rms_norm(&h, &lw.mlp_norm, cfg.rms_eps, &mut xn);
+            let gate = self.project(l, Proj::Gate, &xn, t, lora);
+            let up = self.project(l, Proj::Up, &xn, t, lora);
+            let mut act = vec![0f32; t * cfg.intermediate];
+            cpu::silu_and_mul(&gate, &up, &mut act);
+            let down = self.project(l, Proj::Down, &act, t, lora);
+            add_assign(&mut h, &down);
+        }
+        let n = plan.logit_rows.len();
+        let mut last = Vec::with_capacity(n * d);
+        for &r in &plan.logit_rows {
+            last.extend_from_slice(&h[r * d..(r + 1) * d]);
+        }
+        let mut normed = vec![0f32; n * d];
+        cpu::rms_norm(&last, &self.weights.final_norm, cfg.rms_eps, &mut normed);
+        matmul(&normed, n, self.weights.lm_head(), cfg.vocab_size, d, None)
+    }
+}

@@ -1,0 +1,35 @@
+//! Quantized weights kept in their GGUF/ggml formats, and the matrix product over them.
+//!
+//! - [`WeightFormat`]: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K.
+//! - [`QMatrix`]: `[out, in]` rows of raw ggml blocks, memory-mapped or owned; dequantize a row
+//!   (embeddings) or everything (the f32 path); quantize f32 to any format; permute whole rows.
+//! - [`qlinear`]: `y = x · Wᵀ + b`, activations quantized once per call to 8 bits, integer dot
+//!   products (AVX2, or AVX-512 VNNI when the CPU has it), threads over output features.
+//!
+//! What always holds: an output element's arithmetic is fixed ([`scalar`] writes it down), so a
+//! row's result is bit-identical alone or in any batch, at any position, on any thread count and
+//! with any [`Isa`]; float weights in `F32` give exactly `ops::cpu::linear`.
+
+mod acts;
+mod blocks;
+mod format;
+mod qlinear;
+mod qmatrix;
+mod scalar;
+mod storage;
+mod tile;
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+mod simd;
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+mod simd32;
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+mod simdf;
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+mod simdk;
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+mod x86;
+
+pub use format::{QuantError, WeightFormat, QK_K};
+pub use qlinear::{qlinear, qlinear_with, Isa};
+pub use qmatrix::QMatrix;
+pub use storage::QStorage;

@@ -1,0 +1,318 @@
+//! `y[m, out] = x[m, in] · Wᵀ + b` for a [`QMatrix`] in any format. Each activation row is
+//! quantized once per call to the format its weights pair with (Q8 32-value blocks for `Q4_0`,
+//! `Q4_1`, `Q5_0`, `Q5_1`, `Q8_0`; Q8_K for the k-quants; f32 for float weights); tasks on the
+//! rayon pool own contiguous ranges of output features. Every output element is computed with
+//! the arithmetic of [`super::scalar`], whatever the batch, the row's position, the tiling, the
+//! thread count or the instruction set: a row's result is bit-identical alone and in any batch.
+
+use super::acts::{Q8Acts, Q8KActs};
+use super::format::WeightFormat;
+use super::qmatrix::QMatrix;
+use super::scalar;
+use super::tile::{drive, Tile};
+use rayon::prelude::*;
+use std::sync::OnceLock;
+
+/// The instruction set a kernel runs with. Every choice gives the same bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// Plain Rust: the reference, and the fallback off x86-64.
+    Scalar,
+    /// AVX2 + FMA + F16C (required by the build on x86-64).
+    Avx2,
+    /// AVX2 plus AVX-512 VNNI dot products on 256-bit registers (detected at run time).
+    Avx512Vnni,
+}
+
+impl Isa {
+    /// The best instruction set this CPU and build support (detected once).
+    pub fn best() -> Isa {
+        static BEST: OnceLock<Isa> = OnceLock::new();
+        *BEST.get_or_init(|| {
+            [Isa::Avx512Vnni, Isa::Avx2]
+                .into_iter()
+                .find(|i| i.available())
+                .unwrap_or(Isa::Scalar)
+        })
+    }
+
+    /// Whether this CPU and build can run kernels of this instruction set.
+    pub fn available(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+            Isa::Avx2 => true,
+            #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+            Isa::Avx512Vnni => {
+                is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl")
+            }
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+}
+
+/// The activations of one call, in the form the weight format pairs with.
+pub(crate) enum Acts<'a> {
+    F32 { x: &'a [f32], k: usize },
+    Q8(Q8Acts),
+    Q8K(Q8KActs),
+}
+
+impl<'a> Acts<'a> {
+    pub fn quantize(f: WeightFormat, x: &'a [f32], m: usize, k: usize) -> Self {
+        match f {
+            WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16 => Acts::F32 { x, k },
+            WeightFormat::Q4_K | WeightFormat::Q5_K | WeightFormat::Q6_K => {
+                Acts::Q8K(Q8KActs::quantize(x, m, k))
+            }
+            _ => Acts::Q8(Q8Acts::quantize(x, m, k)),
+        }
+    }
+}
+
+/// `y[m, rows] = x[m, cols] · wᵀ + bias` with the best instruction set.
+pub fn qlinear(x: &[f32], m: usize, w: &QMatrix, bias: Option<&[f32]>, y: &mut [f32]) {
+    qlinear_with(Isa::best(), x, m, w, bias, y)
+}
+
+/// [`qlinear`] with a chosen instruction set (panics if it is not [`Isa::available`]).
+pub fn qlinear_with(
+    isa: Isa,
+    x: &[f32],
+    m: usize,
+    w: &QMatrix,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    let (n, k) = (w.rows(), w.cols());
+    assert!(isa.available(), "{isa:?} is not available on this CPU/build");
+    assert_eq!(x.len(), m * k, "qlinear: x is not [m, in]");
+    assert_eq!(y.len(), m * n, "qlinear: y is not [m, out]");
+    assert!(bias.is_none_or(|b| b.len() == n), "qlinear: bias is not [out]");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let acts = Acts::quantize(w.format(), x, m, k);
+    let per_task = (n / (rayon::current_num_threads() * 8)).clamp(4, 256) / 4 * 4;
+    let mut yt = vec![0f32; m * n];
+    yt.par_chunks_mut(per_task * m)
+        .enumerate()
+        .for_each(|(t, out)| {
+            let rows = t * per_task..t * per_task + out.len() / m;
+            run(isa, w, &acts, m, rows, out);
+        });
+    for (i, row) in y.chunks_exact_mut(n).enumerate() {
+        for (j, v) in row.iter_mut().enumerate() {
+            *v = yt[j * m + i] + bias.map_or(0.0, |b| b[j]);
+        }
+    }
+}
+
+/// Weight rows `rows` for all `m` activation rows into `out[(j - rows.start) * m + i]`.
+fn run(isa: Isa, w: &QMatrix, acts: &Acts, m: usize, rows: std::ops::Range<usize>, out: &mut [f32]) {
+    match isa {
+        // SAFETY: the scalar kernel has no instruction-set requirement; rows are in range.
+        Isa::Scalar => unsafe { drive(&ScalarTile::new(w, acts), m, rows, out) },
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+        // SAFETY: AVX2 + FMA are compile-time features of this build.
+        Isa::Avx2 => unsafe { super::x86::run::<false>(w, acts, m, rows, out) },
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+        // SAFETY: `qlinear_with` checked `Isa::available`, i.e. run-time detection of VNNI + VL.
+        Isa::Avx512Vnni => unsafe { super::x86::run_vnni(w, acts, m, rows, out) },
+        #[allow(unreachable_patterns)]
+        _ => unreachable!("{isa:?} checked available"),
+    }
+}
+
+/// Every element through the [`scalar`] reference functions.
+pub(crate) struct ScalarTile<'a> {
+    pub f: WeightFormat,
+    pub w: &'a [u8],
+    pub acts: &'a Acts<'a>,
+    /// Bytes per weight row.
+    pub rb: usize,
+}
+
+impl<'a> ScalarTile<'a> {
+    pub fn new(w: &'a QMatrix, acts: &'a Acts<'a>) -> Self {
+        Self { f: w.format(), w: w.as_bytes(), acts, rb: w.row_bytes() }
+    }
+
+    fn one(&self, i: usize, j: usize) -> f32 {
+        let w = &self.w[j * self.rb..(j + 1) * self.rb];
+        match self.acts {
+            Acts::F32 { x, k } => scalar::dot_float(self.f, w, &x[i * k..(i + 1) * k]),
+            Acts::Q8(a) => scalar::dot32(self.f, w, a.row(i)),
+            Acts::Q8K(a) if self.f == WeightFormat::Q6_K => scalar::dot_q6k(w, a.row(i)),
+            Acts::Q8K(a) => scalar::dot_k(self.f, w, a.row(i)),
+        }
+    }
+}
+
+impl Tile for ScalarTile<'_> {
+    #[inline(always)]
+    unsafe fn tile<const R: usize, const C: usize>(&self, i: usize, j: usize) -> [[f32; C]; R] {
+        std::array::from_fn(|r| std::array::from_fn(|c| self.one(i + r, j + c)))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    /// A fresh seed, printed so that a failure can be replayed.
+    pub(crate) fn rng() -> (StdRng, u64) {
+        let seed: u64 = rand::rng().random();
+        eprintln!("seed {seed}");
+        (StdRng::seed_from_u64(seed), seed)
+    }
+
+    /// Values with varied magnitudes per block (exercises the per-block scales).
+    pub(crate) fn data(rng: &mut StdRng, len: usize) -> Vec<f32> {
+        let mut scale = 1.0f32;
+        (0..len)
+            .map(|i| {
+                if i % 32 == 0 {
+                    scale = rng.random_range(0.05f32..2.0);
+                }
+                rng.random_range(-1.0f32..1.0) * scale
+            })
+            .collect()
+    }
+
+    fn isas() -> Vec<Isa> {
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni]
+            .into_iter()
+            .filter(|i| i.available())
+            .collect()
+    }
+
+    fn cols_for(f: WeightFormat) -> usize {
+        f.block_len().max(32) * 3
+    }
+
+    /// The activation rows the kernels see, dequantized (f32 rows for float weights).
+    fn seen(f: WeightFormat, x: &[f32], m: usize, k: usize) -> Vec<f32> {
+        match Acts::quantize(f, x, m, k) {
+            Acts::F32 { x, .. } => x.to_vec(),
+            Acts::Q8(a) => (0..m).flat_map(|i| a.row(i).dequantize()).collect(),
+            Acts::Q8K(a) => (0..m).flat_map(|i| a.row(i).dequantize()).collect(),
+        }
+    }
+
+    /// Largest possible effect of quantizing `x` (each value moves by at most amax/254 of its
+    /// block) on a dot product with `w`.
+    fn act_bound(f: WeightFormat, x: &[f32], w: &[f32]) -> f64 {
+        if f.is_float() {
+            return 0.0;
+        }
+        let bl = if f.block_len() == QK_K_ { QK_K_ } else { 32 };
+        x.chunks(bl)
+            .zip(w.chunks(bl))
+            .map(|(xb, wb)| {
+                let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs())) as f64;
+                amax / 254.0 * wb.iter().map(|v| v.abs() as f64).sum::<f64>()
+            })
+            .sum()
+    }
+    const QK_K_: usize = super::super::format::QK_K;
+
+    #[test]
+    fn every_format_matches_the_f64_reference_on_every_isa() {
+        let (mut rng, seed) = rng();
+        for f in WeightFormat::ALL {
+            let (m, n, k) = (5, 19, cols_for(f));
+            let w = QMatrix::quantize(&data(&mut rng, n * k), n, k, f).unwrap();
+            let (x, b) = (data(&mut rng, m * k), data(&mut rng, n));
+            let (wf, xs) = (w.to_f32(), seen(f, &x, m, k));
+            let mut first: Option<Vec<f32>> = None;
+            for isa in isas() {
+                let mut y = vec![0f32; m * n];
+                qlinear_with(isa, &x, m, &w, Some(&b), &mut y);
+                for i in 0..m {
+                    for j in 0..n {
+                        let (xr, wr) = (&xs[i * k..][..k], &wf[j * k..][..k]);
+                        let r: f64 = xr.iter().zip(wr).map(|(a, b)| *a as f64 * *b as f64).sum();
+                        let mag: f64 = xr.iter().zip(wr).map(|(a, b)| (a * b).abs() as f64).sum();
+                        let got = (y[i * n + j] - b[j]) as f64;
+                        assert!((got - r).abs() <= 2e-6 * mag + 1e-6, "{f} {isa:?} {i},{j}: {got} vs {r} (seed {seed})");
+                        // Against the unquantized activations: within the quantization bound.
+                        let xo = &x[i * k..][..k];
+                        let plain: f64 = xo.iter().zip(wr).map(|(a, b)| *a as f64 * *b as f64).sum();
+                        let bound = act_bound(f, xo, wr) * 1.001 + 2e-6 * mag + 1e-6;
+                        assert!((got - plain).abs() <= bound, "{f} {isa:?} {i},{j}: {got} vs plain {plain} (seed {seed})");
+                    }
+                }
+                match &first {
+                    None => first = Some(y),
+                    Some(y0) => assert!(bits_eq(y0, &y), "{f}: {isa:?} differs from Scalar (seed {seed})"),
+                }
+            }
+        }
+    }
+
+    pub(crate) fn bits_eq(a: &[f32], b: &[f32]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+    }
+
+    #[test]
+    fn a_row_is_bit_identical_alone_and_in_any_batch_and_thread_count() {
+        let (mut rng, seed) = rng();
+        for f in WeightFormat::ALL {
+            let (n, k) = (37, cols_for(f));
+            let w = QMatrix::quantize(&data(&mut rng, n * k), n, k, f).unwrap();
+            let x = data(&mut rng, 33 * k);
+            let mut all = vec![0f32; 33 * n];
+            qlinear(&x, 33, &w, None, &mut all);
+            for m in [1usize, 3, 7, 33] {
+                // Row t of the big batch goes to position (t * 5 + 1) % m of a batch of m rows.
+                for t in [0usize, 4, 17, 32] {
+                    let pos = (t * 5 + 1) % m;
+                    let mut xb = data(&mut rng, m * k);
+                    xb[pos * k..(pos + 1) * k].copy_from_slice(&x[t * k..(t + 1) * k]);
+                    let threads = 1 + t % 3;
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                    let mut y = vec![0f32; m * n];
+                    pool.install(|| qlinear(&xb, m, &w, None, &mut y));
+                    let got = &y[pos * n..(pos + 1) * n];
+                    assert!(bits_eq(got, &all[t * n..(t + 1) * n]), "{f}: row {t} at {pos} of {m} on {threads} threads (seed {seed})");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn odd_shapes_one_block_and_ragged_outputs() {
+        let (mut rng, seed) = rng();
+        for f in WeightFormat::ALL {
+            let k = if f.is_float() { 13 } else { f.block_len() };
+            for (m, n) in [(1, 1), (2, 3), (5, 7), (9, 5)] {
+                let w = QMatrix::quantize(&data(&mut rng, n * k), n, k, f).unwrap();
+                let x = data(&mut rng, m * k);
+                let mut want = vec![0f32; m * n];
+                qlinear_with(Isa::Scalar, &x, m, &w, None, &mut want);
+                for isa in isas() {
+                    let mut y = vec![0f32; m * n];
+                    qlinear_with(isa, &x, m, &w, None, &mut y);
+                    assert!(bits_eq(&y, &want), "{f} {isa:?} m={m} n={n} k={k} (seed {seed})");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn f32_weights_give_exactly_ops_linear() {
+        let (mut rng, seed) = rng();
+        let (m, n, k) = (6, 21, 75);
+        let wd = data(&mut rng, n * k);
+        let (x, b) = (data(&mut rng, m * k), data(&mut rng, n));
+        let w = QMatrix::quantize(&wd, n, k, WeightFormat::F32).unwrap();
+        let (mut y, mut want) = (vec![0f32; m * n], vec![0f32; m * n]);
+        crate::ops::cpu::linear(&x, m, &wd, n, k, Some(&b), &mut want);
+        qlinear(&x, m, &w, Some(&b), &mut y);
+        assert!(bits_eq(&y, &want), "seed {seed}");
+    }
+}

@@ -1,0 +1,106 @@
+//! The arithmetic every kernel performs, written once in plain Rust. For one output element
+//! (weight row `w` · activation row `a`):
+//! - integer sums per block split into 8 lanes, lane `l` holding the products of the values whose
+//!   index within their 32-value group is in `4l..4l+4`, times the sub-block scale (k-quants);
+//! - 8 f32 lane accumulators, blocks in order: `acc[l] = fma(isum[l] as f32, d_w * d_a, acc[l])`;
+//! - a scalar f32 accumulator for the minimum terms (`Q4_1`, `Q5_1`, `Q4_K`, `Q5_K`), blocks in
+//!   order: `summ = fma(m_w, s_a, summ)`;
+//! - result `tree(acc) + summ`, `tree` = lanes `l + 4`, then `l + 2`, then `0 + 1`.
+//!
+//! Float weights use f32 activations and the recipe of `ops::cpu::dot` (8 FMA lanes over chunks
+//! of 8, the same tree, then the tail in order), so F32 weights give exactly `ops::cpu::linear`.
+//! The SIMD kernels compute exactly this (the tests compare bits), which is what makes a result
+//! independent of the batch, the tile shape, the thread count and the instruction set.
+
+use super::acts::{Q8KRow, Q8Row};
+use super::blocks::{decode32, decode_k, decode_q6k, dequantize, has_min};
+use super::format::{WeightFormat, QK_K};
+
+/// Lanes `l + 4`, then `l + 2`, then `0 + 1`.
+pub(crate) fn tree(mut acc: [f32; 8]) -> f32 {
+    for l in 0..4 {
+        acc[l] += acc[l + 4];
+    }
+    for l in 0..2 {
+        acc[l] += acc[l + 2];
+    }
+    acc[0] + acc[1]
+}
+
+/// Adds block products into the lane accumulators: `isum` lanes scaled by `dd`.
+fn fold(acc: &mut [f32; 8], isum: [i32; 8], dd: f32) {
+    for l in 0..8 {
+        acc[l] = (isum[l] as f32).mul_add(dd, acc[l]);
+    }
+}
+
+/// Lane sums of a 32-value group of products, each value scaled by `scale(l)`.
+fn lanes32(w: impl Fn(usize) -> i32, a: &[i8], scale: impl Fn(usize) -> i32) -> [i32; 8] {
+    std::array::from_fn(|l| {
+        let s: i32 = (4 * l..4 * l + 4).map(|i| w(i) * a[i] as i32).sum();
+        s * scale(l)
+    })
+}
+
+fn add(a: [i32; 8], b: [i32; 8]) -> [i32; 8] {
+    std::array::from_fn(|l| a[l] + b[l])
+}
+
+/// One element for a 32-value weight format (`Q4_0`, `Q4_1`, `Q5_0`, `Q5_1`, `Q8_0`).
+pub(crate) fn dot32(f: WeightFormat, w: &[u8], a: Q8Row) -> f32 {
+    let (mut acc, mut summ) = ([0f32; 8], 0f32);
+    for (b, wb) in w.chunks_exact(f.block_bytes()).enumerate() {
+        let k = decode32(f, wb);
+        let isum = lanes32(|i| k.q[i] as i32, &a.qs[32 * b..], |_| 1);
+        fold(&mut acc, isum, k.d * a.d[b]);
+        if has_min(f) {
+            summ = k.m.mul_add(a.s[b], summ);
+        }
+    }
+    tree(acc) + summ
+}
+
+/// One element for `Q4_K` or `Q5_K`.
+pub(crate) fn dot_k(f: WeightFormat, w: &[u8], a: Q8KRow) -> f32 {
+    let (mut acc, mut summ) = ([0f32; 8], 0f32);
+    for (b, wb) in w.chunks_exact(f.block_bytes()).enumerate() {
+        let k = decode_k(f, wb);
+        let qa = &a.qs[QK_K * b..];
+        let mut isum = [0i32; 8];
+        for s in 0..8 {
+            let q = |i: usize| k.q[32 * s + i] as i32;
+            isum = add(isum, lanes32(q, &qa[32 * s..], |_| k.sc[s] as i32));
+        }
+        fold(&mut acc, isum, k.d * a.d[b]);
+        let bs = &a.bsums[16 * b..];
+        let imin: i32 = (0..8)
+            .map(|s| k.mn[s] as i32 * (bs[2 * s] as i32 + bs[2 * s + 1] as i32))
+            .sum();
+        summ = (-(k.dmin * a.d[b])).mul_add(imin as f32, summ);
+    }
+    tree(acc) + summ
+}
+
+/// One element for `Q6_K`.
+pub(crate) fn dot_q6k(w: &[u8], a: Q8KRow) -> f32 {
+    let mut acc = [0f32; 8];
+    for (b, wb) in w.chunks_exact(WeightFormat::Q6_K.block_bytes()).enumerate() {
+        let k = decode_q6k(wb);
+        let qa = &a.qs[QK_K * b..];
+        let mut isum = [0i32; 8];
+        for s in 0..8 {
+            let q = |i: usize| k.q[32 * s + i] as i32;
+            let scale = |l: usize| k.sc[2 * s + l / 4] as i32;
+            isum = add(isum, lanes32(q, &qa[32 * s..], scale));
+        }
+        fold(&mut acc, isum, k.d * a.d[b]);
+    }
+    tree(acc)
+}
+
+/// One element for a float weight format: the row converted to f32, then `ops::cpu::dot`.
+pub(crate) fn dot_float(f: WeightFormat, w: &[u8], x: &[f32]) -> f32 {
+    let mut wf = vec![0f32; x.len()];
+    dequantize(f, w, &mut wf);
+    crate::ops::cpu::dot(x, &wf)
+}
