@@ -24,6 +24,8 @@ from hypothesis import strategies as st
 from conftest import ADMIN, ALICE
 
 SENT = {"n": 0}
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+BASELINE: dict = {}
 FUZZ = settings(
     max_examples=220,
     deadline=None,
@@ -144,6 +146,18 @@ def small_generation(body: dict) -> dict:
 
 
 # ---- the endpoints that generate ------------------------------------------------------------------
+
+
+def ask(client, base_model) -> str:
+    r = client.chat.completions.create(model=base_model, messages=QUESTION, max_tokens=8, temperature=0)
+    assert r.choices[0].finish_reason in ("stop", "length"), r
+    return r.choices[0].message.content
+
+
+def test_baseline_answer_before_fuzzing(client, base_model):
+    BASELINE["answer"] = ask(client, base_model)
+    assert BASELINE["answer"], "an empty greedy answer"
+
 
 
 def test_chat_completions_fuzzed(server, http):
@@ -329,12 +343,7 @@ def test_health_stays_fast_while_large_bodies_are_rejected(server, http):
 def test_server_still_answers_correctly_after_fuzzing(server, http, client, base_model):
     assert SENT["n"] >= 1000, f"only {SENT['n']} fuzzed requests were sent"
     server.assert_alive()
-    r = client.chat.completions.create(
-        model=base_model,
-        messages=[{"role": "user", "content": "What is the capital of France?"}],
-        max_tokens=8,
-        temperature=0,
-    )
-    assert "Paris" in r.choices[0].message.content, r
+    # Greedy: the same answer as before the fuzzing.
+    assert ask(client, base_model) == BASELINE["answer"]
     names = {m.id for m in client.models.list().data}
     assert set(server.demo_adapters) <= names, "the fuzzer unloaded a demo adapter"
