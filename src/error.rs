@@ -39,6 +39,9 @@ pub enum Error {
     /// The engine thread stopped.
     #[error("engine stopped")]
     EngineStopped,
+    /// The engine failed (panicked) while running the request: a server error, never billed.
+    #[error("{0}")]
+    EngineFailed(String),
     #[error("io error at {path}: {source}")]
     Io {
         path: PathBuf,
@@ -144,6 +147,7 @@ impl Error {
             | Error::Template(_)
             | Error::Chain(_)
             | Error::Cuda { .. }
+            | Error::EngineFailed(_)
             | Error::Internal(_) => "server_error",
         }
     }

@@ -17,6 +17,7 @@ pub const QUEUE_LENGTH: &str = "openlora_queue_length";
 pub const RUNNING_SEQUENCES: &str = "openlora_running_sequences";
 pub const KV_CACHE_USAGE_RATIO: &str = "openlora_kv_cache_usage_ratio";
 pub const PREEMPTIONS_TOTAL: &str = "openlora_preemptions_total";
+pub const ENGINE_RESTARTS_TOTAL: &str = "openlora_engine_restarts_total";
 pub const ADAPTER_LOADS_TOTAL: &str = "openlora_adapter_loads_total";
 pub const ADAPTER_EVICTIONS_TOTAL: &str = "openlora_adapter_evictions_total";
 pub const ADAPTER_HITS_TOTAL: &str = "openlora_adapter_hits_total";
@@ -53,6 +54,7 @@ pub struct Metrics {
     pub running: IntGauge,
     pub kv_usage: Gauge,
     pub preemptions: IntCounter,
+    pub engine_restarts: IntCounter,
     pub adapter_loads: IntCounterVec,
     pub adapter_evictions: IntCounterVec,
     pub adapter_hits: IntCounterVec,
@@ -130,6 +132,11 @@ impl Metrics {
             .expect("gauge"),
             preemptions: IntCounter::new(PREEMPTIONS_TOTAL, "Sequences preempted for KV space.")
                 .expect("counter"),
+            engine_restarts: IntCounter::new(
+                ENGINE_RESTARTS_TOTAL,
+                "Engine restarts after a panic (its in-flight requests failed with a 500).",
+            )
+            .expect("counter"),
             adapter_loads: counter(
                 ADAPTER_LOADS_TOTAL,
                 "Adapter loads, by tier loaded into (host: read from disk; device: made compute-ready).",
@@ -230,6 +237,7 @@ impl Metrics {
             Box::new(m.running.clone()),
             Box::new(m.kv_usage.clone()),
             Box::new(m.preemptions.clone()),
+            Box::new(m.engine_restarts.clone()),
             Box::new(m.adapter_loads.clone()),
             Box::new(m.adapter_evictions.clone()),
             Box::new(m.adapter_hits.clone()),

@@ -3,7 +3,8 @@
 //! from the fixture adapter, and `HF_ENDPOINT` points at it. A missing adapter is downloaded into
 //! an empty cache and registers with the fixture's exact weights; a second resolve is served from
 //! the cache (the server counts requests); an id the hub lacks is a clear error; with
-//! `HF_HUB_OFFLINE=1` nothing is fetched.
+//! `HF_HUB_OFFLINE=1` nothing is fetched; a file over `OPENLORA_HUB_MAX_BYTES` is refused without
+//! a snapshot; a hub that never answers fails at `OPENLORA_HUB_TIMEOUT_SECS`.
 
 mod common;
 use common::*;
@@ -140,6 +141,34 @@ fn missing_hub_adapters_download_into_the_cache_then_resolve_offline() {
         .to_string();
     assert!(err.contains("not in the local hub cache"), "{err}");
     assert_eq!(hits.load(Ordering::SeqCst), before);
+    std::env::remove_var("HF_HUB_OFFLINE");
+
+    // A file over the size cap is refused and leaves no snapshot behind.
+    let small = hf_hub_cache(&cache_dir.join("small"));
+    std::env::set_var("OPENLORA_HUB_MAX_BYTES", "64");
+    let err = hub::fetch_into(&small, &endpoint, "acme/tiny-a4")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("over the 64 byte limit"), "{err}");
+    assert!(!cache_dir.join("small/models--acme--tiny-a4/snapshots").exists());
+    std::env::remove_var("OPENLORA_HUB_MAX_BYTES");
+
+    // A hub that never answers: the download gives up at its deadline.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_url = format!("http://{}", silent.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let held: Vec<_> = silent.incoming().take(4).collect();
+        std::thread::sleep(std::time::Duration::from_secs(30));
+        drop(held);
+    });
+    std::env::set_var("OPENLORA_HUB_TIMEOUT_SECS", "1");
+    let started = std::time::Instant::now();
+    let err = hub::fetch_into(&small, &silent_url, "acme/tiny-a4")
+        .unwrap_err()
+        .to_string();
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "{err}");
+    assert!(err.contains("acme/tiny-a4"), "{err}");
+    std::env::remove_var("OPENLORA_HUB_TIMEOUT_SECS");
     let _ = std::fs::remove_dir_all(&cache_dir);
 }
 

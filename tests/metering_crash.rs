@@ -55,12 +55,7 @@ async fn kill_9_between_submit_and_record_loses_nothing_and_charges_once() {
     let server = setup.spawn();
     ids.extend(calls(&http, &server, 25..35).await);
     let store = wait_settled(&setup.ledger(), Duration::from_secs(120));
-    let recorded: Vec<String> = store
-        .all_amounts()
-        .unwrap()
-        .into_iter()
-        .map(|(id, _, _)| id)
-        .collect();
+    let recorded = billed_ids(&store);
     for (_, id) in &ids {
         assert!(recorded.contains(id), "record {id} lost");
     }

@@ -2,7 +2,8 @@
 //! validated once into the engine and server options. Loads the model (with progress), registers
 //! every adapter folder under `--adapters-dir` and every `--hub-adapter` (lazily: weights are paged
 //! in on first use within the `--adapter-*` budgets), serves until SIGTERM/Ctrl-C, then drains
-//! in-flight requests up to `--shutdown-timeout` seconds and exits 0. With `--ledger` every call is
+//! in-flight requests up to `--shutdown-timeout` seconds and exits 0. An engine panic fails the
+//! in-flight requests (500) and the engine is rebuilt in place (`EngineHandle::spawn_supervised`). With `--ledger` every call is
 //! metered (see `ledger`); with `--chain-rpc` too, payers are admitted against their deposits and
 //! usage settles on chain from a background worker. Runtime adapter loads are confined to
 //! `--adapter-roots` (default: the adapters dir and the hub cache); who may use the admin
@@ -294,9 +295,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => (None, None),
     };
-    let engine = LlmEngine::with_pager(model.clone(), engine_cfg.clone(), Arc::new(pager))?;
+    let pager = Arc::new(pager);
+    let engine = LlmEngine::with_pager(model.clone(), engine_cfg.clone(), pager.clone())?;
     eprintln!("openlora: {}", engine.describe());
-    let engine = EngineHandle::spawn(engine);
+    // Supervised: after a panic the engine is rebuilt from the same model, pager and config.
+    let (m2, cfg2) = (model.clone(), engine_cfg.clone());
+    let engine = EngineHandle::spawn_supervised(engine, move || {
+        LlmEngine::with_pager(m2.clone(), cfg2.clone(), pager.clone())
+    });
     let state = AppState::with_meter(engine, registry.clone(), opts, meter);
     tracing::info!(model = %model.name, adapters = registry.len(), kv_blocks = engine_cfg.num_blocks, "serving");
 

@@ -4,100 +4,171 @@
 //! an error before any event. Dropping the stream (a client that went away) aborts the sequence,
 //! which frees its KV blocks and adapter pins on the next loop turn. Dropping the last handle
 //! stops the thread once in-flight work is done.
+//!
+//! What always holds: a stream ends either with an event whose `finish` is set, or with an error
+//! (`RequestStream::error`): the engine failed (a panic, see `supervisor`) or stopped. The thread
+//! loop lives in `supervisor`, which contains a panic, fails every in-flight request, and (when
+//! the handle was built with `spawn_supervised`) restarts the engine; `is_ready` is false meanwhile.
 
 use super::llm_engine::{EngineStats, LlmEngine};
 use super::request::{GenerateRequest, SeqEvent};
 use super::sequence::SeqId;
+use super::supervisor::{self, Rebuild};
 use crate::error::{Error, Result};
 use crate::lora::AdapterPager;
 use crate::metrics::Metrics;
 use crate::model::Model;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc as tmpsc, oneshot};
 
-enum Command {
-    Submit(
-        SeqId,
-        GenerateRequest,
-        tmpsc::UnboundedSender<SeqEvent>,
-        oneshot::Sender<Result<()>>,
-    ),
+/// Where the engine thread sends a request's events; an `Err` ends the stream (engine failure).
+pub(super) type EventSink = tmpsc::UnboundedSender<Result<SeqEvent>>;
+
+pub(super) enum Command {
+    Submit(SeqId, GenerateRequest, EventSink, oneshot::Sender<Result<()>>),
     Abort(SeqId),
+}
+
+/// What the engine thread publishes to every handle.
+pub(super) struct Shared {
+    pub stats: Mutex<EngineStats>,
+    /// False while the engine is down (after a panic, until it is rebuilt; for good without one).
+    pub ready: AtomicBool,
 }
 
 #[derive(Clone)]
 pub struct EngineHandle {
     tx: mpsc::Sender<Command>,
     next_id: Arc<AtomicU64>,
-    stats: Arc<Mutex<EngineStats>>,
+    shared: Arc<Shared>,
     model: Arc<Model>,
     pager: Arc<AdapterPager>,
     max_adapters_per_step: usize,
+    max_seq_len: usize,
 }
 
-/// Events of one request, in order; the last one has `finish` set.
+/// Events of one request, in order; the last one has `finish` set, unless the engine failed.
 pub struct RequestStream {
     pub id: SeqId,
-    rx: tmpsc::UnboundedReceiver<SeqEvent>,
+    rx: tmpsc::UnboundedReceiver<Result<SeqEvent>>,
     tx: mpsc::Sender<Command>,
-    done: bool,
+    /// The final event was received.
+    finished: bool,
+    /// No more events will come (finished, failed or the engine thread went away).
+    ended: bool,
+    error: Option<Error>,
 }
 
 impl RequestStream {
     pub async fn next(&mut self) -> Option<SeqEvent> {
-        let ev = self.rx.recv().await;
-        if ev.as_ref().is_none_or(|e| e.finish.is_some()) {
-            self.done = true;
+        if self.ended {
+            return None;
         }
-        ev
-    }
-
-    /// True once the final event was received.
-    pub fn is_done(&self) -> bool {
-        self.done
+        let ev = self.rx.recv().await;
+        self.accept(ev)
     }
 
     /// Blocking variant for non-async callers (CLI, tests).
     pub fn blocking_next(&mut self) -> Option<SeqEvent> {
-        let ev = self.rx.blocking_recv();
-        if ev.as_ref().is_none_or(|e| e.finish.is_some()) {
-            self.done = true;
+        if self.ended {
+            return None;
         }
-        ev
+        let ev = self.rx.blocking_recv();
+        self.accept(ev)
+    }
+
+    fn accept(&mut self, ev: Option<Result<SeqEvent>>) -> Option<SeqEvent> {
+        match ev {
+            Some(Ok(ev)) => {
+                if ev.finish.is_some() {
+                    self.finished = true;
+                    self.ended = true;
+                }
+                Some(ev)
+            }
+            Some(Err(e)) => {
+                self.error = Some(e);
+                self.ended = true;
+                None
+            }
+            None => {
+                self.ended = true;
+                None
+            }
+        }
+    }
+
+    /// True once no more events will come.
+    pub fn is_done(&self) -> bool {
+        self.ended
+    }
+
+    /// Why the stream ended without its final event (`None` while running or once finished):
+    /// `EngineFailed` after an engine panic, the page-in error, or `EngineStopped`.
+    pub fn error(&mut self) -> Option<Error> {
+        if !self.ended || self.finished {
+            return None;
+        }
+        Some(self.error.take().unwrap_or(Error::EngineStopped))
     }
 }
 
 impl Drop for RequestStream {
     fn drop(&mut self) {
-        if !self.done {
+        if !self.ended {
             let _ = self.tx.send(Command::Abort(self.id));
         }
     }
 }
 
 impl EngineHandle {
+    /// An engine that is not restarted: after a panic its in-flight requests fail and later
+    /// submissions get `EngineStopped` (the CLI and tests).
     pub fn spawn(engine: LlmEngine) -> Self {
+        Self::start(engine, None)
+    }
+
+    /// `engine`, rebuilt by `rebuild` after a panic (same model, pager and config; the pager and
+    /// the metrics outlive the engine).
+    pub fn spawn_supervised(
+        engine: LlmEngine,
+        rebuild: impl FnMut() -> Result<LlmEngine> + Send + 'static,
+    ) -> Self {
+        Self::start(engine, Some(Box::new(rebuild)))
+    }
+
+    fn start(engine: LlmEngine, rebuild: Option<Rebuild>) -> Self {
         let (tx, rx) = mpsc::channel();
-        let stats = Arc::new(Mutex::new(engine.stats()));
-        let model = engine.model().clone();
-        let pager = engine.pager().clone();
-        let max_adapters_per_step = engine.config().max_adapters_per_step;
-        let st = stats.clone();
-        std::thread::Builder::new()
-            .name("openlora-engine".into())
-            .spawn(move || run(engine, rx, st))
-            .expect("spawn engine thread");
-        EngineHandle {
+        let shared = Arc::new(Shared {
+            stats: Mutex::new(engine.stats()),
+            ready: AtomicBool::new(true),
+        });
+        let handle = EngineHandle {
             tx,
             next_id: Arc::new(AtomicU64::new(1)),
-            stats,
-            model,
-            pager,
-            max_adapters_per_step,
-        }
+            shared: shared.clone(),
+            model: engine.model().clone(),
+            pager: engine.pager().clone(),
+            max_adapters_per_step: engine.config().max_adapters_per_step,
+            max_seq_len: engine.max_seq_len(),
+        };
+        std::thread::Builder::new()
+            .name("openlora-engine".into())
+            .spawn(move || supervisor::run(engine, rebuild, rx, shared))
+            .expect("spawn engine thread");
+        handle
+    }
+
+    /// False while the engine is down (it panicked and is being rebuilt, or stopped for good).
+    pub fn is_ready(&self) -> bool {
+        self.shared.ready.load(Ordering::SeqCst)
+    }
+
+    /// Most tokens (prompt + completion) one sequence may hold.
+    pub fn max_seq_len(&self) -> usize {
+        self.max_seq_len
     }
 
     pub fn model(&self) -> &Arc<Model> {
@@ -118,7 +189,11 @@ impl EngineHandle {
     }
 
     pub fn stats(&self) -> EngineStats {
-        self.stats.lock().expect("stats").clone()
+        self.shared
+            .stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Queues a request; errors (invalid or too long) come back before any event.
@@ -151,70 +226,10 @@ impl EngineHandle {
                 id,
                 rx: erx,
                 tx: self.tx.clone(),
-                done: false,
+                finished: false,
+                ended: false,
+                error: None,
             },
         ))
-    }
-}
-
-fn run(mut engine: LlmEngine, rx: mpsc::Receiver<Command>, stats: Arc<Mutex<EngineStats>>) {
-    let mut sinks: HashMap<SeqId, tmpsc::UnboundedSender<SeqEvent>> = HashMap::new();
-    // Requests queued while their adapters page in: acknowledged once ready or failed.
-    let mut acks: HashMap<SeqId, oneshot::Sender<Result<()>>> = HashMap::new();
-    loop {
-        // Block when idle; otherwise drain commands without waiting.
-        let first = if engine.has_work() {
-            rx.try_recv().ok()
-        } else {
-            match rx.recv() {
-                Ok(c) => Some(c),
-                Err(_) => return,
-            }
-        };
-        for cmd in first
-            .into_iter()
-            .chain(std::iter::from_fn(|| rx.try_recv().ok()))
-        {
-            match cmd {
-                Command::Submit(id, req, sink, ack) => match engine.add_request(id, req) {
-                    Ok(ready) => {
-                        sinks.insert(id, sink);
-                        match ready {
-                            true => drop(ack.send(Ok(()))),
-                            false => drop(acks.insert(id, ack)),
-                        }
-                    }
-                    Err(e) => drop(ack.send(Err(e))),
-                },
-                Command::Abort(id) => {
-                    engine.abort(id);
-                    sinks.remove(&id);
-                    acks.remove(&id);
-                }
-            }
-        }
-        let events = engine.step();
-        for id in engine.take_paged_in() {
-            if let Some(ack) = acks.remove(&id) {
-                let _ = ack.send(Ok(()));
-            }
-        }
-        for (id, e) in engine.take_failed() {
-            sinks.remove(&id);
-            if let Some(ack) = acks.remove(&id) {
-                let _ = ack.send(Err(e));
-            }
-        }
-        for (id, ev) in events {
-            let finished = ev.finish.is_some();
-            let delivered = sinks.get(&id).is_some_and(|s| s.send(ev).is_ok());
-            if finished || !delivered {
-                sinks.remove(&id);
-                if !delivered {
-                    engine.abort(id);
-                }
-            }
-        }
-        *stats.lock().expect("stats") = engine.stats();
     }
 }

@@ -1,8 +1,10 @@
 //! `Meter`: what the HTTP layer talks to. It prices a call (`price`), admits it against the
 //! payer's funds (`admit`), and hands out a `CallMeter` that watches the call's tokens and writes
-//! its `UsageRecord` exactly once: explicitly (`record`, called before the final body or SSE chunk
-//! is sent) or, when the client goes away first, on `Drop`. A call that produced no completion
-//! token writes nothing. Recording runs attribution against the adapter's datanets.
+//! its `UsageRecord` exactly once: explicitly (`record`, whose `Commit` is awaited before the final
+//! body or SSE chunk is sent) or, when the client goes away first, on `Drop`. Records are written
+//! by the ledger writer thread (`writer`, group commit), never on the caller's thread. A call that produced no completion
+//! token writes nothing, and neither does a call the server failed (`void`: an engine panic is
+//! not the payer's to pay). Recording runs attribution against the adapter's datanets.
 
 use super::attribution::Datanet;
 use super::funds::{Funds, Reservation};
@@ -12,6 +14,7 @@ use super::record::{
     UsageRecord,
 };
 use super::store::Store;
+use super::writer::{Commit, Settle, Writer};
 use crate::engine::{FinishReason, SeqEvent};
 use crate::error::Result;
 use crate::lora::AdapterRef;
@@ -31,6 +34,7 @@ pub struct Meter {
     pub funds: Option<Arc<Funds>>,
     pub operator: Address,
     metrics: Arc<Metrics>,
+    writer: Arc<Writer>,
 }
 
 /// The priced adapters of one call: (terms, weight as given, share in ppm of the mix).
@@ -74,6 +78,7 @@ impl Meter {
         metrics: Arc<Metrics>,
     ) -> Self {
         Meter {
+            writer: Arc::new(Writer::spawn(store.clone(), metrics.clone())),
             store,
             prices,
             datanets,
@@ -82,6 +87,16 @@ impl Meter {
             operator,
             metrics,
         }
+    }
+
+    /// The ledger's one writer (the settlement worker writes through it too).
+    pub fn writer(&self) -> Arc<Writer> {
+        self.writer.clone()
+    }
+
+    /// Blocks until every record queued so far is committed (tests, tools).
+    pub fn flush(&self) {
+        self.writer.flush();
     }
 
     /// Terms of each adapter of the mix (the base model's when empty).
@@ -209,15 +224,24 @@ impl CallMeter {
         &self.request_id
     }
 
-    /// Writes the record (durably) unless already written; nothing when no token was produced.
-    pub fn record(&mut self) -> Result<()> {
+    /// The server failed the call (the engine panicked): nothing is recorded or billed, and the
+    /// payer's reservation is released. Unlike a client that goes away, which pays for the
+    /// tokens it got.
+    pub fn void(mut self) {
+        self.recorded = true;
+        self.reservation = None;
+    }
+
+    /// Hands the record to the ledger writer unless already done; nothing when no token was
+    /// produced. The `Commit` resolves once the record is durable.
+    pub fn record(&mut self) -> Commit {
         if self.recorded {
-            return Ok(());
+            return Commit::none();
         }
         self.recorded = true;
         let completion: u64 = self.completion.iter().sum();
         if completion == 0 {
-            return Ok(());
+            return Commit::none();
         }
         let m = &self.meter;
         let prompt: u64 = self.prompt.iter().sum();
@@ -262,20 +286,23 @@ impl CallMeter {
             attribution,
             splits,
         };
-        m.store.insert(&record)?;
-        m.metrics.ledger_records.inc();
-        if let (Some(funds), Some(r)) = (&m.funds, self.reservation.take()) {
-            funds.commit(r, amount);
-        }
-        Ok(())
+        let settle = match (&m.funds, self.reservation.take()) {
+            (Some(funds), Some(reservation)) => Some(Settle {
+                funds: funds.clone(),
+                reservation,
+                amount,
+            }),
+            _ => None,
+        };
+        m.writer.submit(record, settle)
     }
 }
 
 impl Drop for CallMeter {
+    /// The client went away: the call is recorded as cancelled, without waiting (the writer logs
+    /// a failure).
     fn drop(&mut self) {
-        if let Err(e) = self.record() {
-            tracing::error!(request_id = %self.request_id, error = %e, "could not record a cancelled call");
-        }
+        let _ = self.record();
     }
 }
 
@@ -330,7 +357,7 @@ mod tests {
     }
 
     #[test]
-    fn a_dropped_call_is_recorded_as_cancelled_and_an_empty_one_not_at_all() {
+    fn a_dropped_call_is_recorded_as_cancelled_an_empty_or_voided_one_not_at_all() {
         let dir = std::env::temp_dir().join(format!("openlora-meter-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -364,6 +391,7 @@ mod tests {
             c.observe(0, &ev(7, 1, None));
             c.observe(0, &ev(8, 2, None));
         } // the client went away
+        meter.flush();
         let r = store.get("r1").unwrap().unwrap();
         assert_eq!(
             (r.finish.as_str(), r.prompt_tokens, r.completion_tokens),
@@ -385,16 +413,24 @@ mod tests {
         assert_eq!(leaf, r.leaf);
         assert_eq!(r.splits, vec![(op, r.amount)]);
         drop(begin("r2"));
+        meter.flush();
         assert!(store.get("r2").unwrap().is_none(), "no tokens, no record");
         let mut c = begin("r3");
         c.observe(0, &ev(1, 1, Some(FinishReason::Stop)));
-        c.record().unwrap();
+        c.record().wait_blocking().unwrap();
         drop(c);
         assert_eq!(store.get("r3").unwrap().unwrap().finish, "stop");
         assert_eq!(store.all_amounts().unwrap().len(), 2, "recorded once");
+        let mut failed = begin("r4");
+        failed.observe(0, &ev(3, 1, None));
+        failed.void(); // the server failed it
+        assert!(store.get("r4").unwrap().is_none(), "a voided call is not billed");
         let mut dup = begin("r3");
         dup.observe(0, &ev(1, 1, Some(FinishReason::Stop)));
-        assert!(dup.record().is_err(), "request ids are unique");
+        assert!(
+            dup.record().wait_blocking().is_err(),
+            "request ids are unique"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -3,7 +3,8 @@
 //! What always holds:
 //! - every call that produced tokens (finished, stopped or cancelled) has one `UsageRecord` in the
 //!   SQLite ledger (`store`), committed before the final JSON body or SSE chunk is sent, or when
-//!   the client goes away (`meter::CallMeter`);
+//!   the client goes away (`meter::CallMeter`); a call the server failed (engine panic) is voided:
+//!   no record, nothing billed;
 //! - a record's receipt leaf is the contract's (`chain::merkle::Receipt::leaf`), its price the
 //!   adapter manifest's (`pricing`), its contributor weights from the datanet index
 //!   (`attribution`), and its splits sum exactly to its amount (`record`);
@@ -21,11 +22,13 @@ pub mod pricing;
 pub mod record;
 pub mod settlement;
 pub mod store;
+pub mod writer;
 
 pub use config::{MeterConfig, MeteringArgs, MeteringFile};
 pub use meter::{CallMeter, Meter, Pricing};
 pub use record::RequestId;
 pub use store::{BatchId, Store};
+pub use writer::Commit;
 
 use crate::chain::{Deployment, Settler};
 use crate::error::{Error, Result};
@@ -112,6 +115,7 @@ pub async fn open(
         (Some(settler), Some(c), Some(funds)) => {
             let mut w = SettlementWorker::new(
                 store,
+                meter.writer(),
                 funds,
                 settler,
                 SettleConfig {

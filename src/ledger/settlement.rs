@@ -16,6 +16,7 @@
 //! - nonces come from the node's pending count for every transaction (see `chain::Settler`).
 
 use super::funds::Funds;
+use super::writer::Writer;
 use super::store::{BatchId, SettledInfo, Store, StoredBatch, UnbatchedRow};
 use crate::chain::{protocol_fee, Batch, ChainError, MerkleTree, Settler};
 use crate::error::{Error, Result};
@@ -42,7 +43,9 @@ pub struct SettleConfig {
 }
 
 pub struct SettlementWorker {
+    /// Read here; written through `writer`.
     store: Arc<Store>,
+    writer: Arc<Writer>,
     funds: Arc<Funds>,
     settler: Settler,
     cfg: SettleConfig,
@@ -112,6 +115,7 @@ fn chain_err(e: ChainError) -> Error {
 impl SettlementWorker {
     pub fn new(
         store: Arc<Store>,
+        writer: Arc<Writer>,
         funds: Arc<Funds>,
         settler: Settler,
         cfg: SettleConfig,
@@ -119,6 +123,7 @@ impl SettlementWorker {
     ) -> Self {
         SettlementWorker {
             store,
+            writer,
             funds,
             settler,
             cfg,
@@ -203,7 +208,10 @@ impl SettlementWorker {
             let leaving = U256::from_be_slice(&leaving.to_be_bytes::<24>());
             let escrow = escrow.saturating_sub(leaving);
             self.funds.set_escrow(*p, escrow);
-            self.store.set_escrow(*p, escrow, unix_now())?;
+            let p = *p;
+            self.writer
+                .write(move |s| s.set_escrow(p, escrow, unix_now()))
+                .await?;
         }
         self.last_refresh = Some(Instant::now());
         Ok(())
@@ -234,7 +242,10 @@ impl SettlementWorker {
             settled: None,
         };
         let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
-        self.store.create_batch(&b, &seqs, unix_now())?;
+        let batch = b.clone();
+        self.writer
+            .write(move |s| s.create_batch(&batch, &seqs, unix_now()))
+            .await?;
         self.metrics
             .settlement_batch_calls
             .observe(rows.len() as f64);
@@ -272,7 +283,10 @@ impl SettlementWorker {
             }
             b.credits = scale_credits(&gross, bps, self.settler.signer_address());
             b.fee_bps = bps;
-            self.store.update_credits(b.id, bps, &b.credits)?;
+            let (id, credits) = (b.id, b.credits.clone());
+            self.writer
+                .write(move |s| s.update_credits(id, bps, &credits))
+                .await?;
         }
         match self.settler.settle_batch(&Self::to_chain(&b)).await {
             Ok(s) => {
@@ -291,6 +305,7 @@ impl SettlementWorker {
                         gas_used: s.gas_used,
                     },
                 )
+                .await
             }
             Err(ChainError::BatchAlreadySettled(_)) => self.recover(&b).await,
             Err(e) => Err(chain_err(e)),
@@ -309,14 +324,16 @@ impl SettlementWorker {
             // A node restarted from a state dump may have no history: the batch is on chain
             // (batchSettled), only its transaction is unknown.
             tracing::warn!(batch = %b.id.0, "batch is on chain but its BatchSettled event is not found");
-            return self.finish(
-                b,
-                SettledInfo {
-                    tx_hash: B256::ZERO,
-                    block_number: None,
-                    gas_used: 0,
-                },
-            );
+            return self
+                .finish(
+                    b,
+                    SettledInfo {
+                        tx_hash: B256::ZERO,
+                        block_number: None,
+                        gas_used: 0,
+                    },
+                )
+                .await;
         };
         let tx_hash = log.transaction_hash.unwrap_or_default();
         use alloy::providers::Provider;
@@ -336,10 +353,14 @@ impl SettlementWorker {
                 gas_used,
             },
         )
+        .await
     }
 
-    fn finish(&self, b: &StoredBatch, s: SettledInfo) -> Result<()> {
-        self.store.mark_settled(b.id, s, unix_now())?;
+    async fn finish(&self, b: &StoredBatch, s: SettledInfo) -> Result<()> {
+        let id = b.id;
+        self.writer
+            .write(move |st| st.mark_settled(id, s, unix_now()))
+            .await?;
         for (payer, debit) in &b.debits {
             self.funds.settled(*payer, *debit);
         }

@@ -1,7 +1,8 @@
 //! The durable ledger: one SQLite file in WAL mode with `synchronous = FULL`, so a record is on
-//! disk when `insert` returns and survives `kill -9`. Tables: `usage` (one row per metered call),
-//! `batches` (settlement batches, written before they are submitted), `payers` (last known
-//! on-chain escrow). Amounts are decimal strings of wei, hashes and addresses 0x-hex.
+//! disk when `insert`/`insert_all` returns and survives `kill -9`. In the server every write
+//! goes through the one ledger writer thread (`writer`; usage records a group per transaction).
+//! Tables: `usage` (one row per metered call), `batches` (settlement batches, written before they
+//! are submitted), `payers` (last known on-chain escrow). Amounts are decimal strings of wei, hashes and addresses 0x-hex.
 //!
 //! What always holds: a usage row belongs to at most one batch, and a batch's rows never change
 //! once the batch is written; a batch is `pending` until its transaction is known to have
@@ -159,44 +160,20 @@ impl Store {
 
     /// Commits one record (durably); fails on a duplicate request id.
     pub fn insert(&self, r: &UsageRecord) -> Result<i64> {
-        let adapters: Vec<serde_json::Value> = r
-            .parts
-            .iter()
-            .map(|p| {
-                serde_json::json!({
-                    "name": p.terms.name, "weight": p.weight, "cost": p.cost.to_string(),
-                    "price_per_million_input_tokens": p.terms.price.per_m_input.to_string(),
-                    "price_per_million_output_tokens": p.terms.price.per_m_output.to_string(),
-                })
-            })
-            .collect();
-        let splits: Vec<(Address, String)> =
-            r.splits.iter().map(|(a, x)| (*a, x.to_string())).collect();
-        let receipt = r.receipt();
-        let conn = self.conn();
-        conn.execute(
-            "INSERT INTO usage (request_id, payer, operator, adapter_id, adapters, prompt_tokens,
-             completion_tokens, amount, created_at, finish, output_hash, receipt_id, leaf,
-             attribution, splits) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15)",
-            params![
-                r.request_id.0,
-                r.payer.to_string(),
-                r.operator.to_string(),
-                r.adapter_id.to_string(),
-                json(&adapters),
-                r.prompt_tokens as i64,
-                r.completion_tokens as i64,
-                r.amount.to_string(),
-                r.timestamp as i64,
-                r.finish,
-                r.output_hash.to_string(),
-                receipt_id(&r.request_id, r.output_hash).to_string(),
-                receipt.leaf().to_string(),
-                json(&r.attribution),
-                json(&splits),
-            ],
-        )?;
-        Ok(conn.last_insert_rowid())
+        self.insert_all(&[r])?
+            .pop()
+            .unwrap_or_else(|| Err(Error::Ledger("no insert result".into())))
+    }
+
+    /// Commits `records` in one transaction (one sync to disk for the group: the writer's group
+    /// commit). Each record succeeds or fails on its own (a duplicate request id fails only its
+    /// row); the outer error means the transaction itself failed and nothing was written.
+    pub fn insert_all(&self, records: &[&UsageRecord]) -> Result<Vec<Result<i64>>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let each: Vec<_> = records.iter().map(|r| insert_row(&tx, r)).collect();
+        tx.commit()?;
+        Ok(each)
     }
 
     pub fn get(&self, request_id: &str) -> Result<Option<StoredRecord>> {
@@ -529,6 +506,46 @@ impl Store {
         })
         .collect()
     }
+}
+
+fn insert_row(conn: &Connection, r: &UsageRecord) -> Result<i64> {
+    let adapters: Vec<serde_json::Value> = r
+        .parts
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "name": p.terms.name, "weight": p.weight, "cost": p.cost.to_string(),
+                "price_per_million_input_tokens": p.terms.price.per_m_input.to_string(),
+                "price_per_million_output_tokens": p.terms.price.per_m_output.to_string(),
+            })
+        })
+        .collect();
+    let splits: Vec<(Address, String)> =
+        r.splits.iter().map(|(a, x)| (*a, x.to_string())).collect();
+    let receipt = r.receipt();
+    conn.execute(
+        "INSERT INTO usage (request_id, payer, operator, adapter_id, adapters, prompt_tokens,
+         completion_tokens, amount, created_at, finish, output_hash, receipt_id, leaf,
+         attribution, splits) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15)",
+        params![
+            r.request_id.0,
+            r.payer.to_string(),
+            r.operator.to_string(),
+            r.adapter_id.to_string(),
+            json(&adapters),
+            r.prompt_tokens as i64,
+            r.completion_tokens as i64,
+            r.amount.to_string(),
+            r.timestamp as i64,
+            r.finish,
+            r.output_hash.to_string(),
+            receipt_id(&r.request_id, r.output_hash).to_string(),
+            receipt.leaf().to_string(),
+            json(&r.attribution),
+            json(&splits),
+        ],
+    )?;
+    Ok(conn.last_insert_rowid())
 }
 
 fn amounts(v: &[(Address, U256)]) -> Vec<(Address, String)> {

@@ -128,7 +128,7 @@ impl LoraAdapter {
     /// Reads `adapter_config.json` only (cheap): used to register many adapters lazily.
     pub fn read_config(dir: &Path) -> Result<LoraConfig> {
         let path = dir.join(CONFIG_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let text = super::regular_file::read_to_string(&path)?;
         let v: Value =
             serde_json::from_str(&text).map_err(|e| Error::file(CONFIG_FILE, &path, e))?;
         LoraConfig::parse(&v, &path)
@@ -138,7 +138,7 @@ impl LoraAdapter {
     pub fn load(name: &str, dir: &Path, model: &ModelConfig) -> Result<Self> {
         let spec = AdapterSpec::read(AdapterId::fresh_in_memory(), name, dir, model)?;
         let path = spec.weights_path();
-        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let bytes = super::regular_file::read(&path)?;
         Self::from_bytes(&spec, &bytes, model)
     }
 

@@ -3,13 +3,14 @@
 //! `snapshots/<commit>/<file>`). The cache root is `HF_HUB_CACHE`, else `HF_HOME/hub`, else
 //! `~/.cache/huggingface/hub`, as for the Python tools. An adapter missing from the cache is
 //! downloaded into it (its two PEFT files only) from `HF_ENDPOINT` (default `https://huggingface.co`,
-//! token from `HF_TOKEN` or the cache's token file) through `hf-hub`'s sync API, unless
+//! token from `HF_TOKEN` or the cache's token file) by `hub_download` (size cap, deadline), unless
 //! `HF_HUB_OFFLINE=1`: then a missing one is a clear error (naming no server path). Ids and
 //! revisions are checked by the hub's rules (`HubId`) before the cache or the network is touched.
+//! Blocking: the server calls it from `spawn_blocking`.
 
 use super::{AdapterId, AdapterRegistry, HubId, CONFIG_FILE, WEIGHTS_FILE};
 use crate::error::{Error, Result};
-use hf_hub::api::sync::ApiBuilder;
+use super::hub_download::HubClient;
 use hf_hub::{Cache, Repo, RepoType};
 use std::path::{Path, PathBuf};
 
@@ -67,33 +68,17 @@ pub fn offline() -> bool {
 
 /// The snapshot folder of `id` in `cache`, downloading its PEFT files from `endpoint` first when
 /// they are missing (never when offline). A failed download is a clear error and leaves the cache
-/// without a partial snapshot (hf-hub writes to a temporary blob and renames it when complete).
+/// without a partial snapshot (a blob is written to a temporary name and renamed when complete).
 pub fn fetch_into(cache: &Cache, endpoint: &str, id: &str) -> Result<PathBuf> {
     let cached = resolve_in(cache, id);
     if cached.is_ok() || offline() {
         return cached;
     }
     let (repo_id, rev) = parse_id(id).expect("resolve_in checked the id");
-    let mut builder = ApiBuilder::from_cache(cache.clone())
-        .with_progress(false)
-        .with_endpoint(endpoint.trim_end_matches('/').to_string());
-    if let Ok(token) = std::env::var("HF_TOKEN") {
-        builder = builder.with_token(Some(token));
-    }
-    let api = builder
-        .build()
-        .map_err(|e| Error::Internal(format!("hub client: {e}")))?;
-    let repo = api.repo(Repo::with_revision(
-        repo_id.to_string(),
-        RepoType::Model,
-        rev.to_string(),
-    ));
+    let client = HubClient::new(endpoint, std::env::var("HF_TOKEN").ok().or_else(|| cache.token()));
     for file in [CONFIG_FILE, WEIGHTS_FILE] {
-        repo.get(file).map_err(|e| {
-            Error::NotFound(format!(
-                "hub adapter `{id}`: downloading {file} from {endpoint} failed: {e}"
-            ))
-        })?;
+        let what = format!("hub adapter `{id}`: downloading {file} from {endpoint} failed");
+        client.download(cache, repo_id, rev, file, &what)?;
     }
     resolve_in(cache, id)
 }

@@ -1,18 +1,22 @@
 //! LoRA adapters: the PEFT on-disk format (`adapter`), what registration validates and records
 //! without reading weights (`spec`), the registry of named adapters (`registry`), how a request
 //! names its adapter (`adapter_ref`), the disk -> host -> device tiers (`pager`), the hub cache
-//! (`hub`, ids checked by `hub_id`), the roots runtime-loaded adapters are confined to
-//! (`adapter_roots`) and the per-batch segment layout handed to SGMV (`batch`). Adapters are never merged
-//! into base weights; a running sequence holds a pager `Lease` on its adapters, which pins them.
+//! (`hub`, ids checked by `hub_id`, downloads by `hub_download`), the roots runtime-loaded
+//! adapters are confined to (`adapter_roots`), regular-file-only reads of adapter files
+//! (`regular_file`), which adapter occupies each device slot (`slot_table`) and random adapters
+//! for tests and benchmarks (`random`). Adapters are never merged into base weights; a running
+//! sequence holds a pager `Lease` on its adapters, which pins them.
 
 mod adapter;
 mod adapter_ref;
 mod adapter_roots;
 pub mod hub;
 mod hub_id;
+mod hub_download;
 mod pager;
 mod random;
 mod registry;
+pub mod regular_file;
 mod slot_table;
 mod spec;
 

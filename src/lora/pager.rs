@@ -559,7 +559,7 @@ fn page_in(shared: &Shared, spec: &AdapterSpec) -> Result<()> {
         (None, None) => {
             let start = Instant::now();
             let path = spec.weights_path();
-            let b = Arc::new(std::fs::read(&path).map_err(|e| Error::io(&path, e))?);
+            let b = Arc::new(super::regular_file::read(&path)?);
             m.adapter_load_seconds
                 .with_label_values(&["host"])
                 .observe(start.elapsed().as_secs_f64());

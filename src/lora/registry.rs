@@ -147,7 +147,7 @@ impl AdapterRegistry {
             .spec(name)
             .ok_or_else(|| Error::NotFound(format!("The model `{name}` does not exist")))?;
         let path = spec.weights_path();
-        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let bytes = super::regular_file::read(&path)?;
         Ok(Arc::new(LoraAdapter::from_bytes(
             &spec,
             &bytes,

@@ -98,7 +98,7 @@ impl AdapterSpec {
         }
         let config = super::LoraAdapter::read_config(dir)?;
         let path = dir.join(WEIGHTS_FILE);
-        let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let file = super::regular_file::open(&path)?;
         // SAFETY: read-only map; only the header is parsed here and no reference outlives `mmap`.
         let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
         let st =

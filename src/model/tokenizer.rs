@@ -221,6 +221,20 @@ impl Tokenizer {
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
+
+    /// The longest token in the vocabulary, in characters of its vocabulary string (for byte-level
+    /// BPE one character per byte it covers): no token covers more characters of input text, so a
+    /// text of `c` characters encodes to at least `c / max_token_chars()` tokens (before any
+    /// normalizer, which the caller allows for).
+    pub fn max_token_chars(&self) -> usize {
+        self.inner
+            .get_vocab(true)
+            .keys()
+            .map(|k| k.chars().count())
+            .max()
+            .unwrap_or(1)
+            .max(1)
+    }
 }
 
 #[cfg(test)]

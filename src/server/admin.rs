@@ -22,7 +22,7 @@ use serde_json::json;
 use std::sync::Arc;
 
 pub async fn load(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
-    let run = || -> Result<String, ApiError> {
+    let run = move || -> Result<String, ApiError> {
         let r: LoadAdapterRequest = parse_body(&body)?;
         let name = r.lora_name.as_str();
         let base = &state.model_name;
@@ -61,8 +61,14 @@ pub async fn load(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
             .set(state.registry.len() as i64);
         Ok(r.lora_name)
     };
-    // Registration touches the file system: keep it off the async workers.
-    match tokio::task::block_in_place(run) {
+    // Registration touches the file system and may download (size- and time-limited): on the
+    // blocking pool, never on an async worker.
+    let done = tokio::task::spawn_blocking(run).await.unwrap_or_else(|e| {
+        Err(ApiError::from(crate::error::Error::Internal(format!(
+            "adapter load: {e}"
+        ))))
+    });
+    match done {
         Ok(name) => Json(json!({"status": "ok", "message": format!("Success: LoRA adapter '{name}' added successfully.")})).into_response(),
         Err(e) => e.into_response(),
     }

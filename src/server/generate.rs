@@ -5,14 +5,17 @@
 //! With metering on, the payer is admitted against its funds before the request is queued, and
 //! the call's usage record is committed before the final JSON body or the final SSE chunk (usage
 //! chunk / `[DONE]`) is produced; a client that goes away earlier gets its call recorded as
-//! cancelled when the `CallMeter` drops.
+//! cancelled when the `CallMeter` drops. A call the engine failed (it panicked) is a 500
+//! `server_error` (a stream gets an error event, then `[DONE]`) and its meter is voided: the
+//! payer is not billed for the server's failure.
 
 use super::api_error::ApiError;
 use super::openai::Usage;
 use super::state::{unix_now, AppState};
 use super::validate::ValidRequest;
 use crate::engine::{FinishReason, RequestStream, SeqEvent, TokenLogprob};
-use crate::ledger::{CallMeter, RequestId};
+use crate::error::Error;
+use crate::ledger::{CallMeter, Commit, RequestId};
 use crate::model::Model;
 use alloy::primitives::Address;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -257,6 +260,7 @@ async fn collect_response(
     mut call: Option<CallMeter>,
 ) -> Response {
     let mut choices = Vec::new();
+    let mut failure = None;
     for (i, mut s) in streams.into_iter().enumerate() {
         let mut c = Choice {
             text: String::new(),
@@ -278,19 +282,22 @@ async fn collect_response(
             }
         }
         choices.push(c);
+        failure = s.error();
+        if failure.is_some() {
+            break;
+        }
     }
-    let usage = choices.iter().fold(Usage::default(), |u, c| {
-        Usage::new(
-            u.prompt_tokens + c.usage.prompt_tokens,
-            u.completion_tokens + c.usage.completion_tokens,
-        )
-    });
-    if choices.iter().any(|c| c.finish.is_none()) {
-        timer.finish(usage, "engine_stopped");
-        return ApiError::from(crate::error::Error::EngineStopped).into_response();
+    let usage = total_usage(&choices.iter().map(|c| c.usage).collect::<Vec<_>>());
+    if let Some(e) = failure {
+        // The server failed the call: not billed.
+        if let Some(m) = call.take() {
+            m.void();
+        }
+        timer.finish(usage, e.error_type());
+        return ApiError::from(e).into_response();
     }
     if let Some(m) = call.as_mut() {
-        if let Err(e) = m.record() {
+        if let Err(e) = m.record().wait().await {
             timer.finish(usage, e.error_type());
             return ApiError::from(e).into_response();
         }
@@ -324,6 +331,24 @@ async fn collect_response(
     Json(body).into_response()
 }
 
+fn total_usage(usages: &[Usage]) -> Usage {
+    usages.iter().fold(Usage::default(), |u, x| {
+        Usage::new(
+            u.prompt_tokens + x.prompt_tokens,
+            u.completion_tokens + x.completion_tokens,
+        )
+    })
+}
+
+/// The end of a stream that failed: an OpenAI-shaped error event, then `[DONE]`.
+fn error_events(e: ApiError) -> Vec<Result<Event, Infallible>> {
+    let body = json!({"error": {"message": e.message, "type": e.kind, "param": e.param, "code": e.code}});
+    vec![
+        Ok(Event::default().data(body.to_string())),
+        Ok(Event::default().data("[DONE]")),
+    ]
+}
+
 fn stream_response(
     state: Arc<AppState>,
     kind: Kind,
@@ -336,12 +361,17 @@ fn stream_response(
     let created = unix_now();
     let model = state.engine.model().clone();
     let n = streams.len();
+    // Each choice's events, then its error if it ended without a final event.
     let tagged = stream::select_all(streams.into_iter().enumerate().map(|(i, s)| {
-        stream::unfold(s, |mut s| async move {
+        stream::unfold(Some(s), |s| async move {
+            let mut s = s?;
             if s.is_done() {
                 return None;
             }
-            s.next().await.map(|ev| (ev, s))
+            match s.next().await {
+                Some(ev) => Some((Ok(ev), Some(s))),
+                None => s.error().map(|e| (Err(e), None)),
+            }
         })
         .map(move |ev| (i, ev))
         .boxed()
@@ -364,9 +394,26 @@ fn stream_response(
     let mut offsets = vec![0usize; n];
     let mut usages = vec![Usage::default(); n];
     let mut finished = 0;
-    let mut timer = timer;
-    let body = tagged.map(move |(i, ev): (usize, SeqEvent)| {
-        timer.token();
+    let mut failed = false;
+    // Taken by the end of the stream (the last chunk, or the failure).
+    let mut timer = Some(timer);
+    let body = tagged.map(move |(i, ev): (usize, Result<SeqEvent, Error>)| {
+        let Some(t) = timer.as_mut().filter(|_| !failed) else {
+            return stream::iter(vec![]).boxed();
+        };
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(e) => {
+                // The server failed the call: not billed; the client sees why, then the end.
+                failed = true;
+                if let Some(m) = call.take() {
+                    m.void();
+                }
+                t.finish(total_usage(&usages), e.error_type());
+                return stream::iter(error_events(ApiError::from(e))).boxed();
+            }
+        };
+        t.token();
         if let Some(m) = call.as_mut() {
             m.observe(i, &ev);
         }
@@ -389,23 +436,29 @@ fn stream_response(
         let mut events = vec![chunk.clone()(c, None)];
         if ev.finish.is_some() {
             finished += 1;
-            if finished == n {
-                let total = usages.iter().fold(Usage::default(), |u, x| Usage::new(u.prompt_tokens + x.prompt_tokens, u.completion_tokens + x.completion_tokens));
-                // The record is committed before the final chunk leaves.
-                if let Some(Err(e)) = call.as_mut().map(CallMeter::record) {
-                    timer.finish(total, e.error_type());
-                    let e = ApiError::from(e);
-                    let body = json!({"error": {"message": e.message, "type": e.kind, "param": null, "code": e.code}});
-                    return stream::iter(vec![Ok(Event::default().data(body.to_string()))]);
-                }
-                timer.finish(total, "ok");
-                if include_usage {
-                    events.push(chunk.clone()(json!([]), Some(total)));
-                }
-                events.push(Event::default().data("[DONE]"));
-            }
         }
-        stream::iter(events.into_iter().map(Ok).collect::<Vec<_>>())
+        if finished < n {
+            return stream::iter(events.into_iter().map(Ok).collect::<Vec<_>>()).boxed();
+        }
+        let total = total_usage(&usages);
+        if include_usage {
+            events.push(chunk.clone()(json!([]), Some(total)));
+        }
+        events.push(Event::default().data("[DONE]"));
+        let commit = call.as_mut().map_or(Commit::none(), CallMeter::record);
+        let mut t = timer.take().expect("the last chunk comes once");
+        // The record is committed (by the ledger writer) before the last chunk leaves.
+        stream::once(async move {
+            if let Err(e) = commit.wait().await {
+                t.finish(total, e.error_type());
+                return error_events(ApiError::from(e));
+            }
+            t.finish(total, "ok");
+            events.into_iter().map(Ok).collect()
+        })
+        .map(stream::iter)
+        .flatten()
+        .boxed()
     });
     let all = stream::iter(first.into_iter().map(Ok)).chain(body.flatten());
     Sse::new(all).keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))

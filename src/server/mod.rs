@@ -53,8 +53,19 @@ impl AppState {
         let metrics = engine.metrics().clone();
         metrics.adapters_registered.set(registry.len() as i64);
         let positions = engine.model().config().max_positions;
+        let max_context = opts.max_context.map_or(positions, |m| m.min(positions));
+
+        // At least chars / (longest token) tokens, and a normalizer shrinks text at most 3x (NFKC
+        // composition): a text beyond this bound certainly exceeds the context.
+        let max_prompt_chars = engine.model().tokenizer.as_ref().map_or(usize::MAX, |t| {
+            engine
+                .max_seq_len()
+                .saturating_mul(t.max_token_chars())
+                .saturating_mul(4)
+        });
         Arc::new(AppState {
-            max_context: opts.max_context.map_or(positions, |m| m.min(positions)),
+            max_prompt_chars,
+            max_context,
             model_name: engine.model().name.clone(),
             default_max_tokens: opts.default_max_tokens,
             engine,
@@ -89,7 +100,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(admin)
         .merge(api)
         .route("/health", get(|| async { "ok" }))
-        .route("/ready", get(|| async { "ready" }))
+        .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .fallback(|method: Method, uri: Uri| async move {
             ApiError::new(
@@ -183,14 +194,7 @@ fn payer(
 }
 
 async fn chat(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let payer = match payer(&state, &headers) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
-    match parse_body(&body).and_then(|r| ValidRequest::chat(&state, r)) {
-        Ok(v) => generate::respond(state, Kind::Chat, v, payer).await,
-        Err(e) => reject(&state, e, Kind::Chat),
-    }
+    generate_endpoint(state, headers, body, Kind::Chat).await
 }
 
 async fn completions(
@@ -198,13 +202,31 @@ async fn completions(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    generate_endpoint(state, headers, body, Kind::Completion).await
+}
+
+/// Parses and validates (templating, tokenizing) on the blocking pool, never on an async worker,
+/// then runs the request.
+async fn generate_endpoint(
+    state: Arc<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+    kind: Kind,
+) -> Response {
     let payer = match payer(&state, &headers) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    match parse_body(&body).and_then(|r| ValidRequest::completion(&state, r)) {
-        Ok(v) => generate::respond(state, Kind::Completion, v, payer).await,
-        Err(e) => reject(&state, e, Kind::Completion),
+    let st = state.clone();
+    let valid = tokio::task::spawn_blocking(move || match kind {
+        Kind::Chat => parse_body(&body).and_then(|r| ValidRequest::chat(&st, r)),
+        Kind::Completion => parse_body(&body).and_then(|r| ValidRequest::completion(&st, r)),
+    })
+    .await
+    .unwrap_or_else(|e| Err(crate::error::Error::Internal(format!("validation: {e}"))));
+    match valid {
+        Ok(v) => generate::respond(state, kind, v, payer).await,
+        Err(e) => reject(&state, e, kind),
     }
 }
 
@@ -216,6 +238,19 @@ fn reject(state: &AppState, e: crate::error::Error, kind: Kind) -> Response {
         .with_label_values(&["none", e.error_type()])
         .inc();
     e.into_response()
+}
+
+/// 200 while the engine serves; 503 while it is down (restarting after a panic).
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    if state.engine.is_ready() {
+        return "ready".into_response();
+    }
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "service_unavailable",
+        "the engine is restarting",
+    )
+    .into_response()
 }
 
 async fn models(State(state): State<Arc<AppState>>) -> Response {

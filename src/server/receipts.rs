@@ -23,10 +23,15 @@ pub async fn get(
     headers: HeaderMap,
     Path(request_id): Path<String>,
 ) -> Response {
-    let Some(meter) = &state.meter else {
+    let Some(meter) = state.meter.clone() else {
         return not_found("metering is not enabled on this server");
     };
-    match lookup(&state, meter, &headers, &request_id) {
+    // SQLite reads wait behind the ledger writer's commits: on the blocking pool.
+    let (st, id) = (state.clone(), request_id.clone());
+    let found = tokio::task::spawn_blocking(move || lookup(&st, &meter, &headers, &id))
+        .await
+        .unwrap_or_else(|e| Err(crate::error::Error::Internal(format!("receipt lookup: {e}"))));
+    match found {
         Ok(Some(v)) => Json(v).into_response(),
         Ok(None) => not_found(&format!("no receipt for request `{request_id}`")),
         Err(e) => ApiError::from(e).into_response(),

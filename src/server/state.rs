@@ -55,5 +55,8 @@ pub struct AppState {
     /// Most tokens one sequence may hold (the model's context, or less).
     pub max_context: usize,
     pub created: u64,
+    /// A prompt text longer than this (in characters) cannot fit the context whatever it
+    /// tokenizes to: rejected before it is tokenized.
+    pub max_prompt_chars: usize,
 }
 

@@ -11,7 +11,7 @@ use super::state::AppState;
 use crate::engine::{GenerateRequest, SamplingParams};
 use crate::error::{Error, Result};
 use crate::lora::AdapterRef;
-use crate::model::ChatMessage;
+use crate::model::{ChatMessage, PromptPiece};
 
 /// Longest stop string, in bytes (each is checked against the output's tail on every token).
 pub const MAX_STOP_BYTES: usize = 256;
@@ -145,6 +145,20 @@ fn fit_context(state: &AppState, g: &mut GenerateRequest) -> Result<()> {
     Ok(())
 }
 
+/// The cheap bound before tokenizing: a text too long to fit the context whatever it tokenizes
+/// to is rejected without spending the CPU on it (the exact check is the engine's, on tokens).
+fn check_prompt_chars(state: &AppState, text: &str) -> Result<()> {
+    // Bytes bound characters from above: only count them when the bytes alone exceed the bound.
+    if text.len() > state.max_prompt_chars && text.chars().count() > state.max_prompt_chars {
+        return Err(Error::ContextLength(format!(
+            "This model's maximum context length is {} tokens. However, your prompt ({} characters) is certainly longer.",
+            state.engine.max_seq_len(),
+            text.chars().count()
+        )));
+    }
+    Ok(())
+}
+
 impl ValidRequest {
     pub fn chat(state: &AppState, r: ChatRequest) -> Result<Self> {
         let (mix, adapter_label) = resolve_adapters(state, &r.common)?;
@@ -200,6 +214,21 @@ impl ValidRequest {
             )
         })?;
         let pieces = template.render_pieces(&messages, true)?;
+        let chars: usize = pieces
+            .iter()
+            .map(|p| match p {
+                PromptPiece::Markup(s) | PromptPiece::Content(s) => s.len(),
+            })
+            .sum();
+        if chars > state.max_prompt_chars {
+            let text: String = pieces
+                .iter()
+                .map(|p| match p {
+                    PromptPiece::Markup(s) | PromptPiece::Content(s) => s.as_str(),
+                })
+                .collect();
+            check_prompt_chars(state, &text)?;
+        }
         let prompt_ids = model.tokenizer()?.encode_chat(&pieces)?;
         if r.logprobs == Some(true) {
             let n = r.top_logprobs.unwrap_or(0);
@@ -249,7 +278,10 @@ impl ValidRequest {
             params.logprobs = Some(n as usize);
         }
         let model = state.engine.model();
-        let encode = |t: &str| model.tokenizer().and_then(|tok| tok.encode(t, false));
+        let encode = |t: &str| {
+            check_prompt_chars(state, t)?;
+            model.tokenizer().and_then(|tok| tok.encode(t, false))
+        };
         let prompts: Vec<Vec<u32>> = match r.prompt {
             PromptSpec::Text(t) => vec![encode(&t)?],
             PromptSpec::Texts(ts) => ts.iter().map(|t| encode(t)).collect::<Result<_>>()?,

@@ -357,6 +357,34 @@ pub async fn two_payer_call(
     produced.then(|| (i % 2, body["id"].as_str().unwrap().to_string()))
 }
 
+/// POSTs a `/v1/completions` body as `key`; returns (status, body text).
+pub async fn post_completion(
+    http: &reqwest::Client,
+    server_url: &str,
+    key: &str,
+    body: &Value,
+) -> (u16, String) {
+    let resp = http
+        .post(format!("{server_url}/v1/completions"))
+        .bearer_auth(key)
+        .json(body)
+        .send()
+        .await
+        .expect("request");
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap_or_default())
+}
+
+/// The request ids the ledger holds, in ledger order.
+pub fn billed_ids(store: &Store) -> Vec<String> {
+    store
+        .all_amounts()
+        .unwrap()
+        .into_iter()
+        .map(|(id, _, _)| id)
+        .collect()
+}
+
 /// One completion; returns (status, body).
 pub async fn complete(
     http: &reqwest::Client,
@@ -368,15 +396,7 @@ pub async fn complete(
     stream: bool,
 ) -> (u16, Value) {
     let body = json!({"model": adapter, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": stream, "stream_options": {"include_usage": true}});
-    let resp = http
-        .post(format!("{server_url}/v1/completions"))
-        .bearer_auth(key)
-        .json(&body)
-        .send()
-        .await
-        .expect("request");
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
+    let (status, text) = post_completion(http, server_url, key, &body).await;
     if !stream || status != 200 {
         return (
             status,
