@@ -104,15 +104,16 @@ def stream(port, body, t_send_box=None):
 class Server:
     """One server process: started, waited for, measured, stopped."""
 
-    def __init__(self, kind, argv, port, log_path, ready_path):
+    def __init__(self, kind, argv, port, log_path, ready_path, env=None):
         self.kind, self.argv, self.port, self.log_path, self.ready_path = kind, argv, port, log_path, ready_path
+        self.env = env
         self.proc = None
         self.load_s = None
 
     def __enter__(self):
         self.log = open(self.log_path, "w")
         t0 = time.perf_counter()
-        self.proc = subprocess.Popen(self.argv, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self.argv, stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.kind} exited with {self.proc.returncode}; see {self.log_path}")
@@ -177,7 +178,9 @@ def openlora_server(a, model, adapters_dir, log):
     if adapters_dir:
         argv += ["--adapters-dir", adapters_dir]
     argv += shlex.split(os.environ.get("OPENLORA_FLAGS", ""))
-    return Server("openlora", argv, a.openlora_port, log, "/ready")
+    # the f32 path's rayon pool; `--threads N` in OPENLORA_FLAGS is the executor's own setting
+    env = dict(os.environ, RAYON_NUM_THREADS=os.environ.get("RAYON_NUM_THREADS", str(a.threads)))
+    return Server("openlora", argv, a.openlora_port, log, "/ready", env)
 
 
 def openlora_base_name(port, names):
@@ -203,7 +206,7 @@ def med(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
-def long_prompt(rep, words=760):
+def long_prompt(rep, words=900):
     """~1,000 tokens of distinct words; the repetition number and a shuffled order come first, so no two
     repetitions share a prefix."""
     rng = random.Random(7919 * rep + 17)
