@@ -134,7 +134,7 @@ class Server:
         with open(f"/proc/{self.proc.pid}/status") as f:
             for line in f:
                 k, _, v = line.partition(":")
-                if k in ("VmRSS", "VmHWM"):
+                if k in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
                     out[k] = int(v.split()[0]) / 1024.0  # MiB
         return out
 
@@ -415,6 +415,8 @@ def table(a, results):
                 (f"single stream decode, rank-16 adapter, tok/s", "decode_adapter_tok_s", 2),
                 ("single stream TTFT, s", "ttft_s", 2),
                 ("resident memory after runs (VmRSS), MiB", "VmRSS", 0),
+                ("  of which anonymous (RssAnon), MiB", "RssAnon", 0),
+                ("  of which file-backed, e.g. mmap'd weights (RssFile), MiB", "RssFile", 0),
                 ("peak resident memory (VmHWM), MiB", "VmHWM", 0)]
     else:
         spec = [("single stream decode, tok/s", "decode_tok_s", 1),
@@ -424,6 +426,8 @@ def table(a, results):
                 (f"{a.slots} streams TTFT p50, ms", "conc_ttft_p50_ms", 0),
                 (f"{a.slots} streams TTFT p99, ms", "conc_ttft_p99_ms", 0),
                 ("resident memory after runs (VmRSS), MiB", "VmRSS", 0),
+                ("  of which anonymous (RssAnon), MiB", "RssAnon", 0),
+                ("  of which file-backed, e.g. mmap'd weights (RssFile), MiB", "RssFile", 0),
                 ("peak resident memory (VmHWM), MiB", "VmHWM", 0),
                 ("load time (spawn -> ready), s", "load_s", 2)]
         for r in (o, l):
