@@ -441,6 +441,14 @@ def table(a, results):
     return "\n".join(rows)
 
 
+def loadavg():
+    try:
+        with open("/proc/loadavg") as f:
+            return float(f.read().split()[0])
+    except OSError:
+        return float("nan")
+
+
 def report(a, results):
     out = []
     title = "Llama-3-8B-shaped random Q4_K GGUF" if a.mode_8b else "SmolLM2-135M-Instruct Q4_1"
@@ -451,6 +459,10 @@ def report(a, results):
     out.append(f"- llama.cpp: {a.llama_version}, LLAMACPP_FLAGS=`{os.environ.get('LLAMACPP_FLAGS', '')}`")
     out.append(f"- CPU: {cpu_name()}, {os.cpu_count()} logical cores; model: `{os.path.basename(a.model)}`")
     out.append(f"- adapters ({len(a.names_list)}): {', '.join(a.names_list)}")
+    end_load = loadavg()
+    busy = " -- BUSY MACHINE: other work shared the cores, figures are not reliable" if max(
+        a.load_start, end_load) > 1.5 * (os.cpu_count() or 1) else ""
+    out.append(f"- 1-min load average at start / end: {a.load_start:.1f} / {end_load:.1f}{busy}")
     out.append(f"- {a.reps} repetitions, medians; decode {a.tokens} tokens (temperature 0, ignore_eos)")
     for k, r in results.items():
         out.append(f"- {k}: `{r['argv']}`")
@@ -500,6 +512,7 @@ def main():
     ap.add_argument("--json")
     a = ap.parse_args()
     a.names_list = a.names.split(",")
+    a.load_start = loadavg()
     os.makedirs(a.workdir, exist_ok=True)
     ref, vocab = None, None
     if a.accuracy:
