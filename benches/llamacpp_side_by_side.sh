@@ -12,6 +12,11 @@
 # adapters / resident memory, and the greedy accuracy check against tests/fixtures/smollm2/reference.json.
 # Prints a Markdown table (openlora / llama.cpp ratios) with date, commits, CPU and thread counts.
 #
+# Run it on a quiet machine: with other builds sharing the 2 cores, llama.cpp's threads (which spin-wait on
+# each other) collapse far more than openlora's (the report prints the load average and flags a busy machine).
+# Until openlora's quantized executor lands, run --8b with --only llamacpp (the f32 path needs ~32 GB there).
+# llama.cpp batches only slots with the same LoRA set, so its 8-adapter streams largely run one after another.
+#
 # Environment:
 #   OPENLORA_FLAGS   extra `openlora serve` flags (e.g. "--threads 2 --dtype f32")
 #   LLAMACPP_FLAGS   extra llama-server flags
