@@ -37,7 +37,7 @@ while [ $# -gt 0 ]; do
     --threads) threads="$2"; shift ;;
     --no-accuracy) accuracy=0 ;;
     --reps|--tokens|--only|--json|--ctx|--seed) args+=("$1" "$2"); shift ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -e/{/^set -e/!p}' "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
   shift
