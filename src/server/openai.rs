@@ -71,6 +71,8 @@ pub struct CommonParams {
     pub user: Option<String>,
     /// Extension: a weighted combination of adapters.
     pub adapters: Option<Vec<AdapterWeight>>,
+    /// Extension (as in vLLM and llama.cpp): keep generating past end-of-sequence tokens.
+    pub ignore_eos: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -126,6 +126,7 @@ fn sampling(c: &CommonParams, default_max: usize) -> Result<SamplingParams> {
         repetition_penalty: c.repetition_penalty.unwrap_or(1.0),
         max_tokens: max.map_or(default_max, |m| m as usize),
         stop,
+        ignore_eos: c.ignore_eos.unwrap_or(false),
         ..Default::default()
     };
     p.validate()?;
