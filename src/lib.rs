@@ -1,13 +1,18 @@
 //! openlora serves one base LLM and many LoRA adapters from one machine. A request is validated
-//! once at the edge into a `engine::GenerateRequest` (prompt ids, resolved adapters, sampling);
-//! the `engine` batches sequences of different adapters into one forward step of the
-//! `model` (Llama family, loaded from GGUF or HF folders), whose projections add each row's LoRA
-//! delta (`lora`, `ops::cpu::sgmv`) and whose attention reads a paged KV cache (`kv_cache`).
-//! Registered adapters are validated lazily (config + header) and paged disk -> host -> device by
-//! `lora::AdapterPager`; the scheduler only runs sequences whose adapters are resident.
-//! `ops::cpu` holds the reference numerics, the oracle for every CUDA kernel. Metered calls settle
-//! in batches on an OP Stack chain through `chain` (alloy bindings to `contracts/`); `ledger` records
-//! every call durably, attributes it to data contributors and runs the settlement worker.
+//! once at the edge (`server`) into an `engine::GenerateRequest` (prompt ids, resolved adapters,
+//! sampling); the `engine` schedules sequences of different adapters into one step and turns it
+//! into an `exec::StepPlan` of plain integers (tokens, positions, KV slots from `kv_cache`'s block
+//! ids, LoRA segments as adapter slot ids); an `exec::Executor` (today the CPU one: dense f32 or
+//! quantized weights from `model`, f16/bf16/f32 KV storage) runs it and returns the logits rows.
+//! Nothing above `exec` names a device type. Registered adapters are validated lazily (config +
+//! header) and paged disk -> host -> a slot of the device pool by `lora::AdapterPager`, which fills
+//! `lora::SlotTable`; the scheduler only runs sequences whose adapters hold a slot. `ops::cpu`
+//! holds the CPU numerics (the f32 reference ops, the oracle of every CUDA kernel in `ops::cuda`,
+//! and the int8 `quant` kernels). Metered calls settle in batches on an OP Stack chain through
+//! `chain` (alloy bindings to `contracts/`); `ledger` records every call durably, attributes it to
+//! data contributors and runs the settlement worker. Dependencies point one way: server -> engine
+//! -> exec -> model/lora/kv_cache -> ops; ledger and chain beside them. The command-line front
+//! ends live in the binary (`src/cli/`).
 
 pub mod chain;
 pub mod clock;

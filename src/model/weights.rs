@@ -138,6 +138,12 @@ fn matrix(
     }
     if let Some(fmt) = quantize {
         let data = dense(src, name, &[rows, cols])?;
+        // k-quants need rows of whole 256-value super-blocks; narrower rows fall back to Q8_0
+        // (as llama.cpp's quantizer does), which every Llama width allows.
+        let fmt = match cols % fmt.block_len() {
+            0 => fmt,
+            _ => WeightFormat::Q8_0,
+        };
         let q = QMatrix::quantize(&data, rows, cols, fmt)
             .map_err(|e| Error::unsupported(format!("quantizing {name:?}"), e.to_string()))?;
         return Ok(Weight::Quant(q));

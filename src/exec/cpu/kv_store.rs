@@ -19,8 +19,8 @@ pub struct KvLayers<T> {
 impl<T: KvElem> KvLayers<T> {
     fn new(layers: usize, n: usize) -> Self {
         KvLayers {
-            k: (0..layers).map(|_| vec![T::default(); n]).collect(),
-            v: (0..layers).map(|_| vec![T::default(); n]).collect(),
+            k: (0..layers).map(|_| T::zeroed_vec(n)).collect(),
+            v: (0..layers).map(|_| T::zeroed_vec(n)).collect(),
         }
     }
 }

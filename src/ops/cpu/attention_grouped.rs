@@ -18,9 +18,15 @@ const TILE_ROWS: usize = 16;
 pub trait KvElem: Copy + Default + Send + Sync + 'static {
     fn to_f32s(src: &[Self], dst: &mut [f32]);
     fn from_f32s(src: &[f32], dst: &mut [Self]);
+    /// `n` zeros from zeroed allocation: pages are committed only when first written, so a large
+    /// cache costs resident memory only as it fills.
+    fn zeroed_vec(n: usize) -> Vec<Self>;
 }
 
 impl KvElem for f32 {
+    fn zeroed_vec(n: usize) -> Vec<f32> {
+        vec![0f32; n]
+    }
     fn to_f32s(src: &[f32], dst: &mut [f32]) {
         dst.copy_from_slice(src);
     }
@@ -30,6 +36,10 @@ impl KvElem for f32 {
 }
 
 impl KvElem for f16 {
+    fn zeroed_vec(n: usize) -> Vec<f16> {
+        use half::vec::HalfBitsVecExt;
+        vec![0u16; n].reinterpret_into()
+    }
     fn to_f32s(src: &[f16], dst: &mut [f32]) {
         use half::slice::HalfFloatSliceExt;
         src.convert_to_f32_slice(dst);
@@ -41,6 +51,10 @@ impl KvElem for f16 {
 }
 
 impl KvElem for bf16 {
+    fn zeroed_vec(n: usize) -> Vec<bf16> {
+        use half::vec::HalfBitsVecExt;
+        vec![0u16; n].reinterpret_into()
+    }
     fn to_f32s(src: &[bf16], dst: &mut [f32]) {
         use half::slice::HalfFloatSliceExt;
         src.convert_to_f32_slice(dst);
@@ -234,7 +248,7 @@ mod tests {
     ) -> Vec<f32> {
         let stride = kvh * hd;
         let cap = (table.iter().max().unwrap() + 1) as usize * bs * stride;
-        let (mut ck, mut cv) = (vec![T::default(); cap], vec![T::default(); cap]);
+        let (mut ck, mut cv) = (T::zeroed_vec(cap), T::zeroed_vec(cap));
         let slots: Vec<usize> = (0..t).map(|p| table[p / bs] as usize * bs + p % bs).collect();
         write_kv_as(k, v, &slots, stride, &mut ck, &mut cv);
         let view = KvView {
