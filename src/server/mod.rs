@@ -20,9 +20,9 @@ use crate::engine::EngineHandle;
 use crate::ledger::Meter;
 use crate::lora::AdapterRegistry;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
-use axum::middleware;
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -110,6 +110,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(state.opts.max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            reject_oversized,
+        ))
         .layer(middleware::map_response_with_state(
             state.clone(),
             openai_error_body,
@@ -138,6 +142,40 @@ pub async fn run(
     )
     .with_graceful_shutdown(shutdown)
     .await
+}
+
+/// Bodies announced larger than this are refused without being read (the connection closes).
+const DRAIN_CAP: u64 = 64 << 20;
+/// How long an oversized body may take to arrive before the 413 goes out anyway.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A body whose Content-Length exceeds the limit gets its 413 only after the body has been read
+/// and discarded (up to `DRAIN_CAP`, `DRAIN_TIMEOUT`): answering while the client is still sending
+/// would close the connection under it, and the client would see a reset instead of the error.
+async fn reject_oversized(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let limit = state.opts.max_body_bytes as u64;
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match announced {
+        Some(n) if n > limit => {
+            if n <= DRAIN_CAP {
+                use futures::StreamExt;
+                let mut body = req.into_body().into_data_stream();
+                let drain = async { while let Some(Ok(_)) = body.next().await {} };
+                let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
+            }
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                format!("request body too large (limit {limit} bytes)"),
+            )
+            .into_response()
+        }
+        _ => next.run(req).await,
+    }
 }
 
 /// Gives every error response without a JSON body (axum's 413, 405, extractor rejections) the
