@@ -40,7 +40,9 @@ fn main() {
     let formats: Vec<WeightFormat> = if args.is_empty() {
         WeightFormat::ALL.to_vec()
     } else {
-        args.iter().map(|a| WeightFormat::from_name(a).expect("unknown format")).collect()
+        args.iter()
+            .map(|a| WeightFormat::from_name(a).expect("unknown format"))
+            .collect()
     };
     let isa = match std::env::var("OPENLORA_ISA").as_deref() {
         Ok("avx2") => Isa::Avx2,
@@ -51,22 +53,34 @@ fn main() {
     println!("| shape | m | format | weight MiB | GMAC/s | vs f32 linear |");
     println!("|---|---|---|---|---|---|");
     for (name, k, n) in SHAPES {
-        let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 700.0).collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 700.0)
+            .collect();
         for m in BATCHES {
             // The lm_head is applied to the logit rows only; skip its 512-row prefill case.
             if n > 10_000 && m > 8 {
                 continue;
             }
-            let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729 % 997) as f32 - 498.0) / 500.0).collect();
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 104729 % 997) as f32 - 498.0) / 500.0)
+                .collect();
             let mut y = vec![0f32; m * n];
             let macs = (m * n * k) as f64;
             let base = time(|| linear(&x, m, &w, n, k, None, &mut y));
-            println!("| {name} | {m} | f32 linear | {:.1} | {:.2} | 1.00 |", (n * k * 4) as f64 / 1048576.0, macs / base / 1e9);
+            println!(
+                "| {name} | {m} | f32 linear | {:.1} | {:.2} | 1.00 |",
+                (n * k * 4) as f64 / 1048576.0,
+                macs / base / 1e9
+            );
             for &f in formats.iter().filter(|f| k % f.block_len() == 0) {
                 let q = QMatrix::quantize(&w, n, k, f).unwrap();
                 let t = time(|| qlinear_with(isa, &x, m, &q, None, &mut y));
                 let mib = q.byte_len() as f64 / 1048576.0;
-                println!("| {name} | {m} | {f} | {mib:.1} | {:.2} | {:.2} |", macs / t / 1e9, base / t);
+                println!(
+                    "| {name} | {m} | {f} | {mib:.1} | {:.2} | {:.2} |",
+                    macs / t / 1e9,
+                    base / t
+                );
             }
         }
     }

@@ -113,8 +113,7 @@ fn main() -> anyhow::Result<()> {
                 seed,
                 ..Default::default()
             };
-            let handle =
-                EngineHandle::spawn(LlmEngine::new(model.clone(), engine_cfg)?);
+            let handle = EngineHandle::spawn(LlmEngine::new(model.clone(), engine_cfg)?);
             let mut stream = handle.submit_blocking(GenerateRequest {
                 prompt_ids,
                 adapters: mix,

@@ -150,7 +150,9 @@ fn missing_hub_adapters_download_into_the_cache_then_resolve_offline() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("over the 64 byte limit"), "{err}");
-    assert!(!cache_dir.join("small/models--acme--tiny-a4/snapshots").exists());
+    assert!(!cache_dir
+        .join("small/models--acme--tiny-a4/snapshots")
+        .exists());
     std::env::remove_var("OPENLORA_HUB_MAX_BYTES");
 
     // A hub that never answers: the download gives up at its deadline.
@@ -166,7 +168,10 @@ fn missing_hub_adapters_download_into_the_cache_then_resolve_offline() {
     let err = hub::fetch_into(&small, &silent_url, "acme/tiny-a4")
         .unwrap_err()
         .to_string();
-    assert!(started.elapsed() < std::time::Duration::from_secs(10), "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{err}"
+    );
     assert!(err.contains("acme/tiny-a4"), "{err}");
     std::env::remove_var("OPENLORA_HUB_TIMEOUT_SECS");
     let _ = std::fs::remove_dir_all(&cache_dir);

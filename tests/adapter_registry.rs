@@ -5,9 +5,9 @@
 
 mod common;
 use common::*;
-use openlora::lora::write_random_adapter;
 use openlora::config::EngineConfig;
 use openlora::engine::{EngineHandle, GenerateRequest, LlmEngine};
+use openlora::lora::write_random_adapter;
 use openlora::lora::{AdapterPager, AdapterRegistry, PagerConfig, Proj, Tier};
 use openlora::metrics::Metrics;
 use openlora::model::Model;

@@ -4,11 +4,11 @@
 
 mod common;
 use common::*;
-use openlora::lora::random_adapter;
 use openlora::config::EngineConfig;
 use openlora::engine::{GenerateRequest, LlmEngine, SamplingParams, SeqId};
-use openlora::lora::{AdapterRegistry, LoraAdapter};
 use openlora::exec::KvDtype;
+use openlora::lora::random_adapter;
+use openlora::lora::{AdapterRegistry, LoraAdapter};
 use openlora::model::{LoadOptions, Model};
 use openlora::ops::cpu::quant::WeightFormat;
 use std::sync::Arc;

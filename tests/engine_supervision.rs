@@ -132,7 +132,9 @@ async fn an_engine_panic_fails_in_flight_calls_unbilled_and_the_engine_restarts(
         assert_server_error(last, "stream");
         assert!(!tokens.is_empty(), "the stream had produced tokens: {text}");
         assert!(
-            tokens.iter().all(|t| t["choices"][0]["finish_reason"].is_null()),
+            tokens
+                .iter()
+                .all(|t| t["choices"][0]["finish_reason"].is_null()),
             "{text}"
         );
     }

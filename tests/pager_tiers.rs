@@ -65,7 +65,10 @@ fn pinned_adapters_are_never_evicted() {
     );
     // A's slot still holds the same weights.
     assert_eq!(la.poll().unwrap().unwrap()[0], a_slot);
-    assert!(Arc::ptr_eq(&pager.slots().get(a_slot).unwrap().adapter, &a_weights));
+    assert!(Arc::ptr_eq(
+        &pager.slots().get(a_slot).unwrap().adapter,
+        &a_weights
+    ));
     assert_eq!(pager.stats().device_evictions, 0);
     // Releasing B's pin (its sequence finished) lets C in; B drops to the host tier.
     drop(lb);

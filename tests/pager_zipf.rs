@@ -6,9 +6,9 @@
 
 mod common;
 use common::*;
-use openlora::lora::write_random_adapter;
 use openlora::config::EngineConfig;
 use openlora::engine::{GenerateRequest, LlmEngine, SamplingParams, SeqId};
+use openlora::lora::write_random_adapter;
 use openlora::lora::{AdapterPager, AdapterRegistry, AdapterSpec, PagerConfig, Proj, Tier};
 use openlora::metrics::Metrics;
 use openlora::model::Model;
@@ -204,7 +204,10 @@ fn zipf_2000_adapters_device_32_host_256() {
     assert_eq!(pager.tier(pinned_spec.id), Tier::Device);
     assert_eq!(pager.pins(pinned_spec.id), 1);
     assert_eq!(pin.poll().unwrap().unwrap()[0], pinned_slot);
-    assert!(Arc::ptr_eq(&pager.slots().get(pinned_slot).unwrap().adapter, &pinned));
+    assert!(Arc::ptr_eq(
+        &pager.slots().get(pinned_slot).unwrap().adapter,
+        &pinned
+    ));
     // Every finished sequence released its pins: only the test's own lease is left.
     assert_eq!(stats.pinned, 1, "{stats:?}");
 

@@ -34,7 +34,8 @@ fn cases(model: &Model) -> Vec<Case> {
     let r = load_json(&dir.join("reference.json"));
     let reg = AdapterRegistry::new(model.config().clone());
     for name in ["qv_r8", "all_r16"] {
-        reg.register(name, &dir.join("adapters").join(name)).unwrap();
+        reg.register(name, &dir.join("adapters").join(name))
+            .unwrap();
     }
     let prompts = r["prompts"].as_array().unwrap();
     r["cases"]
@@ -99,7 +100,10 @@ fn check(opts: LoadOptions, label: &str, min_agreement: f64) {
         agree += tf.iter().zip(&c.greedy).filter(|(a, b)| a == b).count();
         steps += c.greedy.len();
         let mix = c.adapter.iter().map(|a| (a.clone(), 1.0)).collect();
-        batch.push((openlora::engine::SeqId(i as u64), request(&c.prompt, mix, greedy_params(32))));
+        batch.push((
+            openlora::engine::SeqId(i as u64),
+            request(&c.prompt, mix, greedy_params(32)),
+        ));
     }
     // Every case in one mixed-adapter batch vs alone: bit-identical tokens.
     let mut engine = openlora::engine::LlmEngine::new(model.clone(), Default::default()).unwrap();
@@ -107,7 +111,10 @@ fn check(opts: LoadOptions, label: &str, min_agreement: f64) {
     assert!(peak > 8, "cases should have been batched together");
     for (id, req) in batch {
         let alone = run_alone(&model, req);
-        assert_eq!(out[&id], alone, "{label}: case {id:?} differs batched vs alone");
+        assert_eq!(
+            out[&id], alone,
+            "{label}: case {id:?} differs batched vs alone"
+        );
         exact += (alone == cases[id.0 as usize].greedy) as usize;
     }
     let rate = agree as f64 / steps as f64;

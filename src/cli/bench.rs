@@ -3,8 +3,8 @@
 //! Only decode steps are timed (prefill of every sequence is done before the clock starts).
 
 use openlora::config::EngineConfig;
-use openlora::exec::KvDtype;
 use openlora::engine::{GenerateRequest, LlmEngine, SamplingParams, SeqId};
+use openlora::exec::KvDtype;
 use openlora::lora::{random_adapter, LoraAdapter};
 use openlora::model::Model;
 use std::path::PathBuf;
@@ -112,7 +112,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         return super::bench_pager::run(&args.model, b);
     }
     let threads = args.runtime.init_threads()?;
-    let model = Arc::new(Model::load_with(&args.model, &args.runtime.load_options()?)?);
+    let model = Arc::new(Model::load_with(
+        &args.model,
+        &args.runtime.load_options()?,
+    )?);
     let kv_dtype = args.runtime.kv_dtype()?;
     if args.itl {
         println!("threads: {threads}; weights: {}", model.weights.describe());

@@ -51,7 +51,9 @@ fn run_once(
         ..Default::default()
     };
     let mut engine = LlmEngine::new(model.clone(), cfg)?;
-    let short = model.tokenizer()?.encode("Tell me a long story about the sea.", false)?;
+    let short = model
+        .tokenizer()?
+        .encode("Tell me a long story about the sea.", false)?;
     for i in 0..streams {
         engine.add_request(SeqId(i as u64), greedy(100_000, short.clone()))?;
     }

@@ -8,8 +8,8 @@
 use openlora::config::EngineConfig;
 use openlora::engine::{GenerateRequest, LlmEngine, SamplingParams, SeqId};
 use openlora::lora::{
-    write_random_adapter,
-    AdapterPager, AdapterRegistry, AdapterSpec, PagerConfig, Proj, CONFIG_FILE, WEIGHTS_FILE,
+    write_random_adapter, AdapterPager, AdapterRegistry, AdapterSpec, PagerConfig, Proj,
+    CONFIG_FILE, WEIGHTS_FILE,
 };
 use openlora::metrics::Metrics;
 use openlora::model::Model;

@@ -56,8 +56,7 @@ impl RuntimeArgs {
     }
 
     pub fn kv_dtype(&self) -> anyhow::Result<KvDtype> {
-        KvDtype::parse(self.kv_cache_dtype.as_deref().unwrap_or("auto"))
-            .context("--kv-cache-dtype")
+        KvDtype::parse(self.kv_cache_dtype.as_deref().unwrap_or("auto")).context("--kv-cache-dtype")
     }
 
     /// Sizes the global compute pool once (before any parallel work); returns its thread count.
@@ -67,7 +66,9 @@ impl RuntimeArgs {
         });
         anyhow::ensure!(n > 0, "--threads must be > 0");
         // Fails only if the pool was already built (then it keeps its size).
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global();
         Ok(rayon::current_num_threads())
     }
 }

@@ -10,6 +10,7 @@
 //! endpoints is decided in `server::auth` (`--admin-key`, `--insecure-open-admin`).
 
 use super::runtime_args::RuntimeArgs;
+use anyhow::Context;
 use openlora::config::EngineConfig;
 use openlora::engine::{EngineHandle, LlmEngine};
 use openlora::ledger::{MeterConfig, MeteringArgs, MeteringFile};
@@ -17,7 +18,6 @@ use openlora::lora::{AdapterPager, AdapterRegistry, AdapterRoots, PagerConfig};
 use openlora::metrics::Metrics;
 use openlora::model::Model;
 use openlora::server::{self, AppState, ServerOptions};
-use anyhow::Context;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

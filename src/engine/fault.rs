@@ -17,7 +17,11 @@ pub(super) struct Fault {
 #[cfg(feature = "fault-injection")]
 impl Fault {
     pub fn from_env() -> Self {
-        let var = |k: &str| std::env::var(k).ok().and_then(|v| v.trim().parse::<u64>().ok());
+        let var = |k: &str| {
+            std::env::var(k)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
         Fault {
             panic_at: var("OPENLORA_FAULT_PANIC_AFTER_STEPS"),
             min_seqs: var("OPENLORA_FAULT_PANIC_MIN_SEQS").unwrap_or(1) as usize,
@@ -37,7 +41,10 @@ impl Fault {
         self.steps += 1;
         if self.steps >= at {
             self.panic_at = None;
-            panic!("fault injection: engine panic at step {at} with {} sequences running", s.running);
+            panic!(
+                "fault injection: engine panic at step {at} with {} sequences running",
+                s.running
+            );
         }
     }
 

@@ -27,7 +27,12 @@ use tokio::sync::{mpsc as tmpsc, oneshot};
 pub(super) type EventSink = tmpsc::UnboundedSender<Result<SeqEvent>>;
 
 pub(super) enum Command {
-    Submit(SeqId, GenerateRequest, EventSink, oneshot::Sender<Result<()>>),
+    Submit(
+        SeqId,
+        GenerateRequest,
+        EventSink,
+        oneshot::Sender<Result<()>>,
+    ),
     Abort(SeqId),
 }
 

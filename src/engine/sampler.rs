@@ -273,8 +273,15 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(3);
         // A peaky 49,152-token distribution and a flat one (top-p must widen past 64 there).
         for spread in [8.0f32, 0.01] {
-            let x: Vec<f32> = (0..49_152).map(|_| rng.random_range(-spread..spread)).collect();
-            for (top_k, top_p, min_p) in [(0, 0.9, 0.0), (40, 0.95, 0.0), (0, 1.0, 0.05), (0, 0.5, 0.1)] {
+            let x: Vec<f32> = (0..49_152)
+                .map(|_| rng.random_range(-spread..spread))
+                .collect();
+            for (top_k, top_p, min_p) in [
+                (0, 0.9, 0.0),
+                (40, 0.95, 0.0),
+                (0, 1.0, 0.05),
+                (0, 0.5, 0.1),
+            ] {
                 let p = SamplingParams {
                     temperature: 0.8,
                     top_k,
@@ -282,8 +289,11 @@ mod tests {
                     min_p,
                     ..Default::default()
                 };
-                let scaled: Vec<(u32, f32)> =
-                    x.iter().enumerate().map(|(i, &v)| (i as u32, v / 0.8)).collect();
+                let scaled: Vec<(u32, f32)> = x
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| (i as u32, v / 0.8))
+                    .collect();
                 let max = scaled.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max);
                 let (cand, _) = candidates(&scaled, max, &p);
                 let mut full = scaled.clone();

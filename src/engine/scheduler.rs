@@ -106,7 +106,12 @@ impl Scheduler {
                     i += 1;
                     continue;
                 }
-                let n = budget.rows_for(seq.pending(), seq.computed, self.cfg.max_step_cost, self.attn_k);
+                let n = budget.rows_for(
+                    seq.pending(),
+                    seq.computed,
+                    self.cfg.max_step_cost,
+                    self.attn_k,
+                );
                 if n == 0 {
                     break;
                 }
@@ -163,7 +168,8 @@ impl Scheduler {
                 i += 1;
                 continue;
             }
-            let new: Vec<AdapterSlot> = adapter_set(seq).filter(|a| !adapters.contains(a)).collect();
+            let new: Vec<AdapterSlot> =
+                adapter_set(seq).filter(|a| !adapters.contains(a)).collect();
             if adapters.len() + new.len() > self.cfg.max_adapters_per_step && !plan.is_empty() {
                 // Prefer sequences whose adapters are already in this step; one passed over for
                 // too long stops admission behind it until the running adapters drain.
@@ -172,7 +178,12 @@ impl Scheduler {
                 i += 1;
                 continue;
             }
-            let n = budget.rows_for(seq.pending(), seq.computed, self.cfg.max_step_cost, self.attn_k);
+            let n = budget.rows_for(
+                seq.pending(),
+                seq.computed,
+                self.cfg.max_step_cost,
+                self.attn_k,
+            );
             // A partial (chunked) prefill is admitted only when the whole prompt cannot fit a
             // step; then nothing behind it is admitted this step (FIFO).
             let chunked = n < seq.pending();
@@ -240,9 +251,15 @@ mod tests {
             for left in [1.0, 10.0, 128.0, 512.0] {
                 let n = rows_within(left, c, k);
                 if n > 1 {
-                    assert!(chunk_cost(n, c, k) <= left + 1e-9, "c={c} left={left} n={n}");
+                    assert!(
+                        chunk_cost(n, c, k) <= left + 1e-9,
+                        "c={c} left={left} n={n}"
+                    );
                 }
-                assert!(chunk_cost(n + 1, c, k) > left, "c={c} left={left} n={n} not maximal");
+                assert!(
+                    chunk_cost(n + 1, c, k) > left,
+                    "c={c} left={left} n={n} not maximal"
+                );
             }
         }
     }

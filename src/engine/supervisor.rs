@@ -27,7 +27,8 @@ use tokio::sync::oneshot;
 pub(super) type Rebuild = Box<dyn FnMut() -> Result<LlmEngine> + Send>;
 
 /// The message every in-flight request gets when the engine fails.
-const FAILED: &str = "the engine failed while running this request (it restarts); retry the request";
+const FAILED: &str =
+    "the engine failed while running this request (it restarts); retry the request";
 
 /// Requests the engine thread answers.
 #[derive(Default)]
@@ -121,7 +122,11 @@ pub(super) fn run(
         let Err(panic) = served else { return };
         shared.ready.store(false, Ordering::SeqCst);
         let failed = inflight.fail_all();
-        tracing::error!(panic = panic_message(&*panic), failed_requests = failed, "the engine panicked; its in-flight requests failed");
+        tracing::error!(
+            panic = panic_message(&*panic),
+            failed_requests = failed,
+            "the engine panicked; its in-flight requests failed"
+        );
         // The broken engine goes first (its KV memory too); its drop must not take the thread down.
         let _ = catch_unwind(AssertUnwindSafe(move || drop(engine)));
         let Some(rebuild) = rebuild.as_mut() else {
@@ -178,7 +183,10 @@ fn rebuild_engine(rebuild: &mut Rebuild, rx: &mpsc::Receiver<Command>) -> Option
         match catch_unwind(AssertUnwindSafe(rebuild.as_mut())) {
             Ok(Ok(engine)) => return Some(engine),
             Ok(Err(e)) => tracing::error!(error = %e, "rebuilding the engine failed; retrying"),
-            Err(p) => tracing::error!(panic = panic_message(&*p), "rebuilding the engine panicked; retrying"),
+            Err(p) => tracing::error!(
+                panic = panic_message(&*p),
+                "rebuilding the engine panicked; retrying"
+            ),
         }
         std::thread::sleep(delay);
         delay = (delay * 2).min(Duration::from_secs(5));

@@ -15,11 +15,11 @@ use super::record::{
 };
 use super::store::Store;
 use super::writer::{Commit, Settle, Writer};
+use crate::clock::unix_now;
 use crate::engine::{FinishReason, SeqEvent};
 use crate::error::Result;
 use crate::lora::AdapterRef;
 use crate::metrics::Metrics;
-use crate::clock::unix_now;
 use alloy::primitives::{keccak256, Address, B256, U256};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -424,7 +424,10 @@ mod tests {
         let mut failed = begin("r4");
         failed.observe(0, &ev(3, 1, None));
         failed.void(); // the server failed it
-        assert!(store.get("r4").unwrap().is_none(), "a voided call is not billed");
+        assert!(
+            store.get("r4").unwrap().is_none(),
+            "a voided call is not billed"
+        );
         let mut dup = begin("r3");
         dup.observe(0, &ev(1, 1, Some(FinishReason::Stop)));
         assert!(

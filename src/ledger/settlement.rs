@@ -16,12 +16,12 @@
 //! - nonces come from the node's pending count for every transaction (see `chain::Settler`).
 
 use super::funds::Funds;
-use super::writer::Writer;
 use super::store::{BatchId, SettledInfo, Store, StoredBatch, UnbatchedRow};
+use super::writer::Writer;
 use crate::chain::{protocol_fee, Batch, ChainError, MerkleTree, Settler};
+use crate::clock::unix_now;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::clock::unix_now;
 use alloy::primitives::{keccak256, Address, B256, U256};
 use std::collections::BTreeMap;
 use std::sync::Arc;

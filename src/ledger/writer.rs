@@ -29,7 +29,11 @@ pub struct Settle {
 }
 
 enum Job {
-    Insert(Box<UsageRecord>, Option<Settle>, oneshot::Sender<Result<()>>),
+    Insert(
+        Box<UsageRecord>,
+        Option<Settle>,
+        oneshot::Sender<Result<()>>,
+    ),
     /// Any other ledger write (settlement batches, escrows); answers through its own channel.
     Write(Box<dyn FnOnce(&Store) + Send>),
     /// Answered once every job queued before it is done.
@@ -113,7 +117,11 @@ impl Writer {
     /// Blocks until every record queued so far is committed (tests, shutdown).
     pub fn flush(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.tx.as_ref().is_some_and(|t| t.send(Job::Flush(tx)).is_ok()) {
+        if self
+            .tx
+            .as_ref()
+            .is_some_and(|t| t.send(Job::Flush(tx)).is_ok())
+        {
             let _ = rx.blocking_recv();
         }
     }
@@ -155,8 +163,10 @@ fn commit_group(store: &Store, metrics: &Metrics, jobs: Vec<Job>) {
         Err(e) => {
             let msg = e.to_string();
             tracing::error!(error = %msg, records = records.len(), "ledger group commit failed");
-            let failed: Vec<Result<i64>> =
-                records.iter().map(|_| Err(Error::Ledger(msg.clone()))).collect();
+            let failed: Vec<Result<i64>> = records
+                .iter()
+                .map(|_| Err(Error::Ledger(msg.clone())))
+                .collect();
             failed.into_iter()
         }
     };
@@ -220,14 +230,21 @@ mod tests {
                     let commits: Vec<Commit> = (0..25)
                         .map(|i| w.submit(record(&format!("r{t}-{i}")), None))
                         .collect();
-                    commits.into_iter().map(Commit::wait_blocking).collect::<Vec<_>>()
+                    commits
+                        .into_iter()
+                        .map(Commit::wait_blocking)
+                        .collect::<Vec<_>>()
                 })
             })
             .collect();
         for t in threads {
             assert!(t.join().unwrap().iter().all(Result::is_ok));
         }
-        assert_eq!(store.all_amounts().unwrap().len(), 200, "every record committed");
+        assert_eq!(
+            store.all_amounts().unwrap().len(),
+            200,
+            "every record committed"
+        );
         assert_eq!(metrics.ledger_records.get(), 200);
         // In one group: a duplicate id fails its own record only.
         let a = writer.submit(record("r0-0"), None);

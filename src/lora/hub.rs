@@ -8,9 +8,9 @@
 //! revisions are checked by the hub's rules (`HubId`) before the cache or the network is touched.
 //! Blocking: the server calls it from `spawn_blocking`.
 
+use super::hub_download::HubClient;
 use super::{AdapterId, AdapterRegistry, HubId, CONFIG_FILE, WEIGHTS_FILE};
 use crate::error::{Error, Result};
-use super::hub_download::HubClient;
 use hf_hub::{Cache, Repo, RepoType};
 use std::path::{Path, PathBuf};
 
@@ -75,7 +75,10 @@ pub fn fetch_into(cache: &Cache, endpoint: &str, id: &str) -> Result<PathBuf> {
         return cached;
     }
     let (repo_id, rev) = parse_id(id).expect("resolve_in checked the id");
-    let client = HubClient::new(endpoint, std::env::var("HF_TOKEN").ok().or_else(|| cache.token()));
+    let client = HubClient::new(
+        endpoint,
+        std::env::var("HF_TOKEN").ok().or_else(|| cache.token()),
+    );
     for file in [CONFIG_FILE, WEIGHTS_FILE] {
         let what = format!("hub adapter `{id}`: downloading {file} from {endpoint} failed");
         client.download(cache, repo_id, rev, file, &what)?;

@@ -29,7 +29,11 @@ impl HubClient {
     /// Limits from `OPENLORA_HUB_MAX_BYTES` (default 4 GiB) and `OPENLORA_HUB_TIMEOUT_SECS`
     /// (default 600).
     pub fn new(endpoint: &str, token: Option<String>) -> Self {
-        let var = |k: &str| std::env::var(k).ok().and_then(|v| v.trim().parse::<u64>().ok());
+        let var = |k: &str| {
+            std::env::var(k)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
         HubClient {
             endpoint: endpoint.trim_end_matches('/').to_string(),
             token,
@@ -68,12 +72,26 @@ impl HubClient {
             first
         };
         let limit = self.max_bytes;
-        let len = body.header("content-length").and_then(|l| l.parse::<u64>().ok());
+        let len = body
+            .header("content-length")
+            .and_then(|l| l.parse::<u64>().ok());
         if len.is_some_and(|n| n > limit) {
-            return Err(failed(what, format!("the file is over the {limit} byte limit")));
+            return Err(failed(
+                what,
+                format!("the file is over the {limit} byte limit"),
+            ));
         }
-        store(cache, repo_id, rev, file, &commit, &etag, body.into_reader(), limit)
-            .map_err(|e| failed(what, e))
+        store(
+            cache,
+            repo_id,
+            rev,
+            file,
+            &commit,
+            &etag,
+            body.into_reader(),
+            limit,
+        )
+        .map_err(|e| failed(what, e))
     }
 }
 
@@ -130,7 +148,11 @@ fn store(
     let _ = std::fs::remove_file(&pointer);
     link(&Path::new("../../blobs").join(etag), &blob, &pointer)?;
     cache
-        .repo(Repo::with_revision(repo_id.into(), RepoType::Model, rev.into()))
+        .repo(Repo::with_revision(
+            repo_id.into(),
+            RepoType::Model,
+            rev.into(),
+        ))
         .create_ref(commit)?;
     Ok(pointer)
 }

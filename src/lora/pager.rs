@@ -291,7 +291,10 @@ impl AdapterPager {
     pub fn new(model: ModelConfig, cfg: PagerConfig, metrics: Arc<Metrics>) -> Result<Self> {
         cfg.validate()?;
         let state = State {
-            free_slots: (0..cfg.device_slots as u32).rev().map(AdapterSlot).collect(),
+            free_slots: (0..cfg.device_slots as u32)
+                .rev()
+                .map(AdapterSlot)
+                .collect(),
             ..State::default()
         };
         let shared = Arc::new(Shared {
@@ -587,7 +590,10 @@ fn install(shared: &Shared, spec: &AdapterSpec, adapter: Arc<LoraAdapter>) -> Re
     st.device.values_mut().for_each(|e| e.draining = false);
     let last_use = st.tick();
     st.stats.device_loads += 1;
-    let slot = st.free_slots.pop().expect("wait_for_slot leaves a free slot");
+    let slot = st
+        .free_slots
+        .pop()
+        .expect("wait_for_slot leaves a free slot");
     shared.slots.fill(slot, adapter);
     st.device.insert(
         spec.id,

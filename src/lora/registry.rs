@@ -21,7 +21,8 @@ const IN_MEMORY_IDS: u32 = 1 << 31;
 impl AdapterId {
     /// A new id for an adapter held in memory, distinct from every registered id.
     pub fn fresh_in_memory() -> Self {
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(IN_MEMORY_IDS);
+        static NEXT: std::sync::atomic::AtomicU32 =
+            std::sync::atomic::AtomicU32::new(IN_MEMORY_IDS);
         AdapterId(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
     }
 }

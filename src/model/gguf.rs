@@ -7,10 +7,10 @@
 use super::config::Arch;
 use super::weights::{TensorName, TensorSource};
 use super::ModelConfig;
-use crate::error::{Error, Result};
 use super::Proj;
-use candle_core::quantized::gguf_file::{Content, Value};
+use crate::error::{Error, Result};
 use crate::ops::cpu::quant::{QMatrix, QStorage, WeightFormat};
+use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::Device;
 use memmap2::Mmap;
 use std::fs::File;

@@ -3,9 +3,9 @@
 
 use super::safetensors_file::SafetensorsFile;
 use super::weights::{TensorName, TensorSource};
+use super::Proj;
 use crate::error::{Error, Result};
 use crate::ops::cpu::quant::QMatrix;
-use super::Proj;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -73,7 +73,10 @@ impl SafetensorsFile {
             other => return Err(bad(format!("unsupported dtype {other:?}"))),
         };
         let &[rows, cols] = t.shape() else {
-            return Err(bad(format!("expected a matrix, found shape {:?}", t.shape())));
+            return Err(bad(format!(
+                "expected a matrix, found shape {:?}",
+                t.shape()
+            )));
         };
         QMatrix::from_bytes(format, rows, cols, QStorage::copy_from(t.data()))
             .map_err(|e| bad(e.to_string()))

@@ -158,7 +158,13 @@ fn matrix(
 impl LlamaWeights {
     pub fn load(cfg: &ModelConfig, src: &mut dyn TensorSource, opts: &LoadOptions) -> Result<Self> {
         // The embedding is only ever read row by row: it keeps its stored format unless f32.
-        let embed = matrix(src, TensorName::Embed, (cfg.vocab_size, cfg.hidden), opts, None)?;
+        let embed = matrix(
+            src,
+            TensorName::Embed,
+            (cfg.vocab_size, cfg.hidden),
+            opts,
+            None,
+        )?;
         let final_norm = dense(src, TensorName::FinalNorm, &[cfg.hidden])?;
         let mut layers = Vec::with_capacity(cfg.layers);
         for l in 0..cfg.layers {
@@ -167,7 +173,13 @@ impl LlamaWeights {
             let mut proj = Vec::with_capacity(7);
             for p in Proj::ALL {
                 let (out, inp) = cfg.proj_shape(p);
-                let w = matrix(src, TensorName::Weight(l, p), (out, inp), opts, opts.quantize)?;
+                let w = matrix(
+                    src,
+                    TensorName::Weight(l, p),
+                    (out, inp),
+                    opts,
+                    opts.quantize,
+                )?;
                 let bias = if cfg.qkv_bias && matches!(p, Proj::Q | Proj::K | Proj::V) {
                     Some(dense(src, TensorName::Bias(l, p), &[out])?)
                 } else {

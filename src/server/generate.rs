@@ -342,7 +342,8 @@ fn total_usage(usages: &[Usage]) -> Usage {
 
 /// The end of a stream that failed: an OpenAI-shaped error event, then `[DONE]`.
 fn error_events(e: ApiError) -> Vec<Result<Event, Infallible>> {
-    let body = json!({"error": {"message": e.message, "type": e.kind, "param": e.param, "code": e.code}});
+    let body =
+        json!({"error": {"message": e.message, "type": e.kind, "param": e.param, "code": e.code}});
     vec![
         Ok(Event::default().data(body.to_string())),
         Ok(Event::default().data("[DONE]")),

@@ -152,7 +152,11 @@ const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// A body whose Content-Length exceeds the limit gets its 413 only after the body has been read
 /// and discarded (up to `DRAIN_CAP`, `DRAIN_TIMEOUT`): answering while the client is still sending
 /// would close the connection under it, and the client would see a reset instead of the error.
-async fn reject_oversized(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+async fn reject_oversized(
+    State(state): State<Arc<AppState>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let limit = state.opts.max_body_bytes as u64;
     let announced = req
         .headers()

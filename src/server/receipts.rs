@@ -30,7 +30,11 @@ pub async fn get(
     let (st, id) = (state.clone(), request_id.clone());
     let found = tokio::task::spawn_blocking(move || lookup(&st, &meter, &headers, &id))
         .await
-        .unwrap_or_else(|e| Err(crate::error::Error::Internal(format!("receipt lookup: {e}"))));
+        .unwrap_or_else(|e| {
+            Err(crate::error::Error::Internal(format!(
+                "receipt lookup: {e}"
+            )))
+        });
     match found {
         Ok(Some(v)) => Json(v).into_response(),
         Ok(None) => not_found(&format!("no receipt for request `{request_id}`")),

@@ -59,4 +59,3 @@ pub struct AppState {
     /// tokenizes to: rejected before it is tokenized.
     pub max_prompt_chars: usize,
 }
-

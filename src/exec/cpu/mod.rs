@@ -52,9 +52,8 @@ impl Executor for CpuExecutor {
                 .into_iter()
                 .zip(&seg.terms)
                 .map(|(a, (slot, w))| {
-                    a.map(|a| (a, *w)).ok_or_else(|| {
-                        Error::Internal(format!("adapter slot {} is empty", slot.0))
-                    })
+                    a.map(|a| (a, *w))
+                        .ok_or_else(|| Error::Internal(format!("adapter slot {} is empty", slot.0)))
                 })
                 .collect::<Result<Vec<_>>>()?;
             lora.push((seg.rows.clone(), mix));

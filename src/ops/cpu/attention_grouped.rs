@@ -148,7 +148,13 @@ pub fn paged_attention_grouped<T: KvElem>(
     }
 }
 
-fn run_task<T: KvElem>(q: &[f32], seq: &AttnSeq, t: &Task, kv: KvView<T>, heads: usize) -> Vec<f32> {
+fn run_task<T: KvElem>(
+    q: &[f32],
+    seq: &AttnSeq,
+    t: &Task,
+    kv: KvView<T>,
+    heads: usize,
+) -> Vec<f32> {
     let hd = kv.head_dim;
     let group = heads / kv.kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
@@ -231,10 +237,13 @@ mod tests {
         seed: u64,
     ) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<u32>) {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let mut r = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
+        let mut r =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
         let blocks = t.div_ceil(bs);
         // Scattered, non-monotonic block table.
-        let table: Vec<u32> = (0..blocks as u32).map(|b| (b * 7 + 3) % (blocks as u32 * 2 + 1)).collect();
+        let table: Vec<u32> = (0..blocks as u32)
+            .map(|b| (b * 7 + 3) % (blocks as u32 * 2 + 1))
+            .collect();
         (r(t * heads * hd), r(t * kvh * hd), r(t * kvh * hd), table)
     }
 
@@ -249,7 +258,9 @@ mod tests {
         let stride = kvh * hd;
         let cap = (table.iter().max().unwrap() + 1) as usize * bs * stride;
         let (mut ck, mut cv) = (T::zeroed_vec(cap), T::zeroed_vec(cap));
-        let slots: Vec<usize> = (0..t).map(|p| table[p / bs] as usize * bs + p % bs).collect();
+        let slots: Vec<usize> = (0..t)
+            .map(|p| table[p / bs] as usize * bs + p % bs)
+            .collect();
         write_kv_as(k, v, &slots, stride, &mut ck, &mut cv);
         let view = KvView {
             k: &ck,
@@ -278,7 +289,9 @@ mod tests {
         let stride = kvh * hd;
         let cap = (table.iter().max().unwrap() + 1) as usize * bs * stride;
         let (mut ck, mut cv) = (vec![0f32; cap], vec![0f32; cap]);
-        let slots: Vec<usize> = (0..t).map(|p| table[p / bs] as usize * bs + p % bs).collect();
+        let slots: Vec<usize> = (0..t)
+            .map(|p| table[p / bs] as usize * bs + p % bs)
+            .collect();
         write_kv(&k, &v, &slots, stride, &mut ck, &mut cv);
         let view = KvLayerView {
             k: &ck,
@@ -311,7 +324,11 @@ mod tests {
             }];
             let qrow = &q[row * heads * hd..(row + 1) * heads * hd];
             let alone = run::<f16>(qrow, &k, &v, &table, &one, shape);
-            assert_eq!(alone, got16[row * heads * hd..(row + 1) * heads * hd], "row {row}");
+            assert_eq!(
+                alone,
+                got16[row * heads * hd..(row + 1) * heads * hd],
+                "row {row}"
+            );
         }
         // A chunked prefill (rows 20..37 over a 20-token cached prefix) next to another sequence.
         let chunk = [

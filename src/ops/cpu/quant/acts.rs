@@ -101,13 +101,21 @@ impl<E: Copy + Default + Send + Sync> QActs<E> {
         if m >= PAR_ROWS {
             let rows = x.par_chunks_exact(k).zip(qs.par_chunks_exact_mut(k));
             let rows = rows.zip(d.par_chunks_exact_mut(nb));
-            rows.zip(extra.par_chunks_exact_mut(nb * ne)).for_each(one_row);
+            rows.zip(extra.par_chunks_exact_mut(nb * ne))
+                .for_each(one_row);
         } else {
             let rows = x.chunks_exact(k).zip(qs.chunks_exact_mut(k));
             let rows = rows.zip(d.chunks_exact_mut(nb));
             rows.zip(extra.chunks_exact_mut(nb * ne)).for_each(one_row);
         }
-        Self { qs, d, extra, bl, ne, nb }
+        Self {
+            qs,
+            d,
+            extra,
+            bl,
+            ne,
+            nb,
+        }
     }
 
     pub fn row(&self, i: usize) -> QRow<'_, E> {
@@ -140,6 +148,8 @@ impl<E> QRow<'_, E> {
     pub fn dequantize(&self) -> Vec<f32> {
         let bl = self.qs.len() / self.d.len();
         let blocks = self.qs.chunks_exact(bl).zip(self.d);
-        blocks.flat_map(|(q, &d)| q.iter().map(move |&v| d * v as f32)).collect()
+        blocks
+            .flat_map(|(q, &d)| q.iter().map(move |&v| d * v as f32))
+            .collect()
     }
 }

@@ -146,7 +146,9 @@ pub(crate) fn decode_q6k(b: &[u8]) -> BlockQ6K {
 /// Writes the values of one row (`row.len()` bytes, `out.len()` values) as f32.
 pub(crate) fn dequantize(f: WeightFormat, row: &[u8], out: &mut [f32]) {
     let bb = f.block_bytes();
-    let blocks = row.chunks_exact(bb).zip(out.chunks_exact_mut(f.block_len()));
+    let blocks = row
+        .chunks_exact(bb)
+        .zip(out.chunks_exact_mut(f.block_len()));
     match f {
         WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16 => {
             blocks.for_each(|(b, o)| o[0] = dequantize_one(f, b))
@@ -168,7 +170,11 @@ pub(crate) fn dequantize(f: WeightFormat, row: &[u8], out: &mut [f32]) {
             let k = decode32(f, b);
             for (v, &q) in o.iter_mut().zip(&k.q) {
                 // No `+ 0.0` for the symmetric formats: it would turn -0.0 into +0.0.
-                *v = if has_min(f) { q as f32 * k.d + k.m } else { q as f32 * k.d };
+                *v = if has_min(f) {
+                    q as f32 * k.d + k.m
+                } else {
+                    q as f32 * k.d
+                };
             }
         }),
     }

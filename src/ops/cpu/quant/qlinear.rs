@@ -40,9 +40,17 @@ impl Isa {
     pub fn available(self) -> bool {
         match self {
             Isa::Scalar => true,
-            #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+            #[cfg(all(
+                target_arch = "x86_64",
+                target_feature = "avx2",
+                target_feature = "fma"
+            ))]
             Isa::Avx2 => true,
-            #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+            #[cfg(all(
+                target_arch = "x86_64",
+                target_feature = "avx2",
+                target_feature = "fma"
+            ))]
             Isa::Avx512Vnni => {
                 is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl")
             }
@@ -86,10 +94,16 @@ pub fn qlinear_with(
     y: &mut [f32],
 ) {
     let (n, k) = (w.rows(), w.cols());
-    assert!(isa.available(), "{isa:?} is not available on this CPU/build");
+    assert!(
+        isa.available(),
+        "{isa:?} is not available on this CPU/build"
+    );
     assert_eq!(x.len(), m * k, "qlinear: x is not [m, in]");
     assert_eq!(y.len(), m * n, "qlinear: y is not [m, out]");
-    assert!(bias.is_none_or(|b| b.len() == n), "qlinear: bias is not [out]");
+    assert!(
+        bias.is_none_or(|b| b.len() == n),
+        "qlinear: bias is not [out]"
+    );
     if m == 0 || n == 0 {
         return;
     }
@@ -97,24 +111,53 @@ pub fn qlinear_with(
     if m >= ROW_BLOCK {
         // Prefill: tasks own blocks of activation rows, i.e. contiguous rows of `y`, and sweep
         // all weight rows (which stay in cache across the block's micro-tiles).
-        y.par_chunks_mut(ROW_BLOCK * n).enumerate().for_each(|(t, out)| {
-            let is = t * ROW_BLOCK..t * ROW_BLOCK + out.len() / n;
-            run(isa, w, &acts, Block { is, js: 0..n, out, si: n, sj: 1 });
-        });
+        y.par_chunks_mut(ROW_BLOCK * n)
+            .enumerate()
+            .for_each(|(t, out)| {
+                let is = t * ROW_BLOCK..t * ROW_BLOCK + out.len() / n;
+                run(
+                    isa,
+                    w,
+                    &acts,
+                    Block {
+                        is,
+                        js: 0..n,
+                        out,
+                        si: n,
+                        sj: 1,
+                    },
+                );
+            });
     } else {
         // Decode: tasks own ranges of weight rows (output features), written transposed.
         let per_task = (n / (rayon::current_num_threads() * 8)).clamp(4, 256) / 4 * 4;
         let mut yt = vec![0f32; m * n];
-        yt.par_chunks_mut(per_task * m).enumerate().for_each(|(t, out)| {
-            let js = t * per_task..t * per_task + out.len() / m;
-            run(isa, w, &acts, Block { is: 0..m, js, out, si: 1, sj: m });
-        });
+        yt.par_chunks_mut(per_task * m)
+            .enumerate()
+            .for_each(|(t, out)| {
+                let js = t * per_task..t * per_task + out.len() / m;
+                run(
+                    isa,
+                    w,
+                    &acts,
+                    Block {
+                        is: 0..m,
+                        js,
+                        out,
+                        si: 1,
+                        sj: m,
+                    },
+                );
+            });
         for (i, row) in y.chunks_exact_mut(n).enumerate() {
-            row.iter_mut().enumerate().for_each(|(j, v)| *v = yt[j * m + i]);
+            row.iter_mut()
+                .enumerate()
+                .for_each(|(j, v)| *v = yt[j * m + i]);
         }
     }
     if let Some(b) = bias {
-        y.chunks_exact_mut(n).for_each(|row| row.iter_mut().zip(b).for_each(|(v, b)| *v += b));
+        y.chunks_exact_mut(n)
+            .for_each(|row| row.iter_mut().zip(b).for_each(|(v, b)| *v += b));
     }
 }
 
@@ -123,10 +166,18 @@ fn run(isa: Isa, w: &QMatrix, acts: &Acts, b: Block) {
     match isa {
         // SAFETY: the scalar kernel has no instruction-set requirement; rows are in range.
         Isa::Scalar => unsafe { drive(&ScalarTile::new(w, acts), b) },
-        #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+        #[cfg(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma"
+        ))]
         // SAFETY: AVX2 + FMA are compile-time features of this build.
         Isa::Avx2 => unsafe { super::x86::run::<false>(w, acts, b) },
-        #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+        #[cfg(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma"
+        ))]
         // SAFETY: `qlinear_with` checked `Isa::available`, i.e. run-time detection of VNNI + VL.
         Isa::Avx512Vnni => unsafe { super::x86::run_vnni(w, acts, b) },
         #[allow(unreachable_patterns)]
@@ -145,7 +196,12 @@ pub(crate) struct ScalarTile<'a> {
 
 impl<'a> ScalarTile<'a> {
     pub fn new(w: &'a QMatrix, acts: &'a Acts<'a>) -> Self {
-        Self { f: w.format(), w: w.as_bytes(), acts, rb: w.row_bytes() }
+        Self {
+            f: w.format(),
+            w: w.as_bytes(),
+            acts,
+            rb: w.row_bytes(),
+        }
     }
 
     fn one(&self, i: usize, j: usize) -> f32 {
@@ -247,17 +303,27 @@ pub(crate) mod tests {
                         let r: f64 = xr.iter().zip(wr).map(|(a, b)| *a as f64 * *b as f64).sum();
                         let mag: f64 = xr.iter().zip(wr).map(|(a, b)| (a * b).abs() as f64).sum();
                         let got = (y[i * n + j] - b[j]) as f64;
-                        assert!((got - r).abs() <= 2e-6 * mag + 1e-6, "{f} {isa:?} {i},{j}: {got} vs {r} (seed {seed})");
+                        assert!(
+                            (got - r).abs() <= 2e-6 * mag + 1e-6,
+                            "{f} {isa:?} {i},{j}: {got} vs {r} (seed {seed})"
+                        );
                         // Against the unquantized activations: within the quantization bound.
                         let xo = &x[i * k..][..k];
-                        let plain: f64 = xo.iter().zip(wr).map(|(a, b)| *a as f64 * *b as f64).sum();
+                        let plain: f64 =
+                            xo.iter().zip(wr).map(|(a, b)| *a as f64 * *b as f64).sum();
                         let bound = act_bound(f, xo, wr) * 1.001 + 2e-6 * mag + 1e-6;
-                        assert!((got - plain).abs() <= bound, "{f} {isa:?} {i},{j}: {got} vs plain {plain} (seed {seed})");
+                        assert!(
+                            (got - plain).abs() <= bound,
+                            "{f} {isa:?} {i},{j}: {got} vs plain {plain} (seed {seed})"
+                        );
                     }
                 }
                 match &first {
                     None => first = Some(y),
-                    Some(y0) => assert!(bits_eq(y0, &y), "{f}: {isa:?} differs from Scalar (seed {seed})"),
+                    Some(y0) => assert!(
+                        bits_eq(y0, &y),
+                        "{f}: {isa:?} differs from Scalar (seed {seed})"
+                    ),
                 }
             }
         }
@@ -284,11 +350,17 @@ pub(crate) mod tests {
                     let mut xb = data(&mut rng, m * k);
                     xb[pos * k..(pos + 1) * k].copy_from_slice(&x[t * k..(t + 1) * k]);
                     let threads = 1 + t % 3;
-                    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
                     let mut y = vec![0f32; m * n];
                     pool.install(|| qlinear(&xb, m, &w, None, &mut y));
                     let got = &y[pos * n..(pos + 1) * n];
-                    assert!(bits_eq(got, &all[t * n..(t + 1) * n]), "{f}: row {t} at {pos} of {m} on {threads} threads (seed {seed})");
+                    assert!(
+                        bits_eq(got, &all[t * n..(t + 1) * n]),
+                        "{f}: row {t} at {pos} of {m} on {threads} threads (seed {seed})"
+                    );
                 }
             }
         }
@@ -307,7 +379,10 @@ pub(crate) mod tests {
                 for isa in isas() {
                     let mut y = vec![0f32; m * n];
                     qlinear_with(isa, &x, m, &w, None, &mut y);
-                    assert!(bits_eq(&y, &want), "{f} {isa:?} m={m} n={n} k={k} (seed {seed})");
+                    assert!(
+                        bits_eq(&y, &want),
+                        "{f} {isa:?} m={m} n={n} k={k} (seed {seed})"
+                    );
                 }
             }
         }

@@ -33,7 +33,13 @@ impl QMatrix {
         let expected = rows * format.row_bytes(cols);
         if storage.len() != expected {
             let actual = storage.len();
-            return Err(QuantError::ByteLength { format, rows, cols, expected, actual });
+            return Err(QuantError::ByteLength {
+                format,
+                rows,
+                cols,
+                expected,
+                actual,
+            });
         }
         Ok(Self {
             format,
@@ -53,7 +59,12 @@ impl QMatrix {
         Self::from_u16(WeightFormat::BF16, bits, rows, cols)
     }
 
-    fn from_u16(f: WeightFormat, bits: &[u16], rows: usize, cols: usize) -> Result<Self, QuantError> {
+    fn from_u16(
+        f: WeightFormat,
+        bits: &[u16],
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self, QuantError> {
         let storage = QStorage::build(bits.len() * 2, |dst| {
             for (d, b) in dst.chunks_exact_mut(2).zip(bits) {
                 d.copy_from_slice(&b.to_le_bytes());
@@ -71,7 +82,11 @@ impl QMatrix {
         target: WeightFormat,
     ) -> Result<Self, QuantError> {
         check_cols(target, cols)?;
-        assert_eq!(data.len(), rows * cols, "quantize: data is not [rows, cols]");
+        assert_eq!(
+            data.len(),
+            rows * cols,
+            "quantize: data is not [rows, cols]"
+        );
         let rb = target.row_bytes(cols);
         let mut failure = None;
         let storage = QStorage::build(rows * rb, |dst| {
@@ -173,7 +188,11 @@ fn check_cols(format: WeightFormat, cols: usize) -> Result<(), QuantError> {
     let block = format.block_len();
     match cols.is_multiple_of(block) {
         true => Ok(()),
-        false => Err(QuantError::RaggedRow { format, cols, block }),
+        false => Err(QuantError::RaggedRow {
+            format,
+            cols,
+            block,
+        }),
     }
 }
 
@@ -190,13 +209,18 @@ fn encode(f: WeightFormat, src: &[f32], cols: usize, out: &mut [u8]) -> Result<(
                 o.copy_from_slice(&v.to_le_bytes());
             }
         }
-        WeightFormat::F16 => put(out, &mut src.iter().map(|&v| f16::from_f32(v).to_le_bytes())),
-        WeightFormat::BF16 => {
-            put(out, &mut src.iter().map(|&v| bf16::from_f32(v).to_le_bytes()))
-        }
+        WeightFormat::F16 => put(
+            out,
+            &mut src.iter().map(|&v| f16::from_f32(v).to_le_bytes()),
+        ),
+        WeightFormat::BF16 => put(
+            out,
+            &mut src.iter().map(|&v| bf16::from_f32(v).to_le_bytes()),
+        ),
         _ => {
             let candle = |e: candle_core::Error| QuantError::Candle(e.to_string());
-            let t = Tensor::from_slice(src, (src.len() / cols, cols), &Device::Cpu).map_err(candle)?;
+            let t =
+                Tensor::from_slice(src, (src.len() / cols, cols), &Device::Cpu).map_err(candle)?;
             let q = QTensor::quantize(&t, f.ggml_dtype()).map_err(candle)?;
             out.copy_from_slice(&q.data().map_err(candle)?);
         }
@@ -215,7 +239,9 @@ mod tests {
     fn scale_fields(f: WeightFormat) -> &'static [usize] {
         match f {
             WeightFormat::Q4_0 | WeightFormat::Q5_0 | WeightFormat::Q8_0 => &[0],
-            WeightFormat::Q4_1 | WeightFormat::Q5_1 | WeightFormat::Q4_K | WeightFormat::Q5_K => &[0, 2],
+            WeightFormat::Q4_1 | WeightFormat::Q5_1 | WeightFormat::Q4_K | WeightFormat::Q5_K => {
+                &[0, 2]
+            }
             WeightFormat::Q6_K => &[208],
             _ => &[],
         }
@@ -223,7 +249,9 @@ mod tests {
 
     /// Random bytes for every field, with finite random scales.
     fn random_blocks(rng: &mut impl Rng, f: WeightFormat, rows: usize, cols: usize) -> QMatrix {
-        let mut bytes: Vec<u8> = (0..rows * f.row_bytes(cols)).map(|_| rng.random()).collect();
+        let mut bytes: Vec<u8> = (0..rows * f.row_bytes(cols))
+            .map(|_| rng.random())
+            .collect();
         for block in bytes.chunks_exact_mut(f.block_bytes()) {
             for &at in scale_fields(f) {
                 let v = f16::from_f32(rng.random_range(-0.1f32..0.1));
@@ -231,7 +259,9 @@ mod tests {
             }
         }
         if f.is_float() {
-            let v: Vec<f32> = (0..rows * cols).map(|_| rng.random_range(-3f32..3.0)).collect();
+            let v: Vec<f32> = (0..rows * cols)
+                .map(|_| rng.random_range(-3f32..3.0))
+                .collect();
             return QMatrix::quantize(&v, rows, cols, f).unwrap();
         }
         QMatrix::from_bytes(f, rows, cols, QStorage::copy_from(&bytes)).unwrap()
@@ -239,8 +269,14 @@ mod tests {
 
     fn candle_f32(w: &QMatrix) -> Vec<f32> {
         let dims = vec![w.rows(), w.cols()];
-        let q = qtensor_from_ggml(w.format().ggml_dtype(), w.as_bytes(), dims, &Device::Cpu).unwrap();
-        q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+        let q =
+            qtensor_from_ggml(w.format().ggml_dtype(), w.as_bytes(), dims, &Device::Cpu).unwrap();
+        q.dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
     }
 
     #[test]
@@ -282,7 +318,10 @@ mod tests {
             for (g, (a, b)) in v.chunks(bl).zip(back.chunks(bl)).enumerate() {
                 let amax = a.iter().fold(0f32, |m, x| m.max(x.abs()));
                 for (x, y) in a.iter().zip(b) {
-                    assert!((x - y).abs() <= tol * amax + 1e-7, "{f} block {g}: {x} -> {y} (seed {seed})");
+                    assert!(
+                        (x - y).abs() <= tol * amax + 1e-7,
+                        "{f} block {g}: {x} -> {y} (seed {seed})"
+                    );
                 }
             }
         }
@@ -292,10 +331,27 @@ mod tests {
     fn from_bytes_checks_the_shape() {
         let f = WeightFormat::Q4_0;
         let err = QMatrix::from_bytes(f, 2, 48, QStorage::copy_from(&[0; 54])).unwrap_err();
-        assert_eq!(err, QuantError::RaggedRow { format: f, cols: 48, block: 32 });
+        assert_eq!(
+            err,
+            QuantError::RaggedRow {
+                format: f,
+                cols: 48,
+                block: 32
+            }
+        );
         assert!(err.to_string().contains("32-value blocks"), "{err}");
         let err = QMatrix::from_bytes(f, 2, 64, QStorage::copy_from(&[0; 71])).unwrap_err();
-        assert!(matches!(err, QuantError::ByteLength { expected: 72, actual: 71, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                QuantError::ByteLength {
+                    expected: 72,
+                    actual: 71,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         assert!(QMatrix::quantize(&[0.0; 48], 1, 48, WeightFormat::Q4_K).is_err());
         assert!(QMatrix::from_bytes(f, 2, 64, QStorage::copy_from(&[0; 72])).is_ok());
     }

@@ -73,7 +73,11 @@ fmt32!(Q4_0, Q4_0, true, |b| {
     let q = _mm256_sub_epi8(nibbles(&b[2..18]), _mm256_set1_epi8(8));
     (q, f16_at(b, 0), 0.0)
 });
-fmt32!(Q4_1, Q4_1, false, |b| (nibbles(&b[4..20]), f16_at(b, 0), f16_at(b, 2)));
+fmt32!(Q4_1, Q4_1, false, |b| (
+    nibbles(&b[4..20]),
+    f16_at(b, 0),
+    f16_at(b, 2)
+));
 fmt32!(Q5_0, Q5_0, true, |b| {
     // q - 16 = q4 | 0xF0 where the high bit is clear.
     let high = _mm256_andnot_si256(bits(&b[2..6]), _mm256_set1_epi8(0xF0u8 as i8));

@@ -38,7 +38,10 @@ unsafe fn nibbles32(qs: &[u8]) -> (__m256i, __m256i) {
     unsafe {
         let raw = _mm256_loadu_si256(qs[..32].as_ptr().cast());
         let mask = _mm256_set1_epi8(0xF);
-        (_mm256_and_si256(raw, mask), _mm256_and_si256(_mm256_srli_epi16::<4>(raw), mask))
+        (
+            _mm256_and_si256(raw, mask),
+            _mm256_and_si256(_mm256_srli_epi16::<4>(raw), mask),
+        )
     }
 }
 
@@ -47,7 +50,10 @@ unsafe fn nibbles32(qs: &[u8]) -> (__m256i, __m256i) {
 unsafe fn bit(v: __m256i, shift: i32, to: i32) -> __m256i {
     // SAFETY: AVX2 at compile time.
     unsafe {
-        let b = _mm256_and_si256(_mm256_srl_epi16(v, _mm_cvtsi32_si128(shift)), _mm256_set1_epi8(1));
+        let b = _mm256_and_si256(
+            _mm256_srl_epi16(v, _mm_cvtsi32_si128(shift)),
+            _mm256_set1_epi8(1),
+        );
         _mm256_sll_epi16(b, _mm_cvtsi32_si128(to))
     }
 }
@@ -125,7 +131,13 @@ impl FmtK for Q6K {
             }
             let sc: [(i16, i16); 8] =
                 std::array::from_fn(|s| (b[192 + 2 * s] as i8 as i16, b[193 + 2 * s] as i8 as i16));
-            Unpacked { q, sc, d: f16_at(b, 208), dmin: 0.0, mn: [0; 8] }
+            Unpacked {
+                q,
+                sc,
+                d: f16_at(b, 208),
+                dmin: 0.0,
+                mn: [0; 8],
+            }
         }
     }
 }
@@ -168,7 +180,8 @@ impl<F: FmtK, const VNNI: bool> Tile for SimdK<'_, F, VNNI> {
         let mut summ = [[0f32; C]; R];
         for b in 0..nb {
             // SAFETY: each slice is one whole super-block.
-            let wv: [Unpacked; C] = std::array::from_fn(|c| unsafe { F::unpack(&w[c][b * bb..][..bb]) });
+            let wv: [Unpacked; C] =
+                std::array::from_fn(|c| unsafe { F::unpack(&w[c][b * bb..][..bb]) });
             let scales: [[__m256i; 8]; C] = std::array::from_fn(|c| {
                 std::array::from_fn(|s| scale_vec::<VNNI>(wv[c].sc[s].0, wv[c].sc[s].1))
             });

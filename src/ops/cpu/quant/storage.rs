@@ -27,7 +27,10 @@ enum Inner {
 impl QStorage {
     /// `range` of `map`. Panics if the range lies outside the map.
     pub fn mapped(map: Arc<Mmap>, range: Range<usize>) -> Self {
-        assert!(range.start <= range.end && range.end <= map.len(), "range outside the map");
+        assert!(
+            range.start <= range.end && range.end <= map.len(),
+            "range outside the map"
+        );
         Self(Inner::Mapped { map, range })
     }
 

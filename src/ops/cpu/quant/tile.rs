@@ -55,11 +55,13 @@ pub(crate) unsafe fn drive<K: Tile>(k: &K, mut b: Block) {
     if is.len() < R {
         let mut j = js.start;
         while j + C_NARROW <= js.end {
-            is.clone().for_each(|i| b.put(i, j, unsafe { k.tile::<1, C_NARROW>(i, j) }));
+            is.clone()
+                .for_each(|i| b.put(i, j, unsafe { k.tile::<1, C_NARROW>(i, j) }));
             j += C_NARROW;
         }
         for j in j..js.end {
-            is.clone().for_each(|i| b.put(i, j, unsafe { k.tile::<1, 1>(i, j) }));
+            is.clone()
+                .for_each(|i| b.put(i, j, unsafe { k.tile::<1, 1>(i, j) }));
         }
         return;
     }
@@ -68,12 +70,16 @@ pub(crate) unsafe fn drive<K: Tile>(k: &K, mut b: Block) {
         let full = i0 + (i1 - i0) / R * R;
         let mut j = js.start;
         while j + C <= js.end {
-            (i0..full).step_by(R).for_each(|i| b.put(i, j, unsafe { k.tile::<R, C>(i, j) }));
+            (i0..full)
+                .step_by(R)
+                .for_each(|i| b.put(i, j, unsafe { k.tile::<R, C>(i, j) }));
             (full..i1).for_each(|i| b.put(i, j, unsafe { k.tile::<1, C>(i, j) }));
             j += C;
         }
         for j in j..js.end {
-            (i0..full).step_by(R).for_each(|i| b.put(i, j, unsafe { k.tile::<R, 1>(i, j) }));
+            (i0..full)
+                .step_by(R)
+                .for_each(|i| b.put(i, j, unsafe { k.tile::<R, 1>(i, j) }));
             (full..i1).for_each(|i| b.put(i, j, unsafe { k.tile::<1, 1>(i, j) }));
         }
     }

@@ -17,11 +17,7 @@ use std::marker::PhantomData;
 /// # Safety
 /// AVX2 + FMA (and with `VNNI`, avx512vnni + avx512vl) are supported by the CPU.
 #[inline(always)]
-pub(crate) unsafe fn run<const VNNI: bool>(
-    qm: &QMatrix,
-    acts: &Acts,
-    b: Block,
-) {
+pub(crate) unsafe fn run<const VNNI: bool>(qm: &QMatrix, acts: &Acts, b: Block) {
     let (f, w) = (qm.format(), qm.as_bytes());
     // SAFETY (every arm): forwarded from the caller.
     unsafe {
@@ -41,11 +37,19 @@ pub(crate) unsafe fn run<const VNNI: bool>(
 }
 
 fn q32<'a, K, const VNNI: bool>(w: &'a [u8], a: &'a super::acts::Q8Acts) -> Simd32<'a, K, VNNI> {
-    Simd32 { w, acts: a, _f: PhantomData }
+    Simd32 {
+        w,
+        acts: a,
+        _f: PhantomData,
+    }
 }
 
 fn qk<'a, K, const VNNI: bool>(w: &'a [u8], a: &'a super::acts::Q8KActs) -> SimdK<'a, K, VNNI> {
-    SimdK { w, acts: a, _f: PhantomData }
+    SimdK {
+        w,
+        acts: a,
+        _f: PhantomData,
+    }
 }
 
 /// [`run`] compiled with AVX-512 VNNI.
@@ -53,11 +57,7 @@ fn qk<'a, K, const VNNI: bool>(w: &'a [u8], a: &'a super::acts::Q8KActs) -> Simd
 /// # Safety
 /// The CPU supports avx512vnni and avx512vl (and AVX2 + FMA).
 #[target_feature(enable = "avx512vnni,avx512vl")]
-pub(crate) unsafe fn run_vnni(
-    qm: &QMatrix,
-    acts: &Acts,
-    b: Block,
-) {
+pub(crate) unsafe fn run_vnni(qm: &QMatrix, acts: &Acts, b: Block) {
     // SAFETY: forwarded from the caller.
     unsafe { run::<true>(qm, acts, b) }
 }
