@@ -7,9 +7,7 @@
 
 mod common;
 use common::*;
-use openlora::exec::{self, ExecConfig, KvDtype, StepPlan};
-use openlora::kv_cache::BlockAllocator;
-use openlora::lora::{AdapterRegistry, AdapterSlot, LoraAdapter, SlotTable};
+use openlora::lora::{AdapterRegistry, LoraAdapter};
 use openlora::model::{LoadOptions, Model};
 use openlora::ops::cpu::quant::WeightFormat;
 use serde_json::Value;
@@ -55,25 +53,7 @@ fn cases(model: &Model) -> Vec<Case> {
 fn teacher_forced(model: &Arc<Model>, c: &Case) -> Vec<u32> {
     let mut tokens = c.prompt.clone();
     tokens.extend_from_slice(&c.greedy[..c.greedy.len() - 1]);
-    let alloc = BlockAllocator::new(tokens.len().div_ceil(16), 16);
-    let slots = Arc::new(SlotTable::new(1));
-    let mut mix = vec![];
-    if let Some(a) = &c.adapter {
-        slots.fill(AdapterSlot(0), a.clone());
-        mix.push((AdapterSlot(0), 1.0));
-    }
-    let cfg = ExecConfig {
-        num_blocks: alloc.num_blocks(),
-        block_size: 16,
-        kv_dtype: KvDtype::Auto,
-    };
-    let mut ex = exec::create(model, &cfg, slots).unwrap();
-    let mut table = alloc.new_table();
-    assert!(table.reserve(tokens.len()));
-    let mut plan = StepPlan::default();
-    plan.push_seq(&tokens, 0, |p| table.slot(p), table.ids(), &mix, true);
-    plan.logit_rows = (c.prompt.len() - 1..tokens.len()).collect();
-    let logits = ex.step(&plan).unwrap();
+    let logits = prefill_logits(model, &tokens, c.adapter.as_ref(), c.prompt.len() - 1);
     let vocab = model.config().vocab_size;
     logits
         .chunks(vocab)

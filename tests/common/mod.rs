@@ -57,7 +57,18 @@ pub fn prompt_logits(
     prompt: &[u32],
     adapter: Option<&Arc<LoraAdapter>>,
 ) -> Vec<f32> {
-    let alloc = BlockAllocator::new(prompt.len().div_ceil(16), 16);
+    prefill_logits(model, prompt, adapter, prompt.len() - 1)
+}
+
+/// Logits of every row from `first_row` to the end of `tokens`, in one prefill through an executor
+/// (`[tokens.len() - first_row, vocab]`).
+pub fn prefill_logits(
+    model: &Arc<Model>,
+    tokens: &[u32],
+    adapter: Option<&Arc<LoraAdapter>>,
+    first_row: usize,
+) -> Vec<f32> {
+    let alloc = BlockAllocator::new(tokens.len().div_ceil(16), 16);
     let slots = Arc::new(SlotTable::new(1));
     let mut mix = vec![];
     if let Some(a) = adapter {
@@ -71,9 +82,10 @@ pub fn prompt_logits(
     };
     let mut ex = exec::create(model, &cfg, slots).unwrap();
     let mut table = alloc.new_table();
-    assert!(table.reserve(prompt.len()));
+    assert!(table.reserve(tokens.len()));
     let mut plan = StepPlan::default();
-    plan.push_seq(prompt, 0, |p| table.slot(p), table.ids(), &mix, true);
+    plan.push_seq(tokens, 0, |p| table.slot(p), table.ids(), &mix, true);
+    plan.logit_rows = (first_row..tokens.len()).collect();
     ex.step(&plan).unwrap()
 }
 
