@@ -13,12 +13,14 @@ mod adapter_ref;
 mod adapter_roots;
 pub mod hub;
 mod pager;
+mod pager_config;
 mod random;
 mod registry;
 pub mod regular_file;
 mod residency;
 mod slot_table;
 mod spec;
+mod tier;
 
 pub use crate::hub::HubId;
 pub use adapter::{LoraAdapter, LoraConfig, LoraWeights};

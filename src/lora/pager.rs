@@ -13,6 +13,8 @@
 //!   after a backoff (doubling from `RETRY_BACKOFF` to `MAX_RETRY_BACKOFF`) tries again; a read
 //!   error is retried at once a few times before it counts as a failure.
 
+pub use super::pager_config::PagerConfig;
+pub use super::tier::{PagerStats, Tier};
 use super::{AdapterId, AdapterSlot, AdapterSpec, LoraAdapter, SlotTable};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -36,81 +38,6 @@ struct Failure {
     message: String,
     retry_at: Instant,
     streak: u32,
-}
-
-/// Budgets of the host and device tiers.
-#[derive(Debug, Clone)]
-pub struct PagerConfig {
-    /// Adapters resident in the compute-ready layout at once.
-    pub device_slots: usize,
-    /// Bytes of adapter files kept in host memory.
-    pub host_bytes: usize,
-    /// Adapter files kept in host memory.
-    pub host_slots: usize,
-}
-
-impl Default for PagerConfig {
-    fn default() -> Self {
-        PagerConfig {
-            device_slots: 64,
-            host_bytes: 2 << 30,
-            host_slots: 4096,
-        }
-    }
-}
-
-impl PagerConfig {
-    pub fn validate(&self) -> Result<()> {
-        for (v, name) in [
-            (self.device_slots, "device_slots"),
-            (self.host_bytes, "host_bytes"),
-            (self.host_slots, "host_slots"),
-        ] {
-            if v == 0 {
-                return Err(Error::invalid(name, "must be > 0"));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Where an adapter's weights are now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tier {
-    Device,
-    Host,
-    Disk,
-}
-
-impl Tier {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Tier::Device => "device",
-            Tier::Host => "host",
-            Tier::Disk => "disk",
-        }
-    }
-}
-
-/// Counters since the pager started, and the current residency.
-#[derive(Debug, Clone, Default)]
-pub struct PagerStats {
-    pub device_resident: usize,
-    pub host_resident: usize,
-    pub host_bytes: usize,
-    /// Adapters with at least one pin.
-    pub pinned: usize,
-    /// Lease requests whose adapter was on device already.
-    pub hits: u64,
-    /// Lease requests whose adapter had to be paged in.
-    pub misses: u64,
-    pub device_evictions: u64,
-    pub host_evictions: u64,
-    /// Files read from disk into host memory.
-    pub disk_reads: u64,
-    /// Host bytes turned into the compute-ready layout.
-    pub device_loads: u64,
-    pub failures: u64,
 }
 
 struct DeviceEntry {
@@ -444,9 +371,13 @@ impl Lease {
     pub fn poll(&mut self) -> Result<Option<&[AdapterSlot]>> {
         if self.pinned.is_none() {
             self.pinned = self.try_pin()?;
-            if let Some(t) = self.pinned.as_ref().and(self.missed_at.take()) {
-                let waited = t.elapsed().as_secs_f64();
-                self.shared.metrics.adapter_page_in_wait.observe(waited);
+            let waited = match self.pinned {
+                Some(_) => self.missed_at.take(),
+                None => None,
+            };
+            if let Some(t) = waited {
+                let secs = t.elapsed().as_secs_f64();
+                self.shared.metrics.adapter_page_in_wait.observe(secs);
             }
         }
         Ok(self.pinned.as_deref())

@@ -16,18 +16,19 @@ pub(super) fn export<'a>(
     resident: impl Iterator<Item = &'a str>,
     queued: impl Iterator<Item = &'a str>,
 ) {
-    let list = |names: &mut dyn Iterator<Item = &'a str>| {
-        let mut v: Vec<&str> = names.collect();
-        v.sort_unstable();
-        v.dedup();
-        v.join(",")
-    };
-    let (mut resident, mut queued) = (resident, queued);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
     m.lora_resident_info.reset();
     m.lora_resident_info
-        .with_label_values(&[&slots.to_string(), &list(&mut resident), &list(&mut queued)])
+        .with_label_values(&[&slots.to_string(), &list(resident), &list(queued)])
         .set(now.floor());
+}
+
+/// Names sorted, deduplicated and comma-separated.
+fn list<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let mut v: Vec<&str> = names.collect();
+    v.sort_unstable();
+    v.dedup();
+    v.join(",")
 }
