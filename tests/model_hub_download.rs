@@ -3,7 +3,8 @@
 //!   cache on its first start and answers exactly as the same file served from its local path; a
 //!   second start makes no request to the hub; `HF_HUB_OFFLINE=1` with an empty cache fetches
 //!   nothing and fails clearly; an unknown id fails clearly naming it; a file over
-//!   `OPENLORA_HUB_MAX_BYTES` is refused;
+//!   `OPENLORA_HUB_MAX_BYTES` is refused; `openlora download` fills a cache an offline server
+//!   then starts from;
 //! - an HF safetensors repo whose weights are sharded (`model.safetensors.index.json`) downloads
 //!   every shard and gives the same logits as the unsharded local folder; an index naming a shard
 //!   outside the repo is refused before anything is fetched.
@@ -29,11 +30,12 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// `openlora serve --model <model>` with `env`; stderr goes to `log`.
-fn serve(model: &str, env: &[(&str, &str)], log: &Path) -> (Child, u16) {
+/// `openlora serve --model <model> [extra]` with `env`; stderr goes to `log`.
+fn serve_with(model: &str, extra: &[&str], env: &[(&str, &str)], log: &Path) -> (Child, u16) {
     let port = free_port();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_openlora"));
     cmd.args(["serve", "--model", model, "--port", &port.to_string()])
+        .args(extra)
         .args(["--kv-cache-mb", "64", "--threads", "2"])
         .env_remove("HF_HUB_OFFLINE")
         .env_remove("OPENLORA_HUB_MAX_BYTES")
@@ -44,6 +46,10 @@ fn serve(model: &str, env: &[(&str, &str)], log: &Path) -> (Child, u16) {
         cmd.env(k, v);
     }
     (cmd.spawn().unwrap(), port)
+}
+
+fn serve(model: &str, env: &[(&str, &str)], log: &Path) -> (Child, u16) {
+    serve_with(model, &[], env, log)
 }
 
 fn log_of(log: &Path) -> String {
@@ -159,10 +165,10 @@ async fn a_gguf_model_by_hub_id_downloads_once_then_serves_from_the_cache() {
         "{first}"
     );
 
-    // Second start: the cache alone, no request to the hub.
+    // Second start (the file named by --gguf-file this time): the cache alone, no request.
     let before = hub.hits();
     let log = scratch.0.join("second.log");
-    let (mut child, port) = serve(&id, &env, &log);
+    let (mut child, port) = serve_with("acme/smol", &["--gguf-file", GGUF], &env, &log);
     wait_ready(&mut child, port, &log).await;
     assert_eq!(ask(port).await.1, reference);
     stop(child);
@@ -198,6 +204,31 @@ async fn a_gguf_model_by_hub_id_downloads_once_then_serves_from_the_cache() {
     let err = failed_start(&id, &capped, &scratch.0.join("cap.log"));
     assert!(err.contains("over the 4096 byte limit"), "{err}");
     assert!(!empty.join("models--acme--smol/snapshots").exists());
+
+    // `openlora download` fills a cache (the Helm init container); a server started offline on
+    // it then serves the same answers without a request to the hub.
+    let out = Command::new(env!("CARGO_BIN_EXE_openlora"))
+        .args(["download", "--model", &id])
+        .env("HF_ENDPOINT", &hub.url)
+        .env("HF_HUB_CACHE", &empty)
+        .env_remove("HF_HUB_OFFLINE")
+        .env_remove("OPENLORA_HUB_MAX_BYTES")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let printed = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    assert_eq!(
+        std::fs::read(&printed).unwrap(),
+        std::fs::read(&local).unwrap()
+    );
+    let before = hub.hits();
+    let log = scratch.0.join("offline-ok.log");
+    let (mut child, port) = serve(&id, &offline, &log);
+    wait_ready(&mut child, port, &log).await;
+    assert_eq!(ask(port).await.1, reference);
+    stop(child);
+    assert_eq!(hub.hits(), before);
 }
 
 /// The tiny fixture model with its tensors split over two shards and an index.
@@ -281,5 +312,4 @@ fn a_sharded_safetensors_model_downloads_every_shard_and_matches_the_local_folde
     .to_string();
     assert!(err.contains("outside.safetensors"), "{err}");
     assert!(!scratch.0.join("outside.safetensors").exists());
-    let _: PathBuf = dir;
 }
