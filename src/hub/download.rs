@@ -26,10 +26,29 @@ pub struct HubClient {
     pub timeout: Duration,
 }
 
+/// Default per-file limits of one kind of download; `OPENLORA_HUB_MAX_BYTES` and
+/// `OPENLORA_HUB_TIMEOUT_SECS` override them.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_bytes: u64,
+    pub timeout_secs: u64,
+}
+
+/// Adapters: 4 GiB and 10 minutes per file.
+pub const ADAPTER_LIMITS: Limits = Limits {
+    max_bytes: 4 << 30,
+    timeout_secs: 600,
+};
+
+/// Base models: 256 GiB and 6 hours per file (a shard of an 8B model is ~5 GB, a 70B GGUF ~75 GB).
+pub const MODEL_LIMITS: Limits = Limits {
+    max_bytes: 256 << 30,
+    timeout_secs: 6 * 3600,
+};
+
 impl HubClient {
-    /// Limits from `OPENLORA_HUB_MAX_BYTES` (default 4 GiB) and `OPENLORA_HUB_TIMEOUT_SECS`
-    /// (default 600).
-    pub fn new(endpoint: &str, token: Option<String>) -> Self {
+    /// Limits from `OPENLORA_HUB_MAX_BYTES` and `OPENLORA_HUB_TIMEOUT_SECS`, else `defaults`.
+    pub fn new(endpoint: &str, token: Option<String>, defaults: Limits) -> Self {
         let var = |k: &str| {
             std::env::var(k)
                 .ok()
@@ -38,8 +57,10 @@ impl HubClient {
         HubClient {
             endpoint: endpoint.trim_end_matches('/').to_string(),
             token,
-            max_bytes: var("OPENLORA_HUB_MAX_BYTES").unwrap_or(4 << 30),
-            timeout: Duration::from_secs(var("OPENLORA_HUB_TIMEOUT_SECS").unwrap_or(600)),
+            max_bytes: var("OPENLORA_HUB_MAX_BYTES").unwrap_or(defaults.max_bytes),
+            timeout: Duration::from_secs(
+                var("OPENLORA_HUB_TIMEOUT_SECS").unwrap_or(defaults.timeout_secs),
+            ),
         }
     }
 

@@ -11,7 +11,7 @@ pub mod download;
 pub mod hub_id;
 mod model_repo;
 
-pub use download::HubClient;
+pub use download::{HubClient, Limits, ADAPTER_LIMITS, MODEL_LIMITS};
 pub use hub_id::HubId;
 pub use model_repo::{fetch_model, resolve_model, ModelRef, ModelSource};
 
@@ -45,11 +45,13 @@ pub fn offline() -> bool {
     })
 }
 
-/// A download client for `endpoint` with the environment's token and limits.
-pub fn client(cache: &Cache, endpoint: &str) -> HubClient {
+/// A download client for `endpoint` with the environment's token and limits (`defaults` unless
+/// the environment sets them).
+pub fn client(cache: &Cache, endpoint: &str, defaults: Limits) -> HubClient {
     HubClient::new(
         endpoint,
         std::env::var("HF_TOKEN").ok().or_else(|| cache.token()),
+        defaults,
     )
 }
 
@@ -95,7 +97,7 @@ pub fn cached_snapshot(cache: &Cache, what: &str, id: &HubId, files: &[&str]) ->
 pub fn fetch_files(
     cache: &Cache,
     endpoint: &str,
-    what: &str,
+    (what, limits): (&str, Limits),
     id: &HubId,
     files: &[&str],
 ) -> Result<PathBuf> {
@@ -103,7 +105,7 @@ pub fn fetch_files(
     if cached.is_ok() || offline() {
         return cached;
     }
-    let client = client(cache, endpoint);
+    let client = client(cache, endpoint, limits);
     for file in files {
         let msg = format!(
             "{what} `{}`: downloading {file} from {endpoint} failed",

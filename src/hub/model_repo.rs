@@ -5,7 +5,7 @@
 //! names from a downloaded index are checked by the same rules before they are fetched, and a model
 //! whose config and weights are all cached is served from the cache without touching the network.
 
-use super::{cached_snapshot, client, hub_id, not_cached, offline, HubId};
+use super::{cached_snapshot, client, hub_id, not_cached, offline, HubId, MODEL_LIMITS};
 use crate::error::{Error, Result};
 use hf_hub::Cache;
 use std::path::{Path, PathBuf};
@@ -94,14 +94,14 @@ pub fn resolve_model(arg: &str, gguf_file: Option<&str>) -> Result<ModelSource> 
 /// is missing first (never when `HF_HUB_OFFLINE=1`).
 pub fn fetch_model(cache: &Cache, endpoint: &str, r: &ModelRef) -> Result<PathBuf> {
     if let Some(f) = &r.gguf {
-        let dir = super::fetch_files(cache, endpoint, WHAT, &r.id, &[f.as_str()])?;
+        let dir = super::fetch_files(cache, endpoint, (WHAT, MODEL_LIMITS), &r.id, &[f.as_str()])?;
         return Ok(dir.join(f));
     }
     let cached = cached_hf(cache, &r.id);
     if cached.is_ok() || offline() {
         return cached;
     }
-    let hub = client(cache, endpoint);
+    let hub = client(cache, endpoint, MODEL_LIMITS);
     let fetch = |file: &str, required: bool| -> Result<Option<PathBuf>> {
         let msg = format!(
             "{WHAT} `{}`: downloading {file} from {endpoint} failed",

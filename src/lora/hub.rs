@@ -35,7 +35,7 @@ pub fn fetch_into(cache: &Cache, endpoint: &str, id: &str) -> Result<PathBuf> {
 
 /// `fetch_into` for an id already checked by the hub's rules.
 pub fn fetch_id(cache: &Cache, endpoint: &str, id: &HubId) -> Result<PathBuf> {
-    h::fetch_files(cache, endpoint, WHAT, id, &FILES)
+    h::fetch_files(cache, endpoint, (WHAT, h::ADAPTER_LIMITS), id, &FILES)
 }
 
 /// A local folder as is, else a hub id from the environment's cache (downloaded when missing).
