@@ -6,7 +6,7 @@ COPY . .
 RUN cargo build --release --bin openlora
 
 FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates python3-pip unzip \
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates python3-pip \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --user-group --create-home --home-dir /home/openlora openlora \
     && mkdir -p /var/cache/openlora/hf && chown -R 10001:10001 /var/cache/openlora

@@ -1,5 +1,6 @@
 //! `openlora serve`: flags > environment (`OPENLORA_*`) > TOML config file > defaults, merged and
-//! validated once into the engine and server options. Loads the model (with progress), registers
+//! validated once into the engine and server options. Resolves `--model` (a local file or folder,
+//! else a hub id fetched into the hub cache: `hub::resolve_model`), loads it (with progress), registers
 //! every adapter folder under `--adapters-dir` and every `--hub-adapter` (lazily: weights are paged
 //! in on first use within the `--adapter-*` budgets), serves until SIGTERM/Ctrl-C, then drains
 //! in-flight requests up to `--shutdown-timeout` seconds and exits 0. An engine panic fails the

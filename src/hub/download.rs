@@ -224,6 +224,12 @@ fn get(
     match req.call() {
         Ok(r) => Ok(Some(r)),
         Err(ureq::Error::Status(404, _)) => Ok(None),
+        Err(ureq::Error::Status(code @ (401 | 403), _)) => Err(failed(
+            what,
+            format!(
+                "the hub answered {code} (no such repo, or a private or gated one: set HF_TOKEN)"
+            ),
+        )),
         Err(ureq::Error::Status(code, _)) => Err(failed(what, format!("the hub answered {code}"))),
         Err(e) => Err(failed(what, e)),
     }
