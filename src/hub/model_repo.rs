@@ -70,8 +70,11 @@ impl ModelRef {
 /// folder), else a hub id from the environment's cache, downloaded from `HF_ENDPOINT` when missing.
 pub fn resolve_model(arg: &str, gguf_file: Option<&str>) -> Result<ModelSource> {
     let local = Path::new(arg);
-    let is_id = hub_id::looks_like(arg.split_once(':').map_or(arg, |(id, _)| id))
-        && !(arg.ends_with(".gguf") && !arg.contains(':'));
+    // `dir/model.gguf` is a (missing) local file, `org/name:model.gguf` a file of a hub repo.
+    let (id, file) = arg
+        .split_once(':')
+        .map_or((arg, None), |(i, f)| (i, Some(f)));
+    let is_id = hub_id::looks_like(id) && (file.is_some() || !arg.ends_with(".gguf"));
     if local.exists() || !is_id {
         let path = match gguf_file {
             Some(f) if local.is_dir() => local.join(f),
