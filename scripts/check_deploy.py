@@ -3,7 +3,8 @@
 - the Helm chart `deploy/helm/openlora` is linted and rendered by Helm's own Go SDK (the
   `helm-python-sdk` wheel binds libhelm: the same engine as `helm template`; no helm binary is
   installable from the registries CI reaches), under several value sets (CPU, GPU, PVC + hub
-  adapters + created Secret + ServiceMonitor, existing Secret, a GGUF model);
+  adapters + created Secret + ServiceMonitor, existing Secret, a GGUF model); values.schema.json
+  refuses misspelt keys and bad values;
 - every rendered object is validated with `kubernetes-validate --strict` (the Kubernetes OpenAPI
   schemas: unknown fields are errors). The ServiceMonitor is a CRD whose schema kubernetes-validate
   does not ship, so it is checked against the subset of the Prometheus operator's CRD schema the
@@ -211,6 +212,14 @@ def check_chart() -> None:
         failures.append("auth.create without keys must fail to render")
     except helm.HelmError as e:
         check("auth.apiKeys" in str(e), f"auth.create without keys: {e}")
+    # values.schema.json: a misspelt key or a bad value is refused before anything renders.
+    for bad, word in [({"gpu": {"enabeld": True}}, "enabeld"), ({"gpu": {"count": 0}}, "count"),
+                      ({"adapters": {"hubIds": ["../x"]}}, "hubIds")]:
+        try:
+            render(bad)
+            failures.append(f"values {bad} must be refused by values.schema.json")
+        except helm.HelmError as e:
+            check(word in str(e), f"values {bad}: {e}")
 
 
 def final_stage(dockerfile: Path) -> str:

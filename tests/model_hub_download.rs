@@ -195,7 +195,7 @@ async fn a_gguf_model_by_hub_id_downloads_once_then_serves_from_the_cache() {
     let err = failed_start("acme/smol:missing.gguf", &env, &scratch.0.join("m.log"));
     assert!(err.contains("missing.gguf") && err.contains("404"), "{err}");
 
-    // The adapters' size cap applies to models too, and leaves no snapshot.
+    // OPENLORA_HUB_MAX_BYTES caps model files too, and a refused file leaves no snapshot.
     let capped = [
         ("HF_ENDPOINT", hub.url.as_str()),
         ("HF_HUB_CACHE", empty.to_str().unwrap()),
