@@ -4,5 +4,6 @@
 pub mod bench;
 pub mod bench_itl;
 pub mod bench_pager;
+pub mod bench_structured;
 pub mod runtime_args;
 pub mod serve;

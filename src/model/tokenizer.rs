@@ -214,6 +214,11 @@ impl Tokenizer {
         self.inner.id_to_token(id)
     }
 
+    /// The tokenizer in HF `tokenizer.json` form (what grammar engines read the vocabulary from).
+    pub fn to_hf_json(&self) -> Result<String> {
+        self.inner.to_string(false).map_err(tok_err)
+    }
+
     pub fn is_special(&self, id: u32) -> bool {
         self.special_ids.contains(&id)
     }

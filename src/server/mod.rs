@@ -1,20 +1,26 @@
 //! The OpenAI-compatible HTTP server (axum). Requests are validated once (`validate`) into engine
 //! requests, run and shaped by `generate`, errors mapped once (`api_error`). `run(listener, state,
 //! shutdown)` serves until `shutdown` resolves, then stops accepting and drains in-flight work.
-//! Who may call what is decided in `auth`. Every error status the server answers (413, 405,
+//! Who may call what is decided in `auth`. Structured outputs are read in `structured`, tool
+//! calling in `tools` (requests) and `tool_parser` (replies). Every error status the server answers (413, 405,
 //! unknown routes, extractor rejections) carries an OpenAI-shaped JSON body.
 
 mod admin;
 mod api_error;
 mod auth;
+mod chat_reply;
 mod generate;
 mod openai;
 mod receipts;
 mod state;
+mod structured;
+mod tool_parser;
+mod tools;
 mod validate;
 
 pub use api_error::ApiError;
 pub use state::{unix_now, AppState, ServerOptions};
+pub use tool_parser::{ToolCall, ToolCallParser, ToolCallStream};
 
 use crate::engine::EngineHandle;
 use crate::ledger::Meter;
@@ -74,6 +80,7 @@ impl AppState {
             opts,
             meter,
             created: state::unix_now(),
+            grammar: Default::default(),
         })
     }
 }
