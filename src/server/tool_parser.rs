@@ -280,8 +280,8 @@ mod tests {
                 let chars: Vec<char> = text.chars().collect();
                 for piece in chars.chunks(step) {
                     let (c, k) = s.push(&piece.iter().collect::<String>());
-                    // Content released early never contains the start of a call.
-                    assert!(!c.contains(OPEN), "{c}");
+                    // Hermes: content released early never contains the start of a call.
+                    assert!(parser != ToolCallParser::Hermes || !c.contains(OPEN), "{c}");
                     content.push_str(&c);
                     calls.extend(k);
                 }

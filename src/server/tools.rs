@@ -67,40 +67,41 @@ fn check_functions(fs: &[FunctionDef], param: &str) -> Result<()> {
 /// `"none" | "auto" | "required" | {"type": "function", "function": {"name"}}` (or, legacy,
 /// `{"name"}`), checked against the functions.
 fn choice_of(v: Option<&Value>, fs: &[FunctionDef], param: &str) -> Result<ToolChoice> {
-    let choice =
-        match v {
-            None => ToolChoice::Auto,
-            Some(Value::String(s)) => match s.as_str() {
-                "none" => ToolChoice::None,
-                "auto" => ToolChoice::Auto,
-                "required" if param == "tool_choice" => ToolChoice::Required,
-                other => return Err(Error::invalid(
+    let choice = match v {
+        None => ToolChoice::Auto,
+        Some(Value::String(s)) => match s.as_str() {
+            "none" => ToolChoice::None,
+            "auto" => ToolChoice::Auto,
+            "required" if param == "tool_choice" => ToolChoice::Required,
+            other => {
+                return Err(Error::invalid(
                     param,
                     format!(
                         "`{other}` is not supported (none, auto, required, or a named function)"
                     ),
-                )),
-            },
-            Some(o) => {
-                let name = o
-                    .pointer("/function/name")
-                    .or_else(|| o.get("name"))
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| {
-                        Error::invalid(
-                            param,
-                            "expected {\"type\": \"function\", \"function\": {\"name\": ...}}",
-                        )
-                    })?;
-                if !fs.iter().any(|f| f.name == name) {
-                    return Err(Error::invalid(
-                        param,
-                        format!("function `{name}` is not among the tools"),
-                    ));
-                }
-                ToolChoice::Named(name.to_string())
+                ))
             }
-        };
+        },
+        Some(o) => {
+            let name = o
+                .pointer("/function/name")
+                .or_else(|| o.get("name"))
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    Error::invalid(
+                        param,
+                        "expected {\"type\": \"function\", \"function\": {\"name\": ...}}",
+                    )
+                })?;
+            if !fs.iter().any(|f| f.name == name) {
+                return Err(Error::invalid(
+                    param,
+                    format!("function `{name}` is not among the tools"),
+                ));
+            }
+            ToolChoice::Named(name.to_string())
+        }
+    };
     Ok(choice)
 }
 
