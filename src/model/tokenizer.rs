@@ -194,6 +194,11 @@ impl Tokenizer {
         Ok(ids)
     }
 
+    /// True when `s` holds a special token's text (e.g. `<|im_end|>`).
+    pub fn has_special_text(&self, s: &str) -> bool {
+        self.next_special(s).is_some()
+    }
+
     /// The first special token in `s`: (byte offset, byte length, id); longest wins at a tie.
     fn next_special(&self, s: &str) -> Option<(usize, usize, u32)> {
         self.specials

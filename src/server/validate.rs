@@ -203,6 +203,7 @@ impl ValidRequest {
         })?;
         let pieces = if template.mentions("tools") && template.mentions("tool_calls") {
             let tools = setup.as_ref().map(ToolSetup::template_tools);
+            no_special_markup(model.tokenizer()?, tools.as_ref(), &messages)?;
             template.render_pieces(&messages, tools.as_ref(), true)?
         } else {
             // The template renders no tools: they go into the messages, hermes-style.
@@ -397,4 +398,34 @@ fn constraint(
         }
     };
     Ok(Some(state.grammar_compiler()?.compile(&grammar, &param)?))
+}
+
+/// A template that renders tools and past calls itself writes them as markup, where special-token
+/// text would become special tokens: such text in them is refused (contents stay plain text).
+fn no_special_markup(
+    tok: &crate::model::Tokenizer,
+    tools: Option<&serde_json::Value>,
+    messages: &[ChatMessage],
+) -> Result<()> {
+    if tools.is_some_and(|t| tok.has_special_text(&t.to_string())) {
+        return Err(Error::invalid(
+            "tools",
+            "must not contain special-token text",
+        ));
+    }
+    for (i, m) in messages.iter().enumerate() {
+        let calls = m.tool_calls.as_ref().map(|c| c.to_string());
+        let fields = [
+            calls.as_deref(),
+            m.tool_call_id.as_deref(),
+            m.name.as_deref(),
+        ];
+        if fields.iter().flatten().any(|f| tok.has_special_text(f)) {
+            return Err(Error::invalid(
+                format!("messages[{i}]"),
+                "tool calls, ids and names must not contain special-token text",
+            ));
+        }
+    }
+    Ok(())
 }
