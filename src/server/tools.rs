@@ -326,3 +326,78 @@ pub fn inline_tools(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> ToolSetup {
+        ToolSetup {
+            functions: vec![FunctionDef {
+                name: "get_weather".into(),
+                description: Some("Weather.".into()),
+                parameters: Some(
+                    json!({"type": "object", "properties": {"city": {"type": "string"}}}),
+                ),
+                strict: None,
+            }],
+            choice: ToolChoice::Auto,
+            parallel: true,
+            legacy: false,
+        }
+    }
+
+    #[test]
+    fn inlined_tools_calls_and_results() {
+        let mut call = ChatMessage::text("assistant", "");
+        call.tool_calls = Some(json!([{"id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]));
+        let mut r1 = ChatMessage::text("tool", "{\"temp\": 18}");
+        r1.tool_call_id = Some("call_1".into());
+        let r2 = ChatMessage::text("tool", "second");
+        let msgs = vec![ChatMessage::text("user", "Weather?"), call, r1, r2];
+        let out = inline_tools(msgs, Some(&setup()), ToolCallParser::Hermes);
+        let roles: Vec<&str> = out.iter().map(|m| m.role.as_str()).collect();
+        assert_eq!(roles, ["system", "user", "assistant", "user"]);
+        assert!(
+            out[0].content.starts_with("# Tools") && out[0].content.contains("\"get_weather\"")
+        );
+        // The past call is written as the parser reads it back.
+        let (content, calls) = ToolCallParser::Hermes.parse(&out[2].content);
+        assert_eq!(content, "");
+        assert_eq!(
+            (calls[0].name.as_str(), calls[0].arguments.as_str()),
+            ("get_weather", "{\"city\":\"Paris\"}")
+        );
+        // Consecutive results share one user turn, in order.
+        assert_eq!(
+            out[3].content,
+            "<tool_response>\n{\"temp\": 18}\n</tool_response>\n<tool_response>\nsecond\n</tool_response>"
+        );
+        assert!(out
+            .iter()
+            .all(|m| m.tool_calls.is_none() && m.tool_call_id.is_none()));
+    }
+
+    #[test]
+    fn grammar_only_for_required_or_named() {
+        let mut s = setup();
+        assert!(s.grammar(ToolCallParser::Hermes).is_none());
+        s.choice = ToolChoice::Required;
+        let Some(Grammar::Lark(g)) = s.grammar(ToolCallParser::Hermes) else {
+            panic!()
+        };
+        assert!(
+            g.starts_with("start: call (\"\\n\" call)*") && g.contains("\"const\":\"get_weather\""),
+            "{g}"
+        );
+        s.parallel = false;
+        let Some(Grammar::Lark(g)) = s.grammar(ToolCallParser::Llama3Json) else {
+            panic!()
+        };
+        assert!(
+            g.starts_with("start: call\n") && g.contains("\"parameters\""),
+            "{g}"
+        );
+    }
+}

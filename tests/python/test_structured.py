@@ -351,3 +351,12 @@ def test_free_rows_unchanged_by_constrained_neighbours(server, base_model):
              .choices[0].message.content for m, p in free]
     mixed = asyncio.run(run_mixed())
     assert mixed == alone
+
+
+def test_parallel_tool_calls_false_gives_one_call(client, base_model):
+    r = client.chat.completions.create(model="french", messages=user("Weather in Paris and time in Tokyo?"),
+                                       tools=[WEATHER_TOOL, TIME_TOOL], tool_choice="required",
+                                       parallel_tool_calls=False, max_tokens=200, temperature=0.9, seed=11)
+    calls = r.choices[0].message.tool_calls
+    check_calls(calls, {"get_weather", "get_time"})
+    assert len(calls) == 1
