@@ -16,6 +16,8 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
+from conftest import KEY_ARGS, launch_server, stop_server, wait_ready
+
 ADAPTERS = ["french", "pirate", "shouty"]
 
 PERSON = {
@@ -360,3 +362,24 @@ def test_parallel_tool_calls_false_gives_one_call(client, base_model):
     calls = r.choices[0].message.tool_calls
     check_calls(calls, {"get_weather", "get_time"})
     assert len(calls) == 1
+
+
+def test_llama3_json_tool_call_parser(tmp_path):
+    """`--tool-call-parser llama3_json`: calls constrained to and parsed from bare JSON objects."""
+    srv = wait_ready(launch_server(tmp_path, KEY_ARGS + ["--tool-call-parser", "llama3_json"]))
+    try:
+        client = srv.client()
+        msgs = user("Weather in Paris?")
+        r = client.chat.completions.create(model=srv.base_model, messages=msgs, tools=[WEATHER_TOOL, TIME_TOOL],
+                                           tool_choice="required", max_tokens=200, temperature=0)
+        assert r.choices[0].finish_reason == "tool_calls"
+        check_calls(r.choices[0].message.tool_calls, {"get_weather", "get_time"})
+        stream = client.chat.completions.create(model=srv.base_model, messages=msgs, tools=[WEATHER_TOOL],
+                                                tool_choice={"type": "function", "function": {"name": "get_weather"}},
+                                                max_tokens=200, temperature=0, stream=True)
+        calls, content, finish = stream_calls(stream)
+        assert finish == "tool_calls" and content == ""
+        assert [c["name"] for c in calls.values()] == ["get_weather"]
+        jsonschema.validate(json.loads(calls[0]["arguments"]), TOOL_SCHEMAS["get_weather"])
+    finally:
+        stop_server(srv)
