@@ -103,13 +103,7 @@ fn main() -> anyhow::Result<()> {
                     .template
                     .as_ref()
                     .ok_or_else(|| anyhow::anyhow!("this model has no chat template"))?;
-                t.render(
-                    &[ChatMessage {
-                        role: "user".into(),
-                        content: prompt,
-                    }],
-                    true,
-                )?
+                t.render(&[ChatMessage::text("user", prompt)], true)?
             } else {
                 prompt
             };

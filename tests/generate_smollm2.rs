@@ -64,10 +64,7 @@ fn stop_strings_eos_and_seeds() {
     let tmpl = model.template.as_ref().unwrap();
     let chat = tmpl
         .render(
-            &[ChatMessage {
-                role: "user".into(),
-                content: "What is the capital of France?".into(),
-            }],
+            &[ChatMessage::text("user", "What is the capital of France?")],
             true,
         )
         .unwrap();

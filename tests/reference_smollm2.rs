@@ -44,10 +44,7 @@ fn smollm2_matches_transformers_peft_and_hf_tokenizer() {
         .as_ref()
         .unwrap()
         .render(
-            &[ChatMessage {
-                role: "user".into(),
-                content: "What is the capital of France?".into(),
-            }],
+            &[ChatMessage::text("user", "What is the capital of France?")],
             true,
         )
         .unwrap();

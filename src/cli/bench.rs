@@ -51,7 +51,11 @@ pub struct BenchArgs {
     /// Pager mode: host-tier slots.
     #[arg(long, default_value_t = 64)]
     pub host_slots: usize,
-    /// Pager mode: interleaved rounds of the throughput runs (best of each kept).
+    /// Structured outputs: tokens/s of `--batch` streams (distinct adapters), half of them held
+    /// to a JSON schema, vs all free, side by side; and the grammar mask cost per token.
+    #[arg(long)]
+    pub structured: bool,
+    /// Pager and structured modes: interleaved rounds of the throughput runs (best of each kept).
     #[arg(long, default_value_t = 2)]
     pub rounds: usize,
 }
@@ -117,6 +121,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         &args.runtime.load_options()?,
     )?);
     let kv_dtype = args.runtime.kv_dtype()?;
+    if args.structured {
+        println!("threads: {threads}");
+        return super::bench_structured::run(
+            &model,
+            kv_dtype,
+            args.batch,
+            args.rank,
+            args.tokens,
+            args.rounds.max(1),
+        );
+    }
     if args.itl {
         println!("threads: {threads}; weights: {}", model.weights.describe());
         return super::bench_itl::run(&model, kv_dtype, args.streams, args.prompt_tokens);

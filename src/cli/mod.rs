@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod bench_itl;
 pub mod bench_pager;
+pub mod bench_structured;
 pub mod download;
 pub mod runtime_args;
 pub mod serve;

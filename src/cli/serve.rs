@@ -18,7 +18,7 @@ use openlora::ledger::{MeterConfig, MeteringArgs, MeteringFile};
 use openlora::lora::{AdapterPager, AdapterRegistry, AdapterRoots, PagerConfig};
 use openlora::metrics::Metrics;
 use openlora::model::Model;
-use openlora::server::{self, AppState, ServerOptions};
+use openlora::server::{self, AppState, ServerOptions, ToolCallParser};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -100,6 +100,10 @@ pub struct ServeArgs {
     /// Seconds to finish in-flight requests after SIGTERM.
     #[arg(long, env = "OPENLORA_SHUTDOWN_TIMEOUT")]
     pub shutdown_timeout: Option<u64>,
+    /// How the model writes tool calls (parsed from `tool_choice: auto` replies, and the form
+    /// `required`/named calls are constrained to): `hermes` (default) or `llama3_json`.
+    #[arg(long, env = "OPENLORA_TOOL_CALL_PARSER", value_enum)]
+    pub tool_call_parser: Option<ToolCallParser>,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
     #[command(flatten)]
@@ -134,6 +138,7 @@ struct FileConfig {
     hub_adapters: Vec<String>,
     max_queue: Option<usize>,
     shutdown_timeout: Option<u64>,
+    tool_call_parser: Option<ToolCallParser>,
     dtype: Option<String>,
     quantize: Option<String>,
     kv_cache_dtype: Option<String>,
@@ -200,6 +205,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         insecure_open_admin: args.insecure_open_admin || file.insecure_open_admin,
         adapter_roots: AdapterRoots::new(roots),
         max_queue: args.max_queue.or(file.max_queue).unwrap_or(256),
+        tool_call_parser: args
+            .tool_call_parser
+            .or(file.tool_call_parser)
+            .unwrap_or_default(),
         ..Default::default()
     };
     if opts.insecure_open_admin && opts.admin_key.is_none() {

@@ -201,12 +201,38 @@ impl LlmEngine {
         // Group rows by adapter mix so each adapter is one SGMV segment.
         plan.sort_by_key(|s| self.scheduler.running[s.idx].adapter_key());
         let step = build_plan(&self.scheduler.running, &plan);
-        match self.executor.step(&step) {
+        match self.run_with_masks(&step, &plan) {
             Ok(logits) => self.postprocess(&plan, &logits),
             // An executor failure is the server's: it must not go unnoticed (the supervisor
             // fails the in-flight requests and restarts the engine).
             Err(e) => panic!("executor step failed: {e}"),
         }
+    }
+
+    /// Runs the step; the grammar masks of the constrained rows that sample this step are
+    /// computed meanwhile on another thread (they depend on the tokens so far only). A step with
+    /// no constrained row runs exactly as before.
+    fn run_with_masks(&mut self, step: &StepPlan, plan: &[Scheduled]) -> Result<Vec<f32>> {
+        let running = &mut self.scheduler.running;
+        let mut sampling = vec![false; running.len()];
+        for s in plan {
+            sampling[s.idx] =
+                running[s.idx].constraint.is_some() && running[s.idx].samples_after(s.tokens);
+        }
+        if !sampling.contains(&true) {
+            return self.executor.step(step);
+        }
+        let executor = &mut self.executor;
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                running
+                    .par_iter_mut()
+                    .zip(&sampling)
+                    .filter(|(_, s)| **s)
+                    .for_each(|(seq, _)| seq.constraint.as_mut().expect("constrained").prepare());
+            });
+            executor.step(step)
+        })
     }
 
     fn postprocess(&mut self, plan: &[Scheduled], logits: &[f32]) -> Vec<(SeqId, SeqEvent)> {
@@ -222,32 +248,35 @@ impl LlmEngine {
             }
         }
         // Sampling is O(vocab) per sequence and each has its own RNG: run them in parallel.
-        let mut sampled: Vec<Option<(u32, Option<TokenLogprob>)>> = self
+        let mut sampled: Vec<Option<Sampled>> = self
             .scheduler
             .running
             .par_iter_mut()
             .enumerate()
             .map(|(i, seq)| {
-                rows.get(&i).map(|&r| {
-                    seq.sampler.sample(
-                        &logits[r * vocab..(r + 1) * vocab],
-                        &seq.params,
-                        &seq.tokens[..seq.prompt_len],
-                        &seq.tokens[seq.prompt_len..],
-                    )
-                })
+                rows.get(&i)
+                    .map(|&r| sample_row(seq, &logits[r * vocab..(r + 1) * vocab]))
             })
             .collect();
         let mut events = Vec::new();
         let mut finished = Vec::new();
         for s in plan {
-            let Some((token, logprob)) = sampled[s.idx].take() else {
+            let Some(Sampled {
+                token,
+                logprob,
+                grammar_done,
+            }) = sampled[s.idx].take()
+            else {
                 continue;
             };
             let seq = &mut self.scheduler.running[s.idx];
-            seq.tokens.push(token);
+            // NO_TOKEN: the grammar allows nothing more (it failed); no token is produced.
+            if token != NO_TOKEN {
+                seq.tokens.push(token);
+            }
             let n_out = seq.tokens.len() - seq.prompt_len;
-            let is_stop_id = (!seq.params.ignore_eos && self.model.eos_ids.contains(&token))
+            let is_eos = self.model.eos_ids.contains(&token);
+            let is_stop_id = (!seq.params.ignore_eos || grammar_done) && is_eos
                 || seq.params.stop_token_ids.contains(&token);
             let (mut text, mut finish) = match is_stop_id {
                 true => (seq.detok.flush(), Some(FinishReason::Stop)),
@@ -260,6 +289,11 @@ impl LlmEngine {
                     TextStep::Continue(t) => (t, None),
                 },
             };
+            if finish.is_none() && grammar_done {
+                // The grammar is complete: its last token's text is released, then it stops.
+                text.push_str(&seq.detok.flush());
+                finish = Some(FinishReason::Stop);
+            }
             if finish.is_none() && n_out >= seq.params.max_tokens {
                 text.push_str(&seq.detok.flush());
                 finish = Some(FinishReason::Length);
@@ -270,7 +304,7 @@ impl LlmEngine {
             events.push((
                 seq.id,
                 SeqEvent {
-                    token: Some(token),
+                    token: (token != NO_TOKEN).then_some(token),
                     text,
                     logprob,
                     finish,
@@ -283,6 +317,47 @@ impl LlmEngine {
             self.abort(id);
         }
         events
+    }
+}
+
+/// "No token": a constrained row whose grammar allows nothing more (it failed).
+const NO_TOKEN: u32 = u32::MAX;
+
+/// One row's sampling result.
+struct Sampled {
+    token: u32,
+    logprob: Option<TokenLogprob>,
+    /// The grammar is complete (or failed): the sequence stops here.
+    grammar_done: bool,
+}
+
+/// Samples one sequence's next token; a constrained row is masked by its grammar first (that
+/// row only) and its grammar advances by the token.
+fn sample_row(seq: &mut Sequence, row: &[f32]) -> Sampled {
+    let prompt = &seq.tokens[..seq.prompt_len];
+    let output = &seq.tokens[seq.prompt_len..];
+    let Some(c) = seq.constraint.as_mut() else {
+        let (token, logprob) = seq.sampler.sample(row, &seq.params, prompt, output);
+        return Sampled {
+            token,
+            logprob,
+            grammar_done: false,
+        };
+    };
+    let mut masked = row.to_vec();
+    if !c.apply(&mut masked) {
+        return Sampled {
+            token: NO_TOKEN,
+            logprob: None,
+            grammar_done: true,
+        };
+    }
+    let (token, logprob) = seq.sampler.sample(&masked, &seq.params, prompt, output);
+    c.consume(token);
+    Sampled {
+        token,
+        logprob,
+        grammar_done: c.is_done(),
     }
 }
 

@@ -1,10 +1,13 @@
 //! The engine: sequences (`sequence`), what to run each step (`scheduler`), how to pick tokens
 //! (`sampler`), text and stop handling (`detokenizer`), the synchronous step loop (`llm_engine`)
 //! its thread + async front (`handle`), the thread's panic containment and restart
-//! (`supervisor`) and a test-only fault trigger (`fault`, feature `fault-injection`). `LlmEngine::step` = schedule -> forward -> postprocess.
+//! (`supervisor`), a test-only fault trigger (`fault`, feature `fault-injection`), and structured
+//! outputs: `grammar` compiles a request's grammar, `constraint` masks that sequence's logits. `LlmEngine::step` = schedule -> forward -> postprocess.
 
+mod constraint;
 mod detokenizer;
 mod fault;
+mod grammar;
 mod handle;
 mod llm_engine;
 mod request;
@@ -13,6 +16,8 @@ mod scheduler;
 mod sequence;
 mod supervisor;
 
+pub use constraint::{apply_mask, Constraint};
+pub use grammar::{choice_lark, Grammar, GrammarCompiler};
 pub use handle::{EngineHandle, RequestStream};
 pub use llm_engine::{EngineStats, LlmEngine};
 pub use request::{FinishReason, GenerateRequest, SamplingParams, SeqEvent, TokenLogprob};

@@ -1,6 +1,7 @@
 //! Checked request types: what the HTTP edge or the CLI hands the engine after validation, and
 //! what the engine streams back. `SamplingParams::validate` is the one place parameters are checked.
 
+use super::constraint::Constraint;
 use crate::error::{Error, Result};
 use crate::lora::AdapterRef;
 
@@ -24,6 +25,8 @@ pub struct SamplingParams {
     pub ignore_eos: bool,
     /// Number of top alternatives to report per token; `None` = no logprobs.
     pub logprobs: Option<usize>,
+    /// Structured output: the grammar the completion must match (`None` = free text).
+    pub constraint: Option<Constraint>,
 }
 
 impl Default for SamplingParams {
@@ -42,6 +45,7 @@ impl Default for SamplingParams {
             stop_token_ids: vec![],
             ignore_eos: false,
             logprobs: None,
+            constraint: None,
         }
     }
 }

@@ -4,6 +4,7 @@
 //! A sequence is ready once every adapter of its mix is on device; from then until it is dropped
 //! its pager lease pins them, and `adapters` holds their slots in the adapter pool, in mix order.
 
+use super::constraint::Constraint;
 use super::detokenizer::Detokenizer;
 use super::request::{GenerateRequest, SamplingParams};
 use super::sampler::Sampler;
@@ -31,6 +32,8 @@ pub struct Sequence {
     /// Steps this ready sequence was passed over for the distinct-adapter cap (aging).
     pub skipped: usize,
     pub params: SamplingParams,
+    /// The grammar state of a structured output (taken out of `params`).
+    pub constraint: Option<Constraint>,
     pub sampler: Sampler,
     pub detok: Detokenizer,
     pub blocks: BlockTable,
@@ -38,7 +41,13 @@ pub struct Sequence {
 
 impl Sequence {
     /// Creates the sequence and claims its paged adapters (starting their page-in).
-    pub fn new(id: SeqId, req: GenerateRequest, blocks: BlockTable, pager: &AdapterPager) -> Self {
+    pub fn new(
+        id: SeqId,
+        mut req: GenerateRequest,
+        blocks: BlockTable,
+        pager: &AdapterPager,
+    ) -> Self {
+        let constraint = req.params.constraint.take();
         let prompt_len = req.prompt_ids.len();
         // In-memory adapters go through the pager too: they need a slot of the pool.
         let paged: Vec<_> = req
@@ -59,6 +68,7 @@ impl Sequence {
             adapters: Vec::new(),
             ready: false,
             skipped: 0,
+            constraint,
             sampler: Sampler::new(req.params.seed),
             params: req.params,
             detok: Detokenizer::default(),
@@ -104,6 +114,11 @@ impl Sequence {
     /// Sort key grouping sequences with the same adapter mix next to each other.
     pub fn adapter_key(&self) -> Vec<AdapterSlot> {
         self.adapters.iter().map(|(s, _)| *s).collect()
+    }
+
+    /// True when the next step samples a token for this sequence after running `tokens` more.
+    pub fn samples_after(&self, tokens: usize) -> bool {
+        self.computed + tokens == self.tokens.len()
     }
 
     /// Drops the KV blocks; the sequence will be recomputed from scratch (its pins stay).

@@ -194,6 +194,11 @@ impl Tokenizer {
         Ok(ids)
     }
 
+    /// True when `s` holds a special token's text (e.g. `<|im_end|>`).
+    pub fn has_special_text(&self, s: &str) -> bool {
+        self.next_special(s).is_some()
+    }
+
     /// The first special token in `s`: (byte offset, byte length, id); longest wins at a tie.
     fn next_special(&self, s: &str) -> Option<(usize, usize, u32)> {
         self.specials
@@ -212,6 +217,11 @@ impl Tokenizer {
 
     pub fn id_to_token(&self, id: u32) -> Option<String> {
         self.inner.id_to_token(id)
+    }
+
+    /// The tokenizer in HF `tokenizer.json` form (what grammar engines read the vocabulary from).
+    pub fn to_hf_json(&self) -> Result<String> {
+        self.inner.to_string(false).map_err(tok_err)
     }
 
     pub fn is_special(&self, id: u32) -> bool {

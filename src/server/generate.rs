@@ -10,6 +10,7 @@
 //! payer is not billed for the server's failure.
 
 use super::api_error::ApiError;
+use super::chat_reply::{self, ChatDeltas};
 use super::openai::Usage;
 use super::state::{unix_now, AppState};
 use super::validate::ValidRequest;
@@ -307,13 +308,14 @@ async fn collect_response(
     let body = match kind {
         Kind::Chat => {
             let c = &choices[0];
+            let (message, finish) = chat_reply::message(req.tools, &c.text, c.finish);
             json!({
                 "id": id, "object": "chat.completion", "created": unix_now(), "model": req.model,
                 "choices": [{
                     "index": 0,
-                    "message": {"role": "assistant", "content": c.text},
+                    "message": message,
                     "logprobs": if req.logprobs { chat_logprobs(model, &c.logprobs) } else { Value::Null },
-                    "finish_reason": c.finish.map(FinishReason::as_str),
+                    "finish_reason": finish,
                 }],
                 "usage": usage,
             })
@@ -393,6 +395,7 @@ fn stream_response(
     let logprobs = req.logprobs;
     let include_usage = req.include_usage;
     let mut offsets = vec![0usize; n];
+    let mut deltas: Vec<ChatDeltas> = (0..n).map(|_| ChatDeltas::new(req.tools)).collect();
     let mut usages = vec![Usage::default(); n];
     let mut finished = 0;
     let mut failed = false;
@@ -422,12 +425,15 @@ fn stream_response(
         let lp: Vec<TokenLogprob> = ev.logprob.into_iter().collect();
         let finish = ev.finish.map(FinishReason::as_str);
         let c = match kind {
-            Kind::Chat => json!([{
-                "index": i,
-                "delta": if ev.text.is_empty() && finish.is_some() { json!({}) } else { json!({"content": ev.text}) },
-                "logprobs": if logprobs { chat_logprobs(&model, &lp) } else { Value::Null },
-                "finish_reason": finish,
-            }]),
+            Kind::Chat => {
+                let (delta, finish) = deltas[i].delta(&ev.text, ev.finish);
+                json!([{
+                    "index": i,
+                    "delta": delta,
+                    "logprobs": if logprobs { chat_logprobs(&model, &lp) } else { Value::Null },
+                    "finish_reason": finish,
+                }])
+            }
             Kind::Completion => {
                 let v = json!([{"index": i, "text": ev.text, "logprobs": if logprobs { completion_logprobs(&model, &lp, offsets[i]) } else { Value::Null }, "finish_reason": finish}]);
                 offsets[i] += ev.text.len();

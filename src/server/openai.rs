@@ -28,6 +28,47 @@ pub struct ContentPart {
 pub struct MessageIn {
     pub role: String,
     pub content: Option<Content>,
+    /// An assistant turn's tool calls.
+    pub tool_calls: Option<Vec<ToolCallIn>>,
+    /// A `tool` turn: the call it answers.
+    pub tool_call_id: Option<String>,
+    /// A `tool`/`function` turn: the function's name.
+    pub name: Option<String>,
+    /// Legacy: an assistant turn's function call.
+    pub function_call: Option<FunctionCallIn>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+pub struct FunctionCallIn {
+    pub name: String,
+    /// The arguments as a JSON string (OpenAI's wire form).
+    pub arguments: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ToolCallIn {
+    pub id: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub function: FunctionCallIn,
+}
+
+/// A function the model may call (`tools[i].function`, or a legacy `functions[i]`).
+#[derive(Debug, Deserialize, Clone)]
+pub struct FunctionDef {
+    pub name: String,
+    pub description: Option<String>,
+    pub parameters: Option<serde_json::Value>,
+    /// Accepted: constrained calls (`required`, a named function) always follow the schema.
+    #[allow(dead_code)]
+    pub strict: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ToolDef {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: FunctionDef,
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,11 +114,26 @@ pub struct CommonParams {
     pub adapters: Option<Vec<AdapterWeight>>,
     /// Extension (as in vLLM and llama.cpp): keep generating past end-of-sequence tokens.
     pub ignore_eos: Option<bool>,
+    /// Structured output (`{"type": "text" | "json_object" | "json_schema", ...}`).
+    pub response_format: Option<serde_json::Value>,
+    /// vLLM's structured-output extensions.
+    pub guided_json: Option<serde_json::Value>,
+    pub guided_regex: Option<String>,
+    pub guided_choice: Option<Vec<String>>,
+    pub guided_grammar: Option<String>,
+    pub structured_outputs: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest {
     pub messages: Vec<MessageIn>,
+    pub tools: Option<Vec<ToolDef>>,
+    /// `"none" | "auto" | "required" | {"type": "function", "function": {"name": ...}}`.
+    pub tool_choice: Option<serde_json::Value>,
+    pub parallel_tool_calls: Option<bool>,
+    /// Legacy function calling: mapped onto `tools` / `tool_choice`.
+    pub functions: Option<Vec<FunctionDef>>,
+    pub function_call: Option<serde_json::Value>,
     pub logprobs: Option<bool>,
     pub top_logprobs: Option<i64>,
     #[serde(flatten)]

@@ -1,13 +1,15 @@
 //! Shared state of the HTTP layer: the engine handle, the adapter registry, auth keys, metrics,
 //! and the usage meter when metering is on.
 
+use super::tool_parser::ToolCallParser;
 pub use crate::clock::unix_now;
-use crate::engine::EngineHandle;
+use crate::engine::{EngineHandle, GrammarCompiler};
+use crate::error::Result;
 use crate::ledger::Meter;
 use crate::lora::{AdapterRegistry, AdapterRoots};
 use crate::metrics::Metrics;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 pub struct ServerOptions {
     /// API key -> payer account id. Empty = no auth on the OpenAI endpoints.
@@ -26,6 +28,8 @@ pub struct ServerOptions {
     pub max_queue: usize,
     pub default_max_tokens: usize,
     pub max_body_bytes: usize,
+    /// How the model writes tool calls (`--tool-call-parser`).
+    pub tool_call_parser: ToolCallParser,
 }
 
 impl Default for ServerOptions {
@@ -39,6 +43,7 @@ impl Default for ServerOptions {
             max_queue: 256,
             default_max_tokens: 512,
             max_body_bytes: 4 << 20,
+            tool_call_parser: ToolCallParser::default(),
         }
     }
 }
@@ -58,4 +63,17 @@ pub struct AppState {
     /// A prompt text longer than this (in characters) cannot fit the context whatever it
     /// tokenizes to: rejected before it is tokenized.
     pub max_prompt_chars: usize,
+    /// Compiles structured-output grammars; built on the first request that needs one.
+    pub grammar: OnceLock<Arc<GrammarCompiler>>,
+}
+
+impl AppState {
+    /// The model's grammar compiler (built once, on first use).
+    pub fn grammar_compiler(&self) -> Result<Arc<GrammarCompiler>> {
+        if let Some(g) = self.grammar.get() {
+            return Ok(g.clone());
+        }
+        let g = Arc::new(GrammarCompiler::new(self.engine.model())?);
+        Ok(self.grammar.get_or_init(|| g).clone())
+    }
 }

@@ -6,8 +6,14 @@
 //! `max_tokens` is clamped to what is left of it, so metering reserves the clamped value; stop
 //! strings are at most `MAX_STOP_BYTES` long.
 
-use super::openai::{ChatRequest, CommonParams, CompletionRequest, Content, PromptSpec, StopSpec};
+use super::openai::{
+    ChatRequest, CommonParams, CompletionRequest, Content, MessageIn, PromptSpec, StopSpec,
+};
 use super::state::AppState;
+use super::structured::requested_grammar;
+use super::tool_parser::ToolCallParser;
+use super::tools::{inline_tools, message_tool_calls, ToolSetup};
+use crate::engine::Grammar;
 use crate::engine::{GenerateRequest, SamplingParams};
 use crate::error::{Error, Result};
 use crate::lora::AdapterRef;
@@ -41,6 +47,16 @@ pub struct ValidRequest {
     pub include_usage: bool,
     /// Chat: logprobs requested (top-N in params).
     pub logprobs: bool,
+    /// Chat with tools: how to read tool calls out of the reply.
+    pub tools: Option<ToolReply>,
+}
+
+/// How a chat reply with tools is answered.
+#[derive(Debug, Clone, Copy)]
+pub struct ToolReply {
+    pub parser: ToolCallParser,
+    /// Legacy `functions`: answer with `message.function_call` (the first call).
+    pub legacy: bool,
 }
 
 fn resolve_adapters(
@@ -170,43 +186,14 @@ impl ValidRequest {
                 "must contain at least one message",
             ));
         }
-        let mut messages = Vec::with_capacity(r.messages.len());
-        for (i, m) in r.messages.iter().enumerate() {
-            let role = match m.role.as_str() {
-                "system" | "developer" => "system",
-                "user" => "user",
-                "assistant" => "assistant",
-                other => {
-                    return Err(Error::invalid(
-                        format!("messages[{i}].role"),
-                        format!("`{other}` is not supported (system, developer, user, assistant)"),
-                    ))
-                }
-            };
-            let content = match &m.content {
-                None => String::new(),
-                Some(Content::Text(t)) => t.clone(),
-                Some(Content::Parts(parts)) => {
-                    let mut s = String::new();
-                    for (j, p) in parts.iter().enumerate() {
-                        match (p.kind.as_str(), &p.text) {
-                            ("text", Some(t)) => s.push_str(t),
-                            _ => {
-                                return Err(Error::invalid(
-                                    format!("messages[{i}].content[{j}]"),
-                                    "only text parts are supported",
-                                ))
-                            }
-                        }
-                    }
-                    s
-                }
-            };
-            messages.push(ChatMessage {
-                role: role.into(),
-                content,
-            });
-        }
+        let messages = r
+            .messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| chat_message(i, m))
+            .collect::<Result<Vec<_>>>()?;
+        let setup = ToolSetup::from_request(&r)?;
+        let parser = state.opts.tool_call_parser;
         let model = state.engine.model();
         let template = model.template.as_ref().ok_or_else(|| {
             Error::invalid(
@@ -214,7 +201,16 @@ impl ValidRequest {
                 "this model has no chat template; use /v1/completions",
             )
         })?;
-        let pieces = template.render_pieces(&messages, true)?;
+        let pieces = if template.mentions("tools") && template.mentions("tool_calls") {
+            let tools = setup.as_ref().map(ToolSetup::template_tools);
+            no_special_markup(model.tokenizer()?, tools.as_ref(), &messages)?;
+            template.render_pieces(&messages, tools.as_ref(), true)?
+        } else {
+            // The template renders no tools: they go into the messages, hermes-style.
+            let messages = inline_tools(messages, setup.as_ref(), parser);
+            template.render_pieces(&messages, None, true)?
+        };
+        params.constraint = constraint(state, &r.common, setup.as_ref(), parser)?;
         let chars: usize = pieces
             .iter()
             .map(|p| match p {
@@ -246,8 +242,13 @@ impl ValidRequest {
             params,
         };
         fit_context(state, &mut gen)?;
+        let tools = setup.as_ref().map(|t| ToolReply {
+            parser,
+            legacy: t.legacy,
+        });
         Ok(ValidRequest {
             logprobs: gen.params.logprobs.is_some(),
+            tools,
             gens: vec![gen],
             model: r.common.model.clone(),
             adapter_label,
@@ -278,6 +279,7 @@ impl ValidRequest {
             }
             params.logprobs = Some(n as usize);
         }
+        params.constraint = constraint(state, &r.common, None, ToolCallParser::default())?;
         let model = state.engine.model();
         let encode = |t: &str| {
             check_prompt_chars(state, t)?;
@@ -305,6 +307,7 @@ impl ValidRequest {
         }
         Ok(ValidRequest {
             logprobs: params.logprobs.is_some(),
+            tools: None,
             gens,
             model: r.common.model.clone(),
             adapter_label,
@@ -316,4 +319,113 @@ impl ValidRequest {
                 .is_some_and(|o| o.include_usage),
         })
     }
+}
+
+/// One chat message as the template sees it: roles checked, text parts joined, tool calls and
+/// tool results kept (legacy `function` results become `tool` results).
+fn chat_message(i: usize, m: &MessageIn) -> Result<ChatMessage> {
+    let role = match m.role.as_str() {
+        "system" | "developer" => "system",
+        "user" => "user",
+        "assistant" => "assistant",
+        "tool" | "function" => "tool",
+        other => {
+            return Err(Error::invalid(
+                format!("messages[{i}].role"),
+                format!("`{other}` is not supported (system, developer, user, assistant, tool)"),
+            ))
+        }
+    };
+    let content = match &m.content {
+        None => String::new(),
+        Some(Content::Text(t)) => t.clone(),
+        Some(Content::Parts(parts)) => {
+            let mut s = String::new();
+            for (j, p) in parts.iter().enumerate() {
+                match (p.kind.as_str(), &p.text) {
+                    ("text", Some(t)) => s.push_str(t),
+                    _ => {
+                        return Err(Error::invalid(
+                            format!("messages[{i}].content[{j}]"),
+                            "only text parts are supported",
+                        ))
+                    }
+                }
+            }
+            s
+        }
+    };
+    if (m.tool_calls.is_some() || m.function_call.is_some()) && role != "assistant" {
+        return Err(Error::invalid(
+            format!("messages[{i}].tool_calls"),
+            "only assistant messages carry tool calls",
+        ));
+    }
+    if role == "tool" && m.role == "tool" && m.tool_call_id.is_none() {
+        return Err(Error::invalid(
+            format!("messages[{i}].tool_call_id"),
+            "required for a tool message",
+        ));
+    }
+    Ok(ChatMessage {
+        role: role.into(),
+        content,
+        tool_calls: message_tool_calls(m, i)?,
+        tool_call_id: m.tool_call_id.clone(),
+        name: m.name.clone(),
+    })
+}
+
+/// The request's grammar (a structured output, or the tool calls `required`/a named function
+/// demands), compiled: a grammar llguidance refuses is a 400 naming the field it came from.
+fn constraint(
+    state: &AppState,
+    c: &CommonParams,
+    tools: Option<&ToolSetup>,
+    parser: ToolCallParser,
+) -> Result<Option<crate::engine::Constraint>> {
+    let asked = requested_grammar(c)?;
+    let forced = tools.and_then(|t| t.grammar(parser));
+    let (grammar, param): (Grammar, String) = match (asked, forced) {
+        (None, None) => return Ok(None),
+        (Some(a), None) => (a.grammar, a.param),
+        (None, Some(g)) => (g, "tools".into()),
+        (Some(a), Some(_)) => {
+            return Err(Error::invalid(
+                a.param,
+                "cannot be combined with `tool_choice` `required` or a named function",
+            ))
+        }
+    };
+    Ok(Some(state.grammar_compiler()?.compile(&grammar, &param)?))
+}
+
+/// A template that renders tools and past calls itself writes them as markup, where special-token
+/// text would become special tokens: such text in them is refused (contents stay plain text).
+fn no_special_markup(
+    tok: &crate::model::Tokenizer,
+    tools: Option<&serde_json::Value>,
+    messages: &[ChatMessage],
+) -> Result<()> {
+    if tools.is_some_and(|t| tok.has_special_text(&t.to_string())) {
+        return Err(Error::invalid(
+            "tools",
+            "must not contain special-token text",
+        ));
+    }
+    for (i, m) in messages.iter().enumerate() {
+        let calls = m.tool_calls.as_ref().map(|c| c.to_string());
+        let fields = [
+            calls.as_deref(),
+            m.tool_call_id.as_deref(),
+            m.name.as_deref(),
+        ];
+        if fields.iter().flatten().any(|f| tok.has_special_text(f)) {
+            return Err(Error::invalid(
+                format!("messages[{i}]"),
+                "tool calls, ids and names must not contain special-token text",
+            ));
+        }
+    }
+    Ok(())
 }
