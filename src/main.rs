@@ -53,6 +53,18 @@ enum Cmd {
     Bench(cli::bench::BenchArgs),
     /// Proof of Attribution: suffix-array build time and per-call attribution latency.
     BenchAttribution(openlora::ledger::attribution_bench::AttributionBenchArgs),
+    /// Print the weights hash of a PEFT adapter folder (keccak256 of adapter_model.safetensors):
+    /// the `weightsHash` to register in AdapterRegistry.
+    AdapterHash {
+        /// The adapter folder.
+        dir: PathBuf,
+    },
+    /// Print the records root of a datanet `.jsonl` file: the `recordsRoot` to register in
+    /// DatanetRegistry.
+    DatanetRoot {
+        /// The datanet file.
+        file: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -132,6 +144,8 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench(args) => cli::bench::run(args)?,
         Cmd::BenchAttribution(args) => openlora::ledger::attribution_bench::run(args)?,
         Cmd::Serve(args) => cli::serve::run(args)?,
+        Cmd::AdapterHash { dir } => cli::chain_tools::adapter_hash(&dir)?,
+        Cmd::DatanetRoot { file } => cli::chain_tools::datanet_root(&file)?,
     }
     Ok(())
 }

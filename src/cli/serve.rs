@@ -5,7 +5,8 @@
 //! in-flight requests up to `--shutdown-timeout` seconds and exits 0. An engine panic fails the
 //! in-flight requests (500) and the engine is rebuilt in place (`EngineHandle::spawn_supervised`). With `--ledger` every call is
 //! metered (see `ledger`); with `--chain-rpc` too, payers are admitted against their deposits and
-//! usage settles on chain from a background worker. Runtime adapter loads are confined to
+//! usage settles on chain from a background worker; with `--adapter-registry-address` adapters
+//! are verified and priced from chain and a sync task keeps those terms fresh. Runtime adapter loads are confined to
 //! `--adapter-roots` (default: the adapters dir and the hub cache); who may use the admin
 //! endpoints is decided in `server::auth` (`--admin-key`, `--insecure-open-admin`).
 
@@ -13,8 +14,10 @@ use super::runtime_args::RuntimeArgs;
 use anyhow::Context;
 use openlora::config::EngineConfig;
 use openlora::engine::{EngineHandle, LlmEngine};
+use openlora::ledger::chain_gate::ChainGate;
+use openlora::ledger::chain_sync::ChainSync;
 use openlora::ledger::{MeterConfig, MeteringArgs, MeteringFile};
-use openlora::lora::{AdapterPager, AdapterRegistry, AdapterRoots, PagerConfig};
+use openlora::lora::{AdapterGate, AdapterPager, AdapterRegistry, AdapterRoots, PagerConfig};
 use openlora::metrics::Metrics;
 use openlora::model::Model;
 use openlora::server::{self, AppState, ServerOptions};
@@ -260,7 +263,28 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     engine_cfg.kv_dtype = kv_dtype;
     opts.max_context = Some(engine_cfg.num_blocks * engine_cfg.block_size);
+    // One metrics registry per process: the pager, the engine, the server and the meter share it.
+    let metrics = Arc::new(Metrics::new());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let registry = Arc::new(AdapterRegistry::new(m.clone()));
+    // With --adapter-registry-address the chain decides what is served (`ledger::chain_gate`).
+    let catalog = openlora::ledger::chain_catalog(meter_cfg.as_ref())?;
+    let gate = catalog.as_ref().map(|c| {
+        let require = meter_cfg
+            .as_ref()
+            .and_then(|m| m.chain.as_ref()?.registry.as_ref())
+            .is_some_and(|r| r.require_onchain);
+        let g: Arc<dyn AdapterGate> = Arc::new(ChainGate::new(
+            c.clone(),
+            rt.handle().clone(),
+            require,
+            metrics.clone(),
+        ));
+        registry.set_gate(g.clone());
+        g
+    });
     if let Some(dir) = &adapters_dir {
         register_dir(&registry, dir)?;
     }
@@ -268,13 +292,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         openlora::lora::hub::register(&registry, id)
             .with_context(|| format!("registering hub adapter {id}"))?;
     }
-    // One metrics registry per process: the pager, the engine, the server and the meter share it.
-    let metrics = Arc::new(Metrics::new());
     let pager = AdapterPager::new(m.clone(), pager_cfg, metrics.clone())?;
+    if let Some(g) = &gate {
+        pager.set_gate(g.clone());
+    }
     let model = Arc::new(model);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let refresh = meter_cfg
+        .as_ref()
+        .and_then(|m| m.chain.as_ref()?.registry.as_ref())
+        .map(|r| r.refresh);
     let (meter, _settlement_worker) = match meter_cfg {
         Some(cfg) => {
             let ledger = cfg.ledger.clone();
@@ -284,6 +310,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                     model.tokenizer.as_ref(),
                     payers,
                     metrics.clone(),
+                    catalog.clone(),
                 ))
                 .with_context(|| format!("opening the ledger {}", ledger.display()))?;
             eprintln!(
@@ -294,6 +321,26 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             (Some(m), w)
         }
         None => (None, None),
+    };
+    let _chain_sync = match (catalog, &meter, refresh) {
+        (Some(catalog), Some(meter), Some(interval)) => {
+            let names = registry.clone();
+            let sync = ChainSync {
+                catalog,
+                datanets: meter.datanet_verifier.clone(),
+                names: Box::new(move || names.list().iter().map(|s| s.name.clone()).collect()),
+                interval,
+            };
+            let mut datanet_registry = None;
+            let first =
+                tokio::time::timeout(Duration::from_secs(10), sync.round(&mut datanet_registry));
+            if rt.block_on(first).is_err() {
+                tracing::warn!("first read of on-chain adapter terms and datanet roots timed out");
+            }
+            let _enter = rt.enter();
+            Some(sync.spawn(datanet_registry))
+        }
+        _ => None,
     };
     let pager = Arc::new(pager);
     let engine = LlmEngine::with_pager(model.clone(), engine_cfg.clone(), pager.clone())?;

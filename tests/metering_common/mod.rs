@@ -63,6 +63,15 @@ impl Chain {
     /// Anvil (optionally persisting its state to `state_file`), contracts deployed, the operator
     /// (`DEV_KEYS[1]`) registered, payers funded with `deposits[i]` wei.
     pub async fn start(state_file: Option<PathBuf>, deposits: &[u128]) -> Chain {
+        Self::start_with_delay(state_file, deposits, 86_400).await
+    }
+
+    /// Like [`Self::start`] with Settlement's withdrawal delay set to `withdrawal_delay_secs`.
+    pub async fn start_with_delay(
+        state_file: Option<PathBuf>,
+        deposits: &[u128],
+        withdrawal_delay_secs: u64,
+    ) -> Chain {
         let bin = find_anvil().expect("anvil not found: run `bash contracts/ci.sh install`");
         let st = state_file.as_ref().map(|p| p.to_string_lossy().to_string());
         let args: Vec<&str> = match &st {
@@ -75,7 +84,7 @@ impl Chain {
             owner: None,
             fee_recipient: fee_recipient(),
             protocol_fee_bps: FEE_BPS,
-            withdrawal_delay_secs: 86_400,
+            withdrawal_delay_secs,
         };
         let admin = Settler::deploy_all(&url, DEV_KEYS[0], &cfg)
             .await
@@ -217,7 +226,20 @@ impl ServerSetup {
     }
 
     pub fn spawn(&self) -> Server {
+        self.spawn_with(&[])
+    }
+
+    /// Like [`Self::spawn`] with more `serve` flags (`--settle-interval-secs` here replaces the
+    /// default of 1 s).
+    pub fn spawn_with(&self, extra_args: &[String]) -> Server {
         let port = free_port();
+        let interval = match extra_args
+            .iter()
+            .position(|a| a == "--settle-interval-secs")
+        {
+            Some(_) => vec![],
+            None => vec!["--settle-interval-secs".to_string(), "1".to_string()],
+        };
         let key_file = self.work.join("operator.key");
         std::fs::write(&key_file, DEV_KEYS[1]).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_openlora"));
@@ -245,7 +267,9 @@ impl ServerSetup {
             .arg("--operator-key-file")
             .arg(&key_file)
             .args(["--settle-max-records", &self.max_records.to_string()])
-            .args(["--settle-interval-secs", "1", "--deposit-refresh-secs", "1"])
+            .args(&interval)
+            .args(["--deposit-refresh-secs", "1"])
+            .args(extra_args)
             .arg("--datanets-dir")
             .arg(self.work.join("datanets"))
             .args(["--attribution-min-span", "4", "--admin-key", "sk-admin"])
@@ -449,7 +473,19 @@ pub fn wait_settled(ledger: &Path, timeout: Duration) -> Store {
 /// recipient's earnings the sum of its batch credits, the fee recipient's the rest; every batch
 /// is settled on chain with the ledger's root.
 pub async fn check_books(chain: &Chain, store: &Store, deposits: &[u128]) {
-    let records = store.all_amounts().unwrap();
+    // Records the chain would not settle (isolated as unsettleable) are in no batch.
+    let unsettleable: Vec<String> = store
+        .unsettleable()
+        .unwrap()
+        .into_iter()
+        .map(|u| u.0)
+        .collect();
+    let records: Vec<_> = store
+        .all_amounts()
+        .unwrap()
+        .into_iter()
+        .filter(|r| !unsettleable.contains(&r.0))
+        .collect();
     let batches = store.all_batches().unwrap();
     let mut spent: BTreeMap<Address, U256> = BTreeMap::new();
     for (_, p, a) in &records {
