@@ -46,22 +46,26 @@ fn cast() -> PathBuf {
         .join("../../cast-linux-amd64/bin/cast")
 }
 
-/// The weights hash as an independent tool computes it: `cast keccak` of the file's bytes.
+/// The weights hash as an independent tool computes it: `cast keccak` of the file's bytes (as
+/// 0x-hex on stdin).
 fn cast_keccak_of(file: &Path) -> B256 {
+    use std::io::Write;
     let hex: String = std::fs::read(file)
         .unwrap()
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let out = std::process::Command::new(cast())
-        .args(["keccak", &format!("0x{hex}")])
-        .output()
+    let mut child = std::process::Command::new(cast())
+        .arg("keccak")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
         .expect("cast runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(format!("0x{hex}").as_bytes()).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
     String::from_utf8(out.stdout)
         .unwrap()
         .trim()
@@ -135,9 +139,7 @@ fn metric(text: &str, prefix: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adapters_are_served_and_priced_only_as_registered_on_chain() {
-    let work = fresh_dir("truth-adapters");
-    write_adapters(&work.join("adapters"));
-    write_datanets(&work.join("datanets"), &[5, 6, 7, 8, 9]);
+    let work = prepared_dir("truth-adapters", &[5, 6, 7, 8, 9]);
     let deposits = [1_000_000_000_000_000_000u128];
     let chain = Chain::start(None, &deposits).await;
     let (a4, a16) = (
@@ -336,10 +338,8 @@ fn reference_root(file: &Path) -> B256 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_datanet_whose_records_differ_from_its_root_is_excluded() {
-    let work = fresh_dir("truth-datanets");
-    write_adapters(&work.join("adapters"));
     let span = [5u32, 6, 7, 8, 9];
-    write_datanets(&work.join("datanets"), &span);
+    let work = prepared_dir("truth-datanets", &span);
     let deposits = [1_000_000_000_000_000_000u128];
     let chain = Chain::start(None, &deposits).await;
     let (x_file, y_file) = (
@@ -386,15 +386,7 @@ async fn a_datanet_whose_records_differ_from_its_root_is_excluded() {
         let (http, url) = (http.clone(), url.clone());
         async move {
             let id = body["id"].as_str().unwrap().to_string();
-            let r: Value = http
-                .get(format!("{url}/v1/receipts/{id}"))
-                .bearer_auth(api_key(0))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let r = receipt_json(&http, &url, &api_key(0), &id).await;
             r["attribution"].as_array().unwrap().clone()
         }
     };
@@ -449,9 +441,7 @@ async fn anvil_rpc(chain: &Chain, method: &'static str, params: Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_payer_that_withdrew_is_isolated_and_every_other_record_settles() {
-    let work = fresh_dir("truth-withdraw");
-    write_adapters(&work.join("adapters"));
-    write_datanets(&work.join("datanets"), &[5, 6, 7, 8, 9]);
+    let work = prepared_dir("truth-withdraw", &[5, 6, 7, 8, 9]);
     let deposits = [1_000_000_000_000_000_000u128];
     let chain = Chain::start_with_delay(None, &deposits, 60).await;
     let key = DEV_KEYS[3];
@@ -518,15 +508,7 @@ async fn a_payer_that_withdrew_is_isolated_and_every_other_record_settles() {
         "exactly the withdrawn payer's records are unsettleable"
     );
     for id in &isolated {
-        let r: Value = http
-            .get(format!("{url}/v1/receipts/{id}"))
-            .bearer_auth("sk-leaving")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r = receipt_json(&http, &url, "sk-leaving", id).await;
         assert_eq!(r["status"], "unsettleable", "{r}");
         assert!(
             r["unsettleable_reason"]
@@ -554,9 +536,7 @@ async fn a_payer_that_withdrew_is_isolated_and_every_other_record_settles() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_with_the_rpc_down_serves_known_payers_within_the_staleness_bound() {
-    let work = fresh_dir("truth-restart");
-    write_adapters(&work.join("adapters"));
-    write_datanets(&work.join("datanets"), &[5, 6, 7, 8, 9]);
+    let work = prepared_dir("truth-restart", &[5, 6, 7, 8, 9]);
     let deposits = [1_000_000_000_000_000_000u128];
     let mut chain = Chain::start(Some(work.join("anvil-state.json")), &deposits).await;
     let mut setup = setup(&work, &chain, 1, 5);
@@ -610,15 +590,23 @@ async fn a_restart_with_the_rpc_down_serves_known_payers_within_the_staleness_bo
         "{body}"
     );
 
-    // The chain comes back: deposits are fresh again and everything settles.
+    // The chain comes back: deposits are read again (once the worker's backoff ends) and
+    // everything settles.
     chain.restart();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(
-        complete(&http, &url, &api_key(0), "a8", &prompt_for(5), 3, false)
-            .await
-            .0,
-        200
-    );
+    let back = std::time::Instant::now();
+    loop {
+        let (status, body) =
+            complete(&http, &url, &api_key(0), "a8", &prompt_for(5), 3, false).await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            back.elapsed() < Duration::from_secs(45),
+            "deposits not re-read: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let store = wait_settled(&setup.ledger(), Duration::from_secs(90));
     check_books(&chain, &store, &deposits).await;
     drop(server);

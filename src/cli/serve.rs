@@ -332,9 +332,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 interval,
             };
             let mut datanet_registry = None;
-            let first =
-                tokio::time::timeout(Duration::from_secs(10), sync.round(&mut datanet_registry));
-            if rt.block_on(first).is_err() {
+            let first = rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(10), sync.round(&mut datanet_registry))
+                    .await
+            });
+            if first.is_err() {
                 tracing::warn!("first read of on-chain adapter terms and datanet roots timed out");
             }
             let _enter = rt.enter();

@@ -191,7 +191,7 @@ mod tests {
             HashMap::from([(p, U256::from(30u64))]),
             Some(std::time::Duration::from_secs(20)),
         );
-        assert!(f.reserve(p, U256::from(70u64)).is_ok());
+        let held = f.reserve(p, U256::from(70u64)).unwrap();
         assert!(matches!(
             f.reserve(p, U256::from(1u64)),
             Err(Error::InsufficientFunds { .. })

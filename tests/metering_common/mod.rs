@@ -348,6 +348,14 @@ pub fn fresh_dir(tag: &str) -> std::path::PathBuf {
     work
 }
 
+/// A fresh work folder with the five adapters and the two datanets (`x_span` in `dn-x`).
+pub fn prepared_dir(tag: &str, x_span: &[u32]) -> PathBuf {
+    let work = fresh_dir(tag);
+    write_adapters(&work.join("adapters"));
+    write_datanets(&work.join("datanets"), x_span);
+    work
+}
+
 /// The server's `/metrics` text.
 pub async fn metrics_text(http: &reqwest::Client, server_url: &str) -> String {
     http.get(format!("{server_url}/metrics"))
@@ -554,6 +562,23 @@ pub async fn check_books(chain: &Chain, store: &Store, deposits: &[u128]) {
     );
 }
 
+/// `GET /v1/receipts/{request_id}` as `key`.
+pub async fn receipt_json(
+    http: &reqwest::Client,
+    server_url: &str,
+    key: &str,
+    request_id: &str,
+) -> Value {
+    http.get(format!("{server_url}/v1/receipts/{request_id}"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// The receipt of `request_id` (as its payer sees it) verifies on chain against its batch root.
 pub async fn check_receipt(
     http: &reqwest::Client,
@@ -562,15 +587,7 @@ pub async fn check_receipt(
     request_id: &str,
     chain: &Chain,
 ) -> Value {
-    let r: Value = http
-        .get(format!("{server_url}/v1/receipts/{request_id}"))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = receipt_json(http, server_url, key, request_id).await;
     assert_eq!(r["status"], "settled", "{r}");
     let rc = &r["receipt"];
     let receipt = openlora::chain::Receipt {
