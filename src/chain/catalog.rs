@@ -5,14 +5,18 @@
 //! - an adapter's on-chain id is `keccak256(name)` (as in receipts);
 //! - an entry is `Registered` or `Unregistered` exactly as the chain answered at the last read;
 //!   an id never read (RPC down) has no entry, and callers treat it as unknown, never as either;
-//! - `refresh` re-reads every cached id, so a price change or a deactivation is seen within one
-//!   refresh interval (`AdapterPriceUpdated` / `AdapterDeactivated` change exactly these fields).
+//! - `refresh` reads the registry's event logs (`AdapterRegistered`, `AdapterPriceUpdated`,
+//!   `AdapterDeactivated`: each has the adapter id as its first topic) since the last block it
+//!   read and re-reads exactly the cached ids they name (every cached id on the first refresh),
+//!   so a price change or a deactivation is seen within one refresh interval at a cost that does
+//!   not grow with the number of adapters served.
 
 use super::contracts::AdapterRegistry::{self, AdapterRegistryErrors, AdapterRegistryInstance};
 use super::ChainError;
 use alloy::primitives::{keccak256, Address, B256, U256};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
-use std::collections::HashMap;
+use alloy::rpc::types::Filter;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 /// One adapter as registered on chain.
@@ -44,6 +48,8 @@ pub fn onchain_adapter_id(name: &str) -> B256 {
 pub struct AdapterCatalog {
     registry: AdapterRegistryInstance<DynProvider>,
     cache: RwLock<HashMap<B256, Listing>>,
+    /// The last block whose events `refresh` has applied.
+    synced_to: tokio::sync::Mutex<Option<u64>>,
 }
 
 impl AdapterCatalog {
@@ -63,6 +69,7 @@ impl AdapterCatalog {
         AdapterCatalog {
             registry: AdapterRegistry::new(address, provider),
             cache: RwLock::default(),
+            synced_to: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -123,21 +130,43 @@ impl AdapterCatalog {
         Ok(listing)
     }
 
-    /// Re-reads every cached id; returns how many changed.
-    pub async fn refresh(&self) -> Result<usize, ChainError> {
-        let ids: Vec<(B256, Listing)> = self
+    /// Applies the registry's events since the last refresh: re-reads the cached ids they name
+    /// (all cached ids the first time). Returns the ids whose listing changed.
+    pub async fn refresh(&self) -> Result<Vec<B256>, ChainError> {
+        let mut synced = self.synced_to.lock().await;
+        let rpc = |e: alloy::transports::TransportError| ChainError::Rpc(e.to_string());
+        let head = self.provider().get_block_number().await.map_err(rpc)?;
+        let cached: Vec<B256> = self
             .cache
             .read()
             .expect("catalog")
-            .iter()
-            .map(|(k, v)| (*k, v.clone()))
+            .keys()
+            .copied()
             .collect();
-        let mut changed = 0;
-        for (id, before) in ids {
-            if self.fetch(id).await? != before {
-                changed += 1;
+        let ids: Vec<B256> = match *synced {
+            None => cached,
+            Some(from) if from >= head => vec![],
+            Some(from) => {
+                let filter = Filter::new()
+                    .address(*self.registry.address())
+                    .from_block(from + 1)
+                    .to_block(head);
+                let logs = self.provider().get_logs(&filter).await.map_err(rpc)?;
+                let named: HashSet<B256> = logs
+                    .iter()
+                    .filter_map(|l| l.topics().get(1).copied())
+                    .collect();
+                cached.into_iter().filter(|id| named.contains(id)).collect()
+            }
+        };
+        let mut changed = vec![];
+        for id in ids {
+            let before = self.cached(id);
+            if Some(self.fetch(id).await?) != before {
+                changed.push(id);
             }
         }
+        *synced = Some(head);
         Ok(changed)
     }
 }

@@ -83,3 +83,23 @@ impl ChainError {
         Self::Rpc(e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revert_labels_are_snake_case_error_names() {
+        let e = ChainError::Reverted(
+            "InsufficientEscrow(InsufficientEscrow { payer: 0x01, available: 0, needed: 5 })"
+                .into(),
+        );
+        assert_eq!(e.revert_label().as_deref(), Some("insufficient_escrow"));
+        let e = ChainError::Reverted("revert data 0x1234".into());
+        assert_eq!(e.revert_label().as_deref(), Some("revert"));
+        assert_eq!(
+            ChainError::Rpc("connection refused".into()).revert_label(),
+            None
+        );
+    }
+}

@@ -322,13 +322,19 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => (None, None),
     };
+    let pager = Arc::new(pager);
     let _chain_sync = match (catalog, &meter, refresh) {
         (Some(catalog), Some(meter), Some(interval)) => {
-            let names = registry.clone();
+            let (names, reg, pg) = (registry.clone(), registry.clone(), pager.clone());
             let sync = ChainSync {
                 catalog,
                 datanets: meter.datanet_verifier.clone(),
                 names: Box::new(move || names.list().iter().map(|s| s.name.clone()).collect()),
+                forget: Box::new(move |name| {
+                    if let Some(id) = reg.get_id(name) {
+                        pg.forget(id);
+                    }
+                }),
                 interval,
             };
             let mut datanet_registry = None;
@@ -344,7 +350,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let pager = Arc::new(pager);
     let engine = LlmEngine::with_pager(model.clone(), engine_cfg.clone(), pager.clone())?;
     eprintln!("openlora: {}", engine.describe());
     // Supervised: after a panic the engine is rebuilt from the same model, pager and config.

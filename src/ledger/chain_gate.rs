@@ -14,17 +14,21 @@ use crate::error::{Error, Result};
 use crate::lora::{AdapterGate, Expected, GateStage};
 use crate::metrics::Metrics;
 use alloy::primitives::B256;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// How long a registration waits for the chain before deciding from the cache.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// After a failed read, registrations decide from the cache for this long (so registering
+/// thousands of adapters with the RPC down does not wait on it for each).
+const UNREACHABLE_PAUSE: Duration = Duration::from_secs(10);
 
 pub struct ChainGate {
     catalog: Arc<AdapterCatalog>,
     runtime: tokio::runtime::Handle,
     require_onchain: bool,
     metrics: Arc<Metrics>,
+    unreachable_until: Mutex<Option<Instant>>,
 }
 
 impl ChainGate {
@@ -41,21 +45,30 @@ impl ChainGate {
             runtime,
             require_onchain,
             metrics,
+            unreachable_until: Mutex::new(None),
         }
     }
 
     fn fetch(&self, id: B256) -> Option<Listing> {
+        let paused = self.unreachable_until.lock().expect("gate");
+        if paused.is_some_and(|t| Instant::now() < t) {
+            return self.catalog.cached(id);
+        }
+        drop(paused);
         let catalog = self.catalog.clone();
         let read = self
             .runtime
             .block_on(async move { tokio::time::timeout(FETCH_TIMEOUT, catalog.fetch(id)).await });
         match read {
             Ok(Ok(l)) => Some(l),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "reading AdapterRegistry failed");
+            failed => {
+                if let Ok(Err(e)) = failed {
+                    tracing::warn!(error = %e, "reading AdapterRegistry failed");
+                }
+                *self.unreachable_until.lock().expect("gate") =
+                    Some(Instant::now() + UNREACHABLE_PAUSE);
                 self.catalog.cached(id)
             }
-            Err(_) => self.catalog.cached(id),
         }
     }
 

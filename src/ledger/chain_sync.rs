@@ -1,7 +1,9 @@
-//! The chain sync task: every refresh interval it re-reads the on-chain terms of every adapter
-//! the server knows (`AdapterCatalog::refresh`, plus registered adapters never read yet) and
-//! every datanet's `recordsRoot` (`DatanetVerifier::verify`). What always holds: a failed read
-//! changes nothing (the last answers stay, logged); the task stops when its handle drops.
+//! The chain sync task: every refresh interval it applies `AdapterRegistry`'s events to the
+//! cached terms (`AdapterCatalog::refresh`; registered adapters never read yet are read) and
+//! re-reads every datanet's `recordsRoot` (`DatanetVerifier::verify`). What always holds: a
+//! failed read changes nothing (the last answers stay, logged); an adapter whose listing changed
+//! is forgotten by the pager (`forget`), so its next page-in is checked against the new listing
+//! (e.g. registered on chain after it was first served); the task stops when its handle drops.
 
 use super::datanet_verifier::DatanetVerifier;
 use crate::chain::contracts::DatanetRegistry;
@@ -17,6 +19,8 @@ pub struct ChainSync {
     pub catalog: Arc<AdapterCatalog>,
     pub datanets: Option<Arc<DatanetVerifier>>,
     pub names: AdapterNames,
+    /// Drops the paged-in copies of the named adapter.
+    pub forget: Box<dyn Fn(&str) + Send + Sync>,
     pub interval: Duration,
 }
 
@@ -44,8 +48,9 @@ impl ChainSync {
 
     /// One refresh; the first successful one also learns the DatanetRegistry's address.
     pub async fn round(&self, datanet_registry: &mut Option<Address>) {
-        for name in (self.names)() {
-            let id = onchain_adapter_id(&name);
+        let names = (self.names)();
+        for name in &names {
+            let id = onchain_adapter_id(name);
             if self.catalog.cached(id).is_none() {
                 if let Err(e) = self.catalog.fetch(id).await {
                     tracing::debug!(adapter = %name, error = %e, "AdapterRegistry read failed");
@@ -53,8 +58,15 @@ impl ChainSync {
             }
         }
         match self.catalog.refresh().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(changed = n, "on-chain adapter terms changed"),
+            Ok(changed) => {
+                for name in names
+                    .iter()
+                    .filter(|n| changed.contains(&onchain_adapter_id(n)))
+                {
+                    tracing::info!(adapter = %name, "on-chain adapter terms changed");
+                    (self.forget)(name);
+                }
+            }
             Err(e) => tracing::warn!(error = %e, "refreshing on-chain adapter terms failed"),
         }
         let Some(verifier) = &self.datanets else {

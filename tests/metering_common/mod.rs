@@ -356,6 +356,29 @@ pub fn prepared_dir(tag: &str, x_span: &[u32]) -> PathBuf {
     work
 }
 
+impl ServerSetup {
+    /// A server for `chain` with `payers` funded payers and batches of `max_records`.
+    pub fn for_chain(work: &Path, chain: &Chain, payers: usize, max_records: usize) -> Self {
+        ServerSetup {
+            work: work.to_path_buf(),
+            rpc: chain.url(),
+            settlement: chain.deployment.settlement,
+            payers,
+            max_records,
+            pause_after_submit: false,
+            extra_keys: vec![],
+        }
+    }
+}
+
+/// The value of the first metric line of `text` starting with `prefix` (0 when absent).
+pub fn metric_value(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.split_whitespace().last()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// The server's `/metrics` text.
 pub async fn metrics_text(http: &reqwest::Client, server_url: &str) -> String {
     http.get(format!("{server_url}/metrics"))

@@ -1,23 +1,19 @@
-//! Acceptance (issue 16): the chain as the source of truth, with real anvil and the real
+//! Acceptance (issue 16): the registries as the source of truth, with real anvil and the real
 //! `openlora serve` binary.
 //! - adapters are served only with files that hash to their on-chain `weightsHash` (refused at
 //!   registration and at page-in, nothing billed), stop within the refresh interval once
 //!   deactivated, and are priced from `AdapterRegistry` (a price change applies to calls admitted
 //!   afterwards; every record's amount is the chain's own `quote`; the books reconcile);
-//! - a datanet whose records differ from its on-chain root is excluded from attribution;
-//! - a payer that withdraws between admission and settlement is isolated as unsettleable while
-//!   every other record settles;
-//! - after a restart with the RPC down, known payers are served within the staleness bound and
-//!   unknown ones get a clear 503.
+//!   `--require-onchain-adapters` refuses adapters without a registration;
+//! - a datanet whose records differ from its on-chain root is excluded from attribution, an
+//!   intact one attributes as before, and a corrected root brings it back.
 
 mod metering_common;
 use alloy::primitives::{keccak256, Address, B256, U256};
-use alloy::providers::Provider;
 use alloy::sol_types::SolValue;
 use metering_common::*;
-use openlora::chain::anvil::{find_anvil, DEV_KEYS};
+use openlora::chain::anvil::find_anvil;
 use openlora::chain::contracts::AdapterRegistry::{DatanetWeight, FeeSplit};
-use openlora::chain::{Settler, NATIVE};
 use openlora::ledger::Store;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -118,25 +114,6 @@ async fn quote(chain: &Chain, name: &str, input: u64, output: u64) -> U256 {
     .unwrap()
 }
 
-fn setup(work: &Path, chain: &Chain, payers: usize, max_records: usize) -> ServerSetup {
-    ServerSetup {
-        work: work.to_path_buf(),
-        rpc: chain.url(),
-        settlement: chain.deployment.settlement,
-        payers,
-        max_records,
-        pause_after_submit: false,
-        extra_keys: vec![],
-    }
-}
-
-fn metric(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.split_whitespace().last()?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adapters_are_served_and_priced_only_as_registered_on_chain() {
     let work = prepared_dir("truth-adapters", &[5, 6, 7, 8, 9]);
@@ -163,7 +140,7 @@ async fn adapters_are_served_and_priced_only_as_registered_on_chain() {
         &[],
     )
     .await;
-    let setup = setup(&work, &chain, 1, 100);
+    let setup = ServerSetup::for_chain(&work, &chain, 1, 100);
     let server = setup.spawn_with(&registry_args(&chain));
     let (http, url) = (reqwest::Client::new(), server.url(""));
     let key = api_key(0);
@@ -284,14 +261,14 @@ async fn adapters_are_served_and_priced_only_as_registered_on_chain() {
 
     let m = metrics_text(&http, &url).await;
     assert!(
-        metric(
+        metric_value(
             &m,
             "openlora_adapter_refusals_total{reason=\"hash_mismatch\"}"
         ) >= 2.0,
         "{m}"
     );
     assert!(
-        metric(&m, "openlora_adapter_refusals_total{reason=\"inactive\"}") >= 1.0,
+        metric_value(&m, "openlora_adapter_refusals_total{reason=\"inactive\"}") >= 1.0,
         "{m}"
     );
     // Nothing billed for a refused call; the chain's totals equal the ledger's sums.
@@ -377,7 +354,7 @@ async fn a_datanet_whose_records_differ_from_its_root_is_excluded() {
         &[("dn-x", 7000), ("dn-y", 3000)],
     )
     .await;
-    let setup = setup(&work, &chain, 1, 100);
+    let setup = ServerSetup::for_chain(&work, &chain, 1, 100);
     let server = setup.spawn_with(&registry_args(&chain));
     server.wait_for("datanet excluded from attribution", Duration::from_secs(5));
     let (http, url) = (reqwest::Client::new(), server.url(""));
@@ -403,7 +380,7 @@ async fn a_datanet_whose_records_differ_from_its_root_is_excluded() {
     assert!(!by("dn-x")["contributors"].as_array().unwrap().is_empty());
     let m = metrics_text(&http, &url).await;
     assert_eq!(
-        metric(
+        metric_value(
             &m,
             "openlora_datanet_excluded{datanet=\"dn-y\",reason=\"root_mismatch\"}"
         ),
@@ -430,185 +407,55 @@ async fn a_datanet_whose_records_differ_from_its_root_is_excluded() {
     let _ = std::fs::remove_dir_all(&work);
 }
 
-async fn anvil_rpc(chain: &Chain, method: &'static str, params: Value) {
-    let _: Value = chain
-        .admin
-        .provider()
-        .raw_request(method.into(), params)
-        .await
-        .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_payer_that_withdrew_is_isolated_and_every_other_record_settles() {
-    let work = prepared_dir("truth-withdraw", &[5, 6, 7, 8, 9]);
+async fn require_onchain_adapters_refuses_adapters_without_a_registration() {
+    let work = prepared_dir("truth-require", &[5, 6, 7, 8, 9]);
     let deposits = [1_000_000_000_000_000_000u128];
-    let chain = Chain::start_with_delay(None, &deposits, 60).await;
-    let key = DEV_KEYS[3];
-    let leaving = Settler::connect(&chain.url(), key, chain.deployment)
-        .await
-        .unwrap();
-    let deposit = U256::from(1_000_000_000_000_000u64);
-    leaving.deposit(deposit).await.unwrap();
-    let mut setup = setup(&work, &chain, 1, 100);
-    setup.extra_keys = vec![("sk-leaving".into(), addr(key))];
-    let server = setup.spawn_with(&["--settle-interval-secs".into(), "12".into()]);
+    let chain = Chain::start(None, &deposits).await;
+    let a4 = cast_keccak_of(&weights(&work, "a4"));
+    register(
+        &chain,
+        "a4",
+        a4,
+        (1_000_000_000_000, 1_000_000_000_000),
+        &[],
+    )
+    .await;
+    let setup = ServerSetup::for_chain(&work, &chain, 1, 100);
+    let mut args = registry_args(&chain);
+    args.push("--require-onchain-adapters".into());
+    let server = setup.spawn_with(&args);
     let (http, url) = (reqwest::Client::new(), server.url(""));
-    let call = |k: &'static str, i: usize| {
-        let (http, url) = (http.clone(), url.clone());
-        async move {
-            let (status, body) =
-                complete(&http, &url, k, ADAPTERS[i % 5], &prompt_for(i), 3, false).await;
-            assert_eq!(status, 200, "{body}");
-            body["id"].as_str().unwrap().to_string()
-        }
-    };
-    let (mut isolated, mut others) = (vec![], vec![]);
-    for i in 0..3 {
-        isolated.push(call("sk-leaving", i).await);
-        others.push(call("sk-payer-0", 10 + i).await);
-    }
-    // The payer withdraws everything before the batch holding its calls settles.
-    let s = leaving.settlement();
-    s.requestWithdrawal(NATIVE, deposit)
+    let (status, body) = complete(&http, &url, &api_key(0), "a4", &prompt_for(0), 3, false).await;
+    assert_eq!(status, 200, "{body}");
+    // a4x holds the same weights as a4 but has no registration of its own.
+    server.wait_for("skipping adapter a4x", Duration::from_secs(5));
+    let (status, _) = complete(&http, &url, &api_key(0), "a4x", &prompt_for(1), 3, false).await;
+    assert_eq!(status, 404);
+    let load = http
+        .post(server.url("/v1/load_lora_adapter"))
+        .bearer_auth("sk-admin")
+        .json(&json!({"lora_name": "a4y", "lora_path": work.join("adapters/a4x")}))
         .send()
         .await
-        .unwrap()
-        .get_receipt()
-        .await
         .unwrap();
-    anvil_rpc(&chain, "evm_increaseTime", json!([61])).await;
-    anvil_rpc(&chain, "evm_mine", json!([])).await;
-    s.executeWithdrawal(NATIVE)
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
-    assert_eq!(
-        leaving.balances(addr(key)).await.unwrap().escrow,
-        U256::ZERO
+    assert_eq!(load.status().as_u16(), 403);
+    let e: Value = load.json().await.unwrap();
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--require-onchain-adapters"),
+        "{e}"
     );
-    let store = wait_settled(&setup.ledger(), Duration::from_secs(60));
-    // Later batches proceed.
-    for i in 0..3 {
-        others.push(call("sk-payer-0", 20 + i).await);
-    }
-    let store2 = wait_settled(&setup.ledger(), Duration::from_secs(60));
-    drop(store);
-    let bad: Vec<String> = store2
-        .unsettleable()
-        .unwrap()
-        .into_iter()
-        .map(|u| u.0)
-        .collect();
-    assert_eq!(
-        bad, isolated,
-        "exactly the withdrawn payer's records are unsettleable"
-    );
-    for id in &isolated {
-        let r = receipt_json(&http, &url, "sk-leaving", id).await;
-        assert_eq!(r["status"], "unsettleable", "{r}");
-        assert!(
-            r["unsettleable_reason"]
-                .as_str()
-                .unwrap()
-                .starts_with("insufficient_escrow"),
-            "{r}"
-        );
-    }
-    for id in &others {
-        check_receipt(&http, &url, &api_key(0), id, &chain).await;
-    }
     let m = metrics_text(&http, &url).await;
     assert!(
-        metric(
+        metric_value(
             &m,
-            "openlora_settlement_failures_total{reason=\"insufficient_escrow\"}"
-        ) >= 3.0,
-        "{m}"
+            "openlora_adapter_refusals_total{reason=\"unregistered\"}"
+        ) >= 4.0,
+        "a4x, a8, a16, a16x at startup and a4y at runtime: {m}"
     );
-    check_books(&chain, &store2, &deposits).await;
-    drop(server);
-    let _ = std::fs::remove_dir_all(&work);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restart_with_the_rpc_down_serves_known_payers_within_the_staleness_bound() {
-    let work = prepared_dir("truth-restart", &[5, 6, 7, 8, 9]);
-    let deposits = [1_000_000_000_000_000_000u128];
-    let mut chain = Chain::start(Some(work.join("anvil-state.json")), &deposits).await;
-    let mut setup = setup(&work, &chain, 1, 5);
-    let server = setup.spawn();
-    let (http, url) = (reqwest::Client::new(), server.url(""));
-    assert_eq!(
-        complete(&http, &url, &api_key(0), "a4", &prompt_for(1), 3, false)
-            .await
-            .0,
-        200
-    );
-    wait_settled(&setup.ledger(), Duration::from_secs(60));
-    server.kill9();
-    chain.stop();
-
-    let stale = 25u64;
-    let read_at = Store::open(&setup.ledger())
-        .unwrap()
-        .escrows_with_time()
-        .unwrap()[&payer(0)]
-        .1;
-    setup.extra_keys = vec![("sk-new".into(), Address::repeat_byte(0x77))];
-    let server = setup.spawn_with(&["--deposit-max-staleness-secs".into(), stale.to_string()]);
-    let url = server.url("");
-    let (status, body) = complete(&http, &url, &api_key(0), "a8", &prompt_for(2), 3, false).await;
-    assert_eq!(
-        status, 200,
-        "a known payer is served while the chain is down: {body}"
-    );
-    let (status, body) = complete(&http, &url, "sk-new", "a8", &prompt_for(3), 3, false).await;
-    assert_eq!(status, 503, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("not known yet"),
-        "{body}"
-    );
-    let now = openlora::clock::unix_now();
-    tokio::time::sleep(Duration::from_secs(
-        (read_at + stale + 1).saturating_sub(now),
-    ))
-    .await;
-    let (status, body) = complete(&http, &url, &api_key(0), "a8", &prompt_for(4), 3, false).await;
-    assert_eq!(status, 503, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("deposit-max-staleness-secs"),
-        "{body}"
-    );
-
-    // The chain comes back: deposits are read again (once the worker's backoff ends) and
-    // everything settles.
-    chain.restart();
-    let back = std::time::Instant::now();
-    loop {
-        let (status, body) =
-            complete(&http, &url, &api_key(0), "a8", &prompt_for(5), 3, false).await;
-        if status == 200 {
-            break;
-        }
-        assert_eq!(status, 503, "{body}");
-        assert!(
-            back.elapsed() < Duration::from_secs(45),
-            "deposits not re-read: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let store = wait_settled(&setup.ledger(), Duration::from_secs(90));
-    check_books(&chain, &store, &deposits).await;
     drop(server);
     let _ = std::fs::remove_dir_all(&work);
 }
