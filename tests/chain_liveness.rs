@@ -3,7 +3,8 @@
 //! - a payer that withdraws between admission and settlement is isolated as unsettleable while
 //!   every other record settles and later batches proceed; the books reconcile;
 //! - after a restart with the RPC down, known payers are served within the staleness bound and
-//!   unknown ones get a clear 503; once the chain is back everything settles.
+//!   unknown ones get a clear 503; once the chain is back everything settles;
+//! - a revert about the contract, not the records (Settlement paused), marks nothing.
 
 mod metering_common;
 use alloy::primitives::{Address, U256};
@@ -193,6 +194,45 @@ async fn a_restart_with_the_rpc_down_serves_known_payers_within_the_staleness_bo
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let store = wait_settled(&setup.ledger(), Duration::from_secs(90));
+    check_books(&chain, &store, &deposits).await;
+    drop(server);
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_contract_marks_no_record_unsettleable() {
+    let work = prepared_dir("truth-pause", &[5, 6, 7, 8, 9]);
+    let deposits = [1_000_000_000_000_000_000u128; 2];
+    let chain = Chain::start(None, &deposits).await;
+    let s = chain.admin.settlement();
+    s.pause().send().await.unwrap().get_receipt().await.unwrap();
+    let setup = ServerSetup::for_chain(&work, &chain, 2, 3);
+    let server = setup.spawn();
+    let (http, url) = (reqwest::Client::new(), server.url(""));
+    let mut ids = vec![];
+    for i in 0..6 {
+        ids.extend(two_payer_call(&http, &url, i).await);
+    }
+    // Batches are due (3 records, 1 s interval) but every one reverts with EnforcedPause: a
+    // contract-level revert, retried with backoff, never blamed on the records.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let m = metrics_text(&http, &url).await;
+    assert!(
+        metric_value(&m, "openlora_settlement_failures_total{reason=\"chain\"}") >= 1.0,
+        "{m}"
+    );
+    let store = Store::open(&setup.ledger()).unwrap();
+    assert!(store.unsettleable().unwrap().is_empty());
+    s.unpause()
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    let store = wait_settled(&setup.ledger(), Duration::from_secs(60));
+    assert!(store.unsettleable().unwrap().is_empty());
+    assert_eq!(store.all_amounts().unwrap().len(), ids.len());
     check_books(&chain, &store, &deposits).await;
     drop(server);
     let _ = std::fs::remove_dir_all(&work);

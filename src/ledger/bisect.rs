@@ -7,8 +7,9 @@
 //! first half now and leave the second for the next batch. What always holds:
 //! - every round either returns records that settle together now or marks at least one record
 //!   unsettleable, so no batch is retried forever and later records are never blocked;
-//! - transport errors (`ChainError::Rpc`) are not reverts: they abort the search and the worker
-//!   backs off, marking nothing;
+//! - transport errors, and reverts that are not about the records (`blames_records`: a paused
+//!   contract, a revoked operator, ...), abort the search and the worker backs off, marking
+//!   nothing;
 //! - the records to settle keep ledger order.
 
 use super::settlement::{batch_amounts, batch_id};
@@ -53,10 +54,21 @@ pub fn to_chain(b: &StoredBatch) -> Batch {
     }
 }
 
-/// A revert that says something about the records (not a transport error, not "already
-/// settled", which is about the batch id).
-fn is_record_revert(e: &ChainError) -> bool {
-    matches!(e, ChainError::Reverted(_) | ChainError::TxFailed(_))
+/// A revert that can be caused by the records themselves: a payer's escrow is short
+/// (`InsufficientEscrow`), a recipient is the zero address, a transaction reverted on chain, or
+/// a revert that could not be decoded. Transport errors and reverts about the contract's state
+/// or the batch as a whole (`EnforcedPause`, `NotOperator`, `BatchAlreadySettled`,
+/// `CreditsMismatch` after a fee change, ...) are not: they never mark a record, the worker backs
+/// off and retries.
+pub fn blames_records(e: &ChainError) -> bool {
+    match e {
+        ChainError::TxFailed(_) => true,
+        ChainError::Reverted(_) => matches!(
+            e.revert_label().as_deref(),
+            Some("insufficient_escrow" | "zero_address" | "revert")
+        ),
+        _ => false,
+    }
 }
 
 async fn simulate(settler: &Settler, rows: &[UnbatchedRow], bps: u16) -> Result<(), ChainError> {
@@ -79,7 +91,7 @@ pub fn split_settleable(settler: &Settler, mut rows: Vec<UnbatchedRow>, bps: u16
                     unsettleable: vec![],
                 })
             }
-            Err(e) if !is_record_revert(&e) => return Err(e),
+            Err(e) if !blames_records(&e) => return Err(e),
             Err(e) if rows.len() == 1 => {
                 return Ok(Split {
                     settle: vec![],
@@ -100,7 +112,7 @@ pub fn split_settleable(settler: &Settler, mut rows: Vec<UnbatchedRow>, bps: u16
                 let both: Vec<UnbatchedRow> = a.settle.iter().chain(&b.settle).cloned().collect();
                 match simulate(settler, &both, bps).await {
                     Ok(()) => both,
-                    Err(e) if !is_record_revert(&e) => return Err(e),
+                    Err(e) if !blames_records(&e) => return Err(e),
                     // Each half settles alone, not together: the first now, the rest later.
                     Err(_) => a.settle,
                 }
@@ -111,4 +123,28 @@ pub fn split_settleable(settler: &Settler, mut rows: Vec<UnbatchedRow>, bps: u16
             unsettleable,
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_record_level_reverts_blame_records() {
+        let r = |t: &str| ChainError::Reverted(t.into());
+        assert!(blames_records(&r(
+            "InsufficientEscrow(InsufficientEscrow { .. })"
+        )));
+        assert!(blames_records(&r("revert data 0x12")));
+        assert!(!blames_records(&r("EnforcedPause(EnforcedPause)")));
+        assert!(!blames_records(&r(
+            "NotOperator(NotOperator { caller: 0x01 })"
+        )));
+        assert!(!blames_records(&r(
+            "CreditsMismatch(CreditsMismatch { .. })"
+        )));
+        assert!(!blames_records(&ChainError::Rpc(
+            "connection refused".into()
+        )));
+    }
 }

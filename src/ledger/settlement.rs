@@ -18,7 +18,7 @@
 //!   re-checked, so one bad record never blocks later batches;
 //! - nonces come from the node's pending count for every transaction (see `chain::Settler`).
 
-use super::bisect::{build_batch, split_settleable, to_chain};
+use super::bisect::{blames_records, build_batch, split_settleable, to_chain};
 use super::funds::Funds;
 use super::store::{BatchId, SettledInfo, Store, StoredBatch, UnbatchedRow};
 use super::writer::Writer;
@@ -328,9 +328,7 @@ impl SettlementWorker {
                 .await
             }
             Err(ChainError::BatchAlreadySettled(_)) => self.recover(&b).await,
-            Err(e @ (ChainError::Reverted(_) | ChainError::TxFailed(_))) => {
-                self.dissolve(&b, &e).await
-            }
+            Err(e) if blames_records(&e) => self.dissolve(&b, &e).await,
             Err(e) => Err(chain_err(e)),
         }
     }
