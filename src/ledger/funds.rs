@@ -200,6 +200,8 @@ mod tests {
             f.reserve(q, U256::from(1u64)),
             Err(Error::Unavailable(_))
         ));
+        drop(held);
+        assert!(f.reserve(p, U256::from(70u64)).is_ok(), "released on drop");
         f.set_escrow(q, U256::from(100u64));
         assert!(f.reserve(q, U256::from(1u64)).is_ok());
     }
