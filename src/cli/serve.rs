@@ -271,20 +271,22 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let registry = Arc::new(AdapterRegistry::new(m.clone()));
     // With --adapter-registry-address the chain decides what is served (`ledger::chain_gate`).
     let catalog = openlora::ledger::chain_catalog(meter_cfg.as_ref())?;
-    let gate = catalog.as_ref().map(|c| {
-        let require = meter_cfg
-            .as_ref()
-            .and_then(|m| m.chain.as_ref()?.registry.as_ref())
-            .is_some_and(|r| r.require_onchain);
-        let g: Arc<dyn AdapterGate> = Arc::new(ChainGate::new(
-            c.clone(),
-            rt.handle().clone(),
-            require,
-            metrics.clone(),
-        ));
-        registry.set_gate(g.clone());
-        g
-    });
+    let registry_cfg = meter_cfg
+        .as_ref()
+        .and_then(|m| m.chain.as_ref()?.registry.clone());
+    let gate = match (&catalog, &registry_cfg) {
+        (Some(c), Some(r)) => {
+            let g: Arc<dyn AdapterGate> = Arc::new(ChainGate::new(
+                c.clone(),
+                rt.handle().clone(),
+                r.require_onchain,
+                metrics.clone(),
+            ));
+            registry.set_gate(g.clone());
+            Some(g)
+        }
+        _ => None,
+    };
     if let Some(dir) = &adapters_dir {
         register_dir(&registry, dir)?;
     }
@@ -297,10 +299,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         pager.set_gate(g.clone());
     }
     let model = Arc::new(model);
-    let refresh = meter_cfg
-        .as_ref()
-        .and_then(|m| m.chain.as_ref()?.registry.as_ref())
-        .map(|r| r.refresh);
     let (meter, _settlement_worker) = match meter_cfg {
         Some(cfg) => {
             let ledger = cfg.ledger.clone();
@@ -323,31 +321,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         None => (None, None),
     };
     let pager = Arc::new(pager);
-    let _chain_sync = match (catalog, &meter, refresh) {
-        (Some(catalog), Some(meter), Some(interval)) => {
-            let (names, reg, pg) = (registry.clone(), registry.clone(), pager.clone());
-            let sync = ChainSync {
-                catalog,
-                datanets: meter.datanet_verifier.clone(),
-                names: Box::new(move || names.list().iter().map(|s| s.name.clone()).collect()),
-                forget: Box::new(move |name| {
-                    if let Some(id) = reg.get_id(name) {
-                        pg.forget(id);
-                    }
-                }),
-                interval,
-            };
-            let mut datanet_registry = None;
-            let first = rt.block_on(async {
-                tokio::time::timeout(Duration::from_secs(10), sync.round(&mut datanet_registry))
-                    .await
-            });
-            if first.is_err() {
-                tracing::warn!("first read of on-chain adapter terms and datanet roots timed out");
-            }
-            let _enter = rt.enter();
-            Some(sync.spawn(datanet_registry))
-        }
+    let _chain_sync = match (catalog, &meter, registry_cfg) {
+        (Some(catalog), Some(meter), Some(r)) => Some(start_chain_sync(
+            &rt, catalog, meter, &registry, &pager, r.refresh,
+        )),
         _ => None,
     };
     let engine = LlmEngine::with_pager(model.clone(), engine_cfg.clone(), pager.clone())?;
@@ -389,6 +366,39 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         eprintln!("openlora: stopped");
         Ok(())
     })
+}
+
+/// Reads the on-chain adapter terms and datanet roots once (so the first requests see them),
+/// then keeps them fresh from a task on `rt`.
+fn start_chain_sync(
+    rt: &tokio::runtime::Runtime,
+    catalog: Arc<openlora::chain::AdapterCatalog>,
+    meter: &openlora::ledger::Meter,
+    registry: &Arc<AdapterRegistry>,
+    pager: &Arc<AdapterPager>,
+    interval: Duration,
+) -> openlora::ledger::chain_sync::SyncHandle {
+    let (names, reg, pg) = (registry.clone(), registry.clone(), pager.clone());
+    let sync = ChainSync {
+        catalog,
+        datanets: meter.datanet_verifier.clone(),
+        names: Box::new(move || names.list().iter().map(|s| s.name.clone()).collect()),
+        forget: Box::new(move |name| {
+            if let Some(id) = reg.get_id(name) {
+                pg.forget(id);
+            }
+        }),
+        interval,
+    };
+    let mut datanet_registry = None;
+    let first = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), sync.round(&mut datanet_registry)).await
+    });
+    if first.is_err() {
+        tracing::warn!("first read of on-chain adapter terms and datanet roots timed out");
+    }
+    let _enter = rt.enter();
+    sync.spawn(datanet_registry)
 }
 
 /// With metering on, every API key must bill a payer address.
