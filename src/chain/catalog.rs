@@ -151,12 +151,20 @@ impl AdapterCatalog {
                     .address(*self.registry.address())
                     .from_block(from + 1)
                     .to_block(head);
-                let logs = self.provider().get_logs(&filter).await.map_err(rpc)?;
-                let named: HashSet<B256> = logs
-                    .iter()
-                    .filter_map(|l| l.topics().get(1).copied())
-                    .collect();
-                cached.into_iter().filter(|id| named.contains(id)).collect()
+                match self.provider().get_logs(&filter).await {
+                    Ok(logs) => {
+                        let named: HashSet<B256> = logs
+                            .iter()
+                            .filter_map(|l| l.topics().get(1).copied())
+                            .collect();
+                        cached.into_iter().filter(|id| named.contains(id)).collect()
+                    }
+                    // A node that refuses the range (some cap it) still answers reads.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading AdapterRegistry events failed; re-reading every adapter");
+                        cached
+                    }
+                }
             }
         };
         let mut changed = vec![];
