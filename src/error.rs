@@ -23,6 +23,10 @@ pub enum Error {
     /// the adapter and never a server path.
     #[error("adapter `{name}`: {message}")]
     InvalidAdapter { name: String, message: String },
+    /// An adapter the integrity gate refuses to serve (weights hash differs from the one
+    /// registered on chain, deactivated, or not registered where registration is required).
+    #[error("adapter `{name}` is refused: {reason}")]
+    AdapterRefused { name: String, reason: String },
     /// The request conflicts with the current state (an adapter name already taken).
     #[error("{0}")]
     Conflict(String),
@@ -140,6 +144,7 @@ impl Error {
             | Error::Unsupported { .. }
             | Error::InvalidFile { .. } => "invalid_request_error",
             Error::Unavailable(_) | Error::EngineStopped => "service_unavailable",
+            Error::AdapterRefused { .. } => "permission_error",
             Error::InsufficientFunds { .. } => "insufficient_quota",
             Error::Io { .. }
             | Error::Ledger(_)
@@ -156,7 +161,7 @@ impl Error {
     pub fn is_client_error(&self) -> bool {
         matches!(
             self.error_type(),
-            "invalid_request_error" | "insufficient_quota"
+            "invalid_request_error" | "insufficient_quota" | "permission_error"
         )
     }
 }

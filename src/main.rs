@@ -9,6 +9,7 @@ use openlora::engine::{EngineHandle, GenerateRequest, LlmEngine, SamplingParams}
 use openlora::lora::AdapterRegistry;
 use openlora::model::{ChatMessage, Model};
 use std::io::Write;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(Parser)]
@@ -58,6 +59,18 @@ enum Cmd {
     Bench(cli::bench::BenchArgs),
     /// Proof of Attribution: suffix-array build time and per-call attribution latency.
     BenchAttribution(openlora::ledger::attribution_bench::AttributionBenchArgs),
+    /// Print the weights hash of a PEFT adapter folder (keccak256 of adapter_model.safetensors):
+    /// the `weightsHash` to register in AdapterRegistry.
+    AdapterHash {
+        /// The adapter folder.
+        dir: PathBuf,
+    },
+    /// Print the records root of a datanet `.jsonl` file: the `recordsRoot` to register in
+    /// DatanetRegistry.
+    DatanetRoot {
+        /// The datanet file.
+        file: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -139,6 +152,8 @@ fn main() -> anyhow::Result<()> {
         Cmd::BenchAttribution(args) => openlora::ledger::attribution_bench::run(args)?,
         Cmd::Serve(args) => cli::serve::run(args)?,
         Cmd::Download(args) => cli::download::run(args)?,
+        Cmd::AdapterHash { dir } => cli::chain_tools::adapter_hash(&dir)?,
+        Cmd::DatanetRoot { file } => cli::chain_tools::datanet_root(&file)?,
     }
     Ok(())
 }

@@ -41,6 +41,9 @@ pub const SETTLEMENT_BATCHES_TOTAL: &str = "openlora_settlement_batches_total";
 pub const SETTLEMENT_GAS_USED_TOTAL: &str = "openlora_settlement_gas_used_total";
 pub const SETTLEMENT_FAILURES_TOTAL: &str = "openlora_settlement_failures_total";
 pub const ATTRIBUTION_SECONDS: &str = "openlora_attribution_seconds";
+pub const ADAPTER_REFUSALS_TOTAL: &str = "openlora_adapter_refusals_total";
+pub const DATANET_EXCLUDED: &str = "openlora_datanet_excluded";
+
 pub const VLLM_WAITING: &str = "vllm:num_requests_waiting";
 pub const VLLM_RUNNING: &str = "vllm:num_requests_running";
 pub const VLLM_KV_USAGE: &str = "vllm:kv_cache_usage_perc";
@@ -82,6 +85,8 @@ pub struct Metrics {
     pub settlement_gas: IntCounter,
     pub settlement_failures: IntCounterVec,
     pub attribution_seconds: Histogram,
+    pub adapter_refusals: IntCounterVec,
+    pub datanet_excluded: IntGaugeVec,
     pub vllm_waiting: Gauge,
     pub vllm_running: Gauge,
     pub vllm_kv_usage: Gauge,
@@ -240,7 +245,7 @@ impl Metrics {
             .expect("counter"),
             settlement_failures: counter(
                 SETTLEMENT_FAILURES_TOTAL,
-                "Settlement rounds that failed and will be retried, by reason.",
+                "Settlement failures by reason: rpc/chain/ledger (a round that is retried), or a contract revert (e.g. insufficient_escrow: a batch dissolved or a record isolated as unsettleable).",
                 &["reason"],
             ),
             attribution_seconds: Histogram::with_opts(
@@ -251,6 +256,19 @@ impl Metrics {
                 .buckets(LATENCY_BUCKETS.to_vec()),
             )
             .expect("histogram"),
+            adapter_refusals: counter(
+                ADAPTER_REFUSALS_TOTAL,
+                "Adapters refused by the on-chain integrity gate (at registration or page-in), by reason.",
+                &["reason"],
+            ),
+            datanet_excluded: IntGaugeVec::new(
+                Opts::new(
+                    DATANET_EXCLUDED,
+                    "1 while a datanet is excluded from attribution (its records do not match its on-chain root), by datanet and reason.",
+                ),
+                &["datanet", "reason"],
+            )
+            .expect("gauge"),
             vllm_waiting: Gauge::new(VLLM_WAITING, "Number of requests waiting to be processed.")
                 .expect("gauge"),
             vllm_running: Gauge::new(VLLM_RUNNING, "Number of requests currently running.")
@@ -295,6 +313,8 @@ impl Metrics {
             Box::new(m.settlement_gas.clone()),
             Box::new(m.settlement_failures.clone()),
             Box::new(m.attribution_seconds.clone()),
+            Box::new(m.adapter_refusals.clone()),
+            Box::new(m.datanet_excluded.clone()),
             Box::new(m.vllm_waiting.clone()),
             Box::new(m.vllm_running.clone()),
             Box::new(m.vllm_kv_usage.clone()),

@@ -9,13 +9,17 @@
 //!   fee itself and rejects any other sum;
 //! - a batch id settles at most once: `Settler::batch_settled(id)` tells a restarted server whether
 //!   a batch it built already landed, and resubmitting it fails with `ChainError::BatchAlreadySettled`;
+//! - `AdapterCatalog` caches `AdapterRegistry`'s answer per adapter id and never guesses one it
+//!   could not read;
 //! - every `Settler` write waits for its receipt and fails unless the transaction succeeded.
 
 pub mod anvil;
+pub mod catalog;
 pub mod contracts;
 pub mod merkle;
 pub mod settler;
 
+pub use catalog::{onchain_adapter_id, AdapterCatalog, Listing, OnChainAdapter};
 pub use merkle::{MerkleTree, Receipt};
 pub use settler::{
     protocol_fee, Balances, Batch, DeployConfig, Deployment, SettledBatch, Settler, NATIVE,
@@ -42,6 +46,29 @@ pub enum ChainError {
 }
 
 impl ChainError {
+    /// For a revert, the contract error's name in snake_case (`insufficient_escrow`), the label
+    /// under which settlement failures are counted; `None` for transport errors.
+    pub fn revert_label(&self) -> Option<String> {
+        let text = match self {
+            Self::Reverted(t) => t.as_str(),
+            Self::TxFailed(_) => "tx_failed",
+            Self::BatchAlreadySettled(_) => "BatchAlreadySettled",
+            _ => return None,
+        };
+        let name: String = text
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        let mut out = String::new();
+        for (i, c) in name.chars().enumerate() {
+            if c.is_ascii_uppercase() && i > 0 && !out.ends_with('_') {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        }
+        Some(if out.is_empty() { "revert".into() } else { out })
+    }
+
     /// Decode a contract call/estimate failure into Settlement's custom errors where possible.
     pub fn from_contract(e: alloy::contract::Error) -> Self {
         if let Some(err) = e.as_decoded_interface_error::<SettlementErrors>() {
@@ -54,5 +81,25 @@ impl ChainError {
             return Self::Reverted(format!("revert data {data}"));
         }
         Self::Rpc(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revert_labels_are_snake_case_error_names() {
+        let e = ChainError::Reverted(
+            "InsufficientEscrow(InsufficientEscrow { payer: 0x01, available: 0, needed: 5 })"
+                .into(),
+        );
+        assert_eq!(e.revert_label().as_deref(), Some("insufficient_escrow"));
+        let e = ChainError::Reverted("revert data 0x1234".into());
+        assert_eq!(e.revert_label().as_deref(), Some("revert"));
+        assert_eq!(
+            ChainError::Rpc("connection refused".into()).revert_label(),
+            None
+        );
     }
 }

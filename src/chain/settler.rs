@@ -271,6 +271,18 @@ impl Settler {
         self.confirm(call.send().await).await
     }
 
+    /// Runs `batch` as an `eth_call` from the signer without sending it: `Ok` if it would settle
+    /// now, `ChainError::Reverted` with the decoded reason if not (no gas spent).
+    pub async fn simulate_batch(&self, batch: &Batch) -> Result<(), ChainError> {
+        self.settlement()
+            .settleBatch(batch.to_sol())
+            .from(self.signer)
+            .call()
+            .await
+            .map(|_| ())
+            .map_err(ChainError::from_contract)
+    }
+
     /// Recipient: claim all native earnings of the signer; returns the transaction hash.
     pub async fn claim(&self) -> Result<B256, ChainError> {
         let s = self.settlement();

@@ -6,7 +6,8 @@
 //! in-flight requests up to `--shutdown-timeout` seconds and exits 0. An engine panic fails the
 //! in-flight requests (500) and the engine is rebuilt in place (`EngineHandle::spawn_supervised`). With `--ledger` every call is
 //! metered (see `ledger`); with `--chain-rpc` too, payers are admitted against their deposits and
-//! usage settles on chain from a background worker. Runtime adapter loads are confined to
+//! usage settles on chain from a background worker; with `--adapter-registry-address` adapters
+//! are verified and priced from chain and a sync task keeps those terms fresh. Runtime adapter loads are confined to
 //! `--adapter-roots` (default: the adapters dir and the hub cache); who may use the admin
 //! endpoints is decided in `server::auth` (`--admin-key`, `--insecure-open-admin`).
 
@@ -14,8 +15,10 @@ use super::runtime_args::RuntimeArgs;
 use anyhow::Context;
 use openlora::config::EngineConfig;
 use openlora::engine::{EngineHandle, LlmEngine};
+use openlora::ledger::chain_gate::ChainGate;
+use openlora::ledger::chain_sync::ChainSync;
 use openlora::ledger::{MeterConfig, MeteringArgs, MeteringFile};
-use openlora::lora::{AdapterPager, AdapterRegistry, AdapterRoots, PagerConfig};
+use openlora::lora::{AdapterGate, AdapterPager, AdapterRegistry, AdapterRoots, PagerConfig};
 use openlora::metrics::Metrics;
 use openlora::model::Model;
 use openlora::server::{self, AppState, ServerOptions, ToolCallParser};
@@ -276,7 +279,31 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     engine_cfg.kv_dtype = kv_dtype;
     opts.max_context = Some(engine_cfg.num_blocks * engine_cfg.block_size);
+    // One metrics registry per process: the pager, the engine, the server and the meter share it.
+    let metrics = Arc::new(Metrics::new());
+    metrics.model_load_seconds.set(load_seconds);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let registry = Arc::new(AdapterRegistry::new(m.clone()));
+    // With --adapter-registry-address the chain decides what is served (`ledger::chain_gate`).
+    let catalog = openlora::ledger::chain_catalog(meter_cfg.as_ref())?;
+    let registry_cfg = meter_cfg
+        .as_ref()
+        .and_then(|m| m.chain.as_ref()?.registry.clone());
+    let gate = match (&catalog, &registry_cfg) {
+        (Some(c), Some(r)) => {
+            let g: Arc<dyn AdapterGate> = Arc::new(ChainGate::new(
+                c.clone(),
+                rt.handle().clone(),
+                r.require_onchain,
+                metrics.clone(),
+            ));
+            registry.set_gate(g.clone());
+            Some(g)
+        }
+        _ => None,
+    };
     if let Some(dir) = &adapters_dir {
         register_dir(&registry, dir)?;
     }
@@ -284,14 +311,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         openlora::lora::hub::register(&registry, id)
             .with_context(|| format!("registering hub adapter {id}"))?;
     }
-    // One metrics registry per process: the pager, the engine, the server and the meter share it.
-    let metrics = Arc::new(Metrics::new());
-    metrics.model_load_seconds.set(load_seconds);
     let pager = AdapterPager::new(m.clone(), pager_cfg, metrics.clone())?;
+    if let Some(g) = &gate {
+        pager.set_gate(g.clone());
+    }
     let model = Arc::new(model);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
     let (meter, _settlement_worker) = match meter_cfg {
         Some(cfg) => {
             let ledger = cfg.ledger.clone();
@@ -301,6 +325,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                     model.tokenizer.as_ref(),
                     payers,
                     metrics.clone(),
+                    catalog.clone(),
                 ))
                 .with_context(|| format!("opening the ledger {}", ledger.display()))?;
             eprintln!(
@@ -313,6 +338,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         None => (None, None),
     };
     let pager = Arc::new(pager);
+    let _chain_sync = match (catalog, &meter, registry_cfg) {
+        (Some(catalog), Some(meter), Some(r)) => Some(start_chain_sync(
+            &rt, catalog, meter, &registry, &pager, r.refresh,
+        )),
+        _ => None,
+    };
     let engine = LlmEngine::with_pager(model.clone(), engine_cfg.clone(), pager.clone())?;
     eprintln!("openlora: {}", engine.describe());
     // Supervised: after a panic the engine is rebuilt from the same model, pager and config.
@@ -352,6 +383,39 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         eprintln!("openlora: stopped");
         Ok(())
     })
+}
+
+/// Reads the on-chain adapter terms and datanet roots once (so the first requests see them),
+/// then keeps them fresh from a task on `rt`.
+fn start_chain_sync(
+    rt: &tokio::runtime::Runtime,
+    catalog: Arc<openlora::chain::AdapterCatalog>,
+    meter: &openlora::ledger::Meter,
+    registry: &Arc<AdapterRegistry>,
+    pager: &Arc<AdapterPager>,
+    interval: Duration,
+) -> openlora::ledger::chain_sync::SyncHandle {
+    let (names, reg, pg) = (registry.clone(), registry.clone(), pager.clone());
+    let sync = ChainSync {
+        catalog,
+        datanets: meter.datanet_verifier.clone(),
+        names: Box::new(move || names.list().iter().map(|s| s.name.clone()).collect()),
+        forget: Box::new(move |name| {
+            if let Some(id) = reg.get_id(name) {
+                pg.forget(id);
+            }
+        }),
+        interval,
+    };
+    let mut datanet_registry = None;
+    let first = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), sync.round(&mut datanet_registry)).await
+    });
+    if first.is_err() {
+        tracing::warn!("first read of on-chain adapter terms and datanet roots timed out");
+    }
+    let _enter = rt.enter();
+    sync.spawn(datanet_registry)
 }
 
 /// With metering on, every API key must bill a payer address.

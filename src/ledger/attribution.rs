@@ -15,7 +15,6 @@ use crate::error::{Error, Result};
 use crate::model::Tokenizer;
 use crate::progress::{Progress, Unit};
 use alloy::primitives::Address;
-use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -115,13 +114,6 @@ pub fn build_suffix_array(s: &[u32]) -> Vec<u32> {
     }
 }
 
-#[derive(Deserialize)]
-struct RecordLine {
-    text: Option<String>,
-    tokens: Option<Vec<u32>>,
-    contributor: Address,
-}
-
 /// One indexed datanet.
 pub struct Datanet {
     pub id: String,
@@ -181,18 +173,23 @@ impl Datanet {
     /// Reads `path` (JSONL) and tokenizes `text` records with `tokenizer`.
     pub fn load(id: &str, path: &Path, tokenizer: Option<&Tokenizer>) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_text(id, path, &text, tokenizer)
+    }
+
+    /// Indexes the JSONL `text` of the datanet file at `path` (named in errors).
+    pub fn from_text(
+        id: &str,
+        path: &Path,
+        text: &str,
+        tokenizer: Option<&Tokenizer>,
+    ) -> Result<Self> {
         let mut records = vec![];
-        let lines = text.lines().filter(|l| !l.trim().is_empty()).count();
+        let parsed = super::datanet_root::parse_records(text, path)?;
         let what = format!("indexing datanet {id}");
-        let mut progress = Progress::new(what, Some(lines as u64), Unit::Items("records"));
-        for (i, line) in text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-        {
+        let mut progress = Progress::new(what, Some(parsed.len() as u64), Unit::Items("records"));
+        for (line, r) in parsed {
             progress.inc(1);
-            let bad = |m: String| Error::file("datanet", path, format!("line {}: {m}", i + 1));
-            let r: RecordLine = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+            let bad = |m: String| Error::file("datanet", path, format!("line {line}: {m}"));
             let toks = match (r.tokens, r.text) {
                 (Some(t), _) => t,
                 (None, Some(t)) => tokenizer

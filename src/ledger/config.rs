@@ -46,6 +46,22 @@ pub struct MeteringArgs {
     /// Shortest output span (tokens) that counts as drawn from a datanet record (default 8).
     #[arg(long, env = "OPENLORA_ATTRIBUTION_MIN_SPAN")]
     pub attribution_min_span: Option<usize>,
+    /// Address of the AdapterRegistry: adapters are verified against their on-chain weights
+    /// hash and priced from chain (manifests ignored); datanets are checked against the roots in
+    /// its DatanetRegistry. Needs --chain-rpc.
+    #[arg(long, env = "OPENLORA_ADAPTER_REGISTRY_ADDRESS")]
+    pub adapter_registry_address: Option<Address>,
+    /// Serve only adapters registered in the AdapterRegistry (default: unregistered adapters are
+    /// served at the default price).
+    #[arg(long, env = "OPENLORA_REQUIRE_ONCHAIN_ADAPTERS")]
+    pub require_onchain_adapters: bool,
+    /// Seconds between re-reads of adapters' on-chain terms and datanet roots (default 5).
+    #[arg(long, env = "OPENLORA_CHAIN_REFRESH_SECS")]
+    pub chain_refresh_secs: Option<u64>,
+    /// How old (seconds) the last known deposit of a payer may be and still admit its calls
+    /// while the chain is unreachable, also across restarts (default 300).
+    #[arg(long, env = "OPENLORA_DEPOSIT_MAX_STALENESS_SECS")]
+    pub deposit_max_staleness_secs: Option<u64>,
 }
 
 /// The `[metering]` table of the config file.
@@ -63,6 +79,11 @@ pub struct MeteringFile {
     default_price_output: Option<String>,
     datanets_dir: Option<PathBuf>,
     attribution_min_span: Option<usize>,
+    adapter_registry_address: Option<Address>,
+    #[serde(default)]
+    require_onchain_adapters: bool,
+    chain_refresh_secs: Option<u64>,
+    deposit_max_staleness_secs: Option<u64>,
 }
 
 pub struct ChainConfig {
@@ -74,6 +95,17 @@ pub struct ChainConfig {
     pub deposit_refresh: Duration,
     /// Test hook (`OPENLORA_TEST_PAUSE_AFTER_SUBMIT=1`): see `SettleConfig::pause_after_submit`.
     pub pause_after_submit: bool,
+    /// The on-chain registry as the source of truth (`None`: manifests, no integrity check).
+    pub registry: Option<RegistryConfig>,
+    pub deposit_max_staleness: Duration,
+}
+
+/// `--adapter-registry-address` and what goes with it.
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    pub adapter_registry: Address,
+    pub require_onchain: bool,
+    pub refresh: Duration,
 }
 
 impl std::fmt::Debug for ChainConfig {
@@ -84,6 +116,7 @@ impl std::fmt::Debug for ChainConfig {
             .field("operator_key", &"<hidden>")
             .field("max_records", &self.max_records)
             .field("interval", &self.interval)
+            .field("registry", &self.registry)
             .finish()
     }
 }
@@ -125,6 +158,14 @@ impl MeterConfig {
                 .unwrap_or(U256::ZERO),
         };
         let chain = match a.chain_rpc.or(f.chain_rpc) {
+            None if a.adapter_registry_address.is_some()
+                || f.adapter_registry_address.is_some() =>
+            {
+                return Err(Error::invalid(
+                    "adapter_registry_address",
+                    "the on-chain registry needs --chain-rpc",
+                ))
+            }
             None => None,
             Some(rpc_url) => {
                 let settlement =
@@ -142,6 +183,19 @@ impl MeterConfig {
                         )
                     })?,
                 };
+                let registry = a
+                    .adapter_registry_address
+                    .or(f.adapter_registry_address)
+                    .map(|adapter_registry| RegistryConfig {
+                        adapter_registry,
+                        require_onchain: a.require_onchain_adapters || f.require_onchain_adapters,
+                        refresh: Duration::from_secs(
+                            a.chain_refresh_secs
+                                .or(f.chain_refresh_secs)
+                                .unwrap_or(5)
+                                .max(1),
+                        ),
+                    });
                 let max_records = a.settle_max_records.or(f.settle_max_records).unwrap_or(100);
                 if max_records == 0 {
                     return Err(Error::invalid("settle_max_records", "must be > 0"));
@@ -163,6 +217,12 @@ impl MeterConfig {
                     ),
                     pause_after_submit: std::env::var("OPENLORA_TEST_PAUSE_AFTER_SUBMIT")
                         .is_ok_and(|v| v == "1"),
+                    registry,
+                    deposit_max_staleness: Duration::from_secs(
+                        a.deposit_max_staleness_secs
+                            .or(f.deposit_max_staleness_secs)
+                            .unwrap_or(300),
+                    ),
                 })
             }
         };

@@ -6,8 +6,12 @@
 //! drop; `commit` moves a call's real cost into `unsettled` as its reservation goes; `settled`
 //! takes a landed batch's debit off both `escrow` and `unsettled` at once, so the available amount
 //! never jumps up while a batch lands. `escrow` is the last value read from chain (refreshed by the
-//! settlement worker, persisted in the ledger), so admission keeps working while the RPC is down.
+//! settlement worker, persisted in the ledger with the time it was read), so admission keeps
+//! working while the RPC is down, also across a restart, but only for `max_staleness`: a payer
+//! whose deposit was never read, or was read longer ago than that, is refused with a 503 that
+//! says so (never a misleading 402).
 
+use crate::clock::unix_now;
 use crate::error::{Error, Result};
 use alloy::primitives::{Address, U256};
 use std::collections::HashMap;
@@ -18,11 +22,15 @@ struct Inner {
     escrow: HashMap<Address, U256>,
     unsettled: HashMap<Address, U256>,
     reserved: HashMap<Address, U256>,
+    /// When each escrow was read from chain (unix seconds).
+    read_at: HashMap<Address, u64>,
 }
 
 #[derive(Default)]
 pub struct Funds {
     inner: Mutex<Inner>,
+    /// Longest age of a deposit reading admission trusts (seconds); `None` = no bound.
+    max_staleness: Option<u64>,
 }
 
 /// Worst-case cost of a call in flight, held against its payer until committed or dropped.
@@ -41,13 +49,27 @@ impl Drop for Reservation {
 }
 
 impl Funds {
+    /// Funds with `escrow` read just now and no staleness bound.
     pub fn new(escrow: HashMap<Address, U256>, unsettled: HashMap<Address, U256>) -> Arc<Self> {
+        let now = unix_now();
+        let escrow = escrow.into_iter().map(|(p, e)| (p, (e, now))).collect();
+        Self::restored(escrow, unsettled, None)
+    }
+
+    /// Funds from the ledger: each payer's last known escrow with the time it was read.
+    pub fn restored(
+        escrow: HashMap<Address, (U256, u64)>,
+        unsettled: HashMap<Address, U256>,
+        max_staleness: Option<std::time::Duration>,
+    ) -> Arc<Self> {
         Arc::new(Funds {
             inner: Mutex::new(Inner {
-                escrow,
+                read_at: escrow.iter().map(|(p, (_, t))| (*p, *t)).collect(),
+                escrow: escrow.into_iter().map(|(p, (e, _))| (p, e)).collect(),
                 unsettled,
                 reserved: HashMap::new(),
             }),
+            max_staleness: max_staleness.map(|d| d.as_secs()),
         })
     }
 
@@ -68,9 +90,11 @@ impl Funds {
             .saturating_sub(get(&g.reserved))
     }
 
-    /// Holds `max_cost` for a call of `payer`, or fails with `Error::InsufficientFunds`.
+    /// Holds `max_cost` for a call of `payer`, or fails with `Error::InsufficientFunds` (402), or
+    /// `Error::Unavailable` (503) when its deposit is unknown or older than `max_staleness`.
     pub fn reserve(self: &Arc<Self>, payer: Address, max_cost: U256) -> Result<Reservation> {
         let mut g = self.lock();
+        self.check_fresh(&g, payer)?;
         let available = Self::available_in(&g, payer);
         if available < max_cost {
             return Err(Error::InsufficientFunds {
@@ -85,6 +109,21 @@ impl Funds {
             payer,
             amount: max_cost,
         })
+    }
+
+    fn check_fresh(&self, g: &Inner, payer: Address) -> Result<()> {
+        let Some(read_at) = g.read_at.get(&payer) else {
+            return Err(Error::Unavailable(format!(
+                "the deposit of payer {payer} is not known yet: the chain has not been reachable since this server started; retry later"
+            )));
+        };
+        let age = unix_now().saturating_sub(*read_at);
+        match self.max_staleness {
+            Some(max) if age > max => Err(Error::Unavailable(format!(
+                "the last known deposit of payer {payer} was read {age} s ago, more than the {max} s allowed (--deposit-max-staleness-secs) while the chain is unreachable; retry later"
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// A call was recorded at `cost`: count it as unsettled and release its reservation.
@@ -105,9 +144,11 @@ impl Funds {
         *u = u.saturating_sub(debit);
     }
 
-    /// The escrow read from chain.
+    /// The escrow read from chain just now.
     pub fn set_escrow(&self, payer: Address, escrow: U256) {
-        self.lock().escrow.insert(payer, escrow);
+        let mut g = self.lock();
+        g.escrow.insert(payer, escrow);
+        g.read_at.insert(payer, unix_now());
     }
 }
 
@@ -132,6 +173,36 @@ mod tests {
         f.settled(p, U256::from(10u64));
         assert_eq!(f.available(p), U256::from(90u64));
         let unknown = Address::repeat_byte(2);
-        assert!(f.reserve(unknown, U256::from(1u64)).is_err());
+        assert!(matches!(
+            f.reserve(unknown, U256::from(1u64)),
+            Err(Error::Unavailable(_))
+        ));
+    }
+
+    #[test]
+    fn a_stale_deposit_is_trusted_only_within_the_bound() {
+        let (p, q) = (Address::repeat_byte(1), Address::repeat_byte(2));
+        let now = unix_now();
+        let f = Funds::restored(
+            HashMap::from([
+                (p, (U256::from(100u64), now - 5)),
+                (q, (U256::from(100u64), now - 50)),
+            ]),
+            HashMap::from([(p, U256::from(30u64))]),
+            Some(std::time::Duration::from_secs(20)),
+        );
+        let held = f.reserve(p, U256::from(70u64)).unwrap();
+        assert!(matches!(
+            f.reserve(p, U256::from(1u64)),
+            Err(Error::InsufficientFunds { .. })
+        ));
+        assert!(matches!(
+            f.reserve(q, U256::from(1u64)),
+            Err(Error::Unavailable(_))
+        ));
+        drop(held);
+        assert!(f.reserve(p, U256::from(70u64)).is_ok(), "released on drop");
+        f.set_escrow(q, U256::from(100u64));
+        assert!(f.reserve(q, U256::from(1u64)).is_ok());
     }
 }

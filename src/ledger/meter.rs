@@ -4,9 +4,12 @@
 //! body or SSE chunk is sent) or, when the client goes away first, on `Drop`. Records are written
 //! by the ledger writer thread (`writer`, group commit), never on the caller's thread. A call that produced no completion
 //! token writes nothing, and neither does a call the server failed (`void`: an engine panic is
-//! not the payer's to pay). Recording runs attribution against the adapter's datanets.
+//! not the payer's to pay). Recording runs attribution against the adapter's datanets; a datanet
+//! excluded by the `DatanetVerifier` (records differ from its on-chain root) gets no attribution
+//! (source `excluded:<reason>`, its part paid as for a missing datanet).
 
 use super::attribution::Datanet;
+use super::datanet_verifier::DatanetVerifier;
 use super::funds::{Funds, Reservation};
 use super::pricing::{AdapterTerms, PriceBook};
 use super::record::{
@@ -35,6 +38,8 @@ pub struct Meter {
     pub operator: Address,
     metrics: Arc<Metrics>,
     writer: Arc<Writer>,
+    /// With the on-chain registry: which datanets match their on-chain root.
+    pub datanet_verifier: Option<Arc<DatanetVerifier>>,
 }
 
 /// The priced adapters of one call: (terms, weight as given, share in ppm of the mix).
@@ -86,7 +91,14 @@ impl Meter {
             funds,
             operator,
             metrics,
+            datanet_verifier: None,
         }
+    }
+
+    /// Attributes only to datanets `verifier` has checked against their on-chain root.
+    pub fn with_datanet_verifier(mut self, verifier: Arc<DatanetVerifier>) -> Self {
+        self.datanet_verifier = Some(verifier);
+        self
     }
 
     /// The ledger's one writer (the settlement worker writes through it too).
@@ -112,7 +124,15 @@ impl Meter {
         let mut parts = Vec::with_capacity(mix.len());
         for (a, w) in mix {
             let ppm = ((w.abs() as f64) * 1e6).round().max(1.0) as u64;
-            parts.push((self.prices.terms(a)?, *w, ppm));
+            let terms = self.prices.terms(a).inspect_err(|e| {
+                if let crate::error::Error::AdapterRefused { .. } = e {
+                    self.metrics
+                        .adapter_refusals
+                        .with_label_values(&["inactive"])
+                        .inc();
+                }
+            })?;
+            parts.push((terms, *w, ppm));
         }
         let label: Vec<&str> = parts.iter().map(|p| p.0.name.as_str()).collect();
         let adapter_id = if parts.len() == 1 {
@@ -167,6 +187,12 @@ impl Meter {
                     out.push(datanet_attribution(&t.name, id, *w, None, "missing"));
                     continue;
                 };
+                let excluded = self.datanet_verifier.as_ref().and_then(|v| v.excluded(id));
+                if let Some(reason) = excluded {
+                    let source = format!("excluded:{reason}");
+                    out.push(datanet_attribution(&t.name, id, *w, None, &source));
+                    continue;
+                }
                 let mut weights: BTreeMap<Address, u64> = BTreeMap::new();
                 let mut matched = 0;
                 for o in outputs {

@@ -1,9 +1,15 @@
-//! What one call costs and who is paid: an adapter's terms come from its `manifest.json`
-//! (adapters/README.md: owner, prices per 1M input/output tokens, datanets with weights, fee split),
-//! read once per adapter folder and cached. An adapter without a manifest, and the base model, are
-//! priced at the configured default and pay everything to the operator. Costs follow
-//! `AdapterRegistry.quote`: `ceil((input * pricePerMInput + output * pricePerMOutput) / 1e6)`.
+//! What one call costs and who is paid. With the on-chain registry configured
+//! (`--adapter-registry-address`), an adapter's terms (owner, prices, datanets, fee split) are
+//! `AdapterRegistry`'s, from the `AdapterCatalog` cache kept fresh by the chain sync task, and
+//! manifests are ignored; a deactivated adapter is refused, one never read from chain is not
+//! served (503), one not registered is priced like the base model. Otherwise terms come from the
+//! adapter's `manifest.json` (adapters/README.md), read once per adapter folder and cached. An
+//! adapter without terms, and the base model, are priced at the configured default and pay
+//! everything to the operator. Costs follow `AdapterRegistry.quote`:
+//! `ceil((input * pricePerMInput + output * pricePerMOutput) / 1e6)`. Terms are taken when a call
+//! is admitted, so a price change applies to calls admitted after it is seen.
 
+use crate::chain::{AdapterCatalog, Listing, OnChainAdapter};
 use crate::error::{Error, Result};
 use crate::lora::AdapterRef;
 use alloy::primitives::{keccak256, Address, B256, U256};
@@ -150,11 +156,55 @@ impl AdapterTerms {
     }
 }
 
-/// Terms of every adapter served, cached by folder (a re-registered folder keeps its terms).
+impl AdapterTerms {
+    /// Terms as `AdapterRegistry` holds them; datanet ids are named by `datanet_names` (local
+    /// file stems) where known, else by their hex id.
+    pub fn from_chain(
+        name: &str,
+        a: &OnChainAdapter,
+        datanet_names: &HashMap<B256, String>,
+    ) -> Self {
+        AdapterTerms {
+            name: name.to_string(),
+            adapter_id: adapter_id(name),
+            owner: a.owner,
+            price: Price {
+                per_m_input: a.price_per_m_input,
+                per_m_output: a.price_per_m_output,
+            },
+            datanets: a
+                .trained_on
+                .iter()
+                .map(|(id, w)| {
+                    let n = datanet_names
+                        .get(id)
+                        .cloned()
+                        .unwrap_or_else(|| id.to_string());
+                    (n, *w)
+                })
+                .collect(),
+            split: FeeSplit {
+                owner_bps: a.split_bps.0,
+                contributors_bps: a.split_bps.1,
+                operator_bps: a.split_bps.2,
+            },
+        }
+    }
+}
+
+/// The on-chain source of terms.
+struct ChainTerms {
+    catalog: Arc<AdapterCatalog>,
+    datanet_names: HashMap<B256, String>,
+}
+
+/// Terms of every adapter served: from chain, or from manifests cached by folder (a re-registered
+/// folder keeps its terms).
 pub struct PriceBook {
     default_price: Price,
     operator: Address,
     cache: RwLock<HashMap<PathBuf, Arc<AdapterTerms>>>,
+    chain: Option<ChainTerms>,
 }
 
 impl PriceBook {
@@ -163,6 +213,36 @@ impl PriceBook {
             default_price,
             operator,
             cache: RwLock::default(),
+            chain: None,
+        }
+    }
+
+    /// Takes adapters' terms from `catalog` instead of manifests.
+    pub fn with_chain(
+        mut self,
+        catalog: Arc<AdapterCatalog>,
+        datanet_names: HashMap<B256, String>,
+    ) -> Self {
+        self.chain = Some(ChainTerms {
+            catalog,
+            datanet_names,
+        });
+        self
+    }
+
+    fn chain_terms(&self, c: &ChainTerms, name: &str) -> Result<Arc<AdapterTerms>> {
+        match c.catalog.cached(crate::chain::onchain_adapter_id(name)) {
+            Some(Listing::Registered(a)) if a.active => {
+                Ok(Arc::new(AdapterTerms::from_chain(name, &a, &c.datanet_names)))
+            }
+            Some(Listing::Registered(_)) => Err(Error::AdapterRefused {
+                name: name.to_string(),
+                reason: "it is deactivated in AdapterRegistry".into(),
+            }),
+            Some(Listing::Unregistered) => Ok(Arc::new(self.fallback(name))),
+            None => Err(Error::Unavailable(format!(
+                "the on-chain terms of adapter `{name}` are not known yet (chain unreachable); retry later"
+            ))),
         }
     }
 
@@ -185,6 +265,9 @@ impl PriceBook {
     /// The terms of `adapter` (its manifest, else the default price paid to the operator).
     pub fn terms(&self, adapter: &AdapterRef) -> Result<Arc<AdapterTerms>> {
         let (name, dir) = (adapter.name(), adapter.dir());
+        if let Some(c) = &self.chain {
+            return self.chain_terms(c, name);
+        }
         if let Some(t) = self.cache.read().expect("price book").get(dir) {
             if t.name == name {
                 return Ok(t.clone());

@@ -32,7 +32,8 @@ pub struct DatanetAttribution {
     pub adapter: String,
     pub datanet: String,
     pub weight_bps: u16,
-    /// "spans" (matched output spans) or "static" (contributor shares) or "missing" (not loaded).
+    /// "spans" (matched output spans), "static" (contributor shares), "missing" (not loaded) or
+    /// "excluded:<reason>" (records differ from the on-chain root: paid as missing).
     pub source: String,
     pub matched_tokens: u64,
     /// (contributor, weight)

@@ -13,12 +13,16 @@
 //!   recipient, the rounding remainder to the operator), so the contract's sum check holds exactly;
 //!   a fee change before landing makes the worker recompute credits for the same id;
 //! - RPC errors are retried with exponential backoff (1 s .. 30 s); serving never waits on them;
+//! - a batch is simulated before it is written; records that revert alone are marked
+//!   unsettleable (`bisect`), and a pending batch the chain rejects is dissolved and its records
+//!   re-checked, so one bad record never blocks later batches;
 //! - nonces come from the node's pending count for every transaction (see `chain::Settler`).
 
+use super::bisect::{blames_records, build_batch, split_settleable, to_chain};
 use super::funds::Funds;
 use super::store::{BatchId, SettledInfo, Store, StoredBatch, UnbatchedRow};
 use super::writer::Writer;
-use crate::chain::{protocol_fee, Batch, ChainError, MerkleTree, Settler};
+use crate::chain::{protocol_fee, ChainError, Settler};
 use crate::clock::unix_now;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -228,19 +232,17 @@ impl SettlementWorker {
         }
         let rows = self.store.unbatched(self.cfg.max_records)?;
         let bps = self.settler.protocol_fee_bps().await.map_err(chain_err)?;
-        let operator = self.settler.signer_address();
-        let leaves: Vec<B256> = rows.iter().map(|r| r.leaf).collect();
-        let tree = MerkleTree::new(leaves.clone()).expect("non-empty");
-        let (debits, credits) = batch_amounts(&rows, bps, operator);
-        let b = StoredBatch {
-            id: batch_id(operator, &leaves),
-            root: tree.root(),
-            call_count: rows.len() as u64,
-            fee_bps: bps,
-            debits,
-            credits,
-            settled: None,
-        };
+        let split = split_settleable(&self.settler, rows, bps)
+            .await
+            .map_err(chain_err)?;
+        for (row, e) in split.unsettleable {
+            self.mark_unsettleable(&row, &e).await?;
+        }
+        if split.settle.is_empty() {
+            return Ok(None);
+        }
+        let rows = split.settle;
+        let b = build_batch(&rows, bps, self.settler.signer_address());
         let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
         let batch = b.clone();
         self.writer
@@ -252,14 +254,32 @@ impl SettlementWorker {
         Ok(Some(b))
     }
 
-    fn to_chain(b: &StoredBatch) -> Batch {
-        Batch {
-            id: b.id.0,
-            receipts_root: b.root,
-            call_count: b.call_count,
-            debits: b.debits.clone(),
-            credits: b.credits.clone(),
-        }
+    /// Record `row` as never settleable: it reverts alone (`e`).
+    async fn mark_unsettleable(&self, row: &UnbatchedRow, e: &ChainError) -> Result<()> {
+        let label = e.revert_label().unwrap_or_else(|| "revert".into());
+        let reason = format!("{label}: {e}");
+        tracing::warn!(record = row.seq, payer = %row.payer, amount = %row.amount, %reason, "record isolated as unsettleable");
+        self.metrics
+            .settlement_failures
+            .with_label_values(&[&label])
+            .inc();
+        let seq = row.seq;
+        self.writer
+            .write(move |s| s.mark_unsettleable(seq, &reason))
+            .await
+    }
+
+    /// The chain rejected pending batch `b` (a revert, not a transport error): its records go
+    /// back to the unbatched pool, where the next round's simulation isolates the culprits.
+    async fn dissolve(&self, b: &StoredBatch, e: &ChainError) -> Result<()> {
+        let label = e.revert_label().unwrap_or_else(|| "revert".into());
+        tracing::warn!(batch = %b.id.0, error = %e, "batch rejected by the chain; dissolved, its records are re-checked");
+        self.metrics
+            .settlement_failures
+            .with_label_values(&[&label])
+            .inc();
+        let id = b.id;
+        self.writer.write(move |s| s.dissolve_batch(id)).await
     }
 
     /// Lands a pending batch exactly once.
@@ -288,7 +308,7 @@ impl SettlementWorker {
                 .write(move |s| s.update_credits(id, bps, &credits))
                 .await?;
         }
-        match self.settler.settle_batch(&Self::to_chain(&b)).await {
+        match self.settler.settle_batch(&to_chain(&b)).await {
             Ok(s) => {
                 if self.cfg.pause_after_submit {
                     eprintln!(
@@ -308,6 +328,7 @@ impl SettlementWorker {
                 .await
             }
             Err(ChainError::BatchAlreadySettled(_)) => self.recover(&b).await,
+            Err(e) if blames_records(&e) => self.dissolve(&b, &e).await,
             Err(e) => Err(chain_err(e)),
         }
     }

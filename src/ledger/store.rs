@@ -6,7 +6,9 @@
 //!
 //! What always holds: a usage row belongs to at most one batch, and a batch's rows never change
 //! once the batch is written; a batch is `pending` until its transaction is known to have
-//! succeeded on chain, then `settled` with its transaction hash.
+//! succeeded on chain, then `settled` with its transaction hash, or dissolved (deleted, its rows
+//! unbatched again) once the chain rejected it (`unsettleable`). A row marked `unsettleable`
+//! (with its reason) is never batched again and still counts against its payer's funds.
 
 use super::record::{receipt_id, DatanetAttribution, UsageRecord};
 use crate::error::{Error, Result};
@@ -71,7 +73,7 @@ impl From<rusqlite::Error> for Error {
     }
 }
 
-fn parse<T: FromStr>(s: &str) -> Result<T>
+pub(super) fn parse<T: FromStr>(s: &str) -> Result<T>
 where
     T::Err: std::fmt::Display,
 {
@@ -136,6 +138,8 @@ pub struct StoredRecord {
     pub attribution: Vec<DatanetAttribution>,
     pub splits: Vec<(Address, U256)>,
     pub batch: Option<(BatchId, u64)>,
+    /// Why the chain will not settle this record (see `unsettleable`).
+    pub unsettleable: Option<String>,
 }
 
 pub struct Store {
@@ -149,12 +153,13 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch(SCHEMA)?;
+        super::unsettleable::migrate(&conn)?;
         Ok(Store {
             conn: Mutex::new(conn),
         })
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+    pub(super) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -182,7 +187,8 @@ impl Store {
             .query_row(
                 "SELECT request_id, payer, operator, adapter_id, adapters, prompt_tokens,
                  completion_tokens, amount, created_at, finish, output_hash, receipt_id, leaf,
-                 attribution, splits, batch_id, batch_index FROM usage WHERE request_id = ?1",
+                 attribution, splits, batch_id, batch_index, unsettleable FROM usage
+                 WHERE request_id = ?1",
                 params![request_id],
                 |r| {
                     Ok((
@@ -206,6 +212,7 @@ impl Store {
                             r.get::<_, String>(14)?,
                             r.get::<_, Option<String>>(15)?,
                             r.get::<_, Option<i64>>(16)?,
+                            r.get::<_, Option<String>>(17)?,
                         ),
                     ))
                 },
@@ -236,10 +243,12 @@ impl Store {
                 (Some(id), Some(i)) => Some((BatchId(parse(&id)?), i as u64)),
                 _ => None,
             },
+            unsettleable: b.8,
         }))
     }
 
-    /// Usage not yet settled on chain (unbatched or in a pending batch), per payer.
+    /// Usage not yet settled on chain (unbatched, in a pending batch, or unsettleable: a debt the
+    /// payer still owes), per payer.
     pub fn unsettled_by_payer(&self) -> Result<HashMap<Address, U256>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
@@ -255,11 +264,13 @@ impl Store {
         Ok(out)
     }
 
-    /// (records not settled, created_at of the oldest of them). Two indexed queries (records in
+    /// (records still to settle, created_at of the oldest of them; unsettleable ones excluded).
+    /// Two indexed queries (records in
     /// no batch, records in pending batches), so it stays cheap as the ledger grows.
     pub fn unsettled_stats(&self) -> Result<(u64, Option<u64>)> {
-        let (a, oldest_a) = self
-            .count_oldest("SELECT COUNT(*), MIN(created_at) FROM usage WHERE batch_id IS NULL")?;
+        let (a, oldest_a) = self.count_oldest(
+            "SELECT COUNT(*), MIN(created_at) FROM usage WHERE batch_id IS NULL AND unsettleable IS NULL",
+        )?;
         let (b, oldest_b) = self.count_oldest(
             "SELECT COUNT(*), MIN(created_at) FROM usage WHERE batch_id IN
              (SELECT batch_id FROM batches WHERE status = 'pending')",
@@ -271,9 +282,11 @@ impl Store {
         Ok((a + b, oldest))
     }
 
-    /// (records in no batch, created_at of the oldest of them).
+    /// (records in no batch and not unsettleable, created_at of the oldest of them).
     pub fn unbatched_stats(&self) -> Result<(u64, Option<u64>)> {
-        self.count_oldest("SELECT COUNT(*), MIN(created_at) FROM usage WHERE batch_id IS NULL")
+        self.count_oldest(
+            "SELECT COUNT(*), MIN(created_at) FROM usage WHERE batch_id IS NULL AND unsettleable IS NULL",
+        )
     }
 
     fn count_oldest(&self, sql: &str) -> Result<(u64, Option<u64>)> {
@@ -285,10 +298,10 @@ impl Store {
         })?)
     }
 
-    /// The oldest `limit` records in no batch, in ledger order.
+    /// The oldest `limit` records in no batch (and not unsettleable), in ledger order.
     pub fn unbatched(&self, limit: usize) -> Result<Vec<UnbatchedRow>> {
         self.rows(
-            &format!("WHERE batch_id IS NULL ORDER BY seq LIMIT {limit}"),
+            &format!("WHERE batch_id IS NULL AND unsettleable IS NULL ORDER BY seq LIMIT {limit}"),
             None,
         )
     }

@@ -11,11 +11,13 @@
 //!   oldest page-in gets a slot. No page-in waits forever under any popularity distribution;
 //! - a failed page-in is never final: the leases waiting on it fail (503), and the first lease
 //!   after a backoff (doubling from `RETRY_BACKOFF` to `MAX_RETRY_BACKOFF`) tries again; a read
-//!   error is retried at once a few times before it counts as a failure.
+//!   error is retried at once a few times before it counts as a failure;
+//! - with an integrity gate (`set_gate`), the bytes of every page-in are checked against it
+//!   before they are installed; a refused adapter's leases fail with `Error::AdapterRefused`.
 
 pub use super::pager_config::PagerConfig;
 pub use super::tier::{PagerStats, Tier};
-use super::{AdapterId, AdapterSlot, AdapterSpec, LoraAdapter, SlotTable};
+use super::{AdapterGate, AdapterId, AdapterSlot, AdapterSpec, GateStage, LoraAdapter, SlotTable};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::model::ModelConfig;
@@ -36,6 +38,8 @@ const READ_RETRIES: [Duration; 2] = [Duration::from_millis(20), Duration::from_m
 struct Failure {
     /// Names the adapter, never a server path.
     message: String,
+    /// The integrity gate refused the adapter (not a transient failure).
+    refused: bool,
     retry_at: Instant,
     streak: u32,
 }
@@ -87,6 +91,7 @@ struct Shared {
     wake_worker: Condvar,
     /// A page-in finished (or failed).
     loaded: Condvar,
+    gate: Mutex<Option<Arc<dyn AdapterGate>>>,
 }
 
 /// The tiers and their page-in thread. Dropping the pager stops the thread.
@@ -250,6 +255,7 @@ impl AdapterPager {
             state: Mutex::new(state),
             wake_worker: Condvar::new(),
             loaded: Condvar::new(),
+            gate: Mutex::new(None),
         });
         let s = shared.clone();
         let worker = std::thread::Builder::new()
@@ -264,6 +270,11 @@ impl AdapterPager {
 
     pub fn config(&self) -> &PagerConfig {
         &self.shared.cfg
+    }
+
+    /// Checks the bytes of every later page-in against `gate`.
+    pub fn set_gate(&self, gate: Arc<dyn AdapterGate>) {
+        *self.shared.gate.lock().expect("pager gate") = Some(gate);
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -392,6 +403,12 @@ impl Lease {
         let now = Instant::now();
         for s in &self.specs {
             if let Some(f) = st.failed.get(&s.id).filter(|f| f.retry_at > now) {
+                if f.refused {
+                    return Err(Error::AdapterRefused {
+                        name: s.name.clone(),
+                        reason: f.message.clone(),
+                    });
+                }
                 return Err(Error::Unavailable(format!(
                     "adapter `{}` could not be paged in ({}); retry later",
                     s.name, f.message
@@ -480,11 +497,14 @@ fn worker(shared: &Shared) {
                 let backoff = RETRY_BACKOFF
                     .saturating_mul(1 << (streak - 1).min(16))
                     .min(MAX_RETRY_BACKOFF);
+                let refused = matches!(e, Error::AdapterRefused { .. });
                 let failure = Failure {
                     message: match e.about_adapter(&spec.name) {
                         Error::InvalidAdapter { message, .. } => message,
+                        Error::AdapterRefused { reason, .. } => reason,
                         other => other.to_string(),
                     },
+                    refused,
                     retry_at: Instant::now() + backoff,
                     streak,
                 };
@@ -533,6 +553,11 @@ fn page_in(shared: &Shared, spec: &AdapterSpec) -> Result<()> {
             b
         }
     };
+    let gate = shared.gate.lock().expect("pager gate").clone();
+    if let Some(gate) = gate {
+        let expected = gate.expected(&spec.name, GateStage::PageIn)?;
+        super::check_weights(gate.as_ref(), &spec.name, expected, &bytes)?;
+    }
     let start = Instant::now();
     let adapter = Arc::new(LoraAdapter::from_bytes(spec, &bytes, &shared.model)?);
     m.adapter_load_seconds

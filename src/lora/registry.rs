@@ -2,9 +2,11 @@
 //! registered adapter has a stable `AdapterId` that is never reused. Registering is lazy: only the
 //! config and the safetensors header are read, and both are validated against the base model, so a
 //! malformed adapter fails here with a clear message and never inside a batch. Weights are paged in
-//! later by the `AdapterPager`.
+//! later by the `AdapterPager`. With an integrity gate (`set_gate`), an adapter whose files do not
+//! hash to what the gate expects (its on-chain `weightsHash`), or that the gate refuses, is not
+//! registered; this reads the weights file once.
 
-use super::{AdapterRef, AdapterSpec, LoraAdapter};
+use super::{AdapterGate, AdapterRef, AdapterSpec, GateStage, LoraAdapter};
 use crate::error::{Error, Result};
 use crate::model::ModelConfig;
 use std::collections::HashMap;
@@ -36,6 +38,7 @@ struct Inner {
 pub struct AdapterRegistry {
     model: ModelConfig,
     inner: RwLock<Inner>,
+    gate: RwLock<Option<Arc<dyn AdapterGate>>>,
 }
 
 /// Longest adapter name.
@@ -65,7 +68,13 @@ impl AdapterRegistry {
         AdapterRegistry {
             model,
             inner: RwLock::default(),
+            gate: RwLock::default(),
         }
+    }
+
+    /// Checks every later registration against `gate`.
+    pub fn set_gate(&self, gate: Arc<dyn AdapterGate>) {
+        *self.gate.write().expect("registry gate") = Some(gate);
     }
 
     pub fn model(&self) -> &ModelConfig {
@@ -108,7 +117,16 @@ impl AdapterRegistry {
             inner.next += 1;
             AdapterId(inner.next - 1)
         };
-        Ok(Arc::new(AdapterSpec::read(id, name, dir, &self.model)?))
+        let spec = Arc::new(AdapterSpec::read(id, name, dir, &self.model)?);
+        let gate = self.gate.read().expect("registry gate").clone();
+        if let Some(gate) = gate {
+            let expected = gate.expected(name, GateStage::Register)?;
+            if let super::Expected::Hash(_) = expected {
+                let bytes = super::regular_file::read(&spec.weights_path())?;
+                super::check_weights(gate.as_ref(), name, expected, &bytes)?;
+            }
+        }
+        Ok(spec)
     }
 
     /// Removes an adapter and returns its id. Requests already resolved keep their `AdapterRef`

@@ -69,6 +69,11 @@ impl From<Error> for ApiError {
                 Some("lora_path".to_string()),
                 Some("invalid_adapter"),
             ),
+            Error::AdapterRefused { .. } => (
+                StatusCode::FORBIDDEN,
+                Some("model".to_string()),
+                Some("adapter_refused"),
+            ),
             Error::Conflict(_) => (StatusCode::CONFLICT, Some("lora_name".to_string()), None),
             Error::Unsupported { .. } | Error::InvalidFile { .. } => {
                 (StatusCode::BAD_REQUEST, None, Some("invalid_adapter"))

@@ -1,7 +1,8 @@
 //! `GET /v1/receipts/{request_id}`: a call's receipt as committed on chain, with its Merkle proof,
 //! batch id, root and settlement transaction, so a payer can check a charge with
 //! `Settlement.verifyReceipt(batchId, leaf, proof)`. A payer sees only its own calls (others are
-//! 404); the admin key sees all.
+//! 404); the admin key sees all. `status` is `unsettled`, `batched`, `settled`, or `unsettleable`
+//! (the chain rejected the record alone, e.g. its payer withdrew; `unsettleable_reason` says why).
 
 use super::api_error::ApiError;
 use super::auth::{bearer_of, is_admin_key, payer_of};
@@ -85,9 +86,13 @@ fn lookup(
             "block_number": settled.and_then(|s| s.block_number),
         });
     }
+    if r.unsettleable.is_some() {
+        status = "unsettleable";
+    }
     Ok(Some(json!({
         "request_id": r.request_id,
         "status": status,
+        "unsettleable_reason": r.unsettleable,
         "receipt": {
             "receipt_id": r.receipt_id,
             "adapter_id": r.adapter_id,

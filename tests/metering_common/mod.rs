@@ -3,18 +3,21 @@
 //! binary started as a child process (killed with SIGKILL on drop).
 #![allow(dead_code)]
 
-use alloy::primitives::{Address, B256, U256};
+use alloy::primitives::{Address, U256};
 use alloy::signers::local::PrivateKeySigner;
 use openlora::chain::anvil::{find_anvil, LocalAnvil, DEV_KEYS};
 use openlora::chain::{DeployConfig, Deployment, Settler};
 use openlora::ledger::Store;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+mod books;
+#[allow(unused_imports)] // each test binary uses a part
+pub use books::{check_books, check_receipt, receipt_json};
 
 pub const FEE_BPS: u16 = 250;
 pub const ADAPTERS: [&str; 5] = ["a4", "a8", "a16", "a4x", "a16x"];
@@ -63,6 +66,15 @@ impl Chain {
     /// Anvil (optionally persisting its state to `state_file`), contracts deployed, the operator
     /// (`DEV_KEYS[1]`) registered, payers funded with `deposits[i]` wei.
     pub async fn start(state_file: Option<PathBuf>, deposits: &[u128]) -> Chain {
+        Self::start_with_delay(state_file, deposits, 86_400).await
+    }
+
+    /// Like [`Self::start`] with Settlement's withdrawal delay set to `withdrawal_delay_secs`.
+    pub async fn start_with_delay(
+        state_file: Option<PathBuf>,
+        deposits: &[u128],
+        withdrawal_delay_secs: u64,
+    ) -> Chain {
         let bin = find_anvil().expect("anvil not found: run `bash contracts/ci.sh install`");
         let st = state_file.as_ref().map(|p| p.to_string_lossy().to_string());
         let args: Vec<&str> = match &st {
@@ -75,7 +87,7 @@ impl Chain {
             owner: None,
             fee_recipient: fee_recipient(),
             protocol_fee_bps: FEE_BPS,
-            withdrawal_delay_secs: 86_400,
+            withdrawal_delay_secs,
         };
         let admin = Settler::deploy_all(&url, DEV_KEYS[0], &cfg)
             .await
@@ -217,7 +229,20 @@ impl ServerSetup {
     }
 
     pub fn spawn(&self) -> Server {
+        self.spawn_with(&[])
+    }
+
+    /// Like [`Self::spawn`] with more `serve` flags (`--settle-interval-secs` here replaces the
+    /// default of 1 s).
+    pub fn spawn_with(&self, extra_args: &[String]) -> Server {
         let port = free_port();
+        let interval = match extra_args
+            .iter()
+            .position(|a| a == "--settle-interval-secs")
+        {
+            Some(_) => vec![],
+            None => vec!["--settle-interval-secs".to_string(), "1".to_string()],
+        };
         let key_file = self.work.join("operator.key");
         std::fs::write(&key_file, DEV_KEYS[1]).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_openlora"));
@@ -245,7 +270,9 @@ impl ServerSetup {
             .arg("--operator-key-file")
             .arg(&key_file)
             .args(["--settle-max-records", &self.max_records.to_string()])
-            .args(["--settle-interval-secs", "1", "--deposit-refresh-secs", "1"])
+            .args(&interval)
+            .args(["--deposit-refresh-secs", "1"])
+            .args(extra_args)
             .arg("--datanets-dir")
             .arg(self.work.join("datanets"))
             .args(["--attribution-min-span", "4", "--admin-key", "sk-admin"])
@@ -322,6 +349,37 @@ pub fn fresh_dir(tag: &str) -> std::path::PathBuf {
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).unwrap();
     work
+}
+
+/// A fresh work folder with the five adapters and the two datanets (`x_span` in `dn-x`).
+pub fn prepared_dir(tag: &str, x_span: &[u32]) -> PathBuf {
+    let work = fresh_dir(tag);
+    write_adapters(&work.join("adapters"));
+    write_datanets(&work.join("datanets"), x_span);
+    work
+}
+
+impl ServerSetup {
+    /// A server for `chain` with `payers` funded payers and batches of `max_records`.
+    pub fn for_chain(work: &Path, chain: &Chain, payers: usize, max_records: usize) -> Self {
+        ServerSetup {
+            work: work.to_path_buf(),
+            rpc: chain.url(),
+            settlement: chain.deployment.settlement,
+            payers,
+            max_records,
+            pause_after_submit: false,
+            extra_keys: vec![],
+        }
+    }
+}
+
+/// The value of the first metric line of `text` starting with `prefix` (0 when absent).
+pub fn metric_value(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.split_whitespace().last()?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// The server's `/metrics` text.
@@ -443,134 +501,4 @@ pub fn wait_settled(ledger: &Path, timeout: Duration) -> Store {
         );
         std::thread::sleep(Duration::from_millis(250));
     }
-}
-
-/// On-chain balances equal the ledger: each payer's debit is the sum of its records, each
-/// recipient's earnings the sum of its batch credits, the fee recipient's the rest; every batch
-/// is settled on chain with the ledger's root.
-pub async fn check_books(chain: &Chain, store: &Store, deposits: &[u128]) {
-    let records = store.all_amounts().unwrap();
-    let batches = store.all_batches().unwrap();
-    let mut spent: BTreeMap<Address, U256> = BTreeMap::new();
-    for (_, p, a) in &records {
-        *spent.entry(*p).or_default() += *a;
-    }
-    for (i, d) in deposits.iter().enumerate() {
-        let escrow = chain.admin.balances(payer(i)).await.unwrap().escrow;
-        let s = spent.get(&payer(i)).copied().unwrap_or_default();
-        assert_eq!(
-            U256::from(*d) - escrow,
-            s,
-            "payer {i}: on-chain debit vs ledger sum"
-        );
-    }
-    let mut credits: BTreeMap<Address, U256> = BTreeMap::new();
-    let mut debits_total = U256::ZERO;
-    let mut calls = 0;
-    for b in &batches {
-        assert!(b.settled.is_some(), "batch {:?} not settled", b.id);
-        assert_eq!(
-            chain.admin.batch_root(b.id.0).await.unwrap(),
-            Some(b.root),
-            "root of {:?}",
-            b.id
-        );
-        for (who, x) in &b.credits {
-            *credits.entry(*who).or_default() += *x;
-        }
-        debits_total += b.debits.iter().map(|(_, x)| *x).sum::<U256>();
-        calls += b.call_count as usize;
-    }
-    assert_eq!(calls, records.len(), "every record is in exactly one batch");
-    let ledger_total: U256 = spent.values().copied().sum();
-    assert_eq!(debits_total, ledger_total, "batch debits vs ledger amounts");
-    let credited: U256 = credits.values().copied().sum();
-    for (who, x) in &credits {
-        assert_eq!(
-            chain.admin.balances(*who).await.unwrap().earnings,
-            *x,
-            "earnings of {who}"
-        );
-    }
-    assert_eq!(
-        chain
-            .admin
-            .balances(fee_recipient())
-            .await
-            .unwrap()
-            .earnings,
-        ledger_total - credited,
-        "protocol fee"
-    );
-    // No other batch landed on chain.
-    let events = chain
-        .admin
-        .settlement()
-        .BatchSettled_filter()
-        .from_block(0u64)
-        .query()
-        .await
-        .unwrap();
-    assert_eq!(
-        events.len(),
-        batches.len(),
-        "BatchSettled events vs ledger batches"
-    );
-}
-
-/// The receipt of `request_id` (as its payer sees it) verifies on chain against its batch root.
-pub async fn check_receipt(
-    http: &reqwest::Client,
-    server_url: &str,
-    key: &str,
-    request_id: &str,
-    chain: &Chain,
-) -> Value {
-    let r: Value = http
-        .get(format!("{server_url}/v1/receipts/{request_id}"))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(r["status"], "settled", "{r}");
-    let rc = &r["receipt"];
-    let receipt = openlora::chain::Receipt {
-        receipt_id: rc["receipt_id"].as_str().unwrap().parse().unwrap(),
-        adapter_id: rc["adapter_id"].as_str().unwrap().parse().unwrap(),
-        payer: rc["payer"].as_str().unwrap().parse().unwrap(),
-        operator: rc["operator"].as_str().unwrap().parse().unwrap(),
-        input_tokens: rc["input_tokens"].as_u64().unwrap(),
-        output_tokens: rc["output_tokens"].as_u64().unwrap(),
-        cost: rc["cost"].as_str().unwrap().parse().unwrap(),
-        timestamp: rc["timestamp"].as_u64().unwrap(),
-    };
-    let leaf: B256 = r["leaf"].as_str().unwrap().parse().unwrap();
-    assert_eq!(
-        receipt.leaf(),
-        leaf,
-        "leaf recomputed from the receipt fields"
-    );
-    let b = &r["batch"];
-    let proof: Vec<B256> = b["proof"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p.as_str().unwrap().parse().unwrap())
-        .collect();
-    let root: B256 = b["merkle_root"].as_str().unwrap().parse().unwrap();
-    let batch_id: B256 = b["batch_id"].as_str().unwrap().parse().unwrap();
-    assert!(openlora::chain::merkle::verify(&proof, root, leaf));
-    assert!(
-        chain
-            .admin
-            .verify_receipt(batch_id, leaf, &proof)
-            .await
-            .unwrap(),
-        "on-chain proof of {request_id}"
-    );
-    assert!(b["settlement_tx"].is_string(), "{r}");
-    r
 }
