@@ -8,7 +8,7 @@
 
 use super::openai::{ChatRequest, CommonParams, CompletionRequest, Content, PromptSpec, StopSpec};
 use super::state::AppState;
-use crate::engine::{GenerateRequest, SamplingParams};
+use crate::engine::{GenerateRequest, SamplingParams, MAX_N};
 use crate::error::{Error, Result};
 use crate::lora::AdapterRef;
 use crate::model::{ChatMessage, PromptPiece};
@@ -87,8 +87,12 @@ fn resolve_adapters(
 }
 
 fn sampling(c: &CommonParams, default_max: usize) -> Result<SamplingParams> {
-    if c.n.is_some_and(|n| n != 1) {
-        return Err(Error::invalid("n", "only n=1 is supported"));
+    let n = c.n.unwrap_or(1);
+    if !(1..=MAX_N as i64).contains(&n) {
+        return Err(Error::invalid(
+            "n",
+            format!("must be between 1 and {MAX_N}"),
+        ));
     }
     let max = c.max_completion_tokens.or(c.max_tokens);
     if max.is_some_and(|m| m < 1) {
@@ -127,6 +131,7 @@ fn sampling(c: &CommonParams, default_max: usize) -> Result<SamplingParams> {
         max_tokens: max.map_or(default_max, |m| m as usize),
         stop,
         ignore_eos: c.ignore_eos.unwrap_or(false),
+        n: n as usize,
         ..Default::default()
     };
     p.validate()?;
@@ -269,8 +274,11 @@ impl ValidRequest {
         if r.suffix.is_some() {
             return Err(Error::invalid("suffix", "suffix is not supported"));
         }
-        if r.best_of.is_some_and(|b| b != 1) {
-            return Err(Error::invalid("best_of", "only best_of=1 is supported"));
+        if r.best_of.is_some_and(|b| b != params.n as i64) {
+            return Err(Error::invalid(
+                "best_of",
+                "only best_of equal to n is supported (every generated choice is returned)",
+            ));
         }
         if let Some(n) = r.logprobs {
             if !(0..=5).contains(&n) {
