@@ -304,6 +304,9 @@ async fn collect_response(
         }
     }
     let usage = total_usage(&choices.iter().map(|c| c.usage).collect::<Vec<_>>());
+    if let Some(keep) = req.best_of_keep {
+        choices = best_of(choices, n, keep);
+    }
     if let Some(e) = failure {
         // The server failed the call: not billed.
         if let Some(m) = call.take() {
@@ -342,6 +345,23 @@ async fn collect_response(
         }),
     };
     Json(body).into_response()
+}
+
+/// Of every `per_gen` consecutive choices (one generation's), the `keep` with the highest mean
+/// token logprob, best first (`best_of`; usage still counts every generated token).
+fn best_of(choices: Vec<Choice>, per_gen: usize, keep: usize) -> Vec<Choice> {
+    let mean = |c: &Choice| {
+        let n = c.logprobs.len().max(1) as f64;
+        c.logprobs.iter().map(|l| l.logprob as f64).sum::<f64>() / n
+    };
+    let mut out = Vec::new();
+    let mut it = choices.into_iter().peekable();
+    while it.peek().is_some() {
+        let mut gen: Vec<Choice> = it.by_ref().take(per_gen).collect();
+        gen.sort_by(|a, b| mean(b).total_cmp(&mean(a)));
+        out.extend(gen.into_iter().take(keep));
+    }
+    out
 }
 
 fn total_usage(usages: &[Usage]) -> Usage {

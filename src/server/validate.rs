@@ -41,6 +41,9 @@ pub struct ValidRequest {
     pub include_usage: bool,
     /// Chat: logprobs requested (top-N in params).
     pub logprobs: bool,
+    /// `best_of` > `n`: each generation runs `best_of` choices (`params.n`) and the response keeps
+    /// the `n` with the highest mean token logprob. `None`: every choice is returned.
+    pub best_of_keep: Option<usize>,
 }
 
 fn resolve_adapters(
@@ -253,6 +256,7 @@ impl ValidRequest {
         fit_context(state, &mut gen)?;
         Ok(ValidRequest {
             logprobs: gen.params.logprobs.is_some(),
+            best_of_keep: None,
             gens: vec![gen],
             model: r.common.model.clone(),
             adapter_label,
@@ -274,17 +278,33 @@ impl ValidRequest {
         if r.suffix.is_some() {
             return Err(Error::invalid("suffix", "suffix is not supported"));
         }
-        if r.best_of.is_some_and(|b| b != params.n as i64) {
-            return Err(Error::invalid(
-                "best_of",
-                "only best_of equal to n is supported (every generated choice is returned)",
-            ));
-        }
+        let best_of_keep = match r.best_of {
+            None => None,
+            Some(b) if b == params.n as i64 => None,
+            Some(b) if b < params.n as i64 || b > MAX_N as i64 => {
+                return Err(Error::invalid(
+                    "best_of",
+                    format!("must be between n and {MAX_N}"),
+                ))
+            }
+            Some(_) if r.common.stream => {
+                return Err(Error::invalid(
+                    "best_of",
+                    "best_of greater than n cannot be streamed",
+                ))
+            }
+            Some(b) => Some(std::mem::replace(&mut params.n, b as usize)),
+        };
         if let Some(n) = r.logprobs {
             if !(0..=5).contains(&n) {
                 return Err(Error::invalid("logprobs", "must be between 0 and 5"));
             }
             params.logprobs = Some(n as usize);
+        }
+        let logprobs = params.logprobs.is_some();
+        if best_of_keep.is_some() {
+            // Ranking the choices needs each token's logprob (returned only when asked for).
+            params.logprobs.get_or_insert(0);
         }
         let model = state.engine.model();
         let encode = |t: &str| {
@@ -312,7 +332,8 @@ impl ValidRequest {
             fit_context(state, g)?;
         }
         Ok(ValidRequest {
-            logprobs: params.logprobs.is_some(),
+            logprobs,
+            best_of_keep,
             gens,
             model: r.common.model.clone(),
             adapter_label,

@@ -140,3 +140,22 @@ def test_bad_n_is_400(server, n):
     with pytest.raises(openai.BadRequestError) as e:
         ask(server.client(), server.base_model, "hi", n=n)
     assert e.value.response.json()["error"]["param"] == "n"
+
+
+def test_best_of_returns_the_most_likely_of_the_n_choices(server):
+    client = server.client()
+    kw = dict(model=server.base_model, prompt="The weather today is", max_tokens=8, temperature=1.0,
+              seed=99, extra_body={"ignore_eos": True})
+    # The same seed gives the same choices: the n=3 run is the reference for best_of=3.
+    all3 = client.completions.create(n=3, logprobs=0, **kw)
+    means = [sum(c.logprobs.token_logprobs) / len(c.logprobs.token_logprobs) for c in all3.choices]
+    best = client.completions.create(n=1, best_of=3, **kw)
+    assert len(best.choices) == 1 and best.choices[0].index == 0
+    assert best.choices[0].text == all3.choices[means.index(max(means))].text
+    assert best.choices[0].logprobs is None
+    assert best.usage.completion_tokens == 24  # every generated choice is billed
+    import openai
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(n=2, best_of=1, **kw)
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(n=1, best_of=2, stream=True, **kw)
