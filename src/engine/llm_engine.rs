@@ -222,23 +222,14 @@ impl LlmEngine {
         }
     }
 
-    fn postprocess(&mut self, plan: &[Scheduled], logits: &[f32]) -> Vec<(SeqId, SeqEvent)> {
-        let vocab = self.model.config().vocab_size;
-        // Which running sequences sample this step, and their logits row (in plan order).
-        let mut rows = HashMap::new();
-        for s in plan {
-            let seq = &mut self.scheduler.running[s.idx];
-            seq.computed += s.tokens;
-            seq.blocks
-                .register(&seq.identity, &seq.tokens, seq.computed);
-            if seq.computed == seq.tokens.len() {
-                let row = rows.len();
-                rows.insert(s.idx, row); // otherwise a prefill chunk: nothing to sample yet
-            }
-        }
-        // A request with n > 1 forks its choices once its prompt is computed; they share the
-        // prompt's blocks and sample from the same logits row.
-        let mut samplers: Vec<usize> = plan.iter().map(|s| s.idx).collect();
+    /// A request with n > 1 forks its choices once its prompt is computed: they share the
+    /// prompt's blocks and sample from the parent's logits row (added to `rows` and `samplers`).
+    fn fork_choices(
+        &mut self,
+        plan: &[Scheduled],
+        rows: &mut HashMap<usize, usize>,
+        samplers: &mut Vec<usize>,
+    ) {
         for s in plan {
             let Some(&row) = rows.get(&s.idx) else {
                 continue;
@@ -253,6 +244,24 @@ impl LlmEngine {
                 samplers.push(idx);
             }
         }
+    }
+
+    fn postprocess(&mut self, plan: &[Scheduled], logits: &[f32]) -> Vec<(SeqId, SeqEvent)> {
+        let vocab = self.model.config().vocab_size;
+        // Which running sequences sample this step, and their logits row (in plan order).
+        let mut rows = HashMap::new();
+        for s in plan {
+            let seq = &mut self.scheduler.running[s.idx];
+            seq.computed += s.tokens;
+            seq.blocks
+                .register(&seq.identity, &seq.tokens, seq.computed);
+            if seq.computed == seq.tokens.len() {
+                let row = rows.len();
+                rows.insert(s.idx, row); // otherwise a prefill chunk: nothing to sample yet
+            }
+        }
+        let mut samplers: Vec<usize> = plan.iter().map(|s| s.idx).collect();
+        self.fork_choices(plan, &mut rows, &mut samplers);
         // Sampling is O(vocab) per sequence and each has its own RNG: run them in parallel.
         let mut sampled: Vec<Option<(u32, Option<TokenLogprob>)>> = self
             .scheduler
