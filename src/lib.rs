@@ -14,7 +14,8 @@
 //! `chain` (alloy bindings to `contracts/`); `ledger` records every call durably, attributes it to
 //! data contributors and runs the settlement worker. Dependencies point one way: server -> engine
 //! -> exec -> model/lora/kv_cache -> ops; ledger and chain beside them. The command-line front
-//! ends live in the binary (`src/cli/`).
+//! ends live in the binary (`src/cli/`). `hub` fetches models and adapters by Hugging Face id into
+//! the local hub cache; `progress` reports long work (downloads, loading, indexing) on stderr.
 
 pub mod chain;
 pub mod clock;
@@ -22,12 +23,14 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod exec;
+pub mod hub;
 pub mod kv_cache;
 pub mod ledger;
 pub mod lora;
 pub mod metrics;
 pub mod model;
 pub mod ops;
+pub mod progress;
 pub mod server;
 
 pub use error::{Error, Result};

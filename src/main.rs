@@ -1,4 +1,5 @@
-//! The `openlora` command line: `generate` (one prompt, streamed to stdout) and `bench`.
+//! The `openlora` command line: `serve`, `generate` (one prompt, streamed to stdout), `download`
+//! (hub ids into the local cache) and `bench`.
 
 mod cli;
 
@@ -8,7 +9,6 @@ use openlora::engine::{EngineHandle, GenerateRequest, LlmEngine, SamplingParams}
 use openlora::lora::AdapterRegistry;
 use openlora::model::{ChatMessage, Model};
 use std::io::Write;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(Parser)]
@@ -27,9 +27,12 @@ struct Cli {
 enum Cmd {
     /// Generate a completion for one prompt, streaming text to stdout.
     Generate {
-        /// A .gguf file or an HF model folder.
+        /// A .gguf file, an HF model folder, or a hub id (`org/name[@rev]`, `org/name:file.gguf`).
         #[arg(long)]
-        model: PathBuf,
+        model: String,
+        /// The GGUF file of a hub repo given as `--model org/name`.
+        #[arg(long)]
+        gguf_file: Option<String>,
         /// `name=path` of a PEFT adapter folder; repeatable. The first one is used.
         #[arg(long = "adapter")]
         adapters: Vec<String>,
@@ -49,6 +52,8 @@ enum Cmd {
     },
     /// Serve the OpenAI-compatible HTTP API.
     Serve(cli::serve::ServeArgs),
+    /// Fetch models and adapters by hub id into the local hub cache, then exit.
+    Download(cli::download::DownloadArgs),
     /// Decode throughput: batch 1 vs batch N with N distinct adapters, in one run.
     Bench(cli::bench::BenchArgs),
     /// Proof of Attribution: suffix-array build time and per-call attribution latency.
@@ -65,6 +70,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Generate {
             model,
+            gguf_file,
             adapters,
             prompt,
             chat,
@@ -74,7 +80,8 @@ fn main() -> anyhow::Result<()> {
             runtime,
         } => {
             runtime.init_threads()?;
-            let model = Arc::new(Model::load_with(&model, &runtime.load_options()?)?);
+            let source = openlora::hub::resolve_model(&model, gguf_file.as_deref())?;
+            let model = Arc::new(Model::load_with(&source.path, &runtime.load_options()?)?);
             let engine_cfg = EngineConfig {
                 kv_dtype: runtime.kv_dtype()?,
                 ..Default::default()
@@ -120,7 +127,11 @@ fn main() -> anyhow::Result<()> {
                 params,
             })?;
             let mut out = std::io::stdout().lock();
+            let started = std::time::Instant::now();
+            let (mut first, mut usage) = (None, (0, 0));
             while let Some(ev) = stream.blocking_next() {
+                first.get_or_insert_with(std::time::Instant::now);
+                usage = (ev.prompt_tokens, ev.completion_tokens);
                 write!(out, "{}", ev.text)?;
                 out.flush()?;
                 if ev.finish.is_some() {
@@ -128,10 +139,27 @@ fn main() -> anyhow::Result<()> {
                 }
             }
             writeln!(out)?;
+            report_speed(started, first, usage);
         }
         Cmd::Bench(args) => cli::bench::run(args)?,
         Cmd::BenchAttribution(args) => openlora::ledger::attribution_bench::run(args)?,
         Cmd::Serve(args) => cli::serve::run(args)?,
+        Cmd::Download(args) => cli::download::run(args)?,
     }
     Ok(())
+}
+
+/// `generate`'s closing line on stderr: time to first token and decode tokens/s.
+fn report_speed(
+    started: std::time::Instant,
+    first: Option<std::time::Instant>,
+    (prompt, completion): (usize, usize),
+) {
+    let total = started.elapsed().as_secs_f64();
+    let ttft = first.map_or(total, |f| (f - started).as_secs_f64());
+    let decode = (total - ttft).max(1e-9);
+    eprintln!(
+        "openlora: {prompt} prompt tokens, {completion} generated in {total:.2}s (first token {ttft:.2}s, {:.1} tokens/s after it)",
+        completion.saturating_sub(1) as f64 / decode
+    );
 }

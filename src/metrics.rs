@@ -1,6 +1,10 @@
 //! Every Prometheus metric openlora exports: names are the constants below (durations end in
 //! `_seconds`), registered once in `Metrics::new`. The `vllm:` names are the ones the Kubernetes
-//! Gateway API Inference Extension reads from model servers.
+//! Gateway API Inference Extension reads from model servers. `LORA_RESIDENT_INFO` is what a
+//! LoRA-affinity router reads to see which adapters a replica holds ready (not only the ones in
+//! flight): one series, labelled like `vllm:lora_requests_info`, whose `running_lora_adapters`
+//! label lists the device-tier adapters (bounded by the device slots, whatever the number of
+//! adapters registered).
 
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
@@ -25,6 +29,10 @@ pub const ADAPTER_MISSES_TOTAL: &str = "openlora_adapter_misses_total";
 pub const ADAPTERS_RESIDENT: &str = "openlora_adapters_resident";
 pub const ADAPTER_LOAD_SECONDS: &str = "openlora_adapter_load_seconds";
 pub const ADAPTERS_REGISTERED: &str = "openlora_adapters_registered";
+pub const ADAPTERS_PINNED: &str = "openlora_adapters_pinned";
+pub const ADAPTER_PAGE_IN_WAIT_SECONDS: &str = "openlora_adapter_page_in_wait_seconds";
+pub const LORA_RESIDENT_INFO: &str = "openlora_lora_resident_info";
+pub const MODEL_LOAD_SECONDS: &str = "openlora_model_load_seconds";
 pub const LEDGER_RECORDS_TOTAL: &str = "openlora_ledger_records_total";
 pub const LEDGER_UNSETTLED_RECORDS: &str = "openlora_ledger_unsettled_records";
 pub const SETTLEMENT_LAG_SECONDS: &str = "openlora_settlement_lag_seconds";
@@ -71,6 +79,10 @@ pub struct Metrics {
     pub adapters_resident: IntGaugeVec,
     pub adapter_load_seconds: HistogramVec,
     pub adapters_registered: IntGauge,
+    pub adapters_pinned: IntGauge,
+    pub adapter_page_in_wait: Histogram,
+    pub lora_resident_info: GaugeVec,
+    pub model_load_seconds: Gauge,
     pub ledger_records: IntCounter,
     pub ledger_unsettled: IntGauge,
     pub settlement_lag: Gauge,
@@ -198,6 +210,32 @@ impl Metrics {
             ),
             adapters_registered: IntGauge::new(ADAPTERS_REGISTERED, "Adapters registered.")
                 .expect("gauge"),
+            adapters_pinned: IntGauge::new(
+                ADAPTERS_PINNED,
+                "Device-tier adapters pinned by running requests.",
+            )
+            .expect("gauge"),
+            adapter_page_in_wait: Histogram::with_opts(
+                HistogramOpts::new(
+                    ADAPTER_PAGE_IN_WAIT_SECONDS,
+                    "Time a request whose adapter was not on device waited for it to be paged in.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            )
+            .expect("histogram"),
+            lora_resident_info: GaugeVec::new(
+                Opts::new(
+                    LORA_RESIDENT_INFO,
+                    "LoRA residency, labelled like vllm:lora_requests_info: running_lora_adapters = adapters on device (ready, no page-in), waiting_lora_adapters = adapters queued for a page-in; the value is the unix time of the last change.",
+                ),
+                &["max_lora", "running_lora_adapters", "waiting_lora_adapters"],
+            )
+            .expect("gauge"),
+            model_load_seconds: Gauge::new(
+                MODEL_LOAD_SECONDS,
+                "Time the base model took to load at startup.",
+            )
+            .expect("gauge"),
             ledger_records: IntCounter::new(
                 LEDGER_RECORDS_TOTAL,
                 "Usage records committed to the ledger.",
@@ -278,6 +316,10 @@ impl Metrics {
             Box::new(m.adapters_resident.clone()),
             Box::new(m.adapter_load_seconds.clone()),
             Box::new(m.adapters_registered.clone()),
+            Box::new(m.adapters_pinned.clone()),
+            Box::new(m.adapter_page_in_wait.clone()),
+            Box::new(m.lora_resident_info.clone()),
+            Box::new(m.model_load_seconds.clone()),
             Box::new(m.ledger_records.clone()),
             Box::new(m.ledger_unsettled.clone()),
             Box::new(m.settlement_lag.clone()),
@@ -294,7 +336,26 @@ impl Metrics {
         for c in all {
             r.register(c).expect("unique metric names");
         }
+        m.touch_closed_label_sets();
         m
+    }
+
+    /// Creates the zero series of every label value known in advance, so a dashboard or an alert
+    /// sees 0 rather than no data before the first event.
+    fn touch_closed_label_sets(&self) {
+        for tier in ["device", "host"] {
+            self.adapter_loads.with_label_values(&[tier]);
+            self.adapter_evictions.with_label_values(&[tier]);
+            self.adapter_load_seconds.with_label_values(&[tier]);
+            self.adapters_resident.with_label_values(&[tier]);
+        }
+        self.adapter_hits.with_label_values(&["device"]);
+        for tier in ["host", "disk"] {
+            self.adapter_misses.with_label_values(&[tier]);
+        }
+        for reason in ["rpc", "chain", "ledger"] {
+            self.settlement_failures.with_label_values(&[reason]);
+        }
     }
 
     /// The Prometheus text exposition of every metric.

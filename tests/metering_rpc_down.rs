@@ -52,12 +52,13 @@ async fn anvil_down_for_30s_under_traffic_then_everything_settles() {
         "requests kept being served while the chain was down ({during})"
     );
     let metrics = metrics_text(&http, &server.url("")).await;
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("openlora_settlement_failures_total{reason=\"rpc\"}")),
-        "settlement failures are counted"
-    );
+    // The series exists from start-up (at 0): the count must have moved.
+    let rpc_failures: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("openlora_settlement_failures_total{reason=\"rpc\"}"))
+        .and_then(|l| l.split_whitespace().last()?.parse().ok())
+        .unwrap_or(0.0);
+    assert!(rpc_failures > 0.0, "settlement failures are counted");
     let unsettled: f64 = metrics
         .lines()
         .find(|l| l.starts_with("openlora_ledger_unsettled_records "))

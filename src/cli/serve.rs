@@ -1,5 +1,6 @@
 //! `openlora serve`: flags > environment (`OPENLORA_*`) > TOML config file > defaults, merged and
-//! validated once into the engine and server options. Loads the model (with progress), registers
+//! validated once into the engine and server options. Resolves `--model` (a local file or folder,
+//! else a hub id fetched into the hub cache: `hub::resolve_model`), loads it (with progress), registers
 //! every adapter folder under `--adapters-dir` and every `--hub-adapter` (lazily: weights are paged
 //! in on first use within the `--adapter-*` budgets), serves until SIGTERM/Ctrl-C, then drains
 //! in-flight requests up to `--shutdown-timeout` seconds and exits 0. An engine panic fails the
@@ -26,9 +27,14 @@ use std::time::Duration;
 
 #[derive(clap::Args, Debug, Default)]
 pub struct ServeArgs {
-    /// A .gguf file or an HF model folder (config.json + safetensors + tokenizer.json).
+    /// A .gguf file, an HF model folder (config.json + safetensors + tokenizer.json), or a
+    /// Hugging Face hub id: `org/name[@rev]` (safetensors, sharded or not) or
+    /// `org/name[@rev]:file.gguf`, from the hub cache, downloaded into it when missing.
     #[arg(long, env = "OPENLORA_MODEL")]
-    pub model: Option<PathBuf>,
+    pub model: Option<String>,
+    /// The GGUF file to load from the hub repo `--model org/name` (or from a local folder).
+    #[arg(long, env = "OPENLORA_GGUF_FILE")]
+    pub gguf_file: Option<String>,
     /// Name the base model is served under (default: the file or folder name).
     #[arg(long, env = "OPENLORA_SERVED_MODEL_NAME")]
     pub served_model_name: Option<String>,
@@ -115,7 +121,8 @@ pub struct ServeArgs {
 #[derive(Deserialize, Default, Debug)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
-    model: Option<PathBuf>,
+    model: Option<String>,
+    gguf_file: Option<String>,
     served_model_name: Option<String>,
     adapters_dir: Option<PathBuf>,
     host: Option<String>,
@@ -147,13 +154,6 @@ struct FileConfig {
     metering: MeteringFile,
 }
 
-fn progress(msg: &str) -> indicatif::ProgressBar {
-    let pb = indicatif::ProgressBar::new_spinner();
-    pb.set_message(msg.to_string());
-    pb.enable_steady_tick(Duration::from_millis(120));
-    pb
-}
-
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let file: FileConfig = match &args.config {
         Some(p) => toml::from_str(
@@ -162,10 +162,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("parsing {}", p.display()))?,
         None => FileConfig::default(),
     };
-    let model_path = args
+    let model_arg = args
         .model
         .or(file.model)
-        .context("--model is required (a .gguf file or an HF folder)")?;
+        .context("--model is required (a .gguf file, an HF folder or a hub id)")?;
+    let gguf_file = args.gguf_file.or(file.gguf_file);
     let mut api_keys = file.api_keys;
     for kv in &args.api_keys {
         let (k, payer) = kv.split_once('=').unwrap_or((kv.as_str(), "anonymous"));
@@ -260,18 +261,24 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let kv_dtype = runtime.kv_dtype()?;
     let threads = runtime.init_threads()?;
     eprintln!("openlora: {threads} compute threads");
-    let pb = progress(&format!("loading {}", model_path.display()));
-    let mut model = Model::load_with(&model_path, &load_options)
-        .with_context(|| format!("loading model {}", model_path.display()))?;
+    let source = openlora::hub::resolve_model(&model_arg, gguf_file.as_deref())
+        .with_context(|| format!("resolving model {model_arg}"))?;
+    eprintln!("openlora: loading {model_arg}");
+    let load_started = std::time::Instant::now();
+    let mut model = Model::load_with(&source.path, &load_options)
+        .with_context(|| format!("loading model {model_arg}"))?;
     if let Some(name) = args.served_model_name.or(file.served_model_name) {
         model.name = name;
+    } else if let Some(name) = source.hub_name {
+        model.name = name;
     }
-    pb.finish_with_message(format!(
-        "loaded {} ({} layers, hidden {})",
+    let load_seconds = load_started.elapsed().as_secs_f64();
+    eprintln!(
+        "openlora: loaded {} ({} layers, hidden {}) in {load_seconds:.1}s",
         model.name,
         model.config().layers,
         model.config().hidden
-    ));
+    );
     let m = model.config();
     engine_cfg.num_blocks = engine_cfg.blocks_for_memory(
         kv_mb << 20,
@@ -289,6 +296,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     // One metrics registry per process: the pager, the engine, the server and the meter share it.
     let metrics = Arc::new(Metrics::new());
+    metrics.model_load_seconds.set(load_seconds);
     let pager = AdapterPager::new(m.clone(), pager_cfg, metrics.clone())?;
     let model = Arc::new(model);
     let rt = tokio::runtime::Builder::new_multi_thread()

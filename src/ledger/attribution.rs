@@ -13,6 +13,7 @@
 
 use crate::error::{Error, Result};
 use crate::model::Tokenizer;
+use crate::progress::{Progress, Unit};
 use alloy::primitives::Address;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -181,11 +182,15 @@ impl Datanet {
     pub fn load(id: &str, path: &Path, tokenizer: Option<&Tokenizer>) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let mut records = vec![];
+        let lines = text.lines().filter(|l| !l.trim().is_empty()).count();
+        let what = format!("indexing datanet {id}");
+        let mut progress = Progress::new(what, Some(lines as u64), Unit::Items("records"));
         for (i, line) in text
             .lines()
             .enumerate()
             .filter(|(_, l)| !l.trim().is_empty())
         {
+            progress.inc(1);
             let bad = |m: String| Error::file("datanet", path, format!("line {}: {m}", i + 1));
             let r: RecordLine = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
             let toks = match (r.tokens, r.text) {
@@ -197,7 +202,9 @@ impl Datanet {
             };
             records.push((r.contributor, toks));
         }
-        Ok(Self::from_records(id, records))
+        let indexed = Self::from_records(id, records);
+        progress.finish();
+        Ok(indexed)
     }
 
     pub fn corpus_tokens(&self) -> usize {

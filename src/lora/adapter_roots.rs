@@ -8,9 +8,9 @@
 //!   roots too, be regular files (no FIFOs, devices or folders) and stay under the size caps;
 //! - every error names the adapter, never a server path (`Error::InvalidAdapter`).
 
-use super::hub_id::{self, HubId};
 use super::{CONFIG_FILE, WEIGHTS_FILE};
 use crate::error::{Error, Result};
+use crate::hub::hub_id::{self, HubId};
 use std::path::{Component, Path, PathBuf};
 
 /// Largest `adapter_config.json` read.

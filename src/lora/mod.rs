@@ -1,7 +1,8 @@
 //! LoRA adapters: the PEFT on-disk format (`adapter`), what registration validates and records
 //! without reading weights (`spec`), the registry of named adapters (`registry`), how a request
-//! names its adapter (`adapter_ref`), the disk -> host -> device tiers (`pager`), the hub cache
-//! (`hub`, ids checked by `hub_id`, downloads by `hub_download`), the roots runtime-loaded
+//! names its adapter (`adapter_ref`), the disk -> host -> device tiers (`pager`) and the
+//! residency series routers read (`residency`), the hub cache
+//! (`hub`, through `crate::hub`: ids, cache, downloads), the roots runtime-loaded
 //! adapters are confined to (`adapter_roots`), regular-file-only reads of adapter files
 //! (`regular_file`), which adapter occupies each device slot (`slot_table`) and random adapters
 //! for tests and benchmarks (`random`). Adapters are never merged into base weights; a running
@@ -11,19 +12,20 @@ mod adapter;
 mod adapter_ref;
 mod adapter_roots;
 pub mod hub;
-mod hub_download;
-mod hub_id;
 mod pager;
+mod pager_config;
 mod random;
 mod registry;
 pub mod regular_file;
+mod residency;
 mod slot_table;
 mod spec;
+mod tier;
 
+pub use crate::hub::HubId;
 pub use adapter::{LoraAdapter, LoraConfig, LoraWeights};
 pub use adapter_ref::AdapterRef;
 pub use adapter_roots::{AdapterRoots, MAX_CONFIG_BYTES, MAX_WEIGHTS_BYTES};
-pub use hub_id::HubId;
 pub use pager::{AdapterPager, Lease, PagerConfig, PagerStats, Tier};
 pub use random::{random_adapter, write_random_adapter};
 pub use registry::{AdapterId, AdapterRegistry};

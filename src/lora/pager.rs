@@ -13,6 +13,8 @@
 //!   after a backoff (doubling from `RETRY_BACKOFF` to `MAX_RETRY_BACKOFF`) tries again; a read
 //!   error is retried at once a few times before it counts as a failure.
 
+pub use super::pager_config::PagerConfig;
+pub use super::tier::{PagerStats, Tier};
 use super::{AdapterId, AdapterSlot, AdapterSpec, LoraAdapter, SlotTable};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -38,81 +40,6 @@ struct Failure {
     streak: u32,
 }
 
-/// Budgets of the host and device tiers.
-#[derive(Debug, Clone)]
-pub struct PagerConfig {
-    /// Adapters resident in the compute-ready layout at once.
-    pub device_slots: usize,
-    /// Bytes of adapter files kept in host memory.
-    pub host_bytes: usize,
-    /// Adapter files kept in host memory.
-    pub host_slots: usize,
-}
-
-impl Default for PagerConfig {
-    fn default() -> Self {
-        PagerConfig {
-            device_slots: 64,
-            host_bytes: 2 << 30,
-            host_slots: 4096,
-        }
-    }
-}
-
-impl PagerConfig {
-    pub fn validate(&self) -> Result<()> {
-        for (v, name) in [
-            (self.device_slots, "device_slots"),
-            (self.host_bytes, "host_bytes"),
-            (self.host_slots, "host_slots"),
-        ] {
-            if v == 0 {
-                return Err(Error::invalid(name, "must be > 0"));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Where an adapter's weights are now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tier {
-    Device,
-    Host,
-    Disk,
-}
-
-impl Tier {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Tier::Device => "device",
-            Tier::Host => "host",
-            Tier::Disk => "disk",
-        }
-    }
-}
-
-/// Counters since the pager started, and the current residency.
-#[derive(Debug, Clone, Default)]
-pub struct PagerStats {
-    pub device_resident: usize,
-    pub host_resident: usize,
-    pub host_bytes: usize,
-    /// Adapters with at least one pin.
-    pub pinned: usize,
-    /// Lease requests whose adapter was on device already.
-    pub hits: u64,
-    /// Lease requests whose adapter had to be paged in.
-    pub misses: u64,
-    pub device_evictions: u64,
-    pub host_evictions: u64,
-    /// Files read from disk into host memory.
-    pub disk_reads: u64,
-    /// Host bytes turned into the compute-ready layout.
-    pub device_loads: u64,
-    pub failures: u64,
-}
-
 struct DeviceEntry {
     /// The slot of the executor's adapter pool this adapter occupies (filled in `SlotTable`).
     slot: AdapterSlot,
@@ -122,6 +49,8 @@ struct DeviceEntry {
     draining: bool,
     /// Unregistered while pinned: removed when the last pin goes.
     forgotten: bool,
+    /// The adapter's name, for the residency series.
+    name: Arc<str>,
 }
 
 struct HostEntry {
@@ -143,6 +72,8 @@ struct State {
     /// Slots of the pool no device entry occupies.
     free_slots: Vec<AdapterSlot>,
     stats: PagerStats,
+    /// The device tier or the page-in queue changed since the residency series was exported.
+    device_changed: bool,
     stop: bool,
 }
 
@@ -169,6 +100,8 @@ pub struct Lease {
     shared: Arc<Shared>,
     specs: Vec<Arc<AdapterSpec>>,
     pinned: Option<Vec<AdapterSlot>>,
+    /// When the lease was taken, if an adapter of it was not on device then.
+    missed_at: Option<Instant>,
 }
 
 impl Shared {
@@ -201,6 +134,7 @@ impl State {
         let fresh = self.queued.insert(spec.id);
         if fresh {
             self.queue.push_back(spec.clone());
+            self.device_changed = true;
         }
         fresh
     }
@@ -219,6 +153,7 @@ impl State {
         let e = self.device.remove(&id).expect("victim exists");
         assert_eq!(e.pins, 0, "a pinned adapter must never be evicted");
         self.release_slot(e.slot, slots);
+        self.device_changed = true;
         self.stats.device_evictions += 1;
         m.adapter_evictions.with_label_values(&["device"]).inc();
         true
@@ -271,6 +206,7 @@ impl State {
     fn release_slot(&mut self, slot: AdapterSlot, slots: &SlotTable) {
         slots.clear(slot);
         self.free_slots.push(slot);
+        self.device_changed = true;
     }
 
     fn publish(&mut self, m: &Metrics) {
@@ -284,19 +220,28 @@ impl State {
         m.adapters_resident
             .with_label_values(&["host"])
             .set(self.host.len() as i64);
+        m.adapters_pinned.set(self.stats.pinned as i64);
+        if std::mem::take(&mut self.device_changed) {
+            let slots = self.device.len() + self.free_slots.len();
+            let names = self.device.values().filter(|e| !e.forgotten);
+            let queued = self.queue.iter().map(|s| s.name.as_str());
+            super::residency::export(m, slots, names.map(|e| &*e.name), queued);
+        }
     }
 }
 
 impl AdapterPager {
     pub fn new(model: ModelConfig, cfg: PagerConfig, metrics: Arc<Metrics>) -> Result<Self> {
         cfg.validate()?;
-        let state = State {
+        let mut state = State {
             free_slots: (0..cfg.device_slots as u32)
                 .rev()
                 .map(AdapterSlot)
                 .collect(),
+            device_changed: true,
             ..State::default()
         };
+        state.publish(&metrics);
         let shared = Arc::new(Shared {
             model,
             slots: Arc::new(SlotTable::new(cfg.device_slots)),
@@ -334,7 +279,7 @@ impl AdapterPager {
     pub fn lease(&self, specs: Vec<Arc<AdapterSpec>>) -> Lease {
         let m = &self.shared.metrics;
         let mut st = self.shared.lock();
-        let mut queued = false;
+        let (mut queued, mut missed) = (false, false);
         for s in &specs {
             st.want(s.id, 1);
             match st.tier(s.id) {
@@ -343,12 +288,14 @@ impl AdapterPager {
                     m.adapter_hits.with_label_values(&["device"]).inc();
                 }
                 tier => {
+                    missed = true;
                     st.stats.misses += 1;
                     m.adapter_misses.with_label_values(&[tier.as_str()]).inc();
                     queued |= st.enqueue(s);
                 }
             }
         }
+        st.publish(m);
         drop(st);
         if queued {
             self.shared.wake_worker.notify_all();
@@ -357,6 +304,7 @@ impl AdapterPager {
             shared: self.shared.clone(),
             specs,
             pinned: None,
+            missed_at: missed.then(Instant::now),
         }
     }
 
@@ -381,7 +329,10 @@ impl AdapterPager {
         }
         st.failed.remove(&id);
         match st.device.get_mut(&id) {
-            Some(e) if e.pins > 0 => e.forgotten = true,
+            Some(e) if e.pins > 0 => {
+                e.forgotten = true;
+                st.device_changed = true;
+            }
             Some(e) => {
                 let slot = e.slot;
                 st.device.remove(&id);
@@ -420,6 +371,14 @@ impl Lease {
     pub fn poll(&mut self) -> Result<Option<&[AdapterSlot]>> {
         if self.pinned.is_none() {
             self.pinned = self.try_pin()?;
+            let waited = match self.pinned {
+                Some(_) => self.missed_at.take(),
+                None => None,
+            };
+            if let Some(t) = waited {
+                let secs = t.elapsed().as_secs_f64();
+                self.shared.metrics.adapter_page_in_wait.observe(secs);
+            }
         }
         Ok(self.pinned.as_deref())
     }
@@ -535,6 +494,7 @@ fn worker(shared: &Shared) {
         }
         st.queue.pop_front();
         st.queued.remove(&spec.id);
+        st.device_changed = true;
         st.publish(&shared.metrics);
         drop(st);
         shared.loaded.notify_all();
@@ -588,6 +548,7 @@ fn install(shared: &Shared, spec: &AdapterSpec, adapter: Arc<LoraAdapter>) -> Re
         return Ok(()); // stopping
     };
     st.device.values_mut().for_each(|e| e.draining = false);
+    st.device_changed = true;
     let last_use = st.tick();
     st.stats.device_loads += 1;
     let slot = st
@@ -603,6 +564,7 @@ fn install(shared: &Shared, spec: &AdapterSpec, adapter: Arc<LoraAdapter>) -> Re
             last_use,
             draining: false,
             forgotten: false,
+            name: spec.name.as_str().into(),
         },
     );
     Ok(())

@@ -8,6 +8,7 @@ use super::ModelConfig;
 use crate::error::{Error, Result};
 use crate::model::Proj;
 use crate::ops::cpu::quant::{QMatrix, WeightFormat};
+use crate::progress::{Progress, Unit};
 
 /// How weights are kept in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -155,8 +156,54 @@ fn matrix(
     Ok(Weight::Quant(q))
 }
 
+/// A tensor source that reports each tensor read as load progress.
+struct Counted<'a> {
+    src: &'a mut dyn TensorSource,
+    progress: Progress,
+}
+
+impl TensorSource for Counted<'_> {
+    fn get(&mut self, name: &TensorName) -> Result<Option<(Vec<f32>, Vec<usize>)>> {
+        let t = self.src.get(name)?;
+        self.progress.inc(1);
+        Ok(t)
+    }
+
+    fn get_native(&mut self, name: &TensorName) -> Result<Option<QMatrix>> {
+        let t = self.src.get_native(name)?;
+        self.progress.inc(1);
+        Ok(t)
+    }
+
+    fn describe(&self) -> String {
+        self.src.describe()
+    }
+}
+
 impl LlamaWeights {
+    /// Loads every tensor of `cfg` from `src` (progress reported in tensors on stderr).
     pub fn load(cfg: &ModelConfig, src: &mut dyn TensorSource, opts: &LoadOptions) -> Result<Self> {
+        let bias = if cfg.qkv_bias { 3 } else { 0 };
+        let total =
+            2 + cfg.layers * (2 + Proj::ALL.len() + bias) + usize::from(!cfg.tie_embeddings);
+        let mut counted = Counted {
+            src,
+            progress: Progress::new(
+                "loading weights",
+                Some(total as u64),
+                Unit::Items("tensors"),
+            ),
+        };
+        let w = Self::load_from(cfg, &mut counted, opts)?;
+        counted.progress.finish();
+        Ok(w)
+    }
+
+    fn load_from(
+        cfg: &ModelConfig,
+        src: &mut dyn TensorSource,
+        opts: &LoadOptions,
+    ) -> Result<Self> {
         // The embedding is only ever read row by row: it keeps its stored format unless f32.
         let embed = matrix(
             src,

@@ -1,6 +1,8 @@
 //! Shared test helpers: fixture paths, the cached SmolLM2 GGUF, and direct model calls.
 #![allow(dead_code)]
 
+pub mod minihub;
+
 use openlora::config::EngineConfig;
 use openlora::engine::{GenerateRequest, LlmEngine, SamplingParams, SeqEvent, SeqId};
 use openlora::exec::{self, ExecConfig, KvDtype, StepPlan};

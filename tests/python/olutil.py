@@ -84,3 +84,26 @@ def metric_value(metrics: dict, name: str, **labels) -> float | None:
 
 def env_bin() -> str:
     return os.environ.get("OPENLORA_BIN", str(REPO / "target" / "debug" / "openlora"))
+
+
+def promtool_problems(text: str, tmp_path: Path) -> list[str] | None:
+    """`promtool check metrics` on an exposition: the problems it reports (empty when clean), or
+    None when promtool is not installed. Exit 3 = lint problems (the text parsed); the `vllm:*`
+    series the API must expose always trip promtool's "no ':' in names" lint (promtool 2.42 has no
+    flag to disable one lint), so that problem alone is dropped. A text promtool cannot parse is
+    an assertion failure."""
+    import subprocess
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        return None
+    path = tmp_path / "metrics.txt"
+    path.write_text(text)
+    with open(path, "rb") as f:
+        p = subprocess.run([promtool, "check", "metrics"], stdin=f, capture_output=True, text=True)
+    if p.returncode == 0:
+        return []
+    assert p.returncode == 3, f"promtool could not parse /metrics ({p.returncode}):\n{p.stdout}\n{p.stderr}"
+    problems = [l for l in (p.stdout + p.stderr).splitlines() if l.strip()]
+    return [l for l in problems
+            if not (l.startswith("vllm:") and l.endswith("metric names should not contain ':'"))]

@@ -9,7 +9,7 @@ use super::kv_store::KvStore;
 use crate::exec::StepPlan;
 use crate::lora::LoraAdapter;
 use crate::model::{LlamaWeights, ModelConfig, Proj, Weight};
-use crate::ops::cpu::quant::qlinear;
+use crate::ops::cpu::quant::{qlinear, qlinear_many, QProj};
 use crate::ops::cpu::{self, AttnSeq, LoraSegment, LoraTerm, RopeTable};
 use std::ops::Range;
 use std::sync::Arc;
@@ -70,12 +70,40 @@ impl CpuModel {
 
     /// `y = x·Wᵀ (+b) + Σ LoRA deltas` for one projection.
     fn project(&self, l: usize, p: Proj, x: &[f32], rows: usize, lora: &ResolvedLora) -> Vec<f32> {
-        let lin = &self.weights.layers[l].proj[p.index()];
-        let mut y = matmul(x, rows, &lin.w, lin.out, lin.inp, lin.bias.as_deref());
-        if !lora.is_empty() {
-            cpu::sgmv(x, lin.inp, &segments(lora, l, p), lin.out, &mut y);
-        }
+        let [y] = self.project_many(l, [p], x, rows, lora);
         y
+    }
+
+    /// [`Self::project`] for several projections of the same input; quantized weights run in one
+    /// parallel region (bit-identical to separate products).
+    fn project_many<const N: usize>(
+        &self,
+        l: usize,
+        ps: [Proj; N],
+        x: &[f32],
+        rows: usize,
+        lora: &ResolvedLora,
+    ) -> [Vec<f32>; N] {
+        let lins = ps.map(|p| &self.weights.layers[l].proj[p.index()]);
+        let quant: Option<Vec<QProj>> = lins
+            .iter()
+            .map(|lin| match &lin.w {
+                Weight::Quant(q) => Some((q, lin.bias.as_deref())),
+                Weight::Dense(_) => None,
+            })
+            .collect();
+        let mut ys: [Vec<f32>; N] = match quant {
+            Some(qs) if N > 1 => qlinear_many(x, rows, &qs)
+                .try_into()
+                .expect("one output per projection"),
+            _ => lins.map(|lin| matmul(x, rows, &lin.w, lin.out, lin.inp, lin.bias.as_deref())),
+        };
+        if !lora.is_empty() {
+            for ((y, lin), p) in ys.iter_mut().zip(&lins).zip(ps) {
+                cpu::sgmv(x, lin.inp, &segments(lora, l, p), lin.out, y);
+            }
+        }
+        ys
     }
 
     /// Runs the plan, writing its K/V into `kv`; returns `[logit_rows.len(), vocab]` logits.
@@ -100,9 +128,7 @@ impl CpuModel {
         let mut attn = vec![0f32; t * cfg.q_dim()];
         for (l, lw) in self.weights.layers.iter().enumerate() {
             cpu::rms_norm(&h, &lw.attn_norm, cfg.rms_eps, &mut xn);
-            let mut q = self.project(l, Proj::Q, &xn, t, lora);
-            let mut k = self.project(l, Proj::K, &xn, t, lora);
-            let v = self.project(l, Proj::V, &xn, t, lora);
+            let [mut q, mut k, v] = self.project_many(l, [Proj::Q, Proj::K, Proj::V], &xn, t, lora);
             self.rope.apply(&mut q, &plan.positions, cfg.heads);
             self.rope.apply(&mut k, &plan.positions, cfg.kv_heads);
             kv.write(l, &k, &v, &plan.kv_slots);
@@ -111,8 +137,7 @@ impl CpuModel {
             add_assign(&mut h, &o);
 
             cpu::rms_norm(&h, &lw.mlp_norm, cfg.rms_eps, &mut xn);
-            let gate = self.project(l, Proj::Gate, &xn, t, lora);
-            let up = self.project(l, Proj::Up, &xn, t, lora);
+            let [gate, up] = self.project_many(l, [Proj::Gate, Proj::Up], &xn, t, lora);
             let mut act = vec![0f32; t * cfg.intermediate];
             cpu::silu_and_mul(&gate, &up, &mut act);
             let down = self.project(l, Proj::Down, &act, t, lora);

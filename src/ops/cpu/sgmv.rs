@@ -3,6 +3,7 @@
 //! one adapter combination; for each term the delta is `y[rows] += coeff · (x[rows]·Aᵀ)·Bᵀ`
 //! (shrink to rank r, then expand). Ranks may differ between segments; terms are applied in order.
 
+use rayon::prelude::*;
 use std::ops::Range;
 
 /// One adapter's LoRA pair for one projection. `a` is `[rank, in]`, `b` is `[out, rank]`.
@@ -22,31 +23,53 @@ pub struct LoraSegment<'a> {
 }
 
 /// Adds every segment's LoRA delta to `y` (`[rows, out]`), reading `x` (`[rows, in]`).
+///
+/// Rows run in parallel; with fewer rows than the pool has threads (decode), each row's expand
+/// is also split over output columns. Every element sees the same operations in the same order
+/// (terms in order, each `y += coeff · dot(shrunk, b_j)`), so the split never changes a bit.
 pub fn sgmv(x: &[f32], in_dim: usize, segments: &[LoraSegment], out_dim: usize, y: &mut [f32]) {
-    let mut shrunk = Vec::new();
-    for seg in segments {
-        let n = seg.rows.len();
-        let xs = &x[seg.rows.start * in_dim..seg.rows.end * in_dim];
-        for t in &seg.terms {
-            debug_assert_eq!(t.a.len(), t.rank * in_dim);
-            debug_assert_eq!(t.b.len(), out_dim * t.rank);
-            // Shrink: [n, in] · Aᵀ -> [n, r]. Expand: [n, r] · Bᵀ -> [n, out], scaled and added.
-            shrunk.resize(n * t.rank, 0.0);
-            for (i, s) in shrunk.chunks_mut(t.rank).enumerate() {
-                let xr = &xs[i * in_dim..(i + 1) * in_dim];
-                for (r, v) in s.iter_mut().enumerate() {
-                    *v = super::dot(xr, &t.a[r * in_dim..(r + 1) * in_dim]);
-                }
-            }
-            for i in 0..n {
-                let yr = &mut y[(seg.rows.start + i) * out_dim..(seg.rows.start + i + 1) * out_dim];
-                let s = &shrunk[i * t.rank..(i + 1) * t.rank];
-                for (j, o) in yr.iter_mut().enumerate() {
-                    *o += t.coeff * super::dot(s, &t.b[j * t.rank..(j + 1) * t.rank]);
-                }
-            }
+    let threads = rayon::current_num_threads();
+    let total: usize = segments.iter().map(|s| s.rows.len()).sum();
+    // Output columns per task when a row is split (whole rows once rows alone fill the pool).
+    let cols = match total >= 2 * threads {
+        true => out_dim,
+        false => out_dim.div_ceil(4 * threads / total.max(1)).max(64),
+    };
+    let mut ys: Vec<Option<&mut [f32]>> = y.chunks_mut(out_dim).map(Some).collect();
+    let mut tasks = Vec::with_capacity(total);
+    for seg in segments.iter().filter(|s| !s.terms.is_empty()) {
+        for row in seg.rows.clone() {
+            let yr = ys[row].take().expect("segments cover disjoint rows");
+            tasks.push((&x[row * in_dim..(row + 1) * in_dim], seg, yr));
         }
     }
+    tasks.into_par_iter().for_each(|(xr, seg, yr)| {
+        // Shrink: x·Aᵀ -> r values per term, laid end to end.
+        let shrunk: Vec<f32> = seg
+            .terms
+            .iter()
+            .flat_map(|t| {
+                debug_assert_eq!(t.a.len(), t.rank * in_dim);
+                debug_assert_eq!(t.b.len(), out_dim * t.rank);
+                t.a.chunks_exact(in_dim).map(|ar| super::dot(xr, ar))
+            })
+            .collect();
+        // Expand: y_j += coeff · (shrunk · b_j), term after term.
+        let expand = |(c, out): (usize, &mut [f32])| {
+            let mut s0 = 0;
+            for t in &seg.terms {
+                let s = &shrunk[s0..s0 + t.rank];
+                for (j, o) in (c * cols..).zip(out.iter_mut()) {
+                    *o += t.coeff * super::dot(s, &t.b[j * t.rank..(j + 1) * t.rank]);
+                }
+                s0 += t.rank;
+            }
+        };
+        match cols < out_dim {
+            true => yr.par_chunks_mut(cols).enumerate().for_each(expand),
+            false => expand((0, yr)),
+        }
+    });
 }
 
 #[cfg(test)]
@@ -114,6 +137,51 @@ mod tests {
                     "row {i} col {j}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn a_row_is_bit_identical_alone_batched_and_split_over_columns() {
+        let (rows, din, dout, rank) = (9, 96, 300, 8);
+        let f = |i: usize, s: usize| ((i * s % 97) as f32 - 48.0) / 61.0;
+        let x: Vec<f32> = (0..rows * din).map(|i| f(i, 17)).collect();
+        let (a, b): (Vec<f32>, Vec<f32>) = (
+            (0..rank * din).map(|i| f(i, 5)).collect(),
+            (0..dout * rank).map(|i| f(i, 23)).collect(),
+        );
+        let t = LoraTerm {
+            a: &a,
+            b: &b,
+            rank,
+            coeff: 0.75,
+        };
+        // `seg_rows` of a 9-row batch with two terms, on a pool of `threads`.
+        let run = |threads: usize, seg_rows: std::ops::Range<usize>| {
+            let seg = LoraSegment {
+                rows: seg_rows,
+                terms: vec![t, t],
+            };
+            let mut y: Vec<f32> = (0..rows * dout).map(|i| f(i, 3)).collect();
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| sgmv(&x, din, &[seg], dout, &mut y));
+            y
+        };
+        // Every row at once on one thread (whole rows) vs each row alone on 4 threads (its
+        // expand split over columns).
+        let all = run(1, 0..rows);
+        for r in 0..rows {
+            let alone = run(4, r..r + 1);
+            let (p, q) = (
+                &all[r * dout..(r + 1) * dout],
+                &alone[r * dout..(r + 1) * dout],
+            );
+            assert!(
+                p.iter().zip(q).all(|(p, q)| p.to_bits() == q.to_bits()),
+                "row {r}"
+            );
         }
     }
 }

@@ -4,7 +4,8 @@
 //! - [`QMatrix`]: `[out, in]` rows of raw ggml blocks, memory-mapped or owned; dequantize a row
 //!   (embeddings) or everything (the f32 path); quantize f32 to any format; permute whole rows.
 //! - [`qlinear`]: `y = x · Wᵀ + b`, activations quantized once per call to 8 bits, integer dot
-//!   products (AVX2, or AVX-512 VNNI when the CPU has it), threads over output features.
+//!   products (AVX2, or AVX-512 VNNI when the CPU has it), threads over output features;
+//!   [`qlinear_many`]: several projections of the same input in one parallel region.
 //!
 //! What always holds: an output element's arithmetic is fixed ([`scalar`] writes it down), so a
 //! row's result is bit-identical alone or in any batch, at any position, on any thread count and
@@ -14,6 +15,7 @@ mod acts;
 mod blocks;
 mod format;
 mod qlinear;
+mod qlinear_many;
 mod qmatrix;
 mod scalar;
 #[cfg(all(
@@ -51,5 +53,6 @@ mod x86;
 
 pub use format::{QuantError, WeightFormat, QK_K};
 pub use qlinear::{qlinear, qlinear_with, Isa};
+pub use qlinear_many::{qlinear_many, QProj};
 pub use qmatrix::QMatrix;
 pub use storage::QStorage;

@@ -67,15 +67,36 @@ pub(crate) enum Acts<'a> {
     Q8K(Q8KActs),
 }
 
+/// Which activation form a weight format pairs with.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ActsKind {
+    F32,
+    Q8,
+    Q8K,
+}
+
+impl ActsKind {
+    fn of(f: WeightFormat) -> Self {
+        match f {
+            WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16 => ActsKind::F32,
+            WeightFormat::Q4_K | WeightFormat::Q5_K | WeightFormat::Q6_K => ActsKind::Q8K,
+            _ => ActsKind::Q8,
+        }
+    }
+}
+
 impl<'a> Acts<'a> {
     pub fn quantize(f: WeightFormat, x: &'a [f32], m: usize, k: usize) -> Self {
-        match f {
-            WeightFormat::F32 | WeightFormat::F16 | WeightFormat::BF16 => Acts::F32 { x, k },
-            WeightFormat::Q4_K | WeightFormat::Q5_K | WeightFormat::Q6_K => {
-                Acts::Q8K(Q8KActs::quantize(x, m, k))
-            }
-            _ => Acts::Q8(Q8Acts::quantize(x, m, k)),
+        match ActsKind::of(f) {
+            ActsKind::F32 => Acts::F32 { x, k },
+            ActsKind::Q8K => Acts::Q8K(Q8KActs::quantize(x, m, k)),
+            ActsKind::Q8 => Acts::Q8(Q8Acts::quantize(x, m, k)),
         }
+    }
+
+    /// Whether weights of formats `a` and `b` read the same quantized activations.
+    pub fn pairs_alike(a: WeightFormat, b: WeightFormat) -> bool {
+        ActsKind::of(a) == ActsKind::of(b)
     }
 }
 
@@ -162,7 +183,7 @@ pub fn qlinear_with(
 }
 
 /// Computes the elements of `b`.
-fn run(isa: Isa, w: &QMatrix, acts: &Acts, b: Block) {
+pub(crate) fn run(isa: Isa, w: &QMatrix, acts: &Acts, b: Block) {
     match isa {
         // SAFETY: the scalar kernel has no instruction-set requirement; rows are in range.
         Isa::Scalar => unsafe { drive(&ScalarTile::new(w, acts), b) },

@@ -6,7 +6,8 @@
 //!   `check-ref-format`: no `..`, no leading `/` or `.`-component, no `//`, no `@{`, no control
 //!   characters or ` ~^:?*[\`, no `.lock` component end), 255 bytes at most.
 //!
-//! So neither part can name a path outside the cache's `models--org--name` folder.
+//! So neither part can name a path outside the cache's `models--org--name` folder. A file of a
+//! repo (`check_file_name`) is a relative path of such parts, so it stays inside its snapshot.
 
 use crate::error::{Error, Result};
 
@@ -84,6 +85,32 @@ fn check_revision(rev: &str) -> std::result::Result<(), &'static str> {
     for comp in rev.split('/') {
         if comp.is_empty() || comp.starts_with('.') || comp.ends_with(".lock") {
             return Err("a revision may not start with `/`, hold `//`, or have a part starting with `.` or ending with `.lock`");
+        }
+    }
+    Ok(())
+}
+
+/// Checks a file path inside a hub repo (`model.gguf`, `q4/model-00001-of-00002.safetensors`):
+/// `/`-separated parts of `[A-Za-z0-9._-]`, none empty or starting with `.`, 255 bytes at most.
+pub fn check_file_name(file: &str) -> Result<()> {
+    let bad = |why: &str| {
+        Error::invalid(
+            "model",
+            format!("`{file}` is not a valid file name in a hub repo: {why}"),
+        )
+    };
+    if file.is_empty() || file.len() > 255 {
+        return Err(bad("a file name has 1 to 255 bytes"));
+    }
+    for part in file.split('/') {
+        if part.is_empty() || part.starts_with('.') {
+            return Err(bad("no empty part and no part starting with `.`"));
+        }
+        if !part
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.+".contains(c))
+        {
+            return Err(bad("names use only letters, digits, `-`, `_`, `+` and `.`"));
         }
     }
     Ok(())
@@ -179,6 +206,30 @@ mod tests {
         let long = format!("o/{}", "a".repeat(95));
         assert!(HubId::parse(&long).is_err());
         assert!(HubId::parse(&format!("o/n@{}", "a".repeat(256))).is_err());
+    }
+
+    #[test]
+    fn file_names_stay_inside_the_repo() {
+        for ok in [
+            "model.gguf",
+            "q4/model-00001-of-00002.safetensors",
+            "a_b+c.json",
+        ] {
+            check_file_name(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in [
+            "",
+            "../x",
+            "a/../../x",
+            "/etc/passwd",
+            "a//b",
+            ".hidden",
+            "a/.git/x",
+            "a b",
+            "a\\b",
+        ] {
+            assert!(check_file_name(bad).is_err(), "{bad} must be refused");
+        }
     }
 
     #[test]

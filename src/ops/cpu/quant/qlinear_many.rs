@@ -1,0 +1,132 @@
+//! Several projections of the same activations in one parallel region: decode's q/k/v and
+//! gate/up. A decode step is latency-bound on the number of fork-joins, not on arithmetic, so the
+//! matrices' output rows are dealt out as one set of tasks, and the activations are quantized
+//! once per distinct pairing (not once per matrix). Every element is computed by the same kernel
+//! call as in [`qlinear`](super::qlinear), so the result is bit-identical to separate calls.
+
+use super::qlinear::{qlinear, run, Acts};
+use super::qmatrix::QMatrix;
+use super::tile::{Block, ROW_BLOCK};
+use super::Isa;
+use rayon::prelude::*;
+
+/// One projection: its weights and optional bias.
+pub type QProj<'a> = (&'a QMatrix, Option<&'a [f32]>);
+
+/// `ys[p] = x[m, in] · W_pᵀ + b_p` for every projection `p` (all read `x`, so all have `in` columns).
+/// Returns one `[m, out_p]` buffer per projection.
+pub fn qlinear_many(x: &[f32], m: usize, projs: &[QProj]) -> Vec<Vec<f32>> {
+    let mut ys: Vec<Vec<f32>> = projs
+        .iter()
+        .map(|(w, _)| vec![0f32; m * w.rows()])
+        .collect();
+    if m >= ROW_BLOCK || projs.len() < 2 {
+        // Prefill: each product is big enough to fill the pool on its own.
+        for ((w, b), y) in projs.iter().zip(&mut ys) {
+            qlinear(x, m, w, *b, y);
+        }
+        return ys;
+    }
+    let isa = Isa::best();
+    let k = projs[0].0.cols();
+    assert!(
+        projs.iter().all(|(w, _)| w.cols() == k),
+        "qlinear_many: widths differ"
+    );
+    assert_eq!(x.len(), m * k, "qlinear_many: x is not [m, in]");
+    // Activations once per pairing: `which[p]` indexes `acts`.
+    let mut acts: Vec<Acts> = Vec::new();
+    let mut which = Vec::with_capacity(projs.len());
+    for (w, _) in projs {
+        let f = w.format();
+        let at = match projs[..which.len()]
+            .iter()
+            .position(|(v, _)| Acts::pairs_alike(v.format(), f))
+        {
+            Some(p) => which[p],
+            None => {
+                acts.push(Acts::quantize(f, x, m, k));
+                acts.len() - 1
+            }
+        };
+        which.push(at);
+    }
+    // Output rows of all matrices dealt out as one set of tasks, written transposed.
+    let rows: usize = projs.iter().map(|(w, _)| w.rows()).sum();
+    let per_task = (rows / (rayon::current_num_threads() * 8)).clamp(4, 256) / 4 * 4;
+    let mut yts: Vec<Vec<f32>> = projs
+        .iter()
+        .map(|(w, _)| vec![0f32; m * w.rows()])
+        .collect();
+    let mut tasks = Vec::new();
+    for (p, yt) in yts.iter_mut().enumerate() {
+        for (t, out) in yt.chunks_mut(per_task * m).enumerate() {
+            tasks.push((p, t * per_task, out));
+        }
+    }
+    tasks.into_par_iter().for_each(|(p, j0, out)| {
+        let js = j0..j0 + out.len() / m;
+        let b = Block {
+            is: 0..m,
+            js,
+            out,
+            si: 1,
+            sj: m,
+        };
+        run(isa, projs[p].0, &acts[which[p]], b);
+    });
+    for (((_, bias), yt), y) in projs.iter().zip(&yts).zip(&mut ys) {
+        let n = yt.len() / m;
+        for (i, row) in y.chunks_exact_mut(n).enumerate() {
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = yt[j * m + i] + bias.map_or(0.0, |b| b[j]);
+            }
+        }
+    }
+    ys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::format::WeightFormat;
+    use super::super::qlinear::tests::{bits_eq, data, rng};
+    use super::*;
+
+    #[test]
+    fn equals_separate_calls_bit_for_bit_with_mixed_formats() {
+        let (mut rng, seed) = rng();
+        let k = 512;
+        let fs = [
+            WeightFormat::Q4_1,
+            WeightFormat::Q8_0,
+            WeightFormat::Q4_K,
+            WeightFormat::Q6_K,
+            WeightFormat::F16,
+            WeightFormat::Q4_1,
+        ];
+        let ws: Vec<QMatrix> = fs
+            .iter()
+            .enumerate()
+            .map(|(i, &f)| {
+                let n = 13 + 7 * i;
+                QMatrix::quantize(&data(&mut rng, n * k), n, k, f).unwrap()
+            })
+            .collect();
+        let bs: Vec<Vec<f32>> = ws.iter().map(|w| data(&mut rng, w.rows())).collect();
+        for m in [1usize, 3, 7, 70] {
+            let x = data(&mut rng, m * k);
+            let projs: Vec<QProj> = ws
+                .iter()
+                .zip(&bs)
+                .enumerate()
+                .map(|(i, (w, b))| (w, (i % 2 == 0).then_some(b.as_slice())))
+                .collect();
+            let got = qlinear_many(&x, m, &projs);
+            for (p, (w, b)) in projs.iter().enumerate() {
+                let mut want = vec![0f32; m * w.rows()];
+                qlinear(&x, m, w, *b, &mut want);
+                assert!(bits_eq(&got[p], &want), "m={m} proj {p} (seed {seed})");
+            }
+        }
+    }
+}
