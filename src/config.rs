@@ -20,6 +20,8 @@ pub struct EngineConfig {
     pub max_adapters_per_step: usize,
     /// Element type of the KV cache.
     pub kv_dtype: KvDtype,
+    /// Reuse the KV blocks of cached prompt prefixes (per adapter identity; see `kv_cache`).
+    pub enable_prefix_caching: bool,
 }
 
 impl Default for EngineConfig {
@@ -32,6 +34,7 @@ impl Default for EngineConfig {
             max_num_seqs: 64,
             max_adapters_per_step: 16,
             kv_dtype: KvDtype::Auto,
+            enable_prefix_caching: true,
         }
     }
 }

@@ -2,7 +2,9 @@
 //! once at the edge (`server`) into an `engine::GenerateRequest` (prompt ids, resolved adapters,
 //! sampling); the `engine` schedules sequences of different adapters into one step and turns it
 //! into an `exec::StepPlan` of plain integers (tokens, positions, KV slots from `kv_cache`'s block
-//! ids, LoRA segments as adapter slot ids); an `exec::Executor` (today the CPU one: dense f32 or
+//! ids — ref-counted blocks, shared through a prefix cache keyed by adapter identity and between
+//! the `n` choices of a request, with copy-on-write block copies — LoRA segments as adapter slot
+//! ids); an `exec::Executor` (today the CPU one: dense f32 or
 //! quantized weights from `model`, f16/bf16/f32 KV storage) runs it and returns the logits rows.
 //! Nothing above `exec` names a device type. Registered adapters are validated lazily (config +
 //! header) and paged disk -> host -> a slot of the device pool by `lora::AdapterPager`, which fills

@@ -43,6 +43,11 @@ pub const SETTLEMENT_FAILURES_TOTAL: &str = "openlora_settlement_failures_total"
 pub const ATTRIBUTION_SECONDS: &str = "openlora_attribution_seconds";
 pub const ADAPTER_REFUSALS_TOTAL: &str = "openlora_adapter_refusals_total";
 pub const DATANET_EXCLUDED: &str = "openlora_datanet_excluded";
+pub const PREFIX_CACHE_QUERIES_TOTAL: &str = "openlora_prefix_cache_queries_total";
+pub const PREFIX_CACHE_HITS_TOTAL: &str = "openlora_prefix_cache_hits_total";
+/// vLLM's `prefix_cache_queries` / `prefix_cache_hits` counters (exposed with `_total`).
+pub const VLLM_PREFIX_CACHE_QUERIES_TOTAL: &str = "vllm:prefix_cache_queries_total";
+pub const VLLM_PREFIX_CACHE_HITS_TOTAL: &str = "vllm:prefix_cache_hits_total";
 
 pub const VLLM_WAITING: &str = "vllm:num_requests_waiting";
 pub const VLLM_RUNNING: &str = "vllm:num_requests_running";
@@ -65,6 +70,10 @@ pub struct Metrics {
     pub running: IntGauge,
     pub kv_usage: Gauge,
     pub preemptions: IntCounter,
+    pub prefix_cache_queries: IntCounter,
+    pub prefix_cache_hits: IntCounter,
+    pub vllm_prefix_cache_queries: IntCounter,
+    pub vllm_prefix_cache_hits: IntCounter,
     pub engine_restarts: IntCounter,
     pub adapter_loads: IntCounterVec,
     pub adapter_evictions: IntCounterVec,
@@ -149,6 +158,26 @@ impl Metrics {
             .expect("gauge"),
             preemptions: IntCounter::new(PREEMPTIONS_TOTAL, "Sequences preempted for KV space.")
                 .expect("counter"),
+            prefix_cache_queries: IntCounter::new(
+                PREFIX_CACHE_QUERIES_TOTAL,
+                "Prompt tokens looked up in the prefix cache.",
+            )
+            .expect("counter"),
+            prefix_cache_hits: IntCounter::new(
+                PREFIX_CACHE_HITS_TOTAL,
+                "Prompt tokens found in the prefix cache (their KV blocks reused).",
+            )
+            .expect("counter"),
+            vllm_prefix_cache_queries: IntCounter::new(
+                VLLM_PREFIX_CACHE_QUERIES_TOTAL,
+                "Prefix cache queries, in tokens (vLLM name).",
+            )
+            .expect("counter"),
+            vllm_prefix_cache_hits: IntCounter::new(
+                VLLM_PREFIX_CACHE_HITS_TOTAL,
+                "Prefix cache hits, in tokens (vLLM name).",
+            )
+            .expect("counter"),
             engine_restarts: IntCounter::new(
                 ENGINE_RESTARTS_TOTAL,
                 "Engine restarts after a panic (its in-flight requests failed with a 500).",
@@ -293,6 +322,10 @@ impl Metrics {
             Box::new(m.running.clone()),
             Box::new(m.kv_usage.clone()),
             Box::new(m.preemptions.clone()),
+            Box::new(m.prefix_cache_queries.clone()),
+            Box::new(m.prefix_cache_hits.clone()),
+            Box::new(m.vllm_prefix_cache_queries.clone()),
+            Box::new(m.vllm_prefix_cache_hits.clone()),
             Box::new(m.engine_restarts.clone()),
             Box::new(m.adapter_loads.clone()),
             Box::new(m.adapter_evictions.clone()),

@@ -82,6 +82,17 @@ pub struct ServeArgs {
     pub max_num_seqs: Option<usize>,
     #[arg(long, env = "OPENLORA_MAX_ADAPTERS_PER_STEP")]
     pub max_adapters_per_step: Option<usize>,
+    /// Reuse the KV blocks of cached prompt prefixes (the default; blocks are keyed by adapter
+    /// identity, so they are never shared across adapters or adapter reloads).
+    #[arg(long, overrides_with = "no_enable_prefix_caching")]
+    pub enable_prefix_caching: bool,
+    /// Turn the prefix cache off.
+    #[arg(
+        long,
+        env = "OPENLORA_NO_PREFIX_CACHING",
+        overrides_with = "enable_prefix_caching"
+    )]
+    pub no_enable_prefix_caching: bool,
     /// Adapters kept in the compute-ready (device) tier at once.
     #[arg(long, env = "OPENLORA_ADAPTER_DEVICE_SLOTS")]
     pub adapter_device_slots: Option<usize>,
@@ -135,6 +146,7 @@ struct FileConfig {
     max_step_cost: Option<usize>,
     max_num_seqs: Option<usize>,
     max_adapters_per_step: Option<usize>,
+    enable_prefix_caching: Option<bool>,
     adapter_device_slots: Option<usize>,
     adapter_host_mb: Option<usize>,
     #[serde(default)]
@@ -186,6 +198,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .max_adapters_per_step
             .or(file.max_adapters_per_step)
             .unwrap_or(defaults.max_adapters_per_step),
+        enable_prefix_caching: match (args.enable_prefix_caching, args.no_enable_prefix_caching) {
+            (_, true) => false,
+            (true, _) => true,
+            _ => file
+                .enable_prefix_caching
+                .unwrap_or(defaults.enable_prefix_caching),
+        },
         ..defaults
     };
     let meter_cfg = MeterConfig::merge(args.metering, file.metering)?;
@@ -352,7 +371,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         LlmEngine::with_pager(m2.clone(), cfg2.clone(), pager.clone())
     });
     let state = AppState::with_meter(engine, registry.clone(), opts, meter);
-    tracing::info!(model = %model.name, adapters = registry.len(), kv_blocks = engine_cfg.num_blocks, "serving");
+    tracing::info!(model = %model.name, adapters = registry.len(), kv_blocks = engine_cfg.num_blocks, prefix_caching = engine_cfg.enable_prefix_caching, "serving");
 
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind((host.as_str(), port))

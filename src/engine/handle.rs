@@ -5,7 +5,7 @@
 //! which frees its KV blocks and adapter pins on the next loop turn. Dropping the last handle
 //! stops the thread once in-flight work is done.
 //!
-//! What always holds: a stream ends either with an event whose `finish` is set, or with an error
+//! What always holds: a stream ends either with the final event (`finish` set) of every choice, or with an error
 //! (`RequestStream::error`): the engine failed (a panic, see `supervisor`) or stopped. The thread
 //! loop lives in `supervisor`, which contains a panic, fails every in-flight request, and (when
 //! the handle was built with `spawn_supervised`) restarts the engine; `is_ready` is false meanwhile.
@@ -54,9 +54,12 @@ pub struct EngineHandle {
     max_seq_len: usize,
 }
 
-/// Events of one request, in order; the last one has `finish` set, unless the engine failed.
+/// Events of one request, in order (the `n` choices' interleaved, each tagged with its index); it
+/// ends after every choice's final event (`finish` set), unless the engine failed.
 pub struct RequestStream {
     pub id: SeqId,
+    /// Choices whose final event has not come yet.
+    left: usize,
     rx: tmpsc::UnboundedReceiver<Result<SeqEvent>>,
     tx: mpsc::Sender<Command>,
     /// The final event was received.
@@ -88,8 +91,11 @@ impl RequestStream {
         match ev {
             Some(Ok(ev)) => {
                 if ev.finish.is_some() {
-                    self.finished = true;
-                    self.ended = true;
+                    self.left = self.left.saturating_sub(1);
+                    if self.left == 0 {
+                        self.finished = true;
+                        self.ended = true;
+                    }
                 }
                 Some(ev)
             }
@@ -219,6 +225,7 @@ impl EngineHandle {
         req: GenerateRequest,
     ) -> Result<(SeqId, oneshot::Receiver<Result<()>>, RequestStream)> {
         let id = SeqId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let left = req.params.n.max(1);
         let (etx, erx) = tmpsc::unbounded_channel();
         let (atx, arx) = oneshot::channel();
         self.tx
@@ -229,6 +236,7 @@ impl EngineHandle {
             arx,
             RequestStream {
                 id,
+                left,
                 rx: erx,
                 tx: self.tx.clone(),
                 finished: false,

@@ -35,6 +35,11 @@ pub struct EngineStats {
     pub kv_blocks_used: usize,
     pub kv_blocks_total: usize,
     pub preemptions: u64,
+    /// Prefix-cache lookups so far, in prompt tokens: asked for / found cached.
+    pub prefix_cache_queries: u64,
+    pub prefix_cache_hits: u64,
+    /// Cached blocks evicted to make room.
+    pub prefix_cache_evictions: u64,
     /// Distinct adapter names of running / waiting sequences, sorted.
     pub running_adapters: Vec<String>,
     pub waiting_adapters: Vec<String>,
@@ -72,7 +77,11 @@ impl LlmEngine {
             kv_dtype: cfg.kv_dtype,
         };
         let executor = exec::create(&model, &exec_cfg, pager.slots().clone())?;
-        let alloc = BlockAllocator::new(cfg.num_blocks, cfg.block_size);
+        let alloc = BlockAllocator::with_prefix_caching(
+            cfg.num_blocks,
+            cfg.block_size,
+            cfg.enable_prefix_caching,
+        );
         let attn_k = model.config().attention_positions_per_token();
         Ok(LlmEngine {
             model,
@@ -163,7 +172,8 @@ impl LlmEngine {
         Ok(ready)
     }
 
-    /// Removes a sequence wherever it is; its blocks are freed immediately. Returns true if found.
+    /// Removes a request (every choice) wherever it is; its blocks are freed immediately. Returns
+    /// true if found.
     pub fn abort(&mut self, id: SeqId) -> bool {
         let s = &mut self.scheduler;
         let before = s.waiting.len() + s.running.len();
@@ -183,6 +193,9 @@ impl LlmEngine {
             kv_blocks_used: self.alloc.num_blocks() - self.alloc.num_free(),
             kv_blocks_total: self.alloc.num_blocks(),
             preemptions: self.scheduler.preemptions,
+            prefix_cache_queries: self.scheduler.prefix_queries,
+            prefix_cache_hits: self.scheduler.prefix_hits,
+            prefix_cache_evictions: self.alloc.num_evictions(),
             running_adapters: adapter_names(self.scheduler.running.iter()),
             waiting_adapters: adapter_names(self.scheduler.waiting.iter()),
         }
@@ -200,7 +213,7 @@ impl LlmEngine {
         }
         // Group rows by adapter mix so each adapter is one SGMV segment.
         plan.sort_by_key(|s| self.scheduler.running[s.idx].adapter_key());
-        let step = build_plan(&self.scheduler.running, &plan);
+        let step = build_plan(&mut self.scheduler.running, &plan);
         match self.run_with_masks(&step, &plan) {
             Ok(logits) => self.postprocess(&plan, &logits),
             // An executor failure is the server's: it must not go unnoticed (the supervisor
@@ -235,18 +248,46 @@ impl LlmEngine {
         })
     }
 
+    /// A request with n > 1 forks its choices once its prompt is computed: they share the
+    /// prompt's blocks and sample from the parent's logits row (added to `rows` and `samplers`).
+    fn fork_choices(
+        &mut self,
+        plan: &[Scheduled],
+        rows: &mut HashMap<usize, usize>,
+        samplers: &mut Vec<usize>,
+    ) {
+        for s in plan {
+            let Some(&row) = rows.get(&s.idx) else {
+                continue;
+            };
+            let parent = &mut self.scheduler.running[s.idx];
+            let forks = std::mem::take(&mut parent.forks_left);
+            let kids: Vec<Sequence> = (1..=forks).map(|j| parent.fork(j)).collect();
+            for kid in kids {
+                self.scheduler.running.push(kid);
+                let idx = self.scheduler.running.len() - 1;
+                rows.insert(idx, row);
+                samplers.push(idx);
+            }
+        }
+    }
+
     fn postprocess(&mut self, plan: &[Scheduled], logits: &[f32]) -> Vec<(SeqId, SeqEvent)> {
         let vocab = self.model.config().vocab_size;
-        // Which scheduled sequences sample this step, and their logits row (in plan order).
+        // Which running sequences sample this step, and their logits row (in plan order).
         let mut rows = HashMap::new();
         for s in plan {
             let seq = &mut self.scheduler.running[s.idx];
             seq.computed += s.tokens;
+            seq.blocks
+                .register(&seq.identity, &seq.tokens, seq.computed);
             if seq.computed == seq.tokens.len() {
                 let row = rows.len();
                 rows.insert(s.idx, row); // otherwise a prefill chunk: nothing to sample yet
             }
         }
+        let mut samplers: Vec<usize> = plan.iter().map(|s| s.idx).collect();
+        self.fork_choices(plan, &mut rows, &mut samplers);
         // Sampling is O(vocab) per sequence and each has its own RNG: run them in parallel.
         let mut sampled: Vec<Option<Sampled>> = self
             .scheduler
@@ -260,62 +301,25 @@ impl LlmEngine {
             .collect();
         let mut events = Vec::new();
         let mut finished = Vec::new();
-        for s in plan {
+        for idx in samplers {
             let Some(Sampled {
                 token,
                 logprob,
                 grammar_done,
-            }) = sampled[s.idx].take()
+            }) = sampled[idx].take()
             else {
                 continue;
             };
-            let seq = &mut self.scheduler.running[s.idx];
-            // NO_TOKEN: the grammar allows nothing more (it failed); no token is produced.
-            if token != NO_TOKEN {
-                seq.tokens.push(token);
+            let seq = &mut self.scheduler.running[idx];
+            let ev = emit(&self.model, seq, token, logprob, grammar_done);
+            if ev.finish.is_some() {
+                finished.push((seq.id, seq.choice));
             }
-            let n_out = seq.tokens.len() - seq.prompt_len;
-            let is_eos = self.model.eos_ids.contains(&token);
-            let is_stop_id = (!seq.params.ignore_eos || grammar_done) && is_eos
-                || seq.params.stop_token_ids.contains(&token);
-            let (mut text, mut finish) = match is_stop_id {
-                true => (seq.detok.flush(), Some(FinishReason::Stop)),
-                false => match seq.detok.step(
-                    self.model.tokenizer.as_ref(),
-                    &seq.tokens[seq.prompt_len..],
-                    &seq.params.stop,
-                ) {
-                    TextStep::Stopped(t) => (t, Some(FinishReason::Stop)),
-                    TextStep::Continue(t) => (t, None),
-                },
-            };
-            if finish.is_none() && grammar_done {
-                // The grammar is complete: its last token's text is released, then it stops.
-                text.push_str(&seq.detok.flush());
-                finish = Some(FinishReason::Stop);
-            }
-            if finish.is_none() && n_out >= seq.params.max_tokens {
-                text.push_str(&seq.detok.flush());
-                finish = Some(FinishReason::Length);
-            }
-            if finish.is_some() {
-                finished.push(seq.id);
-            }
-            events.push((
-                seq.id,
-                SeqEvent {
-                    token: (token != NO_TOKEN).then_some(token),
-                    text,
-                    logprob,
-                    finish,
-                    prompt_tokens: seq.prompt_len,
-                    completion_tokens: n_out,
-                },
-            ));
+            events.push((seq.id, ev));
         }
-        for id in finished {
-            self.abort(id);
-        }
+        self.scheduler
+            .running
+            .retain(|q| !finished.contains(&(q.id, q.choice)));
         events
     }
 }
@@ -361,10 +365,60 @@ fn sample_row(seq: &mut Sequence, row: &[f32]) -> Sampled {
     }
 }
 
+/// Appends a sampled token to `seq` and says what the client gets: text, and the finish.
+/// `grammar_done`: the row's grammar is complete (or failed), so the sequence stops here.
+fn emit(
+    model: &Model,
+    seq: &mut Sequence,
+    token: u32,
+    logprob: Option<TokenLogprob>,
+    grammar_done: bool,
+) -> SeqEvent {
+    // NO_TOKEN: the grammar allows nothing more (it failed); no token is produced.
+    if token != NO_TOKEN {
+        seq.tokens.push(token);
+    }
+    let n_out = seq.tokens.len() - seq.prompt_len;
+    let is_eos = model.eos_ids.contains(&token);
+    let is_stop_id = (!seq.params.ignore_eos || grammar_done) && is_eos
+        || seq.params.stop_token_ids.contains(&token);
+    let (mut text, mut finish) = match is_stop_id {
+        true => (seq.detok.flush(), Some(FinishReason::Stop)),
+        false => match seq.detok.step(
+            model.tokenizer.as_ref(),
+            &seq.tokens[seq.prompt_len..],
+            &seq.params.stop,
+        ) {
+            TextStep::Stopped(t) => (t, Some(FinishReason::Stop)),
+            TextStep::Continue(t) => (t, None),
+        },
+    };
+    if finish.is_none() && grammar_done {
+        // The grammar is complete: its last token's text is released, then it stops.
+        text.push_str(&seq.detok.flush());
+        finish = Some(FinishReason::Stop);
+    }
+    if finish.is_none() && n_out >= seq.params.max_tokens {
+        text.push_str(&seq.detok.flush());
+        finish = Some(FinishReason::Length);
+    }
+    SeqEvent {
+        index: seq.choice,
+        token: (token != NO_TOKEN).then_some(token),
+        text,
+        logprob,
+        finish,
+        prompt_tokens: seq.prompt_len,
+        completion_tokens: n_out,
+    }
+}
+
 /// Flattens the scheduled sequences into one step plan.
-fn build_plan(running: &[Sequence], plan: &[Scheduled]) -> StepPlan {
+fn build_plan(running: &mut [Sequence], plan: &[Scheduled]) -> StepPlan {
     let mut p = StepPlan::default();
     for s in plan {
+        let seq = &mut running[s.idx];
+        p.block_copies.extend(seq.blocks.take_copies());
         let seq = &running[s.idx];
         let end = seq.computed + s.tokens;
         p.push_seq(

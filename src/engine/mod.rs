@@ -20,6 +20,8 @@ pub use constraint::{apply_mask, Constraint};
 pub use grammar::{choice_lark, Grammar, GrammarCompiler};
 pub use handle::{EngineHandle, RequestStream};
 pub use llm_engine::{EngineStats, LlmEngine};
-pub use request::{FinishReason, GenerateRequest, SamplingParams, SeqEvent, TokenLogprob};
+pub use request::{
+    choice_seed, FinishReason, GenerateRequest, SamplingParams, SeqEvent, TokenLogprob, MAX_N,
+};
 pub use sampler::Sampler;
 pub use sequence::SeqId;

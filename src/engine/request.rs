@@ -5,6 +5,9 @@ use super::constraint::Constraint;
 use crate::error::{Error, Result};
 use crate::lora::AdapterRef;
 
+/// Most choices one request may ask for (`n`), as OpenAI allows.
+pub const MAX_N: usize = 128;
+
 #[derive(Debug, Clone)]
 pub struct SamplingParams {
     /// 0 = greedy.
@@ -27,6 +30,8 @@ pub struct SamplingParams {
     pub logprobs: Option<usize>,
     /// Structured output: the grammar the completion must match (`None` = free text).
     pub constraint: Option<Constraint>,
+    /// Choices to generate from the one prompt (its KV blocks are computed once and shared).
+    pub n: usize,
 }
 
 impl Default for SamplingParams {
@@ -46,6 +51,7 @@ impl Default for SamplingParams {
             ignore_eos: false,
             logprobs: None,
             constraint: None,
+            n: 1,
         }
     }
 }
@@ -89,6 +95,11 @@ impl SamplingParams {
             "repetition_penalty",
             "must be > 0",
         )?;
+        check(
+            (1..=MAX_N).contains(&self.n),
+            "n",
+            "must be between 1 and 128",
+        )?;
         check(self.max_tokens >= 1, "max_tokens", "must be at least 1")?;
         check(
             self.stop.len() <= 4 && self.stop.iter().all(|s| !s.is_empty()),
@@ -102,6 +113,12 @@ impl SamplingParams {
         )?;
         Ok(())
     }
+}
+
+/// The sampler seed of choice `choice` of a request seeded with `seed` (choice 0 keeps `seed`, so
+/// `n = 1` is unchanged; the others are spread by the golden-ratio increment).
+pub fn choice_seed(seed: u64, choice: usize) -> u64 {
+    seed.wrapping_add((choice as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
 /// A validated generation request. `adapters` empty = base model; several = weighted sum.
@@ -137,14 +154,18 @@ pub struct TokenLogprob {
     pub top: Vec<(u32, f32)>,
 }
 
-/// One step's output for one sequence.
+/// One step's output for one choice of a request.
 #[derive(Debug, Clone)]
 pub struct SeqEvent {
+    /// The choice (0..n) this event belongs to.
+    pub index: usize,
     pub token: Option<u32>,
     /// Newly releasable text (stop strings held back and never emitted).
     pub text: String,
     pub logprob: Option<TokenLogprob>,
     pub finish: Option<FinishReason>,
+    /// The request's prompt tokens (the same for every choice: counted once per request).
     pub prompt_tokens: usize,
+    /// Tokens this choice has generated so far.
     pub completion_tokens: usize,
 }

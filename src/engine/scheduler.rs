@@ -15,6 +15,12 @@
 //! token, so a long prompt makes progress every step without stalling the decoding streams: their
 //! inter-token latency stays at about the time of `max_step_cost` token-equivalents. Steps with no
 //! decode rows are bounded by `max_batch_tokens` only.
+//!
+//! Prefix cache: a sequence with nothing computed takes the cached blocks of its longest cached
+//! prefix under its own identity when it is considered for admission (`computed` starts past
+//! them; its cost is counted from there) and gives them back if it is not admitted, so a waiting
+//! sequence holds no block. A running sequence writing into a block it shares (a forked choice)
+//! gets its own copy first (`BlockTable::reserve_write`).
 
 use super::sequence::{SeqId, Sequence};
 use crate::config::EngineConfig;
@@ -38,6 +44,9 @@ pub struct Scheduler {
     pub paged_in: Vec<SeqId>,
     /// Sequences removed because a page-in failed.
     pub failed: Vec<(SeqId, Error)>,
+    /// Prefix-cache lookups of admitted sequences, in tokens: asked for / found cached.
+    pub prefix_queries: u64,
+    pub prefix_hits: u64,
 }
 
 /// One scheduled sequence: index into `running` and how many of its pending tokens to run.
@@ -75,6 +84,8 @@ impl Scheduler {
             preemptions: 0,
             paged_in: Vec::new(),
             failed: Vec::new(),
+            prefix_queries: 0,
+            prefix_hits: 0,
         }
     }
 
@@ -115,8 +126,8 @@ impl Scheduler {
                 if n == 0 {
                     break;
                 }
-                let need = self.running[i].computed + n;
-                if !self.running[i].blocks.reserve(need) {
+                let from = self.running[i].computed;
+                if !self.running[i].blocks.reserve_write(from, from + n) {
                     // Free blocks by preempting the newest running sequence (possibly this one).
                     let victim_idx = self.running.len() - 1;
                     let mut victim = self.running.pop().expect("non-empty");
@@ -178,6 +189,10 @@ impl Scheduler {
                 i += 1;
                 continue;
             }
+            let lookup = self.cfg.enable_prefix_caching && seq.computed == 0;
+            if lookup {
+                seq.computed = seq.blocks.match_prefix(&seq.identity, &seq.tokens);
+            }
             let n = budget.rows_for(
                 seq.pending(),
                 seq.computed,
@@ -191,12 +206,17 @@ impl Scheduler {
                 || (chunked && plan.iter().any(|p: &Scheduled| p.tokens > 1))
                 || !seq.blocks.reserve(seq.computed + n)
             {
+                seq.preempt(); // holds no block while waiting
                 full = true;
                 i += 1;
                 continue;
             }
             full = chunked;
             let computed = seq.computed;
+            if lookup {
+                self.prefix_queries += seq.tokens.len() as u64;
+                self.prefix_hits += computed as u64;
+            }
             adapters.extend(new);
             let seq = self.waiting.remove(i).expect("index in range");
             self.running.push(seq);

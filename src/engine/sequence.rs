@@ -3,13 +3,17 @@
 //! resets `computed` to 0: the sequence is recomputed later with the same tokens and RNG state.
 //! A sequence is ready once every adapter of its mix is on device; from then until it is dropped
 //! its pager lease pins them, and `adapters` holds their slots in the adapter pool, in mix order.
+//! `identity` names the weights its K/V are computed with (the adapter ids, fresh on every load or
+//! reload, and mix weights): the prefix cache only shares blocks between equal identities. A
+//! request with `n > 1` runs as one sequence until its prompt is computed, then `fork`s into `n`
+//! choices sharing the prompt's blocks and pins; choice `j` samples with its own seed stream.
 
 use super::constraint::Constraint;
 use super::detokenizer::Detokenizer;
-use super::request::{GenerateRequest, SamplingParams};
+use super::request::{choice_seed, GenerateRequest, SamplingParams};
 use super::sampler::Sampler;
 use crate::error::Result;
-use crate::kv_cache::BlockTable;
+use crate::kv_cache::{BlockTable, CacheIdentity};
 use crate::lora::{AdapterPager, AdapterRef, AdapterSlot, AdapterSpec, Lease};
 use std::sync::Arc;
 
@@ -27,8 +31,16 @@ pub struct Sequence {
     /// The pool slots of `mix` with their weights, filled once ready (empty before, and for the
     /// base model).
     pub adapters: Vec<(AdapterSlot, f32)>,
-    lease: Option<Lease>,
+    /// Shared by the choices of one request (pins held until the last one drops); unshared
+    /// until ready.
+    lease: Option<Arc<Lease>>,
     ready: bool,
+    /// Which weights compute this sequence's K/V (the prefix cache's key root).
+    pub identity: CacheIdentity,
+    /// This sequence's choice index among the request's `n`.
+    pub choice: usize,
+    /// Choices still to fork off once the prompt is computed (`n - 1`, then 0).
+    pub forks_left: usize,
     /// Steps this ready sequence was passed over for the distinct-adapter cap (aging).
     pub skipped: usize,
     pub params: SamplingParams,
@@ -58,15 +70,30 @@ impl Sequence {
                 AdapterRef::Fixed(a) => Arc::new(AdapterSpec::preloaded(a.clone())),
             })
             .collect();
+        let identity = CacheIdentity::new(
+            req.adapters
+                .iter()
+                .map(|(r, w)| {
+                    let id = match r {
+                        AdapterRef::Paged(s) => s.id,
+                        AdapterRef::Fixed(a) => a.uid,
+                    };
+                    (u64::from(id.0) << 32) | u64::from(w.to_bits())
+                })
+                .collect(),
+        );
         Sequence {
             id,
             tokens: req.prompt_ids,
             prompt_len,
             computed: 0,
-            lease: (!paged.is_empty()).then(|| pager.lease(paged)),
+            lease: (!paged.is_empty()).then(|| Arc::new(pager.lease(paged))),
             mix: req.adapters,
             adapters: Vec::new(),
             ready: false,
+            identity,
+            choice: 0,
+            forks_left: req.params.n.saturating_sub(1),
             skipped: 0,
             constraint,
             sampler: Sampler::new(req.params.seed),
@@ -86,7 +113,7 @@ impl Sequence {
             return Ok(true);
         }
         let slots = match &mut self.lease {
-            Some(l) => match l.poll()? {
+            Some(l) => match Arc::get_mut(l).expect("unshared until ready").poll()? {
                 Some(p) => p.to_vec(),
                 None => return Ok(false),
             },
@@ -119,6 +146,31 @@ impl Sequence {
     /// True when the next step samples a token for this sequence after running `tokens` more.
     pub fn samples_after(&self, tokens: usize) -> bool {
         self.computed + tokens == self.tokens.len()
+    }
+
+    /// Choice `choice` of this request: the same tokens, sharing every KV block and the pins,
+    /// sampling with its own seed stream (`choice_seed`: every seeded choice is reproducible).
+    pub fn fork(&self, choice: usize) -> Sequence {
+        let seed = self.params.seed.map(|s| choice_seed(s, choice));
+        Sequence {
+            id: self.id,
+            tokens: self.tokens.clone(),
+            prompt_len: self.prompt_len,
+            computed: self.computed,
+            mix: self.mix.clone(),
+            adapters: self.adapters.clone(),
+            lease: self.lease.clone(),
+            ready: self.ready,
+            identity: self.identity.clone(),
+            choice,
+            forks_left: 0,
+            skipped: 0,
+            constraint: self.constraint.clone(),
+            sampler: Sampler::new(seed),
+            params: self.params.clone(),
+            detok: Detokenizer::default(),
+            blocks: self.blocks.fork(),
+        }
     }
 
     /// Drops the KV blocks; the sequence will be recomputed from scratch (its pins stay).

@@ -33,7 +33,8 @@ const FAILED: &str =
 /// Requests the engine thread answers.
 #[derive(Default)]
 struct InFlight {
-    sinks: HashMap<SeqId, EventSink>,
+    /// Each request's sink, with its choices not yet finished.
+    sinks: HashMap<SeqId, (EventSink, usize)>,
     /// Submissions not yet acknowledged (adapters paging in, or being added right now).
     acks: HashMap<SeqId, oneshot::Sender<Result<()>>>,
 }
@@ -43,7 +44,7 @@ impl InFlight {
         match cmd {
             Command::Submit(id, req, sink, ack) => {
                 // Held here first, so that a panic while adding fails this request too.
-                self.sinks.insert(id, sink);
+                self.sinks.insert(id, (sink, req.params.n.max(1)));
                 self.acks.insert(id, ack);
                 match engine.add_request(id, req) {
                     Ok(true) => self.ack(id, Ok(())),
@@ -77,13 +78,18 @@ impl InFlight {
             let sink = self.sinks.remove(&id);
             match self.acks.remove(&id) {
                 Some(ack) => drop(ack.send(Err(e))),
-                None => drop(sink.map(|s| s.send(Err(e)))),
+                None => drop(sink.map(|(s, _)| s.send(Err(e)))),
             }
         }
         for (id, ev) in events {
             let finished = ev.finish.is_some();
-            let delivered = self.sinks.get(&id).is_some_and(|s| s.send(Ok(ev)).is_ok());
-            if finished || !delivered {
+            let Some((sink, left)) = self.sinks.get_mut(&id) else {
+                engine.abort(id);
+                continue;
+            };
+            let delivered = sink.send(Ok(ev)).is_ok();
+            *left -= usize::from(finished);
+            if *left == 0 || !delivered {
                 self.sinks.remove(&id);
                 if !delivered {
                     engine.abort(id);
@@ -99,7 +105,7 @@ impl InFlight {
             self.sinks.remove(&id);
             let _ = ack.send(Err(Error::EngineFailed(FAILED.into())));
         }
-        for (_, sink) in self.sinks.drain() {
+        for (_, (sink, _)) in self.sinks.drain() {
             let _ = sink.send(Err(Error::EngineFailed(FAILED.into())));
         }
         n

@@ -2,7 +2,9 @@
 //! are flattened into one batch; each sequence's rows are contiguous (`SeqSlice`), every row has a
 //! token, a position and the KV cache slot its K/V go to; LoRA segments name adapter *slots* of
 //! the pool (never adapters); `logit_rows` are the rows whose logits come back, in that order.
+//! `block_copies` (copy-on-write of shared KV blocks) are performed before any row is written.
 
+use crate::kv_cache::BlockCopy;
 use crate::lora::AdapterSlot;
 use std::ops::Range;
 
@@ -16,6 +18,8 @@ pub struct StepPlan {
     /// Row ranges with their adapter mix; rows in no segment use the base model only.
     pub lora: Vec<LoraSegment>,
     pub logit_rows: Vec<usize>,
+    /// Whole-block KV copies (every layer) to perform before the step.
+    pub block_copies: Vec<BlockCopy>,
 }
 
 /// One sequence's rows in the batch.

@@ -340,6 +340,7 @@ mod tests {
 
     fn ev(token: u32, n: usize, finish: Option<FinishReason>) -> SeqEvent {
         SeqEvent {
+            index: 0,
             token: Some(token),
             text: String::new(),
             logprob: None,

@@ -8,6 +8,8 @@
 //! cancelled when the `CallMeter` drops. A call the engine failed (it panicked) is a 500
 //! `server_error` (a stream gets an error event, then `[DONE]`) and its meter is voided: the
 //! payer is not billed for the server's failure.
+//! With `n > 1`, generation `g`'s choice `j` is choice `g·n + j` of the response; the prompt of
+//! each generation is counted once (usage, metering), as OpenAI does.
 
 use super::api_error::ApiError;
 use super::chat_reply::{self, ChatDeltas};
@@ -193,7 +195,10 @@ fn open_meter(
     let gens: Vec<(u64, u64)> = req
         .gens
         .iter()
-        .map(|g| (g.prompt_ids.len() as u64, g.params.max_tokens as u64))
+        .map(|g| {
+            let n = g.params.n as u64;
+            (g.prompt_ids.len() as u64, g.params.max_tokens as u64 * n)
+        })
         .collect();
     let reservation = meter.admit(payer, &pricing, &gens)?;
     Ok(Some(meter.begin(
@@ -201,7 +206,7 @@ fn open_meter(
         payer,
         pricing,
         reservation,
-        req.gens.len(),
+        req.gens.iter().map(|g| g.params.n).sum(),
     )))
 }
 
@@ -222,6 +227,7 @@ pub async fn respond(
             .inc();
         e.into_response()
     };
+    let n = req.gens.first().map_or(1, |g| g.params.n);
     let call = match open_meter(&state, &req, payer, &id) {
         Ok(c) => c,
         Err(e) => return reject(e, &req.adapter_label),
@@ -238,12 +244,28 @@ pub async fn respond(
         done: false,
     };
     if req.stream {
-        stream_response(state, kind, req, streams, timer, id, call).into_response()
+        stream_response(state, kind, req, (streams, n), timer, id, call).into_response()
     } else {
-        collect_response(state, kind, req, streams, timer, id, call).await
+        collect_response(state, kind, req, (streams, n), timer, id, call).await
     }
 }
 
+/// Choice `index` of the response for an event of generation `g`, and the usage that event
+/// reports for it: the prompt belongs to the generation's choice 0 only (counted once).
+fn choice_of(g: usize, n: usize, ev: &SeqEvent) -> (usize, Usage) {
+    let prompt = if ev.index == 0 { ev.prompt_tokens } else { 0 };
+    (g * n + ev.index, Usage::new(prompt, ev.completion_tokens))
+}
+
+/// The event as the meter sees it: its usage (`choice_of`).
+fn metered(ev: &SeqEvent, usage: Usage) -> SeqEvent {
+    SeqEvent {
+        prompt_tokens: usage.prompt_tokens,
+        ..ev.clone()
+    }
+}
+
+#[derive(Default)]
 struct Choice {
     text: String,
     logprobs: Vec<TokenLogprob>,
@@ -255,40 +277,37 @@ async fn collect_response(
     state: Arc<AppState>,
     kind: Kind,
     req: ValidRequest,
-    streams: Vec<RequestStream>,
+    (streams, n): (Vec<RequestStream>, usize),
     mut timer: Timer,
     id: String,
     mut call: Option<CallMeter>,
 ) -> Response {
-    let mut choices = Vec::new();
+    let mut choices: Vec<Choice> = (0..streams.len() * n).map(|_| Choice::default()).collect();
     let mut failure = None;
-    for (i, mut s) in streams.into_iter().enumerate() {
-        let mut c = Choice {
-            text: String::new(),
-            logprobs: vec![],
-            finish: None,
-            usage: Usage::default(),
-        };
+    for (g, mut s) in streams.into_iter().enumerate() {
         while let Some(ev) = s.next().await {
             timer.token();
+            let (i, usage) = choice_of(g, n, &ev);
             if let Some(m) = call.as_mut() {
-                m.observe(i, &ev);
+                m.observe(i, &metered(&ev, usage));
             }
+            let c = &mut choices[i];
             c.text.push_str(&ev.text);
             c.logprobs.extend(ev.logprob);
-            c.usage = Usage::new(ev.prompt_tokens, ev.completion_tokens);
+            c.usage = usage;
             if ev.finish.is_some() {
                 c.finish = ev.finish;
-                break;
             }
         }
-        choices.push(c);
         failure = s.error();
         if failure.is_some() {
             break;
         }
     }
     let usage = total_usage(&choices.iter().map(|c| c.usage).collect::<Vec<_>>());
+    if let Some(keep) = req.best_of_keep {
+        choices = best_of(choices, n, keep);
+    }
     if let Some(e) = failure {
         // The server failed the call: not billed.
         if let Some(m) = call.take() {
@@ -306,20 +325,19 @@ async fn collect_response(
     timer.finish(usage, "ok");
     let model = state.engine.model();
     let body = match kind {
-        Kind::Chat => {
-            let c = &choices[0];
-            let (message, finish) = chat_reply::message(req.tools, &c.text, c.finish);
-            json!({
-                "id": id, "object": "chat.completion", "created": unix_now(), "model": req.model,
-                "choices": [{
-                    "index": 0,
+        Kind::Chat => json!({
+            "id": id, "object": "chat.completion", "created": unix_now(), "model": req.model,
+            "choices": choices.iter().enumerate().map(|(i, c)| {
+                let (message, finish) = chat_reply::message(req.tools, &c.text, c.finish);
+                json!({
+                    "index": i,
                     "message": message,
                     "logprobs": if req.logprobs { chat_logprobs(model, &c.logprobs) } else { Value::Null },
                     "finish_reason": finish,
-                }],
-                "usage": usage,
-            })
-        }
+                })
+            }).collect::<Vec<_>>(),
+            "usage": usage,
+        }),
         Kind::Completion => json!({
             "id": id, "object": "text_completion", "created": unix_now(), "model": req.model,
             "choices": choices.iter().enumerate().map(|(i, c)| json!({
@@ -331,6 +349,23 @@ async fn collect_response(
         }),
     };
     Json(body).into_response()
+}
+
+/// Of every `per_gen` consecutive choices (one generation's), the `keep` with the highest mean
+/// token logprob, best first (`best_of`; usage still counts every generated token).
+fn best_of(choices: Vec<Choice>, per_gen: usize, keep: usize) -> Vec<Choice> {
+    let mean = |c: &Choice| {
+        let n = c.logprobs.len().max(1) as f64;
+        c.logprobs.iter().map(|l| l.logprob as f64).sum::<f64>() / n
+    };
+    let mut out = Vec::new();
+    let mut it = choices.into_iter().peekable();
+    while it.peek().is_some() {
+        let mut gen: Vec<Choice> = it.by_ref().take(per_gen).collect();
+        gen.sort_by(|a, b| mean(b).total_cmp(&mean(a)));
+        out.extend(gen.into_iter().take(keep));
+    }
+    out
 }
 
 fn total_usage(usages: &[Usage]) -> Usage {
@@ -356,14 +391,14 @@ fn stream_response(
     state: Arc<AppState>,
     kind: Kind,
     req: ValidRequest,
-    streams: Vec<RequestStream>,
+    (streams, per_gen): (Vec<RequestStream>, usize),
     timer: Timer,
     id: String,
     mut call: Option<CallMeter>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let created = unix_now();
     let model = state.engine.model().clone();
-    let n = streams.len();
+    let n = streams.len() * per_gen;
     // Each choice's events, then its error if it ended without a final event.
     let tagged = stream::select_all(streams.into_iter().enumerate().map(|(i, s)| {
         stream::unfold(Some(s), |s| async move {
@@ -391,7 +426,10 @@ fn stream_response(
         }
         Event::default().data(v.to_string())
     };
-    let first = (kind == Kind::Chat).then(|| chunk(json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]), None));
+    let first: Vec<Event> = match kind {
+        Kind::Chat => (0..n).map(|i| chunk(json!([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]), None)).collect(),
+        Kind::Completion => vec![],
+    };
     let logprobs = req.logprobs;
     let include_usage = req.include_usage;
     let mut offsets = vec![0usize; n];
@@ -401,7 +439,7 @@ fn stream_response(
     let mut failed = false;
     // Taken by the end of the stream (the last chunk, or the failure).
     let mut timer = Some(timer);
-    let body = tagged.map(move |(i, ev): (usize, Result<SeqEvent, Error>)| {
+    let body = tagged.map(move |(g, ev): (usize, Result<SeqEvent, Error>)| {
         let Some(t) = timer.as_mut().filter(|_| !failed) else {
             return stream::iter(vec![]).boxed();
         };
@@ -418,10 +456,11 @@ fn stream_response(
             }
         };
         t.token();
+        let (i, usage) = choice_of(g, per_gen, &ev);
         if let Some(m) = call.as_mut() {
-            m.observe(i, &ev);
+            m.observe(i, &metered(&ev, usage));
         }
-        usages[i] = Usage::new(ev.prompt_tokens, ev.completion_tokens);
+        usages[i] = usage;
         let lp: Vec<TokenLogprob> = ev.logprob.into_iter().collect();
         let finish = ev.finish.map(FinishReason::as_str);
         let c = match kind {

@@ -345,6 +345,14 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     // The engine counts; the counter catches up on scrape.
     m.preemptions
         .inc_by(s.preemptions.saturating_sub(m.preemptions.get()));
+    for (c, v) in [
+        (&m.prefix_cache_queries, s.prefix_cache_queries),
+        (&m.prefix_cache_hits, s.prefix_cache_hits),
+        (&m.vllm_prefix_cache_queries, s.prefix_cache_queries),
+        (&m.vllm_prefix_cache_hits, s.prefix_cache_hits),
+    ] {
+        c.inc_by(v.saturating_sub(c.get()));
+    }
     m.vllm_waiting.set(s.waiting as f64);
     m.vllm_running.set(s.running as f64);
     m.vllm_kv_usage.set(usage);

@@ -14,7 +14,7 @@ use super::structured::requested_grammar;
 use super::tool_parser::ToolCallParser;
 use super::tools::{inline_tools, message_tool_calls, ToolSetup};
 use crate::engine::Grammar;
-use crate::engine::{GenerateRequest, SamplingParams};
+use crate::engine::{GenerateRequest, SamplingParams, MAX_N};
 use crate::error::{Error, Result};
 use crate::lora::AdapterRef;
 use crate::model::{ChatMessage, PromptPiece};
@@ -47,6 +47,9 @@ pub struct ValidRequest {
     pub include_usage: bool,
     /// Chat: logprobs requested (top-N in params).
     pub logprobs: bool,
+    /// `best_of` > `n`: each generation runs `best_of` choices (`params.n`) and the response keeps
+    /// the `n` with the highest mean token logprob. `None`: every choice is returned.
+    pub best_of_keep: Option<usize>,
     /// Chat with tools: how to read tool calls out of the reply.
     pub tools: Option<ToolReply>,
 }
@@ -103,8 +106,12 @@ fn resolve_adapters(
 }
 
 fn sampling(c: &CommonParams, default_max: usize) -> Result<SamplingParams> {
-    if c.n.is_some_and(|n| n != 1) {
-        return Err(Error::invalid("n", "only n=1 is supported"));
+    let n = c.n.unwrap_or(1);
+    if !(1..=MAX_N as i64).contains(&n) {
+        return Err(Error::invalid(
+            "n",
+            format!("must be between 1 and {MAX_N}"),
+        ));
     }
     let max = c.max_completion_tokens.or(c.max_tokens);
     if max.is_some_and(|m| m < 1) {
@@ -143,6 +150,7 @@ fn sampling(c: &CommonParams, default_max: usize) -> Result<SamplingParams> {
         max_tokens: max.map_or(default_max, |m| m as usize),
         stop,
         ignore_eos: c.ignore_eos.unwrap_or(false),
+        n: n as usize,
         ..Default::default()
     };
     p.validate()?;
@@ -249,6 +257,7 @@ impl ValidRequest {
         Ok(ValidRequest {
             logprobs: gen.params.logprobs.is_some(),
             tools,
+            best_of_keep: None,
             gens: vec![gen],
             model: r.common.model.clone(),
             adapter_label,
@@ -270,9 +279,23 @@ impl ValidRequest {
         if r.suffix.is_some() {
             return Err(Error::invalid("suffix", "suffix is not supported"));
         }
-        if r.best_of.is_some_and(|b| b != 1) {
-            return Err(Error::invalid("best_of", "only best_of=1 is supported"));
-        }
+        let best_of_keep = match r.best_of {
+            None => None,
+            Some(b) if b == params.n as i64 => None,
+            Some(b) if b < params.n as i64 || b > MAX_N as i64 => {
+                return Err(Error::invalid(
+                    "best_of",
+                    format!("must be between n and {MAX_N}"),
+                ))
+            }
+            Some(_) if r.common.stream => {
+                return Err(Error::invalid(
+                    "best_of",
+                    "best_of greater than n cannot be streamed",
+                ))
+            }
+            Some(b) => Some(std::mem::replace(&mut params.n, b as usize)),
+        };
         if let Some(n) = r.logprobs {
             if !(0..=5).contains(&n) {
                 return Err(Error::invalid("logprobs", "must be between 0 and 5"));
@@ -280,6 +303,11 @@ impl ValidRequest {
             params.logprobs = Some(n as usize);
         }
         params.constraint = constraint(state, &r.common, None, ToolCallParser::default())?;
+        let logprobs = params.logprobs.is_some();
+        if best_of_keep.is_some() {
+            // Ranking the choices needs each token's logprob (returned only when asked for).
+            params.logprobs.get_or_insert(0);
+        }
         let model = state.engine.model();
         let encode = |t: &str| {
             check_prompt_chars(state, t)?;
@@ -306,7 +334,8 @@ impl ValidRequest {
             fit_context(state, g)?;
         }
         Ok(ValidRequest {
-            logprobs: params.logprobs.is_some(),
+            logprobs,
+            best_of_keep,
             tools: None,
             gens,
             model: r.common.model.clone(),

@@ -82,6 +82,21 @@ impl KvStore {
         }
     }
 
+    /// Copies block `src`'s K/V (every layer) over block `dst`'s.
+    pub fn copy_block(&mut self, src: usize, dst: usize) {
+        let n = self.block_size * self.kv_heads * self.head_dim;
+        fn copy<T: Copy>(d: &mut KvLayers<T>, src: usize, dst: usize, n: usize) {
+            for layer in d.k.iter_mut().chain(d.v.iter_mut()) {
+                layer.copy_within(src * n..(src + 1) * n, dst * n);
+            }
+        }
+        match &mut self.data {
+            KvData::F32(d) => copy(d, src, dst, n),
+            KvData::F16(d) => copy(d, src, dst, n),
+            KvData::BF16(d) => copy(d, src, dst, n),
+        }
+    }
+
     /// Attention of the step's queries over `layer`'s cache.
     pub fn attention(
         &self,

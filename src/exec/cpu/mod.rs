@@ -43,6 +43,9 @@ impl CpuExecutor {
 
 impl Executor for CpuExecutor {
     fn step(&mut self, plan: &StepPlan) -> Result<Vec<f32>> {
+        for c in &plan.block_copies {
+            self.kv.copy_block(c.src as usize, c.dst as usize);
+        }
         let mut lora = Vec::with_capacity(plan.lora.len());
         for seg in &plan.lora {
             let slots: Vec<_> = seg.terms.iter().map(|(s, _)| *s).collect();
