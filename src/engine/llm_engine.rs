@@ -223,7 +223,7 @@ impl LlmEngine {
     }
 
     /// Runs the step; the grammar masks of the constrained rows that sample this step are
-    /// computed meanwhile on another thread (they depend on the tokens so far only). A step with
+    /// computed meanwhile on the compute pool (they depend on the tokens so far only). A step with
     /// no constrained row runs exactly as before.
     fn run_with_masks(&mut self, step: &StepPlan, plan: &[Scheduled]) -> Result<Vec<f32>> {
         let running = &mut self.scheduler.running;
@@ -236,16 +236,18 @@ impl LlmEngine {
             return self.executor.step(step);
         }
         let executor = &mut self.executor;
-        std::thread::scope(|scope| {
-            scope.spawn(|| {
+        // On the compute pool: the masks' task is stolen by a worker the forward pass leaves idle.
+        let (logits, ()) = rayon::join(
+            || executor.step(step),
+            || {
                 running
                     .par_iter_mut()
                     .zip(&sampling)
                     .filter(|(_, s)| **s)
-                    .for_each(|(seq, _)| seq.constraint.as_mut().expect("constrained").prepare());
-            });
-            executor.step(step)
-        })
+                    .for_each(|(seq, _)| seq.constraint.as_mut().expect("constrained").prepare())
+            },
+        );
+        logits
     }
 
     /// A request with n > 1 forks its choices once its prompt is computed: they share the

@@ -18,38 +18,19 @@ mod qlinear;
 mod qlinear_many;
 mod qmatrix;
 mod scalar;
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-))]
-mod simd;
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-))]
-mod simd32;
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-))]
-mod simdf;
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-))]
-mod simdk;
 mod storage;
 mod tile;
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-))]
-mod x86;
+
+/// Declares the x86-64 kernel modules (AVX2 + FMA are compile-time features of the build there).
+macro_rules! x86_kernels {
+    ($($m:ident),*) => {
+        $(
+            #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+            mod $m;
+        )*
+    };
+}
+x86_kernels!(simd, simd32, simdf, simdk, x86);
 
 pub use format::{QuantError, WeightFormat, QK_K};
 pub use qlinear::{qlinear, qlinear_with, Isa};
