@@ -147,13 +147,15 @@ fn matrix(
         };
         let q = QMatrix::quantize(&data, rows, cols, fmt)
             .map_err(|e| Error::unsupported(format!("quantizing {name:?}"), e.to_string()))?;
-        return Ok(Weight::Quant(q));
+        return Ok(Weight::Quant(q.packed()));
     }
     let q = src.get_native(&name)?.ok_or_else(|| missing(&name, src))?;
     if (q.rows(), q.cols()) != (rows, cols) {
         return Err(wrong_shape(&name, &[q.rows(), q.cols()], &[rows, cols]));
     }
-    Ok(Weight::Quant(q))
+    // The CPU kernels' layout where the format has one (a copy: the file's pages are then only
+    // read once, at load).
+    Ok(Weight::Quant(q.packed()))
 }
 
 /// A tensor source that reports each tensor read as load progress.

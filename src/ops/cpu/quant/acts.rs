@@ -16,6 +16,9 @@ pub(crate) struct QActs<E> {
     pub qs: Vec<i8>,
     pub d: Vec<f32>,
     pub extra: Vec<E>,
+    /// Q8 only: the exact integer sum of each block's `qs` (the packed kernels' offset
+    /// correction); empty for Q8_K.
+    pub qsum: Vec<i32>,
     /// Values per block, extras per block, blocks per row.
     bl: usize,
     ne: usize,
@@ -33,6 +36,8 @@ pub(crate) struct QRow<'a, E> {
     pub qs: &'a [i8],
     pub d: &'a [f32],
     pub extra: &'a [E],
+    /// As [`QActs::qsum`] (empty for Q8_K).
+    pub qsum: &'a [i32],
 }
 
 /// One row's input, codes, scales and extras, as the row iterators zip them.
@@ -112,6 +117,7 @@ impl<E: Copy + Default + Send + Sync> QActs<E> {
             qs,
             d,
             extra,
+            qsum: Vec::new(),
             bl,
             ne,
             nb,
@@ -124,6 +130,7 @@ impl<E: Copy + Default + Send + Sync> QActs<E> {
             qs: &self.qs[i * nb * bl..(i + 1) * nb * bl],
             d: &self.d[i * nb..(i + 1) * nb],
             extra: &self.extra[i * nb * ne..(i + 1) * nb * ne],
+            qsum: self.qsum.get(i * nb..(i + 1) * nb).unwrap_or(&[]),
         }
     }
 }
@@ -131,7 +138,13 @@ impl<E: Copy + Default + Send + Sync> QActs<E> {
 impl Q8Acts {
     /// Quantizes `m` rows of `k` values (`k` a multiple of 32).
     pub fn quantize(x: &[f32], m: usize, k: usize) -> Self {
-        Self::build(x, (m, k), (32, 1), q8_block)
+        let mut a = Self::build(x, (m, k), (32, 1), q8_block);
+        a.qsum = a
+            .qs
+            .chunks_exact(32)
+            .map(|b| b.iter().map(|&v| v as i32).sum())
+            .collect();
+        a
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! - [`WeightFormat`]: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K.
 //! - [`QMatrix`]: `[out, in]` rows of raw ggml blocks, memory-mapped or owned; dequantize a row
-//!   (embeddings) or everything (the f32 path); quantize f32 to any format; permute whole rows.
+//!   (embeddings) or everything (the f32 path); quantize f32 to any format; permute whole rows;
+//!   pack `Q4_0`/`Q4_1`/`Q8_0` into groups of 8 interleaved rows for the CPU kernels (`packed`).
 //! - [`qlinear`]: `y = x · Wᵀ + b`, activations quantized once per call to 8 bits, integer dot
 //!   products (AVX2, or AVX-512 VNNI when the CPU has it), threads over output features;
 //!   [`qlinear_many`]: several projections of the same input in one parallel region.
@@ -16,6 +17,7 @@ mod blocks;
 mod format;
 mod qlinear;
 mod qlinear_many;
+mod packed;
 mod qmatrix;
 mod scalar;
 mod storage;
@@ -30,7 +32,7 @@ macro_rules! x86_kernels {
         )*
     };
 }
-x86_kernels!(simd, simd32, simdf, simdk, x86);
+x86_kernels!(simd, simd32, simdf, simdk, simdp, x86);
 
 pub use format::{QuantError, WeightFormat, QK_K};
 pub use qlinear::{qlinear, qlinear_with, Isa};

@@ -151,7 +151,7 @@ pub fn qlinear_with(
             });
     } else {
         // Decode: tasks own ranges of weight rows (output features), written transposed.
-        let per_task = (n / (rayon::current_num_threads() * 8)).clamp(4, 256) / 4 * 4;
+        let per_task = task_rows(n);
         let mut yt = vec![0f32; m * n];
         yt.par_chunks_mut(per_task * m)
             .enumerate()
@@ -182,6 +182,12 @@ pub fn qlinear_with(
     }
 }
 
+/// Weight rows per task when tasks own output features: about 8 tasks per thread, a multiple of
+/// a packed group (8 rows).
+pub(crate) fn task_rows(n: usize) -> usize {
+    (n / (rayon::current_num_threads() * 8)).clamp(8, 256) / 8 * 8
+}
+
 /// Computes the elements of `b`.
 pub(crate) fn run(isa: Isa, w: &QMatrix, acts: &Acts, b: Block) {
     match isa {
@@ -206,32 +212,25 @@ pub(crate) fn run(isa: Isa, w: &QMatrix, acts: &Acts, b: Block) {
     }
 }
 
-/// Every element through the [`scalar`] reference functions.
+/// Every element through the [`scalar`] reference functions (either layout: rows are read as
+/// ggml's bytes).
 pub(crate) struct ScalarTile<'a> {
-    pub f: WeightFormat,
-    pub w: &'a [u8],
+    pub w: &'a QMatrix,
     pub acts: &'a Acts<'a>,
-    /// Bytes per weight row.
-    pub rb: usize,
 }
 
 impl<'a> ScalarTile<'a> {
     pub fn new(w: &'a QMatrix, acts: &'a Acts<'a>) -> Self {
-        Self {
-            f: w.format(),
-            w: w.as_bytes(),
-            acts,
-            rb: w.row_bytes(),
-        }
+        Self { w, acts }
     }
 
     fn one(&self, i: usize, j: usize) -> f32 {
-        let w = &self.w[j * self.rb..(j + 1) * self.rb];
+        let (f, w) = (self.w.format(), &*self.w.row(j));
         match self.acts {
-            Acts::F32 { x, k } => scalar::dot_float(self.f, w, &x[i * k..(i + 1) * k]),
-            Acts::Q8(a) => scalar::dot32(self.f, w, a.row(i)),
-            Acts::Q8K(a) if self.f == WeightFormat::Q6_K => scalar::dot_q6k(w, a.row(i)),
-            Acts::Q8K(a) => scalar::dot_k(self.f, w, a.row(i)),
+            Acts::F32 { x, k } => scalar::dot_float(f, w, &x[i * k..(i + 1) * k]),
+            Acts::Q8(a) => scalar::dot32(f, w, a.row(i)),
+            Acts::Q8K(a) if f == WeightFormat::Q6_K => scalar::dot_q6k(w, a.row(i)),
+            Acts::Q8K(a) => scalar::dot_k(f, w, a.row(i)),
         }
     }
 }
@@ -315,9 +314,10 @@ pub(crate) mod tests {
             let (x, b) = (data(&mut rng, m * k), data(&mut rng, n));
             let (wf, xs) = (w.to_f32(), seen(f, &x, m, k));
             let mut first: Option<Vec<f32>> = None;
-            for isa in isas() {
+            let layouts = [w.clone(), w.clone().packed()];
+            for (isa, w) in isas().into_iter().flat_map(|i| layouts.iter().map(move |w| (i, w))) {
                 let mut y = vec![0f32; m * n];
-                qlinear_with(isa, &x, m, &w, Some(&b), &mut y);
+                qlinear_with(isa, &x, m, w, Some(&b), &mut y);
                 for i in 0..m {
                     for j in 0..n {
                         let (xr, wr) = (&xs[i * k..][..k], &wf[j * k..][..k]);
@@ -343,7 +343,8 @@ pub(crate) mod tests {
                     None => first = Some(y),
                     Some(y0) => assert!(
                         bits_eq(y0, &y),
-                        "{f}: {isa:?} differs from Scalar (seed {seed})"
+                        "{f}: {isa:?} (packed: {}) differs from Scalar (seed {seed})",
+                        w.is_packed()
                     ),
                 }
             }
@@ -376,7 +377,9 @@ pub(crate) mod tests {
                         .build()
                         .unwrap();
                     let mut y = vec![0f32; m * n];
-                    pool.install(|| qlinear(&xb, m, &w, None, &mut y));
+                    // Alternate layouts: the packed matrix gives the plain one's bits.
+                    let wl = if t % 2 == 0 { w.clone().packed() } else { w.clone() };
+                    pool.install(|| qlinear(&xb, m, &wl, None, &mut y));
                     let got = &y[pos * n..(pos + 1) * n];
                     assert!(
                         bits_eq(got, &all[t * n..(t + 1) * n]),
@@ -397,13 +400,17 @@ pub(crate) mod tests {
                 let x = data(&mut rng, m * k);
                 let mut want = vec![0f32; m * n];
                 qlinear_with(Isa::Scalar, &x, m, &w, None, &mut want);
+                let packed = w.clone().packed();
                 for isa in isas() {
-                    let mut y = vec![0f32; m * n];
-                    qlinear_with(isa, &x, m, &w, None, &mut y);
-                    assert!(
-                        bits_eq(&y, &want),
-                        "{f} {isa:?} m={m} n={n} k={k} (seed {seed})"
-                    );
+                    for w in [&w, &packed] {
+                        let mut y = vec![0f32; m * n];
+                        qlinear_with(isa, &x, m, w, None, &mut y);
+                        assert!(
+                            bits_eq(&y, &want),
+                            "{f} {isa:?} packed {} m={m} n={n} k={k} (seed {seed})",
+                            w.is_packed()
+                        );
+                    }
                 }
             }
         }

@@ -4,7 +4,7 @@
 //! once per distinct pairing (not once per matrix). Every element is computed by the same kernel
 //! call as in [`qlinear`](super::qlinear), so the result is bit-identical to separate calls.
 
-use super::qlinear::{qlinear, run, Acts};
+use super::qlinear::{qlinear, run, task_rows, Acts};
 use super::qmatrix::QMatrix;
 use super::tile::{Block, ROW_BLOCK};
 use super::Isa;
@@ -53,7 +53,7 @@ pub fn qlinear_many(x: &[f32], m: usize, projs: &[QProj]) -> Vec<Vec<f32>> {
     }
     // Output rows of all matrices dealt out as one set of tasks, written transposed.
     let rows: usize = projs.iter().map(|(w, _)| w.rows()).sum();
-    let per_task = (rows / (rayon::current_num_threads() * 8)).clamp(4, 256) / 4 * 4;
+    let per_task = task_rows(rows);
     let mut yts: Vec<Vec<f32>> = projs
         .iter()
         .map(|(w, _)| vec![0f32; m * w.rows()])

@@ -1,14 +1,18 @@
 //! A weight matrix `[rows = out features, cols = in features]` kept in one [`WeightFormat`]: row
-//! `i` is `row_bytes()` bytes of ggml blocks at `i * row_bytes()`, exactly as in a GGUF file.
-//! A `QMatrix` is immutable; its byte length always matches its shape and format.
+//! `i` is `row_bytes()` bytes of ggml blocks at `i * row_bytes()`, exactly as in a GGUF file, or,
+//! once [`QMatrix::packed`], the same bytes in the CPU kernels' layout of groups of 8 rows
+//! (`super::packed`; `Q4_0`, `Q4_1`, `Q8_0`). A `QMatrix` is immutable; its byte length always
+//! matches its shape, format and layout, and [`QMatrix::row`] gives ggml's bytes in either layout.
 
 use super::blocks;
+use super::packed;
 use super::format::{QuantError, WeightFormat};
 use super::storage::QStorage;
 use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
 use half::{bf16, f16};
 use rayon::prelude::*;
+use std::borrow::Cow;
 
 /// Rows per chunk when quantizing in parallel.
 const QUANTIZE_ROWS: usize = 64;
@@ -19,6 +23,8 @@ pub struct QMatrix {
     rows: usize,
     cols: usize,
     storage: QStorage,
+    /// Whether `storage` is in the packed layout.
+    packed: bool,
 }
 
 impl QMatrix {
@@ -46,6 +52,7 @@ impl QMatrix {
             rows,
             cols,
             storage,
+            packed: false,
         })
     }
 
@@ -119,7 +126,29 @@ impl QMatrix {
         &self.storage
     }
 
-    /// All rows' bytes.
+    /// The matrix in the CPU kernels' packed layout where its format has one (an owned copy;
+    /// the same matrix otherwise). Products are the same bits either way.
+    pub fn packed(self) -> Self {
+        if self.packed || !packed::packable(self.format) {
+            return self;
+        }
+        let (f, rows, cols) = (self.format, self.rows, self.cols);
+        let storage = QStorage::build(packed::packed_len(f, rows, cols), |dst| {
+            packed::pack(f, rows, cols, self.as_bytes(), dst)
+        });
+        Self {
+            storage,
+            packed: true,
+            ..self
+        }
+    }
+
+    /// Whether the bytes are in the packed layout.
+    pub fn is_packed(&self) -> bool {
+        self.packed
+    }
+
+    /// All bytes as stored (ggml rows, or the packed layout when [`Self::is_packed`]).
     pub fn as_bytes(&self) -> &[u8] {
         self.storage.as_bytes()
     }
@@ -129,15 +158,22 @@ impl QMatrix {
         self.storage.len()
     }
 
-    /// Bytes per row.
+    /// Bytes per row in ggml's layout.
     pub fn row_bytes(&self) -> usize {
         self.format.row_bytes(self.cols)
     }
 
-    /// The bytes of row `i`.
-    pub fn row(&self, i: usize) -> &[u8] {
+    /// ggml's bytes of row `i` (borrowed, or gathered from the packed layout).
+    pub fn row(&self, i: usize) -> Cow<'_, [u8]> {
         let rb = self.row_bytes();
-        &self.as_bytes()[i * rb..(i + 1) * rb]
+        match self.packed {
+            false => Cow::Borrowed(&self.as_bytes()[i * rb..(i + 1) * rb]),
+            true => {
+                let mut out = vec![0u8; rb];
+                packed::unpack_row(self.format, self.cols, self.as_bytes(), i, &mut out);
+                Cow::Owned(out)
+            }
+        }
     }
 
     /// An owned copy whose row `i` is row `perm[i]` of `self` (whole quantized rows move, so this
@@ -157,18 +193,19 @@ impl QMatrix {
             return Err(bad);
         }
         let rb = self.row_bytes();
-        let storage = QStorage::build(self.byte_len(), |dst| {
+        let storage = QStorage::build(self.rows * rb, |dst| {
             for (d, &p) in dst.chunks_exact_mut(rb.max(1)).zip(perm) {
-                d.copy_from_slice(self.row(p));
+                d.copy_from_slice(&self.row(p));
             }
         });
-        Self::from_bytes(self.format, self.rows, self.cols, storage)
+        let q = Self::from_bytes(self.format, self.rows, self.cols, storage)?;
+        Ok(if self.packed { q.packed() } else { q })
     }
 
     /// Writes row `i` as f32 into `out` (`cols` values): an embedding lookup.
     pub fn dequantize_row(&self, i: usize, out: &mut [f32]) {
         assert_eq!(out.len(), self.cols, "dequantize_row: out is not one row");
-        blocks::dequantize(self.format, self.row(i), out);
+        blocks::dequantize(self.format, &self.row(i), out);
     }
 
     /// The whole matrix as row-major f32.
@@ -363,9 +400,14 @@ mod tests {
             let w = random_blocks(&mut rng, f, 5, 256);
             let perm = [3, 0, 4, 1, 2];
             let p = w.permute_rows(&perm).unwrap();
+            // The packed layout permutes the same rows and reads back the same bytes and values.
+            let pp = w.clone().packed().permute_rows(&perm).unwrap();
+            assert_eq!(pp.is_packed(), f == WeightFormat::Q4_1);
             for (i, &src) in perm.iter().enumerate() {
                 assert_eq!(p.row(i), w.row(src), "{f} (seed {seed})");
+                assert_eq!(pp.row(i), w.row(src), "{f} packed (seed {seed})");
             }
+            assert!(bits_eq(&pp.to_f32(), &p.to_f32()), "{f} (seed {seed})");
             assert!(w.permute_rows(&[0, 1, 2, 3]).is_err());
             assert!(w.permute_rows(&[0, 1, 2, 3, 3]).is_err());
             assert!(w.permute_rows(&[0, 1, 2, 3, 5]).is_err());

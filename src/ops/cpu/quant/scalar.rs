@@ -1,16 +1,21 @@
 //! The arithmetic every kernel performs, written once in plain Rust. For one output element
 //! (weight row `w` · activation row `a`):
-//! - integer sums per block split into 8 lanes, lane `l` holding the products of the values whose
-//!   index within their 32-value group is in `4l..4l+4`, times the sub-block scale (k-quants);
-//! - 8 f32 lane accumulators, blocks in order: `acc[l] = fma(isum[l] as f32, d_w * d_a, acc[l])`;
-//! - a scalar f32 accumulator for the minimum terms (`Q4_1`, `Q5_1`, `Q4_K`, `Q5_K`), blocks in
-//!   order: `summ = fma(m_w, s_a, summ)`;
-//! - result `tree(acc) + summ`, `tree` = lanes `l + 4`, then `l + 2`, then `0 + 1`.
+//! - 32-value formats (`Q4_0`, `Q4_1`, `Q5_0`, `Q5_1`, `Q8_0`): per block the exact integer sum
+//!   `isum` of the 32 products; one f32 accumulator, blocks in order:
+//!   `acc = fma(isum as f32, d_w * d_a, acc)`; a second one for the minimum terms (`Q4_1`, `Q5_1`),
+//!   `summ = fma(m_w, s_a, summ)`; result `acc + summ`. (Any split of the integer sum gives the same
+//!   integer, which is what lets the packed kernels put 8 weight rows in the lanes of a register.)
+//! - k-quants: integer sums per block split into 8 lanes, lane `l` holding the products of the
+//!   values whose index within their 32-value group is in `4l..4l+4`, times the sub-block scale;
+//!   8 f32 lane accumulators, blocks in order: `acc[l] = fma(isum[l] as f32, d_w * d_a, acc[l])`;
+//!   a scalar f32 accumulator for the minimum terms (`Q4_K`, `Q5_K`); result `tree(acc) + summ`,
+//!   `tree` = lanes `l + 4`, then `l + 2`, then `0 + 1`.
 //!
 //! Float weights use f32 activations and the recipe of `ops::cpu::dot` (8 FMA lanes over chunks
 //! of 8, the same tree, then the tail in order), so F32 weights give exactly `ops::cpu::linear`.
 //! The SIMD kernels compute exactly this (the tests compare bits), which is what makes a result
-//! independent of the batch, the tile shape, the thread count and the instruction set.
+//! independent of the batch, the tile shape, the thread count, the weight layout and the
+//! instruction set.
 
 use super::acts::{Q8KRow, Q8Row};
 use super::blocks::{decode32, decode_k, decode_q6k, dequantize, has_min};
@@ -48,16 +53,17 @@ fn add(a: [i32; 8], b: [i32; 8]) -> [i32; 8] {
 
 /// One element for a 32-value weight format (`Q4_0`, `Q4_1`, `Q5_0`, `Q5_1`, `Q8_0`).
 pub(crate) fn dot32(f: WeightFormat, w: &[u8], a: Q8Row) -> f32 {
-    let (mut acc, mut summ) = ([0f32; 8], 0f32);
+    let (mut acc, mut summ) = (0f32, 0f32);
     for (b, wb) in w.chunks_exact(f.block_bytes()).enumerate() {
         let k = decode32(f, wb);
-        let isum = lanes32(|i| k.q[i] as i32, &a.qs[32 * b..], |_| 1);
-        fold(&mut acc, isum, k.d * a.d[b]);
+        let qa = &a.qs[32 * b..32 * b + 32];
+        let isum: i32 = k.q.iter().zip(qa).map(|(&w, &a)| w as i32 * a as i32).sum();
+        acc = (isum as f32).mul_add(k.d * a.d[b], acc);
         if has_min(f) {
             summ = k.m.mul_add(a.extra[b], summ);
         }
     }
-    tree(acc) + summ
+    acc + summ
 }
 
 /// One element for `Q4_K` or `Q5_K`.

@@ -18,6 +18,17 @@ pub(crate) fn hsum(v: __m256) -> f32 {
     }
 }
 
+/// The sum of the 8 i32 lanes (exact: our block sums are far from overflowing).
+#[inline(always)]
+pub(crate) fn hsum_i32(v: __m256i) -> i32 {
+    // SAFETY: AVX2 is enabled at compile time.
+    unsafe {
+        let s4 = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+        let s2 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
+        _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32::<1>(s2)))
+    }
+}
+
 /// Lane `l` = Σ over bytes `4l..4l+4` of `u[i] * s[i]` (`u` unsigned, `s` signed).
 #[inline(always)]
 pub(crate) fn dot_u8i8<const VNNI: bool>(u: __m256i, s: __m256i) -> __m256i {

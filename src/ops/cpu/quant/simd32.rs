@@ -1,11 +1,12 @@
 //! AVX2 / AVX-512 VNNI kernels for the 32-value block formats (`Q4_0`, `Q4_1`, `Q5_0`, `Q5_1`,
-//! `Q8_0`) against [`Q8Acts`]. Each block is unpacked to 32 bytes once per tile and multiplied with
-//! `R` activation rows; per element the arithmetic is [`super::scalar::dot32`]'s, bit for bit.
+//! `Q8_0`) in ggml's own row layout, against [`Q8Acts`]. Each block is unpacked to 32 bytes once
+//! per tile and multiplied with `R` activation rows; per element the arithmetic is
+//! [`super::scalar::dot32`]'s, bit for bit. (Matrices packed for the CPU run [`super::simdp`].)
 
 use super::acts::Q8Acts;
 use super::blocks::f16_at;
 use super::format::WeightFormat;
-use super::simd::{dot_i8i8, dot_u8i8, fold, hsum};
+use super::simd::{dot_i8i8, dot_u8i8, hsum_i32};
 use super::tile::Tile;
 use std::arch::x86_64::*;
 use std::marker::PhantomData;
@@ -106,15 +107,14 @@ impl<F: Fmt32, const VNNI: bool> Tile for Simd32<'_, F, VNNI> {
         let (nb, bb) = (self.acts.nb, F::FORMAT.block_bytes());
         let w: [&[u8]; C] = std::array::from_fn(|c| &self.w[(j + c) * nb * bb..][..nb * bb]);
         let a: [_; R] = std::array::from_fn(|r| self.acts.row(i + r));
-        // SAFETY: AVX2 + FMA at compile time (VNNI: see `dot_u8i8`).
-        let mut acc = [[unsafe { _mm256_setzero_ps() }; C]; R];
+        let mut acc = [[0f32; C]; R];
         let mut summ = [[0f32; C]; R];
         for b in 0..nb {
             // SAFETY: each slice is one whole block of the format.
             let wv: [_; C] = std::array::from_fn(|c| unsafe { F::load(&w[c][b * bb..][..bb]) });
             for r in 0..R {
                 let qa = &a[r].qs[32 * b..32 * b + 32];
-                // SAFETY: 32 readable bytes.
+                // SAFETY: 32 readable bytes; AVX2 at compile time.
                 let av = unsafe { _mm256_loadu_si256(qa.as_ptr().cast()) };
                 let (da, sa) = (a[r].d[b], a[r].extra[b]);
                 for c in 0..C {
@@ -124,13 +124,13 @@ impl<F: Fmt32, const VNNI: bool> Tile for Simd32<'_, F, VNNI> {
                     } else {
                         dot_u8i8::<VNNI>(q, av)
                     };
-                    acc[r][c] = fold(acc[r][c], isum, d * da);
+                    acc[r][c] = (hsum_i32(isum) as f32).mul_add(d * da, acc[r][c]);
                     if !F::SIGNED {
                         summ[r][c] = m.mul_add(sa, summ[r][c]);
                     }
                 }
             }
         }
-        std::array::from_fn(|r| std::array::from_fn(|c| hsum(acc[r][c]) + summ[r][c]))
+        std::array::from_fn(|r| std::array::from_fn(|c| acc[r][c] + summ[r][c]))
     }
 }

@@ -84,3 +84,48 @@ pub(crate) unsafe fn drive<K: Tile>(k: &K, mut b: Block) {
         }
     }
 }
+
+/// A kernel over a packed matrix: one tile is `R` activation rows × one group of 8 weight rows.
+pub(crate) trait GroupTile {
+    /// `out[r][l]` = element (activation row `i + r`, weight row `8 g + l`); lanes past the
+    /// matrix's last row are padding.
+    ///
+    /// # Safety
+    /// The CPU supports the kernel's instruction set, and the rows and the group exist.
+    unsafe fn tile<const TR: usize>(&self, i: usize, g: usize) -> [[f32; 8]; TR];
+}
+
+/// Computes every element of `b` with a packed-matrix kernel; `b.js` starts on a group.
+///
+/// # Safety
+/// As [`GroupTile::tile`], for every row of `b.is` and every group overlapping `b.js`.
+#[inline(always)]
+pub(crate) unsafe fn drive_groups<K: GroupTile>(k: &K, mut b: Block) {
+    let (is, js) = (b.is.clone(), b.js.clone());
+    assert!(js.start.is_multiple_of(8), "packed tasks start on a group");
+    let put = |b: &mut Block, i: usize, g: usize, t: &[[f32; 8]]| {
+        for (r, row) in t.iter().enumerate() {
+            for (l, &v) in row.iter().enumerate().take(js.end.min(8 * g + 8) - 8 * g) {
+                let at = (i + r - b.is.start) * b.si + (8 * g + l - b.js.start) * b.sj;
+                b.out[at] = v;
+            }
+        }
+    };
+    for i0 in is.clone().step_by(ROW_BLOCK) {
+        let i1 = (i0 + ROW_BLOCK).min(is.end);
+        for g in js.start / 8..js.end.div_ceil(8) {
+            let mut i = i0;
+            // SAFETY (all tile calls): forwarded from the caller; rows i.. stay within `is`.
+            while i + R <= i1 {
+                put(&mut b, i, g, &unsafe { k.tile::<R>(i, g) });
+                i += R;
+            }
+            match i1 - i {
+                3 => put(&mut b, i, g, &unsafe { k.tile::<3>(i, g) }),
+                2 => put(&mut b, i, g, &unsafe { k.tile::<2>(i, g) }),
+                1 => put(&mut b, i, g, &unsafe { k.tile::<1>(i, g) }),
+                _ => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! The CPU layout of the 32-value formats `Q4_0`, `Q4_1` and `Q8_0`: weight rows in groups of
+//! [`GROUP`] (8), block by block, interleaved so that one 32-byte word holds 4 consecutive codes of
+//! each of the 8 rows (bytes `4l..4l+4` = row `l`), and the group's 8 scales (and 8 minimums) are
+//! 16 contiguous bytes each. A kernel then computes 8 output features per register with no
+//! horizontal sums and one f16 conversion per 8 scales (`simdp`).
+//!
+//! What always holds: packing only moves bytes (and flips the sign bit of `Q8_0` codes, making
+//! them `q + 128`), the packed matrix has the same size as ggml's rows (plus zero rows padding
+//! the last group), and [`unpack_row`] gives back ggml's row bytes exactly.
+
+use super::format::WeightFormat;
+
+/// Weight rows per group.
+pub(crate) const GROUP: usize = 8;
+
+/// Where the pieces of one group-block (8 rows × one 32-value block) lie, in bytes.
+#[derive(Clone, Copy)]
+pub(crate) struct GroupBlock {
+    /// The 8 scales `d` (f16).
+    pub d: usize,
+    /// The 8 minimums `m` (f16), for `Q4_1`.
+    pub m: Option<usize>,
+    /// The first code word; word `k` holds codes of every row.
+    pub codes: usize,
+    /// Code words: 4 for the 4-bit formats (low nibbles = values `4k..4k+4`, high nibbles =
+    /// values `16+4k..16+4k+4`, as in ggml's `qs`), 8 for `Q8_0` (values `4k..4k+4`).
+    pub words: usize,
+    /// Size of the group-block.
+    pub bytes: usize,
+}
+
+/// Whether `f` has a packed layout.
+pub(crate) const fn packable(f: WeightFormat) -> bool {
+    matches!(f, WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q8_0)
+}
+
+/// The group-block of a packable format.
+pub(crate) const fn group_block(f: WeightFormat) -> GroupBlock {
+    match f {
+        WeightFormat::Q4_0 => GroupBlock {
+            d: 0,
+            m: None,
+            codes: 16,
+            words: 4,
+            bytes: 16 + 128,
+        },
+        WeightFormat::Q4_1 => GroupBlock {
+            d: 0,
+            m: Some(16),
+            codes: 32,
+            words: 4,
+            bytes: 32 + 128,
+        },
+        WeightFormat::Q8_0 => GroupBlock {
+            d: 0,
+            m: None,
+            codes: 16,
+            words: 8,
+            bytes: 16 + 256,
+        },
+        _ => panic!("no packed layout for this format"),
+    }
+}
+
+/// In ggml's block of a packable format: the offsets of `d`, of `m` (if any) and of the codes.
+const fn plain_offsets(f: WeightFormat) -> (usize, Option<usize>, usize) {
+    match f {
+        WeightFormat::Q4_0 => (0, None, 2),
+        WeightFormat::Q4_1 => (0, Some(2), 4),
+        _ => (0, None, 2),
+    }
+}
+
+/// The XOR applied to code bytes when packing (and undone when unpacking).
+const fn code_xor(f: WeightFormat) -> u8 {
+    match f {
+        WeightFormat::Q8_0 => 0x80,
+        _ => 0,
+    }
+}
+
+/// Bytes of a packed matrix of `rows` rows of `cols` values.
+pub(crate) fn packed_len(f: WeightFormat, rows: usize, cols: usize) -> usize {
+    rows.div_ceil(GROUP) * (cols / 32) * group_block(f).bytes
+}
+
+/// Visits every (ggml block byte range, packed byte range) pair of row `row`'s block `b`:
+/// `(plain_at, packed_at, len, xor)`.
+fn pieces(
+    f: WeightFormat,
+    cols: usize,
+    row: usize,
+    b: usize,
+    mut visit: impl FnMut(usize, usize, usize, u8),
+) {
+    let (nb, gb, bb) = (cols / 32, group_block(f), f.block_bytes());
+    let (g, l) = (row / GROUP, row % GROUP);
+    let plain = row * nb * bb + b * bb;
+    let packed = (g * nb + b) * gb.bytes;
+    let (pd, pm, pq) = plain_offsets(f);
+    visit(plain + pd, packed + gb.d + 2 * l, 2, 0);
+    if let (Some(pm), Some(m)) = (pm, gb.m) {
+        visit(plain + pm, packed + m + 2 * l, 2, 0);
+    }
+    for k in 0..gb.words {
+        visit(
+            plain + pq + 4 * k,
+            packed + gb.codes + 32 * k + 4 * l,
+            4,
+            code_xor(f),
+        );
+    }
+}
+
+/// Packs ggml rows (`rows × row_bytes`) into `out` (`packed_len` bytes, zeroed).
+pub(crate) fn pack(f: WeightFormat, rows: usize, cols: usize, plain: &[u8], out: &mut [u8]) {
+    debug_assert_eq!(out.len(), packed_len(f, rows, cols));
+    for row in 0..rows {
+        for b in 0..cols / 32 {
+            pieces(f, cols, row, b, |src, dst, len, xor| {
+                for (o, &v) in out[dst..dst + len].iter_mut().zip(&plain[src..src + len]) {
+                    *o = v ^ xor;
+                }
+            });
+        }
+    }
+}
+
+/// Writes ggml's bytes of row `row` (`row_bytes` long) from a packed matrix.
+pub(crate) fn unpack_row(f: WeightFormat, cols: usize, packed: &[u8], row: usize, out: &mut [u8]) {
+    let base = row * f.row_bytes(cols);
+    for b in 0..cols / 32 {
+        pieces(f, cols, row, b, |src, dst, len, xor| {
+            for (o, &v) in out[src - base..src - base + len]
+                .iter_mut()
+                .zip(&packed[dst..dst + len])
+            {
+                *o = v ^ xor;
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn unpacking_gives_back_every_row_exactly() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for f in [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q8_0] {
+            for (rows, cols) in [(1, 32), (8, 64), (13, 96), (17, 32)] {
+                let rb = f.row_bytes(cols);
+                let plain: Vec<u8> = (0..rows * rb).map(|_| rng.random()).collect();
+                let mut packed = vec![0u8; packed_len(f, rows, cols)];
+                pack(f, rows, cols, &plain, &mut packed);
+                for row in 0..rows {
+                    let mut back = vec![0u8; rb];
+                    unpack_row(f, cols, &packed, row, &mut back);
+                    assert_eq!(back, plain[row * rb..(row + 1) * rb], "{f} {rows}x{cols} row {row}");
+                }
+            }
+        }
+    }
+}
