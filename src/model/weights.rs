@@ -51,10 +51,12 @@ impl Weight {
         }
     }
 
-    pub fn describe(&self) -> &'static str {
+    /// The format, e.g. "q4_1", with "/packed" when in the CPU kernels' packed layout.
+    pub fn describe(&self) -> String {
         match self {
-            Weight::Dense(_) => "f32",
-            Weight::Quant(q) => q.format().name(),
+            Weight::Dense(_) => "f32".into(),
+            Weight::Quant(q) if q.is_packed() => format!("{}/packed", q.format().name()),
+            Weight::Quant(q) => q.format().name().into(),
         }
     }
 }
@@ -269,9 +271,9 @@ impl LlamaWeights {
         layers + self.embed.bytes() + self.lm_head.as_ref().map_or(0, Weight::bytes)
     }
 
-    /// The formats of the projections, e.g. "q4_1 x 210" (for the startup log).
+    /// The formats of the projections, e.g. "q4_1/packed x 210" (for the startup log).
     pub fn describe(&self) -> String {
-        let mut counts: Vec<(&str, usize)> = Vec::new();
+        let mut counts: Vec<(String, usize)> = Vec::new();
         for p in self.layers.iter().flat_map(|l| &l.proj) {
             match counts.iter_mut().find(|(n, _)| *n == p.w.describe()) {
                 Some(c) => c.1 += 1,

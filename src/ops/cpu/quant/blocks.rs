@@ -80,6 +80,7 @@ pub(crate) fn decode32(f: WeightFormat, b: &[u8]) -> Block32 {
 }
 
 /// The 6-bit scales and mins of a Q4_K/Q5_K super-block (ggml's `get_scale_min_k4`).
+#[inline(always)]
 pub(crate) fn scales_k4(s: &[u8]) -> ([u8; 8], [u8; 8]) {
     let mut sc = [0u8; 8];
     let mut mn = [0u8; 8];

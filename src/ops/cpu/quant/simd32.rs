@@ -110,8 +110,12 @@ impl<F: Fmt32, const VNNI: bool> Tile for Simd32<'_, F, VNNI> {
         let mut acc = [[0f32; C]; R];
         let mut summ = [[0f32; C]; R];
         for b in 0..nb {
-            // SAFETY: each slice is one whole block of the format.
-            let wv: [_; C] = std::array::from_fn(|c| unsafe { F::load(&w[c][b * bb..][..bb]) });
+            // SAFETY: AVX2 at compile time.
+            let mut wv = [unsafe { (_mm256_setzero_si256(), 0f32, 0f32) }; C];
+            for (c, v) in wv.iter_mut().enumerate() {
+                // SAFETY: each slice is one whole block of the format.
+                *v = unsafe { F::load(&w[c][b * bb..][..bb]) };
+            }
             for r in 0..R {
                 let qa = &a[r].qs[32 * b..32 * b + 32];
                 // SAFETY: 32 readable bytes; AVX2 at compile time.

@@ -42,7 +42,10 @@ impl Tile for SimdFloat<'_> {
         unsafe {
             let mut acc = [[_mm256_setzero_ps(); C]; R];
             for ch in 0..k / 8 {
-                let wv: [__m256; C] = std::array::from_fn(|c| load8(self.f, w[c], 8 * ch * es));
+                let mut wv = [_mm256_setzero_ps(); C];
+                for (c, v) in wv.iter_mut().enumerate() {
+                    *v = load8(self.f, w[c], 8 * ch * es);
+                }
                 for r in 0..R {
                     let xv = _mm256_loadu_ps(x[r][8 * ch..8 * ch + 8].as_ptr());
                     for c in 0..C {

@@ -81,9 +81,13 @@ unsafe fn unpack_k4(b: &[u8], high: Option<&[u8]>, qs: &[u8]) -> Unpacked {
             }
         }
     }
+    let mut pairs = [(0i16, 0i16); 8];
+    for (p, &s) in pairs.iter_mut().zip(&sc) {
+        *p = (s as i16, s as i16);
+    }
     Unpacked {
         q,
-        sc: sc.map(|s| (s as i16, s as i16)),
+        sc: pairs,
         d: f16_at(b, 0),
         dmin: f16_at(b, 2),
         mn,
@@ -129,8 +133,10 @@ impl FmtK for Q6K {
                     q[4 * half + g] = _mm256_sub_epi8(_mm256_or_si256(l, hb), m32);
                 }
             }
-            let sc: [(i16, i16); 8] =
-                std::array::from_fn(|s| (b[192 + 2 * s] as i8 as i16, b[193 + 2 * s] as i8 as i16));
+            let mut sc = [(0i16, 0i16); 8];
+            for (s, p) in sc.iter_mut().enumerate() {
+                *p = (b[192 + 2 * s] as i8 as i16, b[193 + 2 * s] as i8 as i16);
+            }
             Unpacked {
                 q,
                 sc,
@@ -152,7 +158,10 @@ pub(crate) struct SimdK<'a, F, const VNNI: bool> {
 /// Each minimum twice, as 16 i16 lanes lined up with the 16 `bsums` of a super-block.
 #[inline(always)]
 fn mins_dup(mn: &[u8; 8]) -> __m256i {
-    let m: [i16; 16] = std::array::from_fn(|i| mn[i / 2] as i16);
+    let mut m = [0i16; 16];
+    for (i, v) in m.iter_mut().enumerate() {
+        *v = mn[i / 2] as i16;
+    }
     // SAFETY: 32 readable bytes; AVX2 at compile time.
     unsafe { _mm256_loadu_si256(m.as_ptr().cast()) }
 }
@@ -178,37 +187,34 @@ impl<F: FmtK, const VNNI: bool> Tile for SimdK<'_, F, VNNI> {
         // SAFETY: AVX2 + FMA at compile time (VNNI: see `simd::dot_u8i8`).
         let mut acc = [[unsafe { _mm256_setzero_ps() }; C]; R];
         let mut summ = [[0f32; C]; R];
+        // Plain loops, one weight super-block live at a time: closures over register arrays
+        // (`array::from_fn`) were not inlined into the target-feature function, and C unpacked
+        // super-blocks at once spilled.
         for b in 0..nb {
-            // SAFETY: each slice is one whole super-block.
-            let wv: [Unpacked; C] =
-                std::array::from_fn(|c| unsafe { F::unpack(&w[c][b * bb..][..bb]) });
-            let scales: [[__m256i; 8]; C] = std::array::from_fn(|c| {
-                std::array::from_fn(|s| scale_vec::<VNNI>(wv[c].sc[s].0, wv[c].sc[s].1))
-            });
-            let mins: [__m256i; C] = std::array::from_fn(|c| mins_dup(&wv[c].mn));
-            for r in 0..R {
-                let qa = &a[r].qs[QK_K * b..QK_K * (b + 1)];
-                // SAFETY: 8 × 32 readable bytes.
-                let av: [__m256i; 8] = std::array::from_fn(|s| unsafe {
-                    _mm256_loadu_si256(qa[32 * s..32 * s + 32].as_ptr().cast())
-                });
-                for c in 0..C {
-                    // SAFETY: AVX2 at compile time.
+            for c in 0..C {
+                // SAFETY: one whole super-block.
+                let wv = unsafe { F::unpack(&w[c][b * bb..][..bb]) };
+                let mins = mins_dup(&wv.mn);
+                for r in 0..R {
+                    let qa = &a[r].qs[QK_K * b..QK_K * (b + 1)];
+                    // SAFETY: AVX2 at compile time; 32 readable bytes per load (slice-checked).
                     let mut isum = unsafe { _mm256_setzero_si256() };
                     for s in 0..8 {
-                        let (q, sc) = (wv[c].q[s], scales[c][s]);
+                        // SAFETY: as above.
+                        let av = unsafe { _mm256_loadu_si256(qa[32 * s..32 * s + 32].as_ptr().cast()) };
+                        let sc = scale_vec::<VNNI>(wv.sc[s].0, wv.sc[s].1);
                         let p = if F::SIGNED {
-                            dot_scaled::<VNNI, true>(q, av[s], sc)
+                            dot_scaled::<VNNI, true>(wv.q[s], av, sc)
                         } else {
-                            dot_scaled::<VNNI, false>(q, av[s], sc)
+                            dot_scaled::<VNNI, false>(wv.q[s], av, sc)
                         };
                         // SAFETY: AVX2 at compile time.
                         isum = unsafe { _mm256_add_epi32(isum, p) };
                     }
-                    acc[r][c] = fold(acc[r][c], isum, wv[c].d * a[r].d[b]);
+                    acc[r][c] = fold(acc[r][c], isum, wv.d * a[r].d[b]);
                     if !F::SIGNED {
-                        let imin = min_sum(mins[c], &a[r].extra[16 * b..16 * b + 16]);
-                        summ[r][c] = (-(wv[c].dmin * a[r].d[b])).mul_add(imin as f32, summ[r][c]);
+                        let imin = min_sum(mins, &a[r].extra[16 * b..16 * b + 16]);
+                        summ[r][c] = (-(wv.dmin * a[r].d[b])).mul_add(imin as f32, summ[r][c]);
                     }
                 }
             }

@@ -39,11 +39,13 @@ unsafe fn nibble_words(p: *const u8) -> [__m256i; 8] {
     // SAFETY: 4 readable 32-byte words at `p` (the caller's contract); AVX2 at compile time.
     unsafe {
         let mask = _mm256_set1_epi8(0xF);
-        let w: [__m256i; 4] = std::array::from_fn(|k| _mm256_loadu_si256(p.add(32 * k).cast()));
-        std::array::from_fn(|k| match k < 4 {
-            true => _mm256_and_si256(w[k], mask),
-            false => _mm256_and_si256(_mm256_srli_epi16::<4>(w[k - 4]), mask),
-        })
+        let mut u = [_mm256_setzero_si256(); 8];
+        for k in 0..4 {
+            let w = _mm256_loadu_si256(p.add(32 * k).cast());
+            u[k] = _mm256_and_si256(w, mask);
+            u[k + 4] = _mm256_and_si256(_mm256_srli_epi16::<4>(w), mask);
+        }
+        u
     }
 }
 
@@ -104,7 +106,13 @@ impl PackedFmt for Q8_0 {
     #[inline(always)]
     unsafe fn codes(p: *const u8) -> [__m256i; 8] {
         // SAFETY: 8 readable 32-byte words at `p`; AVX2 at compile time.
-        std::array::from_fn(|k| unsafe { _mm256_loadu_si256(p.add(32 * k).cast()) })
+        unsafe {
+            let mut u = [_mm256_setzero_si256(); 8];
+            for (k, u) in u.iter_mut().enumerate() {
+                *u = _mm256_loadu_si256(p.add(32 * k).cast());
+            }
+            u
+        }
     }
     /// VNNI multiplies the stored `q + 128` directly (`vpdpbusd` does not saturate) and leaves
     /// `128 × Σ a` to subtract; AVX2 flips the codes back to `q` and uses `|q| × sign(a, q)`
