@@ -139,11 +139,10 @@ impl Q8Acts {
     /// Quantizes `m` rows of `k` values (`k` a multiple of 32).
     pub fn quantize(x: &[f32], m: usize, k: usize) -> Self {
         let mut a = Self::build(x, (m, k), (32, 1), q8_block);
-        a.qsum = a
-            .qs
-            .chunks_exact(32)
-            .map(|b| b.iter().map(|&v| v as i32).sum())
-            .collect();
+        a.qsum =
+            a.qs.chunks_exact(32)
+                .map(|b| b.iter().map(|&v| v as i32).sum())
+                .collect();
         a
     }
 }

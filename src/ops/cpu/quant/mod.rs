@@ -15,9 +15,9 @@
 mod acts;
 mod blocks;
 mod format;
+mod packed;
 mod qlinear;
 mod qlinear_many;
-mod packed;
 mod qmatrix;
 mod scalar;
 mod storage;

@@ -1,14 +1,16 @@
-//! The CPU layout of the 32-value formats `Q4_0`, `Q4_1` and `Q8_0`: weight rows in groups of
-//! [`GROUP`] (8), block by block, interleaved so that one 32-byte word holds 4 consecutive codes of
-//! each of the 8 rows (bytes `4l..4l+4` = row `l`), and the group's 8 scales (and 8 minimums) are
-//! 16 contiguous bytes each. A kernel then computes 8 output features per register with no
-//! horizontal sums and one f16 conversion per 8 scales (`simdp`).
+//! The CPU layout of `Q4_0`, `Q4_1`, `Q8_0` and `Q4_K`: weight rows in groups of [`GROUP`] (8),
+//! block by block, interleaved so that one 32-byte word holds 4 consecutive codes of each of the 8
+//! rows (bytes `4l..4l+4` = row `l`), and the group's 8 scales (and 8 minimums) are contiguous. A
+//! kernel then computes 8 output features per register with no horizontal sums and one
+//! conversion per 8 scales (`simdp`).
 //!
-//! What always holds: packing only moves bytes (and flips the sign bit of `Q8_0` codes, making
-//! them `q + 128`), the packed matrix has the same size as ggml's rows (plus zero rows padding
-//! the last group), and [`unpack_row`] gives back ggml's row bytes exactly.
+//! What always holds: packing only moves bytes (flips the sign bit of `Q8_0` codes, making them
+//! `q + 128`; spells out `Q4_K`'s 6-bit scales and minimums as bytes), the packed matrix has about
+//! the size of ggml's rows (`Q4_K`: +2.8%; plus zero rows padding the last group), and
+//! [`unpack_row`] gives back ggml's row bytes exactly.
 
-use super::format::WeightFormat;
+use super::blocks::scales_k4;
+use super::format::{WeightFormat, QK_K};
 
 /// Weight rows per group.
 pub(crate) const GROUP: usize = 8;
@@ -31,7 +33,32 @@ pub(crate) struct GroupBlock {
 
 /// Whether `f` has a packed layout.
 pub(crate) const fn packable(f: WeightFormat) -> bool {
-    matches!(f, WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q8_0)
+    matches!(
+        f,
+        WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q8_0 | WeightFormat::Q4_K
+    )
+}
+
+/// The `Q4_K` group-block (8 rows × one 256-value super-block), byte offsets: `D` the 8 `d`
+/// (f16), `DMIN` the 8 `dmin` (f16), `SC` and `MN` the 6-bit scales and minimums as bytes,
+/// `[sub-block][row]`, `CODES` then, for each pair `j` of sub-blocks (0..4), 8 words: word `k`
+/// lane `l` = row `l`'s `qs[32j + 4k..+4]` (low nibbles: sub-block `2j`, values `4k..4k+4`; high
+/// nibbles: sub-block `2j + 1`).
+pub(crate) mod k4 {
+    pub const D: usize = 0;
+    pub const DMIN: usize = 16;
+    pub const SC: usize = 32;
+    pub const MN: usize = 96;
+    pub const CODES: usize = 160;
+    pub const BYTES: usize = 160 + 1024;
+}
+
+/// Bytes of one group-block of a packable format.
+const fn group_bytes(f: WeightFormat) -> usize {
+    match f {
+        WeightFormat::Q4_K => k4::BYTES,
+        _ => group_block(f).bytes,
+    }
 }
 
 /// The group-block of a packable format.
@@ -81,7 +108,7 @@ const fn code_xor(f: WeightFormat) -> u8 {
 
 /// Bytes of a packed matrix of `rows` rows of `cols` values.
 pub(crate) fn packed_len(f: WeightFormat, rows: usize, cols: usize) -> usize {
-    rows.div_ceil(GROUP) * (cols / 32) * group_block(f).bytes
+    rows.div_ceil(GROUP) * (cols / f.block_len()) * group_bytes(f)
 }
 
 /// Visits every (ggml block byte range, packed byte range) pair of row `row`'s block `b`:
@@ -116,12 +143,15 @@ fn pieces(
 pub(crate) fn pack(f: WeightFormat, rows: usize, cols: usize, plain: &[u8], out: &mut [u8]) {
     debug_assert_eq!(out.len(), packed_len(f, rows, cols));
     for row in 0..rows {
-        for b in 0..cols / 32 {
-            pieces(f, cols, row, b, |src, dst, len, xor| {
-                for (o, &v) in out[dst..dst + len].iter_mut().zip(&plain[src..src + len]) {
-                    *o = v ^ xor;
-                }
-            });
+        for b in 0..cols / f.block_len() {
+            match f {
+                WeightFormat::Q4_K => pack_k4(cols, row, b, plain, out),
+                _ => pieces(f, cols, row, b, |src, dst, len, xor| {
+                    for (o, &v) in out[dst..dst + len].iter_mut().zip(&plain[src..src + len]) {
+                        *o = v ^ xor;
+                    }
+                }),
+            }
         }
     }
 }
@@ -129,15 +159,70 @@ pub(crate) fn pack(f: WeightFormat, rows: usize, cols: usize, plain: &[u8], out:
 /// Writes ggml's bytes of row `row` (`row_bytes` long) from a packed matrix.
 pub(crate) fn unpack_row(f: WeightFormat, cols: usize, packed: &[u8], row: usize, out: &mut [u8]) {
     let base = row * f.row_bytes(cols);
-    for b in 0..cols / 32 {
-        pieces(f, cols, row, b, |src, dst, len, xor| {
-            for (o, &v) in out[src - base..src - base + len]
-                .iter_mut()
-                .zip(&packed[dst..dst + len])
-            {
-                *o = v ^ xor;
-            }
-        });
+    for b in 0..cols / f.block_len() {
+        match f {
+            WeightFormat::Q4_K => unpack_k4(cols, row, b, packed, out),
+            _ => pieces(f, cols, row, b, |src, dst, len, xor| {
+                for (o, &v) in out[src - base..src - base + len]
+                    .iter_mut()
+                    .zip(&packed[dst..dst + len])
+                {
+                    *o = v ^ xor;
+                }
+            }),
+        }
+    }
+}
+
+/// (ggml block start of row `row`'s super-block `b`, its group-block start, lane).
+fn k4_at(cols: usize, row: usize, b: usize) -> (usize, usize, usize) {
+    let nb = cols / QK_K;
+    let bb = WeightFormat::Q4_K.block_bytes();
+    let (g, l) = (row / GROUP, row % GROUP);
+    (row * nb * bb + b * bb, (g * nb + b) * k4::BYTES, l)
+}
+
+fn pack_k4(cols: usize, row: usize, b: usize, plain: &[u8], out: &mut [u8]) {
+    let (src, dst, l) = k4_at(cols, row, b);
+    let (blk, grp) = (&plain[src..src + 144], &mut out[dst..dst + k4::BYTES]);
+    grp[k4::D + 2 * l..k4::D + 2 * l + 2].copy_from_slice(&blk[0..2]);
+    grp[k4::DMIN + 2 * l..k4::DMIN + 2 * l + 2].copy_from_slice(&blk[2..4]);
+    let (sc, mn) = scales_k4(&blk[4..16]);
+    for s in 0..8 {
+        grp[k4::SC + 8 * s + l] = sc[s];
+        grp[k4::MN + 8 * s + l] = mn[s];
+    }
+    for j in 0..4 {
+        for k in 0..8 {
+            let at = k4::CODES + 256 * j + 32 * k + 4 * l;
+            grp[at..at + 4].copy_from_slice(&blk[16 + 32 * j + 4 * k..][..4]);
+        }
+    }
+}
+
+fn unpack_k4(cols: usize, row: usize, b: usize, packed: &[u8], out: &mut [u8]) {
+    let (src, dst, l) = k4_at(cols, row, b);
+    let base = row * WeightFormat::Q4_K.row_bytes(cols);
+    let (grp, blk) = (
+        &packed[dst..dst + k4::BYTES],
+        &mut out[src - base..src - base + 144],
+    );
+    blk[0..2].copy_from_slice(&grp[k4::D + 2 * l..][..2]);
+    blk[2..4].copy_from_slice(&grp[k4::DMIN + 2 * l..][..2]);
+    let sc: [u8; 8] = std::array::from_fn(|s| grp[k4::SC + 8 * s + l]);
+    let mn: [u8; 8] = std::array::from_fn(|s| grp[k4::MN + 8 * s + l]);
+    // The inverse of ggml's `get_scale_min_k4` (96 bits hold exactly 16 six-bit values).
+    let s = &mut blk[4..16];
+    for j in 0..4 {
+        s[j] = sc[j] | ((sc[j + 4] >> 4) << 6);
+        s[j + 4] = mn[j] | ((mn[j + 4] >> 4) << 6);
+        s[j + 8] = (sc[j + 4] & 0xF) | ((mn[j + 4] & 0xF) << 4);
+    }
+    for j in 0..4 {
+        for k in 0..8 {
+            let at = k4::CODES + 256 * j + 32 * k + 4 * l;
+            blk[16 + 32 * j + 4 * k..][..4].copy_from_slice(&grp[at..at + 4]);
+        }
     }
 }
 
@@ -149,8 +234,13 @@ mod tests {
     #[test]
     fn unpacking_gives_back_every_row_exactly() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        for f in [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q8_0] {
-            for (rows, cols) in [(1, 32), (8, 64), (13, 96), (17, 32)] {
+        for f in [
+            WeightFormat::Q4_0,
+            WeightFormat::Q4_1,
+            WeightFormat::Q8_0,
+            WeightFormat::Q4_K,
+        ] {
+            for (rows, cols) in [(1, 256), (8, 512), (13, 768), (17, 256)] {
                 let rb = f.row_bytes(cols);
                 let plain: Vec<u8> = (0..rows * rb).map(|_| rng.random()).collect();
                 let mut packed = vec![0u8; packed_len(f, rows, cols)];
@@ -158,7 +248,11 @@ mod tests {
                 for row in 0..rows {
                     let mut back = vec![0u8; rb];
                     unpack_row(f, cols, &packed, row, &mut back);
-                    assert_eq!(back, plain[row * rb..(row + 1) * rb], "{f} {rows}x{cols} row {row}");
+                    assert_eq!(
+                        back,
+                        plain[row * rb..(row + 1) * rb],
+                        "{f} {rows}x{cols} row {row}"
+                    );
                 }
             }
         }

@@ -315,7 +315,10 @@ pub(crate) mod tests {
             let (wf, xs) = (w.to_f32(), seen(f, &x, m, k));
             let mut first: Option<Vec<f32>> = None;
             let layouts = [w.clone(), w.clone().packed()];
-            for (isa, w) in isas().into_iter().flat_map(|i| layouts.iter().map(move |w| (i, w))) {
+            for (isa, w) in isas()
+                .into_iter()
+                .flat_map(|i| layouts.iter().map(move |w| (i, w)))
+            {
                 let mut y = vec![0f32; m * n];
                 qlinear_with(isa, &x, m, w, Some(&b), &mut y);
                 for i in 0..m {
@@ -378,7 +381,11 @@ pub(crate) mod tests {
                         .unwrap();
                     let mut y = vec![0f32; m * n];
                     // Alternate layouts: the packed matrix gives the plain one's bits.
-                    let wl = if t % 2 == 0 { w.clone().packed() } else { w.clone() };
+                    let wl = if t % 2 == 0 {
+                        w.clone().packed()
+                    } else {
+                        w.clone()
+                    };
                     pool.install(|| qlinear(&xb, m, &wl, None, &mut y));
                     let got = &y[pos * n..(pos + 1) * n];
                     assert!(

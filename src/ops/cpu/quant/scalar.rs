@@ -5,11 +5,13 @@
 //!   `acc = fma(isum as f32, d_w * d_a, acc)`; a second one for the minimum terms (`Q4_1`, `Q5_1`),
 //!   `summ = fma(m_w, s_a, summ)`; result `acc + summ`. (Any split of the integer sum gives the same
 //!   integer, which is what lets the packed kernels put 8 weight rows in the lanes of a register.)
-//! - k-quants: integer sums per block split into 8 lanes, lane `l` holding the products of the
+//! - `Q4_K`, `Q5_K`: per super-block the exact integer `isum = Σ_s sc_s · Σ_{i in s} q_i a_i`
+//!   and `imin = Σ_s mn_s · (bsum_2s + bsum_2s+1)`; `acc = fma(isum as f32, d_w * d_a, acc)`,
+//!   `summ = fma(-(dmin_w * d_a), imin as f32, summ)`, blocks in order; result `acc + summ`.
+//! - `Q6_K`: integer sums per block split into 8 lanes, lane `l` holding the products of the
 //!   values whose index within their 32-value group is in `4l..4l+4`, times the sub-block scale;
 //!   8 f32 lane accumulators, blocks in order: `acc[l] = fma(isum[l] as f32, d_w * d_a, acc[l])`;
-//!   a scalar f32 accumulator for the minimum terms (`Q4_K`, `Q5_K`); result `tree(acc) + summ`,
-//!   `tree` = lanes `l + 4`, then `l + 2`, then `0 + 1`.
+//!   result `tree(acc)`, `tree` = lanes `l + 4`, then `l + 2`, then `0 + 1`.
 //!
 //! Float weights use f32 activations and the recipe of `ops::cpu::dot` (8 FMA lanes over chunks
 //! of 8, the same tree, then the tail in order), so F32 weights give exactly `ops::cpu::linear`.
@@ -68,23 +70,26 @@ pub(crate) fn dot32(f: WeightFormat, w: &[u8], a: Q8Row) -> f32 {
 
 /// One element for `Q4_K` or `Q5_K`.
 pub(crate) fn dot_k(f: WeightFormat, w: &[u8], a: Q8KRow) -> f32 {
-    let (mut acc, mut summ) = ([0f32; 8], 0f32);
+    let (mut acc, mut summ) = (0f32, 0f32);
     for (b, wb) in w.chunks_exact(f.block_bytes()).enumerate() {
         let k = decode_k(f, wb);
         let qa = &a.qs[QK_K * b..];
-        let mut isum = [0i32; 8];
-        for s in 0..8 {
-            let q = |i: usize| k.q[32 * s + i] as i32;
-            isum = add(isum, lanes32(q, &qa[32 * s..], |_| k.sc[s] as i32));
-        }
-        fold(&mut acc, isum, k.d * a.d[b]);
+        let isum: i32 = (0..8)
+            .map(|s| {
+                let p: i32 = (32 * s..32 * s + 32)
+                    .map(|i| k.q[i] as i32 * qa[i] as i32)
+                    .sum();
+                k.sc[s] as i32 * p
+            })
+            .sum();
+        acc = (isum as f32).mul_add(k.d * a.d[b], acc);
         let bs = &a.extra[16 * b..];
         let imin: i32 = (0..8)
             .map(|s| k.mn[s] as i32 * (bs[2 * s] as i32 + bs[2 * s + 1] as i32))
             .sum();
         summ = (-(k.dmin * a.d[b])).mul_add(imin as f32, summ);
     }
-    tree(acc) + summ
+    acc + summ
 }
 
 /// One element for `Q6_K`.

@@ -3,11 +3,12 @@
 //! row `l`. Per block the group's codes are unpacked once into 8 registers (4 values of each row),
 //! each activation row's matching 4 bytes are broadcast, and u8×i8 dot products give the block's
 //! exact integer sums of all 8 rows at once; scales and minimums of the 8 rows are one f16
-//! conversion each. Per element the arithmetic is [`super::scalar::dot32`]'s, bit for bit.
+//! conversion each. Per element the arithmetic is [`super::scalar::dot32`]'s (packed `Q4_K`:
+//! [`super::scalar::dot_k`]'s), bit for bit.
 
-use super::acts::Q8Acts;
-use super::format::WeightFormat;
-use super::packed::{group_block, GroupBlock};
+use super::acts::{Q8Acts, Q8KActs};
+use super::format::{WeightFormat, QK_K};
+use super::packed::{group_block, k4, GroupBlock};
 use super::simd::dot_u8i8;
 use super::tile::GroupTile;
 use std::arch::x86_64::*;
@@ -188,6 +189,89 @@ impl<F: PackedFmt, const VNNI: bool> GroupTile for SimdPacked<'_, F, VNNI> {
                     if let Some(m) = m {
                         summ[r] = _mm256_fmadd_ps(m, _mm256_set1_ps(a[r].extra[b]), summ[r]);
                     }
+                }
+            }
+            std::array::from_fn(|r| {
+                let mut out = [0f32; 8];
+                _mm256_storeu_ps(out.as_mut_ptr(), _mm256_add_ps(acc[r], summ[r]));
+                out
+            })
+        }
+    }
+}
+
+/// The kernel for packed `Q4_K` (`super::packed::k4`) with or without VNNI: per super-block and
+/// pair of sub-blocks, 8 code words give the 16 registers of two sub-blocks; per activation row,
+/// each sub-block's integer sums (8 rows in the lanes) times its 8 scales accumulate the
+/// super-block's exact `isum`, and the minimums times the activation's sub-block sums its `imin`.
+pub(crate) struct SimdPackedK<'a, const VNNI: bool> {
+    pub w: &'a [u8],
+    pub acts: &'a Q8KActs,
+}
+
+impl<const VNNI: bool> GroupTile for SimdPackedK<'_, VNNI> {
+    #[inline(always)]
+    unsafe fn tile<const R: usize>(&self, i: usize, g: usize) -> [[f32; 8]; R] {
+        let nb = self.acts.nb;
+        let group = &self.w[g * nb * k4::BYTES..(g + 1) * nb * k4::BYTES];
+        let a: [_; R] = std::array::from_fn(|r| self.acts.row(i + r));
+        // SAFETY (the block below): AVX2 + FMA + F16C at compile time (VNNI: the caller's
+        // contract); every pointer is inside `group` (whole group-blocks) or inside an
+        // activation row's super-block (`qa`: 4-byte reads at offsets ≤ 252).
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); R];
+            let mut summ = [_mm256_setzero_ps(); R];
+            let mask = _mm256_set1_epi8(0xF);
+            for b in 0..nb {
+                let p = group[b * k4::BYTES..(b + 1) * k4::BYTES].as_ptr();
+                let d = _mm256_cvtph_ps(_mm_loadu_si128(p.add(k4::D).cast()));
+                let dmin = _mm256_cvtph_ps(_mm_loadu_si128(p.add(k4::DMIN).cast()));
+                let bytes8 = |at: usize| _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(at).cast()));
+                let mut isum = [_mm256_setzero_si256(); R];
+                let mut imin = [_mm256_setzero_si256(); R];
+                for s in 0..8 {
+                    let mn = bytes8(k4::MN + 8 * s);
+                    for r in 0..R {
+                        let bs = &a[r].extra[16 * b + 2 * s..16 * b + 2 * s + 2];
+                        let t = _mm256_set1_epi32(bs[0] as i32 + bs[1] as i32);
+                        imin[r] = _mm256_add_epi32(imin[r], _mm256_mullo_epi32(mn, t));
+                    }
+                }
+                for j in 0..4 {
+                    let (sc_lo, sc_hi) = (bytes8(k4::SC + 16 * j), bytes8(k4::SC + 16 * j + 8));
+                    let mut lo = [_mm256_setzero_si256(); 8];
+                    let mut hi = [_mm256_setzero_si256(); 8];
+                    for k in 0..8 {
+                        let w = _mm256_loadu_si256(p.add(k4::CODES + 256 * j + 32 * k).cast());
+                        lo[k] = _mm256_and_si256(w, mask);
+                        hi[k] = _mm256_and_si256(_mm256_srli_epi16::<4>(w), mask);
+                    }
+                    for r in 0..R {
+                        let qa = a[r].qs[QK_K * b + 64 * j..QK_K * b + 64 * j + 64].as_ptr();
+                        let bcast = |at: usize| {
+                            _mm256_set1_epi32(std::ptr::read_unaligned(qa.add(at).cast()))
+                        };
+                        let (mut s0, mut s1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+                        for k in 0..8 {
+                            s0 = dot_small::<VNNI>(s0, lo[k], bcast(4 * k));
+                            s1 = dot_small::<VNNI>(s1, hi[k], bcast(32 + 4 * k));
+                        }
+                        let t = _mm256_add_epi32(
+                            _mm256_mullo_epi32(s0, sc_lo),
+                            _mm256_mullo_epi32(s1, sc_hi),
+                        );
+                        isum[r] = _mm256_add_epi32(isum[r], t);
+                    }
+                }
+                for r in 0..R {
+                    let da = _mm256_set1_ps(a[r].d[b]);
+                    acc[r] = _mm256_fmadd_ps(
+                        _mm256_cvtepi32_ps(isum[r]),
+                        _mm256_mul_ps(d, da),
+                        acc[r],
+                    );
+                    let neg = _mm256_xor_ps(_mm256_mul_ps(dmin, da), _mm256_set1_ps(-0.0));
+                    summ[r] = _mm256_fmadd_ps(neg, _mm256_cvtepi32_ps(imin[r]), summ[r]);
                 }
             }
             std::array::from_fn(|r| {
