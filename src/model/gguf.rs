@@ -209,10 +209,12 @@ impl TensorSource for GgufFile {
         let storage = QStorage::mapped(self.mmap.clone(), start..end);
         let q = QMatrix::from_bytes(format, rows, cols, storage).map_err(|e| bad(e.to_string()))?;
         match self.permuted_heads(name) {
-            Some(heads) => q
-                .permute_rows(&unpermute_rows(rows, heads))
-                .map(Some)
-                .map_err(|e| bad(e.to_string())),
+            Some(heads) => {
+                let p = q.permute_rows(&unpermute_rows(rows, heads));
+                // The permuted copy is what stays; the file's pages need not stay resident.
+                q.storage().release_pages();
+                p.map(Some).map_err(|e| bad(e.to_string()))
+            }
             None => Ok(Some(q)),
         }
     }

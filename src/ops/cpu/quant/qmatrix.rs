@@ -136,6 +136,7 @@ impl QMatrix {
         let storage = QStorage::build(packed::packed_len(f, rows, cols), |dst| {
             packed::pack(f, rows, cols, self.as_bytes(), dst)
         });
+        self.storage.release_pages();
         Self {
             storage,
             packed: true,

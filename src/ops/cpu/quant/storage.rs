@@ -64,6 +64,26 @@ impl QStorage {
         self.len() == 0
     }
 
+    /// Drops the mapped pages of this range from the process's resident set (a no-op for owned
+    /// bytes): after a matrix is repacked into an owned copy its file pages are not read again, and
+    /// while other tensors keep the map alive they would otherwise still count as resident. Reading
+    /// the range later simply faults the file's pages back in.
+    pub fn release_pages(&self) {
+        let Inner::Mapped { map, range } = &self.0 else {
+            return;
+        };
+        let page = 4096;
+        let (start, end) = (range.start.next_multiple_of(page), range.end / page * page);
+        if start < end {
+            // SAFETY: `map` is a read-only file mapping (`Mmap`, never written through), so
+            // MADV_DONTNEED only unmaps our copies of unchanged file pages: later reads see the same
+            // bytes, faulted in again. Errors only mean the hint was not taken.
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+            };
+        }
+    }
+
     /// Whether the bytes live in a memory map (file-backed, shared, paged in on demand).
     pub fn is_mapped(&self) -> bool {
         matches!(self.0, Inner::Mapped { .. })
