@@ -11,6 +11,7 @@
 
 use super::blocks::scales_k4;
 use super::format::{WeightFormat, QK_K};
+use rayon::prelude::*;
 
 /// Weight rows per group.
 pub(crate) const GROUP: usize = 8;
@@ -139,21 +140,33 @@ fn pieces(
     }
 }
 
-/// Packs ggml rows (`rows × row_bytes`) into `out` (`packed_len` bytes, zeroed).
+/// Packs ggml rows (`rows × row_bytes`) into `out` (`packed_len` bytes, zeroed), groups in
+/// parallel.
 pub(crate) fn pack(f: WeightFormat, rows: usize, cols: usize, plain: &[u8], out: &mut [u8]) {
     debug_assert_eq!(out.len(), packed_len(f, rows, cols));
-    for row in 0..rows {
-        for b in 0..cols / f.block_len() {
-            match f {
-                WeightFormat::Q4_K => pack_k4(cols, row, b, plain, out),
-                _ => pieces(f, cols, row, b, |src, dst, len, xor| {
-                    for (o, &v) in out[dst..dst + len].iter_mut().zip(&plain[src..src + len]) {
-                        *o = v ^ xor;
-                    }
-                }),
-            }
-        }
+    let nb = cols / f.block_len();
+    let per_group = nb * group_bytes(f);
+    if per_group == 0 {
+        return;
     }
+    out.par_chunks_mut(per_group)
+        .enumerate()
+        .for_each(|(g, chunk)| {
+            let base = g * per_group;
+            for row in g * GROUP..(g * GROUP + GROUP).min(rows) {
+                for b in 0..nb {
+                    match f {
+                        WeightFormat::Q4_K => pack_k4(cols, row, b, plain, chunk, base),
+                        _ => pieces(f, cols, row, b, |src, dst, len, xor| {
+                            let (o, p) = (&mut chunk[dst - base..][..len], &plain[src..][..len]);
+                            for (o, &v) in o.iter_mut().zip(p) {
+                                *o = v ^ xor;
+                            }
+                        }),
+                    }
+                }
+            }
+        });
 }
 
 /// Writes ggml's bytes of row `row` (`row_bytes` long) from a packed matrix.
@@ -182,9 +195,10 @@ fn k4_at(cols: usize, row: usize, b: usize) -> (usize, usize, usize) {
     (row * nb * bb + b * bb, (g * nb + b) * k4::BYTES, l)
 }
 
-fn pack_k4(cols: usize, row: usize, b: usize, plain: &[u8], out: &mut [u8]) {
+/// Packs row `row`'s super-block `b` into `out`, which starts at byte `base` of the packed matrix.
+fn pack_k4(cols: usize, row: usize, b: usize, plain: &[u8], out: &mut [u8], base: usize) {
     let (src, dst, l) = k4_at(cols, row, b);
-    let (blk, grp) = (&plain[src..src + 144], &mut out[dst..dst + k4::BYTES]);
+    let (blk, grp) = (&plain[src..src + 144], &mut out[dst - base..dst - base + k4::BYTES]);
     grp[k4::D + 2 * l..k4::D + 2 * l + 2].copy_from_slice(&blk[0..2]);
     grp[k4::DMIN + 2 * l..k4::DMIN + 2 * l + 2].copy_from_slice(&blk[2..4]);
     let (sc, mn) = scales_k4(&blk[4..16]);
