@@ -198,7 +198,10 @@ fn k4_at(cols: usize, row: usize, b: usize) -> (usize, usize, usize) {
 /// Packs row `row`'s super-block `b` into `out`, which starts at byte `base` of the packed matrix.
 fn pack_k4(cols: usize, row: usize, b: usize, plain: &[u8], out: &mut [u8], base: usize) {
     let (src, dst, l) = k4_at(cols, row, b);
-    let (blk, grp) = (&plain[src..src + 144], &mut out[dst - base..dst - base + k4::BYTES]);
+    let (blk, grp) = (
+        &plain[src..src + 144],
+        &mut out[dst - base..dst - base + k4::BYTES],
+    );
     grp[k4::D + 2 * l..k4::D + 2 * l + 2].copy_from_slice(&blk[0..2]);
     grp[k4::DMIN + 2 * l..k4::DMIN + 2 * l + 2].copy_from_slice(&blk[2..4]);
     let (sc, mn) = scales_k4(&blk[4..16]);
