@@ -1,4 +1,4 @@
-//! The CPU layout of `Q4_0`, `Q4_1`, `Q8_0` and `Q4_K`: weight rows in groups of [`GROUP`] (8),
+//! The CPU layout of `Q4_0`, `Q4_1`, `Q8_0`, `Q4_K` and `Q6_K`: weight rows in groups of [`GROUP`] (8),
 //! block by block, interleaved so that one 32-byte word holds 4 consecutive codes of each of the 8
 //! rows (bytes `4l..4l+4` = row `l`), and the group's 8 scales (and 8 minimums) are contiguous. A
 //! kernel then computes 8 output features per register with no horizontal sums and one
@@ -36,7 +36,11 @@ pub(crate) struct GroupBlock {
 pub(crate) const fn packable(f: WeightFormat) -> bool {
     matches!(
         f,
-        WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q8_0 | WeightFormat::Q4_K
+        WeightFormat::Q4_0
+            | WeightFormat::Q4_1
+            | WeightFormat::Q8_0
+            | WeightFormat::Q4_K
+            | WeightFormat::Q6_K
     )
 }
 
@@ -54,10 +58,23 @@ pub(crate) mod k4 {
     pub const BYTES: usize = 160 + 1024;
 }
 
+/// The `Q6_K` group-block (8 rows × one 256-value super-block, the same size as ggml's), byte
+/// offsets: `D` the 8 `d` (f16), `SC` the 16 scales per row as `[sub-block][row]` (i8), `QL` for each
+/// 32-byte chunk `c` of ggml's `ql` (0..4) 8 words, word `k` lane `l` = row `l`'s `ql[32c + 4k..+4]`,
+/// `QH` for each half `h` of ggml's `qh` 8 words, word `k` lane `l` = row `l`'s `qh[32h + 4k..+4]`.
+pub(crate) mod q6 {
+    pub const D: usize = 0;
+    pub const SC: usize = 16;
+    pub const QL: usize = 144;
+    pub const QH: usize = 144 + 1024;
+    pub const BYTES: usize = 144 + 1024 + 512;
+}
+
 /// Bytes of one group-block of a packable format.
 const fn group_bytes(f: WeightFormat) -> usize {
     match f {
         WeightFormat::Q4_K => k4::BYTES,
+        WeightFormat::Q6_K => q6::BYTES,
         _ => group_block(f).bytes,
     }
 }
@@ -157,6 +174,7 @@ pub(crate) fn pack(f: WeightFormat, rows: usize, cols: usize, plain: &[u8], out:
                 for b in 0..nb {
                     match f {
                         WeightFormat::Q4_K => pack_k4(cols, row, b, plain, chunk, base),
+                        WeightFormat::Q6_K => pack_q6(cols, row, b, plain, chunk, base),
                         _ => pieces(f, cols, row, b, |src, dst, len, xor| {
                             let (o, p) = (&mut chunk[dst - base..][..len], &plain[src..][..len]);
                             for (o, &v) in o.iter_mut().zip(p) {
@@ -175,6 +193,7 @@ pub(crate) fn unpack_row(f: WeightFormat, cols: usize, packed: &[u8], row: usize
     for b in 0..cols / f.block_len() {
         match f {
             WeightFormat::Q4_K => unpack_k4(cols, row, b, packed, out),
+            WeightFormat::Q6_K => unpack_q6(cols, row, b, packed, out),
             _ => pieces(f, cols, row, b, |src, dst, len, xor| {
                 for (o, &v) in out[src - base..src - base + len]
                     .iter_mut()
@@ -187,17 +206,17 @@ pub(crate) fn unpack_row(f: WeightFormat, cols: usize, packed: &[u8], row: usize
     }
 }
 
-/// (ggml block start of row `row`'s super-block `b`, its group-block start, lane).
-fn k4_at(cols: usize, row: usize, b: usize) -> (usize, usize, usize) {
+/// (ggml block start of row `row`'s super-block `b`, its group-block start, lane) for format `f`.
+fn super_at(f: WeightFormat, cols: usize, row: usize, b: usize) -> (usize, usize, usize) {
     let nb = cols / QK_K;
-    let bb = WeightFormat::Q4_K.block_bytes();
+    let bb = f.block_bytes();
     let (g, l) = (row / GROUP, row % GROUP);
-    (row * nb * bb + b * bb, (g * nb + b) * k4::BYTES, l)
+    (row * nb * bb + b * bb, (g * nb + b) * group_bytes(f), l)
 }
 
 /// Packs row `row`'s super-block `b` into `out`, which starts at byte `base` of the packed matrix.
 fn pack_k4(cols: usize, row: usize, b: usize, plain: &[u8], out: &mut [u8], base: usize) {
-    let (src, dst, l) = k4_at(cols, row, b);
+    let (src, dst, l) = super_at(WeightFormat::Q4_K, cols, row, b);
     let (blk, grp) = (
         &plain[src..src + 144],
         &mut out[dst - base..dst - base + k4::BYTES],
@@ -218,7 +237,7 @@ fn pack_k4(cols: usize, row: usize, b: usize, plain: &[u8], out: &mut [u8], base
 }
 
 fn unpack_k4(cols: usize, row: usize, b: usize, packed: &[u8], out: &mut [u8]) {
-    let (src, dst, l) = k4_at(cols, row, b);
+    let (src, dst, l) = super_at(WeightFormat::Q4_K, cols, row, b);
     let base = row * WeightFormat::Q4_K.row_bytes(cols);
     let (grp, blk) = (
         &packed[dst..dst + k4::BYTES],
@@ -241,6 +260,45 @@ fn unpack_k4(cols: usize, row: usize, b: usize, packed: &[u8], out: &mut [u8]) {
             blk[16 + 32 * j + 4 * k..][..4].copy_from_slice(&grp[at..at + 4]);
         }
     }
+}
+
+/// Packs row `row`'s `Q6_K` super-block `b` into `out`, which starts at byte `base`.
+fn pack_q6(cols: usize, row: usize, b: usize, plain: &[u8], out: &mut [u8], base: usize) {
+    let (src, dst, l) = super_at(WeightFormat::Q6_K, cols, row, b);
+    let (blk, grp) = (
+        &plain[src..src + 210],
+        &mut out[dst - base..dst - base + q6::BYTES],
+    );
+    for (from, to, len) in q6_moves(l) {
+        grp[to..to + len].copy_from_slice(&blk[from..from + len]);
+    }
+}
+
+fn unpack_q6(cols: usize, row: usize, b: usize, packed: &[u8], out: &mut [u8]) {
+    let (src, dst, l) = super_at(WeightFormat::Q6_K, cols, row, b);
+    let base = row * WeightFormat::Q6_K.row_bytes(cols);
+    let (grp, blk) = (
+        &packed[dst..dst + q6::BYTES],
+        &mut out[src - base..src - base + 210],
+    );
+    for (from, to, len) in q6_moves(l) {
+        blk[from..from + len].copy_from_slice(&grp[to..to + len]);
+    }
+}
+
+/// Every (ggml offset, packed offset, length) of lane `l`'s bytes in a `Q6_K` super-block.
+fn q6_moves(l: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+    let d = std::iter::once((208, q6::D + 2 * l, 2));
+    let sc = (0..16).map(move |t| (192 + t, q6::SC + 8 * t + l, 1));
+    let ql = (0..32).map(move |i| {
+        let (c, k) = (i / 8, i % 8);
+        (32 * c + 4 * k, q6::QL + 256 * c + 32 * k + 4 * l, 4)
+    });
+    let qh = (0..16).map(move |i| {
+        let (h, k) = (i / 8, i % 8);
+        (128 + 32 * h + 4 * k, q6::QH + 256 * h + 32 * k + 4 * l, 4)
+    });
+    d.chain(sc).chain(ql).chain(qh)
 }
 
 #[cfg(test)]

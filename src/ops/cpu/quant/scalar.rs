@@ -8,10 +8,8 @@
 //! - `Q4_K`, `Q5_K`: per super-block the exact integer `isum = Σ_s sc_s · Σ_{i in s} q_i a_i`
 //!   and `imin = Σ_s mn_s · (bsum_2s + bsum_2s+1)`; `acc = fma(isum as f32, d_w * d_a, acc)`,
 //!   `summ = fma(-(dmin_w * d_a), imin as f32, summ)`, blocks in order; result `acc + summ`.
-//! - `Q6_K`: integer sums per block split into 8 lanes, lane `l` holding the products of the
-//!   values whose index within their 32-value group is in `4l..4l+4`, times the sub-block scale;
-//!   8 f32 lane accumulators, blocks in order: `acc[l] = fma(isum[l] as f32, d_w * d_a, acc[l])`;
-//!   result `tree(acc)`, `tree` = lanes `l + 4`, then `l + 2`, then `0 + 1`.
+//! - `Q6_K`: per super-block the exact integer `isum = Σ_t sc_t · Σ_{i in t} q_i a_i` over its 16
+//!   sub-blocks of 16; `acc = fma(isum as f32, d_w * d_a, acc)`, blocks in order; result `acc`.
 //!
 //! Float weights use f32 activations and the recipe of `ops::cpu::dot` (8 FMA lanes over chunks
 //! of 8, the same tree, then the tail in order), so F32 weights give exactly `ops::cpu::linear`.
@@ -22,36 +20,6 @@
 use super::acts::{Q8KRow, Q8Row};
 use super::blocks::{decode32, decode_k, decode_q6k, dequantize, has_min};
 use super::format::{WeightFormat, QK_K};
-
-/// Lanes `l + 4`, then `l + 2`, then `0 + 1`.
-pub(crate) fn tree(mut acc: [f32; 8]) -> f32 {
-    for l in 0..4 {
-        acc[l] += acc[l + 4];
-    }
-    for l in 0..2 {
-        acc[l] += acc[l + 2];
-    }
-    acc[0] + acc[1]
-}
-
-/// Adds block products into the lane accumulators: `isum` lanes scaled by `dd`.
-fn fold(acc: &mut [f32; 8], isum: [i32; 8], dd: f32) {
-    for l in 0..8 {
-        acc[l] = (isum[l] as f32).mul_add(dd, acc[l]);
-    }
-}
-
-/// Lane sums of a 32-value group of products, each value scaled by `scale(l)`.
-fn lanes32(w: impl Fn(usize) -> i32, a: &[i8], scale: impl Fn(usize) -> i32) -> [i32; 8] {
-    std::array::from_fn(|l| {
-        let s: i32 = (4 * l..4 * l + 4).map(|i| w(i) * a[i] as i32).sum();
-        s * scale(l)
-    })
-}
-
-fn add(a: [i32; 8], b: [i32; 8]) -> [i32; 8] {
-    std::array::from_fn(|l| a[l] + b[l])
-}
 
 /// One element for a 32-value weight format (`Q4_0`, `Q4_1`, `Q5_0`, `Q5_1`, `Q8_0`).
 pub(crate) fn dot32(f: WeightFormat, w: &[u8], a: Q8Row) -> f32 {
@@ -94,19 +62,21 @@ pub(crate) fn dot_k(f: WeightFormat, w: &[u8], a: Q8KRow) -> f32 {
 
 /// One element for `Q6_K`.
 pub(crate) fn dot_q6k(w: &[u8], a: Q8KRow) -> f32 {
-    let mut acc = [0f32; 8];
+    let mut acc = 0f32;
     for (b, wb) in w.chunks_exact(WeightFormat::Q6_K.block_bytes()).enumerate() {
         let k = decode_q6k(wb);
         let qa = &a.qs[QK_K * b..];
-        let mut isum = [0i32; 8];
-        for s in 0..8 {
-            let q = |i: usize| k.q[32 * s + i] as i32;
-            let scale = |l: usize| k.sc[2 * s + l / 4] as i32;
-            isum = add(isum, lanes32(q, &qa[32 * s..], scale));
-        }
-        fold(&mut acc, isum, k.d * a.d[b]);
+        let isum: i32 = (0..16)
+            .map(|t| {
+                let p: i32 = (16 * t..16 * t + 16)
+                    .map(|i| k.q[i] as i32 * qa[i] as i32)
+                    .sum();
+                k.sc[t] as i32 * p
+            })
+            .sum();
+        acc = (isum as f32).mul_add(k.d * a.d[b], acc);
     }
-    tree(acc)
+    acc
 }
 
 /// One element for a float weight format: the row converted to f32, then `ops::cpu::dot`.

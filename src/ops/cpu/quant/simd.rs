@@ -1,5 +1,5 @@
 //! x86-64 building blocks shared by the SIMD kernels: the 8-lane reduction tree of
-//! [`super::scalar::tree`], and the u8×i8 → i32 lane dot product in its two encodings — AVX2
+//! `ops::cpu::dot`, and the u8×i8 → i32 lane dot product in its two encodings — AVX2
 //! (`maddubs` + `madd`) and AVX-512 VNNI (`vpdpbusd` on 256-bit registers). Both give lane `l` =
 //! the sum of the products of bytes `4l..4l+4` exactly (no i16 saturation for our operands: one
 //! side is at most 128 in magnitude, the other at most 127, so a pair sums to at most 32512), so
@@ -7,7 +7,7 @@
 
 use std::arch::x86_64::*;
 
-/// Sums the 8 lanes like [`super::scalar::tree`]: lanes `l + 4`, then `l + 2`, then `0 + 1`.
+/// Sums the 8 lanes like `ops::cpu::dot`: lanes `l + 4`, then `l + 2`, then `0 + 1`.
 #[inline(always)]
 pub(crate) fn hsum(v: __m256) -> f32 {
     // SAFETY: AVX is enabled at compile time (the module is compiled only with avx2 + fma).
@@ -55,13 +55,6 @@ pub(crate) fn dot_i8i8<const VNNI: bool>(x: __m256i, a: __m256i) -> __m256i {
     // SAFETY: AVX2 is enabled at compile time.
     let (ux, sa) = unsafe { (_mm256_sign_epi8(x, x), _mm256_sign_epi8(a, x)) };
     dot_u8i8::<VNNI>(ux, sa)
-}
-
-/// `acc + cvt(isum) * dd`, one FMA per lane.
-#[inline(always)]
-pub(crate) fn fold(acc: __m256, isum: __m256i, dd: f32) -> __m256 {
-    // SAFETY: AVX2 + FMA are enabled at compile time.
-    unsafe { _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(dd), acc) }
 }
 
 /// The per-lane scale for [`dot_scaled`]: `lo` for lanes 0..4, `hi` for lanes 4..8, encoded for

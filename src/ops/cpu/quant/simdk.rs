@@ -7,7 +7,7 @@
 use super::acts::{Q8KActs, Q8KRow};
 use super::blocks::{f16_at, scales_k4};
 use super::format::{WeightFormat, QK_K};
-use super::simd::{dot_scaled, fold, hsum, hsum_i32, scale_vec};
+use super::simd::{dot_scaled, hsum_i32, scale_vec};
 use super::tile::Tile;
 use std::arch::x86_64::*;
 use std::marker::PhantomData;
@@ -185,10 +185,8 @@ impl<F: FmtK, const VNNI: bool> Tile for SimdK<'_, F, VNNI> {
         let (nb, bb) = (self.acts.nb, F::FORMAT.block_bytes());
         let w: [&[u8]; C] = std::array::from_fn(|c| &self.w[(j + c) * nb * bb..][..nb * bb]);
         let a: [Q8KRow; R] = std::array::from_fn(|r| self.acts.row(i + r));
-        // SAFETY: AVX2 + FMA at compile time (VNNI: see `simd::dot_u8i8`).
-        let mut acc = [[unsafe { _mm256_setzero_ps() }; C]; R];
-        // Q4_K / Q5_K: scalar accumulators of the super-blocks' integer totals.
-        let mut acc1 = [[0f32; C]; R];
+        // Scalar accumulators of the super-blocks' integer totals.
+        let mut acc = [[0f32; C]; R];
         let mut summ = [[0f32; C]; R];
         // Plain loops, one weight super-block live at a time: closures over register arrays
         // (`array::from_fn`) were not inlined into the target-feature function, and C unpacked
@@ -214,21 +212,19 @@ impl<F: FmtK, const VNNI: bool> Tile for SimdK<'_, F, VNNI> {
                         // SAFETY: AVX2 at compile time.
                         isum = unsafe { _mm256_add_epi32(isum, p) };
                     }
-                    if F::SIGNED {
-                        acc[r][c] = fold(acc[r][c], isum, wv.d * a[r].d[b]);
-                    } else {
-                        let t = hsum_i32(isum) as f32;
-                        acc1[r][c] = t.mul_add(wv.d * a[r].d[b], acc1[r][c]);
+                    let t = hsum_i32(isum) as f32;
+                    acc[r][c] = t.mul_add(wv.d * a[r].d[b], acc[r][c]);
+                    if !F::SIGNED {
                         let imin = min_sum(mins, &a[r].extra[16 * b..16 * b + 16]);
                         summ[r][c] = (-(wv.dmin * a[r].d[b])).mul_add(imin as f32, summ[r][c]);
                     }
                 }
             }
         }
-        // Q6_K has no minimum term: like `scalar::dot_q6k`, no `+ 0.0` (which would turn -0 to +0).
+        // Q6_K has no minimum term: like `scalar::dot_q6k`, no `+ summ`.
         let total = |r: usize, c: usize| match F::SIGNED {
-            true => hsum(acc[r][c]),
-            false => acc1[r][c] + summ[r][c],
+            true => acc[r][c],
+            false => acc[r][c] + summ[r][c],
         };
         std::array::from_fn(|r| std::array::from_fn(|c| total(r, c)))
     }

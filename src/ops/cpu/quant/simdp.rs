@@ -4,11 +4,11 @@
 //! each activation row's matching 4 bytes are broadcast, and u8×i8 dot products give the block's
 //! exact integer sums of all 8 rows at once; scales and minimums of the 8 rows are one f16
 //! conversion each. Per element the arithmetic is [`super::scalar::dot32`]'s (packed `Q4_K`:
-//! [`super::scalar::dot_k`]'s), bit for bit.
+//! [`super::scalar::dot_k`]'s, `Q6_K`: [`super::scalar::dot_q6k`]'s), bit for bit.
 
 use super::acts::{Q8Acts, Q8KActs};
 use super::format::{WeightFormat, QK_K};
-use super::packed::{group_block, k4, GroupBlock};
+use super::packed::{group_block, k4, q6, GroupBlock};
 use super::simd::dot_u8i8;
 use super::tile::GroupTile;
 use std::arch::x86_64::*;
@@ -50,7 +50,7 @@ unsafe fn nibble_words(p: *const u8) -> [__m256i; 8] {
     }
 }
 
-/// `s + dot` for codes below 16 (no `maddubs` saturation: pairs stay under 2 × 15 × 128).
+/// `s + dot` for codes below 64 (no `maddubs` saturation: pairs stay under 2 × 63 × 128).
 #[inline(always)]
 unsafe fn dot_small<const VNNI: bool>(s: __m256i, u: __m256i, a: __m256i) -> __m256i {
     // SAFETY: AVX2 at compile time (VNNI: forwarded from the caller).
@@ -277,6 +277,89 @@ impl<const VNNI: bool> GroupTile for SimdPackedK<'_, VNNI> {
             std::array::from_fn(|r| {
                 let mut out = [0f32; 8];
                 _mm256_storeu_ps(out.as_mut_ptr(), _mm256_add_ps(acc[r], summ[r]));
+                out
+            })
+        }
+    }
+}
+
+/// The kernel for packed `Q6_K` (`super::packed::q6`) with or without VNNI: per 32-byte `ql` word
+/// and its `qh` word, two registers of unsigned 6-bit codes (`q + 32`) for 8 rows; per activation
+/// row, each 16-value sub-block's sums times its 8 scales accumulate the super-block's `isum`, and
+/// `32 × Σ_t sc_t · bsum_t` (integer) takes the codes' offset back out.
+pub(crate) struct SimdPackedQ6<'a, const VNNI: bool> {
+    pub w: &'a [u8],
+    pub acts: &'a Q8KActs,
+}
+
+impl<const VNNI: bool> GroupTile for SimdPackedQ6<'_, VNNI> {
+    #[inline(always)]
+    unsafe fn tile<const R: usize>(&self, i: usize, g: usize) -> [[f32; 8]; R] {
+        let nb = self.acts.nb;
+        let group = &self.w[g * nb * q6::BYTES..(g + 1) * nb * q6::BYTES];
+        let a: [_; R] = std::array::from_fn(|r| self.acts.row(i + r));
+        // SAFETY (the block below): AVX2 + FMA + F16C at compile time (VNNI: the caller's
+        // contract); every pointer is inside `group` (whole group-blocks) or inside an
+        // activation row's super-block (`qa`: 4-byte reads at offsets ≤ 252).
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); R];
+            let (m4, m2) = (_mm256_set1_epi8(0xF), _mm256_set1_epi8(3));
+            for b in 0..nb {
+                let p = group[b * q6::BYTES..(b + 1) * q6::BYTES].as_ptr();
+                let d = _mm256_cvtph_ps(_mm_loadu_si128(p.add(q6::D).cast()));
+                let sc = |t: usize| _mm256_cvtepi8_epi32(_mm_loadl_epi64(p.add(q6::SC + 8 * t).cast()));
+                let mut isum = [_mm256_setzero_si256(); R];
+                let mut corr = [_mm256_setzero_si256(); R];
+                for t in 0..16 {
+                    let s = sc(t);
+                    for r in 0..R {
+                        let bs = _mm256_set1_epi32(a[r].extra[16 * b + t] as i32);
+                        corr[r] = _mm256_add_epi32(corr[r], _mm256_mullo_epi32(s, bs));
+                    }
+                }
+                for c in 0..4 {
+                    let (h, half) = (c / 2, c % 2);
+                    // Value groups of the low and high nibbles, and the qh bit shifts.
+                    let (g_lo, g_hi) = (128 * h + 32 * half, 128 * h + 64 + 32 * half);
+                    let (sh_lo, sh_hi) = (_mm_cvtsi32_si128(2 * half as i32), _mm_cvtsi32_si128(4 + 2 * half as i32));
+                    let mut s = [[_mm256_setzero_si256(); 4]; R];
+                    for k in 0..8 {
+                        let ql = _mm256_loadu_si256(p.add(q6::QL + 256 * c + 32 * k).cast());
+                        let qh = _mm256_loadu_si256(p.add(q6::QH + 256 * h + 32 * k).cast());
+                        let hb = |sh| _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srl_epi16(qh, sh), m2));
+                        let lo = _mm256_or_si256(_mm256_and_si256(ql, m4), hb(sh_lo));
+                        let hi = _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi16::<4>(ql), m4),
+                            hb(sh_hi),
+                        );
+                        let part = k / 4;
+                        for r in 0..R {
+                            let qa = a[r].qs[QK_K * b..QK_K * (b + 1)].as_ptr();
+                            let bcast = |at: usize| {
+                                _mm256_set1_epi32(std::ptr::read_unaligned(qa.add(at).cast()))
+                            };
+                            s[r][part] = dot_small::<VNNI>(s[r][part], lo, bcast(g_lo + 4 * k));
+                            s[r][2 + part] =
+                                dot_small::<VNNI>(s[r][2 + part], hi, bcast(g_hi + 4 * k));
+                        }
+                    }
+                    let (t_lo, t_hi) = (g_lo / 16, g_hi / 16);
+                    let scs = [sc(t_lo), sc(t_lo + 1), sc(t_hi), sc(t_hi + 1)];
+                    for r in 0..R {
+                        for (v, scv) in s[r].iter().zip(&scs) {
+                            isum[r] = _mm256_add_epi32(isum[r], _mm256_mullo_epi32(*v, *scv));
+                        }
+                    }
+                }
+                for r in 0..R {
+                    let exact = _mm256_sub_epi32(isum[r], _mm256_slli_epi32::<5>(corr[r]));
+                    let dd = _mm256_mul_ps(d, _mm256_set1_ps(a[r].d[b]));
+                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(exact), dd, acc[r]);
+                }
+            }
+            std::array::from_fn(|r| {
+                let mut out = [0f32; 8];
+                _mm256_storeu_ps(out.as_mut_ptr(), acc[r]);
                 out
             })
         }

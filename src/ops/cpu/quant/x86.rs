@@ -10,7 +10,7 @@ use super::qmatrix::QMatrix;
 use super::simd32::{Simd32, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
 use super::simdf::SimdFloat;
 use super::simdk::{SimdK, Q4K, Q5K, Q6K};
-use super::simdp::{self, SimdPacked, SimdPackedK};
+use super::simdp::{self, SimdPacked, SimdPackedK, SimdPackedQ6};
 use super::tile::{drive, drive_groups, Block};
 use std::marker::PhantomData;
 
@@ -29,6 +29,9 @@ pub(crate) unsafe fn run<const VNNI: bool>(qm: &QMatrix, acts: &Acts, b: Block) 
             (true, F::Q8_0, Acts::Q8(a)) => drive_groups(&packed::<simdp::Q8_0, VNNI>(w, a), b),
             (true, F::Q4_K, Acts::Q8K(a)) => {
                 drive_groups(&SimdPackedK::<VNNI> { w, acts: a }, b)
+            }
+            (true, F::Q6_K, Acts::Q8K(a)) => {
+                drive_groups(&SimdPackedQ6::<VNNI> { w, acts: a }, b)
             }
             (true, ..) => drive(&ScalarTile::new(qm, acts), b),
             (false, f, acts) => run_rows::<VNNI>(qm, f, w, acts, b),
