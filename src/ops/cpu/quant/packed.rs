@@ -1,4 +1,4 @@
-//! The CPU layout of `Q4_0`, `Q4_1`, `Q8_0`, `Q4_K` and `Q6_K`: weight rows in groups of [`GROUP`] (8),
+//! The CPU layout of `Q4_0`, `Q4_1`, `Q8_0`, `Q4_K`, `Q5_K` and `Q6_K`: weight rows in groups of [`GROUP`] (8),
 //! block by block, interleaved so that one 32-byte word holds 4 consecutive codes of each of the 8
 //! rows (bytes `4l..4l+4` = row `l`), and the group's 8 scales (and 8 minimums) are contiguous. A
 //! kernel then computes 8 output features per register with no horizontal sums and one
@@ -6,7 +6,7 @@
 //!
 //! What always holds: packing only moves bytes (flips the sign bit of `Q8_0` codes, making them
 //! `q + 128`; spells out `Q4_K`'s 6-bit scales and minimums as bytes), the packed matrix has about
-//! the size of ggml's rows (`Q4_K`: +2.8%; plus zero rows padding the last group), and
+//! the size of ggml's rows (`Q4_K`: +2.8%, `Q5_K`: +2.3%; plus zero rows padding the last group), and
 //! [`unpack_row`] gives back ggml's row bytes exactly.
 
 use super::blocks::scales_k4;
@@ -40,6 +40,7 @@ pub(crate) const fn packable(f: WeightFormat) -> bool {
             | WeightFormat::Q4_1
             | WeightFormat::Q8_0
             | WeightFormat::Q4_K
+            | WeightFormat::Q5_K
             | WeightFormat::Q6_K
     )
 }
@@ -48,7 +49,8 @@ pub(crate) const fn packable(f: WeightFormat) -> bool {
 /// (f16), `DMIN` the 8 `dmin` (f16), `SC` and `MN` the 6-bit scales and minimums as bytes,
 /// `[sub-block][row]`, `CODES` then, for each pair `j` of sub-blocks (0..4), 8 words: word `k`
 /// lane `l` = row `l`'s `qs[32j + 4k..+4]` (low nibbles: sub-block `2j`, values `4k..4k+4`; high
-/// nibbles: sub-block `2j + 1`).
+/// nibbles: sub-block `2j + 1`). `Q5_K` adds `QH`: 8 words, word `k` lane `l` = row `l`'s
+/// `qh[4k..+4]` (bit `2j` the fifth bit of sub-block `2j`'s values, bit `2j + 1` of `2j + 1`'s).
 pub(crate) mod k4 {
     pub const D: usize = 0;
     pub const DMIN: usize = 16;
@@ -56,6 +58,8 @@ pub(crate) mod k4 {
     pub const MN: usize = 96;
     pub const CODES: usize = 160;
     pub const BYTES: usize = 160 + 1024;
+    pub const QH: usize = BYTES;
+    pub const BYTES_Q5: usize = BYTES + 256;
 }
 
 /// The `Q6_K` group-block (8 rows × one 256-value super-block, the same size as ggml's), byte
@@ -74,6 +78,7 @@ pub(crate) mod q6 {
 const fn group_bytes(f: WeightFormat) -> usize {
     match f {
         WeightFormat::Q4_K => k4::BYTES,
+        WeightFormat::Q5_K => k4::BYTES_Q5,
         WeightFormat::Q6_K => q6::BYTES,
         _ => group_block(f).bytes,
     }
@@ -173,7 +178,9 @@ pub(crate) fn pack(f: WeightFormat, rows: usize, cols: usize, plain: &[u8], out:
             for row in g * GROUP..(g * GROUP + GROUP).min(rows) {
                 for b in 0..nb {
                     match f {
-                        WeightFormat::Q4_K => pack_k4(cols, row, b, plain, chunk, base),
+                        WeightFormat::Q4_K | WeightFormat::Q5_K => {
+                            pack_k4(f, cols, row, b, plain, chunk, base)
+                        }
                         WeightFormat::Q6_K => pack_q6(cols, row, b, plain, chunk, base),
                         _ => pieces(f, cols, row, b, |src, dst, len, xor| {
                             let (o, p) = (&mut chunk[dst - base..][..len], &plain[src..][..len]);
@@ -192,7 +199,7 @@ pub(crate) fn unpack_row(f: WeightFormat, cols: usize, packed: &[u8], row: usize
     let base = row * f.row_bytes(cols);
     for b in 0..cols / f.block_len() {
         match f {
-            WeightFormat::Q4_K => unpack_k4(cols, row, b, packed, out),
+            WeightFormat::Q4_K | WeightFormat::Q5_K => unpack_k4(f, cols, row, b, packed, out),
             WeightFormat::Q6_K => unpack_q6(cols, row, b, packed, out),
             _ => pieces(f, cols, row, b, |src, dst, len, xor| {
                 for (o, &v) in out[src - base..src - base + len]
@@ -214,12 +221,28 @@ fn super_at(f: WeightFormat, cols: usize, row: usize, b: usize) -> (usize, usize
     (row * nb * bb + b * bb, (g * nb + b) * group_bytes(f), l)
 }
 
-/// Packs row `row`'s super-block `b` into `out`, which starts at byte `base` of the packed matrix.
-fn pack_k4(cols: usize, row: usize, b: usize, plain: &[u8], out: &mut [u8], base: usize) {
-    let (src, dst, l) = super_at(WeightFormat::Q4_K, cols, row, b);
+/// Where ggml's `Q4_K`/`Q5_K` block keeps `qs` and (`Q5_K`) `qh`.
+fn k4_native(f: WeightFormat) -> (usize, Option<usize>) {
+    match f {
+        WeightFormat::Q5_K => (48, Some(16)),
+        _ => (16, None),
+    }
+}
+
+/// Packs row `row`'s `Q4_K`/`Q5_K` super-block `b` into `out`, which starts at byte `base`.
+fn pack_k4(
+    f: WeightFormat,
+    cols: usize,
+    row: usize,
+    b: usize,
+    plain: &[u8],
+    out: &mut [u8],
+    base: usize,
+) {
+    let (src, dst, l) = super_at(f, cols, row, b);
     let (blk, grp) = (
-        &plain[src..src + 144],
-        &mut out[dst - base..dst - base + k4::BYTES],
+        &plain[src..src + f.block_bytes()],
+        &mut out[dst - base..dst - base + group_bytes(f)],
     );
     grp[k4::D + 2 * l..k4::D + 2 * l + 2].copy_from_slice(&blk[0..2]);
     grp[k4::DMIN + 2 * l..k4::DMIN + 2 * l + 2].copy_from_slice(&blk[2..4]);
@@ -228,20 +251,27 @@ fn pack_k4(cols: usize, row: usize, b: usize, plain: &[u8], out: &mut [u8], base
         grp[k4::SC + 8 * s + l] = sc[s];
         grp[k4::MN + 8 * s + l] = mn[s];
     }
+    let (qs, qh) = k4_native(f);
     for j in 0..4 {
         for k in 0..8 {
             let at = k4::CODES + 256 * j + 32 * k + 4 * l;
-            grp[at..at + 4].copy_from_slice(&blk[16 + 32 * j + 4 * k..][..4]);
+            grp[at..at + 4].copy_from_slice(&blk[qs + 32 * j + 4 * k..][..4]);
+        }
+    }
+    if let Some(qh) = qh {
+        for k in 0..8 {
+            let at = k4::QH + 32 * k + 4 * l;
+            grp[at..at + 4].copy_from_slice(&blk[qh + 4 * k..][..4]);
         }
     }
 }
 
-fn unpack_k4(cols: usize, row: usize, b: usize, packed: &[u8], out: &mut [u8]) {
-    let (src, dst, l) = super_at(WeightFormat::Q4_K, cols, row, b);
-    let base = row * WeightFormat::Q4_K.row_bytes(cols);
+fn unpack_k4(f: WeightFormat, cols: usize, row: usize, b: usize, packed: &[u8], out: &mut [u8]) {
+    let (src, dst, l) = super_at(f, cols, row, b);
+    let base = row * f.row_bytes(cols);
     let (grp, blk) = (
-        &packed[dst..dst + k4::BYTES],
-        &mut out[src - base..src - base + 144],
+        &packed[dst..dst + group_bytes(f)],
+        &mut out[src - base..src - base + f.block_bytes()],
     );
     blk[0..2].copy_from_slice(&grp[k4::D + 2 * l..][..2]);
     blk[2..4].copy_from_slice(&grp[k4::DMIN + 2 * l..][..2]);
@@ -254,10 +284,17 @@ fn unpack_k4(cols: usize, row: usize, b: usize, packed: &[u8], out: &mut [u8]) {
         s[j + 4] = mn[j] | ((mn[j + 4] >> 4) << 6);
         s[j + 8] = (sc[j + 4] & 0xF) | ((mn[j + 4] & 0xF) << 4);
     }
+    let (qs, qh) = k4_native(f);
     for j in 0..4 {
         for k in 0..8 {
             let at = k4::CODES + 256 * j + 32 * k + 4 * l;
-            blk[16 + 32 * j + 4 * k..][..4].copy_from_slice(&grp[at..at + 4]);
+            blk[qs + 32 * j + 4 * k..][..4].copy_from_slice(&grp[at..at + 4]);
+        }
+    }
+    if let Some(qh) = qh {
+        for k in 0..8 {
+            let at = k4::QH + 32 * k + 4 * l;
+            blk[qh + 4 * k..][..4].copy_from_slice(&grp[at..at + 4]);
         }
     }
 }

@@ -3,7 +3,7 @@
 //! row `l`. Per block the group's codes are unpacked once into 8 registers (4 values of each row),
 //! each activation row's matching 4 bytes are broadcast, and u8×i8 dot products give the block's
 //! exact integer sums of all 8 rows at once; scales and minimums of the 8 rows are one f16
-//! conversion each. Per element the arithmetic is [`super::scalar::dot32`]'s (packed `Q4_K`:
+//! conversion each. Per element the arithmetic is [`super::scalar::dot32`]'s (`Q4_K`, `Q5_K`:
 //! [`super::scalar::dot_k`]'s, `Q6_K`: [`super::scalar::dot_q6k`]'s), bit for bit.
 
 use super::acts::{Q8Acts, Q8KActs};
@@ -200,20 +200,22 @@ impl<F: PackedFmt, const VNNI: bool> GroupTile for SimdPacked<'_, F, VNNI> {
     }
 }
 
-/// The kernel for packed `Q4_K` (`super::packed::k4`) with or without VNNI: per super-block and
+/// The kernel for packed `Q4_K` and `Q5_K` (`super::packed::k4`) with or without VNNI: per super-block and
 /// pair of sub-blocks, 8 code words give the 16 registers of two sub-blocks; per activation row,
 /// each sub-block's integer sums (8 rows in the lanes) times its 8 scales accumulate the
 /// super-block's exact `isum`, and the minimums times the activation's sub-block sums its `imin`.
-pub(crate) struct SimdPackedK<'a, const VNNI: bool> {
+/// `HIGH`: `Q5_K` (the fifth bits in `k4::QH`), else `Q4_K`.
+pub(crate) struct SimdPackedK<'a, const VNNI: bool, const HIGH: bool> {
     pub w: &'a [u8],
     pub acts: &'a Q8KActs,
 }
 
-impl<const VNNI: bool> GroupTile for SimdPackedK<'_, VNNI> {
+impl<const VNNI: bool, const HIGH: bool> GroupTile for SimdPackedK<'_, VNNI, HIGH> {
     #[inline(always)]
     unsafe fn tile<const R: usize>(&self, i: usize, g: usize) -> [[f32; 8]; R] {
         let nb = self.acts.nb;
-        let group = &self.w[g * nb * k4::BYTES..(g + 1) * nb * k4::BYTES];
+        let gbytes = if HIGH { k4::BYTES_Q5 } else { k4::BYTES };
+        let group = &self.w[g * nb * gbytes..(g + 1) * nb * gbytes];
         let a: [_; R] = std::array::from_fn(|r| self.acts.row(i + r));
         // SAFETY (the block below): AVX2 + FMA + F16C at compile time (VNNI: the caller's
         // contract); every pointer is inside `group` (whole group-blocks) or inside an
@@ -223,7 +225,7 @@ impl<const VNNI: bool> GroupTile for SimdPackedK<'_, VNNI> {
             let mut summ = [_mm256_setzero_ps(); R];
             let mask = _mm256_set1_epi8(0xF);
             for b in 0..nb {
-                let p = group[b * k4::BYTES..(b + 1) * k4::BYTES].as_ptr();
+                let p = group[b * gbytes..(b + 1) * gbytes].as_ptr();
                 let d = _mm256_cvtph_ps(_mm_loadu_si128(p.add(k4::D).cast()));
                 let dmin = _mm256_cvtph_ps(_mm_loadu_si128(p.add(k4::DMIN).cast()));
                 let bytes8 = |at: usize| _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(at).cast()));
@@ -245,6 +247,20 @@ impl<const VNNI: bool> GroupTile for SimdPackedK<'_, VNNI> {
                         let w = _mm256_loadu_si256(p.add(k4::CODES + 256 * j + 32 * k).cast());
                         lo[k] = _mm256_and_si256(w, mask);
                         hi[k] = _mm256_and_si256(_mm256_srli_epi16::<4>(w), mask);
+                        if HIGH {
+                            // Bit 2j (2j + 1) of each qh byte is bit 4 of the value.
+                            let qh = _mm256_loadu_si256(p.add(k4::QH + 32 * k).cast());
+                            let one = _mm256_set1_epi8(1);
+                            let bit = |s: i32| {
+                                let b = _mm256_and_si256(
+                                    _mm256_srl_epi16(qh, _mm_cvtsi32_si128(s)),
+                                    one,
+                                );
+                                _mm256_slli_epi16::<4>(b)
+                            };
+                            lo[k] = _mm256_or_si256(lo[k], bit(2 * j as i32));
+                            hi[k] = _mm256_or_si256(hi[k], bit(2 * j as i32 + 1));
+                        }
                     }
                     for r in 0..R {
                         let qa = a[r].qs[QK_K * b + 64 * j..QK_K * b + 64 * j + 64].as_ptr();

@@ -28,7 +28,10 @@ pub(crate) unsafe fn run<const VNNI: bool>(qm: &QMatrix, acts: &Acts, b: Block) 
             (true, F::Q4_1, Acts::Q8(a)) => drive_groups(&packed::<simdp::Q4_1, VNNI>(w, a), b),
             (true, F::Q8_0, Acts::Q8(a)) => drive_groups(&packed::<simdp::Q8_0, VNNI>(w, a), b),
             (true, F::Q4_K, Acts::Q8K(a)) => {
-                drive_groups(&SimdPackedK::<VNNI> { w, acts: a }, b)
+                drive_groups(&SimdPackedK::<VNNI, false> { w, acts: a }, b)
+            }
+            (true, F::Q5_K, Acts::Q8K(a)) => {
+                drive_groups(&SimdPackedK::<VNNI, true> { w, acts: a }, b)
             }
             (true, F::Q6_K, Acts::Q8K(a)) => {
                 drive_groups(&SimdPackedQ6::<VNNI> { w, acts: a }, b)
