@@ -16,8 +16,7 @@ pub(crate) struct QActs<E> {
     pub qs: Vec<i8>,
     pub d: Vec<f32>,
     pub extra: Vec<E>,
-    /// Q8 only: the exact integer sum of each block's `qs` (the packed kernels' offset
-    /// correction); empty for Q8_K.
+    /// The exact integer sum of each block's `qs` (the packed kernels' offset correction).
     pub qsum: Vec<i32>,
     /// Values per block, extras per block, blocks per row.
     bl: usize,
@@ -36,19 +35,22 @@ pub(crate) struct QRow<'a, E> {
     pub qs: &'a [i8],
     pub d: &'a [f32],
     pub extra: &'a [E],
-    /// As [`QActs::qsum`] (empty for Q8_K).
+    /// As [`QActs::qsum`].
     pub qsum: &'a [i32],
 }
 
 /// One row's input, codes, scales and extras, as the row iterators zip them.
-type RowParts<'a, E> = (((&'a [f32], &'a mut [i8]), &'a mut [f32]), &'a mut [E]);
+type RowParts<'a, E> = (
+    ((&'a [f32], &'a mut [i8]), &'a mut [f32]),
+    (&'a mut [E], &'a mut [i32]),
+);
 
 pub(crate) type Q8Row<'a> = QRow<'a, f32>;
 pub(crate) type Q8KRow<'a> = QRow<'a, i16>;
 
 /// Quantizes one block like ggml's `quantize_row_q8_1` (scale `amax / 127`, round to nearest),
-/// keeping the scale and the sum in f32.
-fn q8_block(x: &[f32], q: &mut [i8], sum: &mut [f32]) -> f32 {
+/// keeping the scale and the sum in f32; returns the scale and the integer sum of `q`.
+fn q8_block(x: &[f32], q: &mut [i8], sum: &mut [f32]) -> (f32, i32) {
     let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
     let d = amax / 127.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
@@ -58,11 +60,12 @@ fn q8_block(x: &[f32], q: &mut [i8], sum: &mut [f32]) -> f32 {
         total += *q as i32;
     }
     sum[0] = d * total as f32;
-    d
+    (d, total)
 }
 
-/// Quantizes one super-block like ggml's `quantize_row_q8_K` (scale from the signed maximum).
-fn q8k_block(x: &[f32], q: &mut [i8], bsums: &mut [i16]) -> f32 {
+/// Quantizes one super-block like ggml's `quantize_row_q8_K` (scale from the signed maximum);
+/// returns the scale and the integer sum of `q`.
+fn q8k_block(x: &[f32], q: &mut [i8], bsums: &mut [i16]) -> (f32, i32) {
     let (mut max, mut amax) = (0f32, 0f32);
     for &v in x {
         if amax < v.abs() {
@@ -73,7 +76,7 @@ fn q8k_block(x: &[f32], q: &mut [i8], bsums: &mut [i16]) -> f32 {
     if amax == 0.0 {
         q.fill(0);
         bsums.fill(0);
-        return 0.0;
+        return (0.0, 0);
     }
     let iscale = -127.0 / max;
     for (q, &v) in q.iter_mut().zip(x) {
@@ -82,42 +85,46 @@ fn q8k_block(x: &[f32], q: &mut [i8], bsums: &mut [i16]) -> f32 {
     for (s, g) in bsums.iter_mut().zip(q.chunks_exact(16)) {
         *s = g.iter().map(|&v| v as i16).sum();
     }
-    1.0 / iscale
+    (1.0 / iscale, bsums.iter().map(|&s| s as i32).sum())
 }
 
 impl<E: Copy + Default + Send + Sync> QActs<E> {
     /// Quantizes `m` rows of `k` values (`k` a multiple of `bl`) block by block with `block`,
-    /// which fills the block's `qs` and extras and returns its scale.
+    /// which fills the block's `qs` and extras and returns its scale and the sum of its `qs`.
     fn build(
         x: &[f32],
         (m, k): (usize, usize),
         (bl, ne): (usize, usize),
-        block: fn(&[f32], &mut [i8], &mut [E]) -> f32,
+        block: fn(&[f32], &mut [i8], &mut [E]) -> (f32, i32),
     ) -> Self {
         let nb = k / bl;
         let (mut qs, mut d) = (vec![0i8; m * k], vec![0f32; m * nb]);
-        let mut extra = vec![E::default(); m * nb * ne];
-        let one_row = |(((x, qs), d), extra): RowParts<'_, E>| {
+        let (mut extra, mut qsum) = (vec![E::default(); m * nb * ne], vec![0i32; m * nb]);
+        let one_row = |(((x, qs), d), (extra, qsum)): RowParts<'_, E>| {
             let blocks = x.chunks_exact(bl).zip(qs.chunks_exact_mut(bl));
-            for ((d, (x, q)), e) in d.iter_mut().zip(blocks).zip(extra.chunks_exact_mut(ne)) {
-                *d = block(x, q, e);
+            let extras = extra.chunks_exact_mut(ne).zip(qsum.iter_mut());
+            for ((d, (x, q)), (e, t)) in d.iter_mut().zip(blocks).zip(extras) {
+                (*d, *t) = block(x, q, e);
             }
         };
         if m >= PAR_ROWS {
             let rows = x.par_chunks_exact(k).zip(qs.par_chunks_exact_mut(k));
             let rows = rows.zip(d.par_chunks_exact_mut(nb));
-            rows.zip(extra.par_chunks_exact_mut(nb * ne))
+            let ends = extra.par_chunks_exact_mut(nb * ne);
+            rows.zip(ends.zip(qsum.par_chunks_exact_mut(nb)))
                 .for_each(one_row);
         } else {
             let rows = x.chunks_exact(k).zip(qs.chunks_exact_mut(k));
             let rows = rows.zip(d.chunks_exact_mut(nb));
-            rows.zip(extra.chunks_exact_mut(nb * ne)).for_each(one_row);
+            let ends = extra.chunks_exact_mut(nb * ne);
+            rows.zip(ends.zip(qsum.chunks_exact_mut(nb)))
+                .for_each(one_row);
         }
         Self {
             qs,
             d,
             extra,
-            qsum: Vec::new(),
+            qsum,
             bl,
             ne,
             nb,
@@ -130,7 +137,7 @@ impl<E: Copy + Default + Send + Sync> QActs<E> {
             qs: &self.qs[i * nb * bl..(i + 1) * nb * bl],
             d: &self.d[i * nb..(i + 1) * nb],
             extra: &self.extra[i * nb * ne..(i + 1) * nb * ne],
-            qsum: self.qsum.get(i * nb..(i + 1) * nb).unwrap_or(&[]),
+            qsum: &self.qsum[i * nb..(i + 1) * nb],
         }
     }
 }
@@ -138,12 +145,7 @@ impl<E: Copy + Default + Send + Sync> QActs<E> {
 impl Q8Acts {
     /// Quantizes `m` rows of `k` values (`k` a multiple of 32).
     pub fn quantize(x: &[f32], m: usize, k: usize) -> Self {
-        let mut a = Self::build(x, (m, k), (32, 1), q8_block);
-        a.qsum =
-            a.qs.chunks_exact(32)
-                .map(|b| b.iter().map(|&v| v as i32).sum())
-                .collect();
-        a
+        Self::build(x, (m, k), (32, 1), q8_block)
     }
 }
 

@@ -36,20 +36,25 @@ pub(crate) fn dot32(f: WeightFormat, w: &[u8], a: Q8Row) -> f32 {
     acc + summ
 }
 
+/// `Σ_s sc(s) · Σ_{i in s} q(i) · a[i]` over a super-block's sub-blocks of `len` values (exact).
+fn scaled_sum(q: impl Fn(usize) -> i32, a: &[i8], sc: impl Fn(usize) -> i32, len: usize) -> i32 {
+    (0..QK_K / len)
+        .map(|s| {
+            sc(s)
+                * (len * s..len * (s + 1))
+                    .map(|i| q(i) * a[i] as i32)
+                    .sum::<i32>()
+        })
+        .sum()
+}
+
 /// One element for `Q4_K` or `Q5_K`.
 pub(crate) fn dot_k(f: WeightFormat, w: &[u8], a: Q8KRow) -> f32 {
     let (mut acc, mut summ) = (0f32, 0f32);
     for (b, wb) in w.chunks_exact(f.block_bytes()).enumerate() {
         let k = decode_k(f, wb);
         let qa = &a.qs[QK_K * b..];
-        let isum: i32 = (0..8)
-            .map(|s| {
-                let p: i32 = (32 * s..32 * s + 32)
-                    .map(|i| k.q[i] as i32 * qa[i] as i32)
-                    .sum();
-                k.sc[s] as i32 * p
-            })
-            .sum();
+        let isum = scaled_sum(|i| k.q[i] as i32, qa, |s| k.sc[s] as i32, 32);
         acc = (isum as f32).mul_add(k.d * a.d[b], acc);
         let bs = &a.extra[16 * b..];
         let imin: i32 = (0..8)
@@ -66,14 +71,7 @@ pub(crate) fn dot_q6k(w: &[u8], a: Q8KRow) -> f32 {
     for (b, wb) in w.chunks_exact(WeightFormat::Q6_K.block_bytes()).enumerate() {
         let k = decode_q6k(wb);
         let qa = &a.qs[QK_K * b..];
-        let isum: i32 = (0..16)
-            .map(|t| {
-                let p: i32 = (16 * t..16 * t + 16)
-                    .map(|i| k.q[i] as i32 * qa[i] as i32)
-                    .sum();
-                k.sc[t] as i32 * p
-            })
-            .sum();
+        let isum = scaled_sum(|i| k.q[i] as i32, qa, |t| k.sc[t] as i32, 16);
         acc = (isum as f32).mul_add(k.d * a.d[b], acc);
     }
     acc

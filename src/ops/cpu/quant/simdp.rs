@@ -17,9 +17,7 @@ use std::marker::PhantomData;
 /// How one packed format turns its code words into unsigned codes.
 pub(crate) trait PackedFmt {
     const FORMAT: WeightFormat;
-    /// Value index (within the 32-value block) of the first of the 4 values of register `k`.
-    const POS: [usize; 8];
-    /// The block's 8 code registers.
+    /// The block's 8 code registers; register `k` holds values `4k..4k+4` of every row.
     ///
     /// # Safety
     /// `p` points at the group-block's first code word (all words readable).
@@ -50,6 +48,15 @@ unsafe fn nibble_words(p: *const u8) -> [__m256i; 8] {
     }
 }
 
+/// The 8 lanes of `v` (lane `l` = weight row `l` of the group).
+#[inline(always)]
+fn lanes(v: __m256) -> [f32; 8] {
+    let mut out = [0f32; 8];
+    // SAFETY: 8 writable f32; AVX at compile time.
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) };
+    out
+}
+
 /// `s + dot` for codes below 64 (no `maddubs` saturation: pairs stay under 2 × 63 × 128).
 #[inline(always)]
 unsafe fn dot_small<const VNNI: bool>(s: __m256i, u: __m256i, a: __m256i) -> __m256i {
@@ -57,53 +64,35 @@ unsafe fn dot_small<const VNNI: bool>(s: __m256i, u: __m256i, a: __m256i) -> __m
     unsafe { _mm256_add_epi32(s, dot_u8i8::<VNNI>(u, a)) }
 }
 
-const NIBBLE_POS: [usize; 8] = [0, 4, 8, 12, 16, 20, 24, 28];
-
-pub(crate) struct Q4_0;
-impl PackedFmt for Q4_0 {
-    const FORMAT: WeightFormat = WeightFormat::Q4_0;
-    const POS: [usize; 8] = NIBBLE_POS;
-    #[inline(always)]
-    unsafe fn codes(p: *const u8) -> [__m256i; 8] {
-        // SAFETY: forwarded.
-        unsafe { nibble_words(p) }
-    }
-    #[inline(always)]
-    unsafe fn dot<const VNNI: bool>(s: __m256i, u: __m256i, a: __m256i) -> __m256i {
-        // SAFETY: forwarded.
-        unsafe { dot_small::<VNNI>(s, u, a) }
-    }
-    /// Codes are `q + 8`.
-    #[inline(always)]
-    fn offset<const VNNI: bool>() -> i32 {
-        8
-    }
+/// The 4-bit formats: codes `q + offset` (Q4_0: 8; Q4_1: 0, with a minimum instead).
+macro_rules! nibble_fmt {
+    ($name:ident, $offset:expr) => {
+        pub(crate) struct $name;
+        impl PackedFmt for $name {
+            const FORMAT: WeightFormat = WeightFormat::$name;
+            #[inline(always)]
+            unsafe fn codes(p: *const u8) -> [__m256i; 8] {
+                // SAFETY: forwarded.
+                unsafe { nibble_words(p) }
+            }
+            #[inline(always)]
+            unsafe fn dot<const VNNI: bool>(s: __m256i, u: __m256i, a: __m256i) -> __m256i {
+                // SAFETY: forwarded.
+                unsafe { dot_small::<VNNI>(s, u, a) }
+            }
+            #[inline(always)]
+            fn offset<const VNNI: bool>() -> i32 {
+                $offset
+            }
+        }
+    };
 }
-
-pub(crate) struct Q4_1;
-impl PackedFmt for Q4_1 {
-    const FORMAT: WeightFormat = WeightFormat::Q4_1;
-    const POS: [usize; 8] = NIBBLE_POS;
-    #[inline(always)]
-    unsafe fn codes(p: *const u8) -> [__m256i; 8] {
-        // SAFETY: forwarded.
-        unsafe { nibble_words(p) }
-    }
-    #[inline(always)]
-    unsafe fn dot<const VNNI: bool>(s: __m256i, u: __m256i, a: __m256i) -> __m256i {
-        // SAFETY: forwarded.
-        unsafe { dot_small::<VNNI>(s, u, a) }
-    }
-    #[inline(always)]
-    fn offset<const VNNI: bool>() -> i32 {
-        0
-    }
-}
+nibble_fmt!(Q4_0, 8);
+nibble_fmt!(Q4_1, 0);
 
 pub(crate) struct Q8_0;
 impl PackedFmt for Q8_0 {
     const FORMAT: WeightFormat = WeightFormat::Q8_0;
-    const POS: [usize; 8] = [0, 4, 8, 12, 16, 20, 24, 28];
     #[inline(always)]
     unsafe fn codes(p: *const u8) -> [__m256i; 8] {
         // SAFETY: 8 readable 32-byte words at `p`; AVX2 at compile time.
@@ -159,7 +148,7 @@ impl<F: PackedFmt, const VNNI: bool> GroupTile for SimdPacked<'_, F, VNNI> {
         let off = F::offset::<VNNI>();
         // SAFETY (the block below): AVX2 + FMA + F16C at compile time (VNNI: the caller's
         // contract); every pointer is inside `group` (whole group-blocks) or inside an
-        // activation row's block of 32 bytes (`qa`, 4-byte reads at POS[k] ≤ 28).
+        // activation row's block of 32 bytes (`qa`, 4-byte reads at 4k ≤ 28).
         unsafe {
             let mut acc = [_mm256_setzero_ps(); R];
             let mut summ = [_mm256_setzero_ps(); R];
@@ -173,7 +162,7 @@ impl<F: PackedFmt, const VNNI: bool> GroupTile for SimdPacked<'_, F, VNNI> {
                 for r in 0..R {
                     let qa = a[r].qs[32 * b..32 * b + 32].as_ptr();
                     let bcast = |k: usize| {
-                        _mm256_set1_epi32(std::ptr::read_unaligned(qa.add(F::POS[k]).cast()))
+                        _mm256_set1_epi32(std::ptr::read_unaligned(qa.add(4 * k).cast()))
                     };
                     let (mut s0, mut s1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
                     for k in (0..8).step_by(2) {
@@ -191,11 +180,7 @@ impl<F: PackedFmt, const VNNI: bool> GroupTile for SimdPacked<'_, F, VNNI> {
                     }
                 }
             }
-            std::array::from_fn(|r| {
-                let mut out = [0f32; 8];
-                _mm256_storeu_ps(out.as_mut_ptr(), _mm256_add_ps(acc[r], summ[r]));
-                out
-            })
+            std::array::from_fn(|r| lanes(_mm256_add_ps(acc[r], summ[r])))
         }
     }
 }
@@ -290,11 +275,7 @@ impl<const VNNI: bool, const HIGH: bool> GroupTile for SimdPackedK<'_, VNNI, HIG
                     summ[r] = _mm256_fmadd_ps(neg, _mm256_cvtepi32_ps(imin[r]), summ[r]);
                 }
             }
-            std::array::from_fn(|r| {
-                let mut out = [0f32; 8];
-                _mm256_storeu_ps(out.as_mut_ptr(), _mm256_add_ps(acc[r], summ[r]));
-                out
-            })
+            std::array::from_fn(|r| lanes(_mm256_add_ps(acc[r], summ[r])))
         }
     }
 }
@@ -373,11 +354,7 @@ impl<const VNNI: bool> GroupTile for SimdPackedQ6<'_, VNNI> {
                     acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(exact), dd, acc[r]);
                 }
             }
-            std::array::from_fn(|r| {
-                let mut out = [0f32; 8];
-                _mm256_storeu_ps(out.as_mut_ptr(), acc[r]);
-                out
-            })
+            std::array::from_fn(|r| lanes(acc[r]))
         }
     }
 }
