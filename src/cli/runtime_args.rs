@@ -4,7 +4,7 @@
 
 use anyhow::Context;
 use openlora::exec::KvDtype;
-use openlora::model::{LoadOptions, WeightDtype};
+use openlora::model::{ActivationMode, LoadOptions, WeightDtype};
 use openlora::ops::cpu::quant::WeightFormat;
 
 #[derive(clap::Args, Debug, Default, Clone)]
@@ -16,6 +16,11 @@ pub struct RuntimeArgs {
     /// Quantize the projections at load (`q8_0` or `q4_k`), like mistral.rs ISQ.
     #[arg(long, env = "OPENLORA_QUANTIZE")]
     pub quantize: Option<String>,
+    /// Activations against block-quantized weights: `auto` (= `int16`, the accurate one: two
+    /// 8-bit planes, ~15 bits, answers like the f32 model) or `int8` (ggml's rounding, as
+    /// llama.cpp; faster, loses answers on small models). Float weights always see f32.
+    #[arg(long, env = "OPENLORA_ACTIVATIONS")]
+    pub activations: Option<String>,
     /// KV cache element type: `auto` (f16; f32 with `--dtype f32`), `f16`, `bf16` or `f32`.
     #[arg(long, env = "OPENLORA_KV_CACHE_DTYPE")]
     pub kv_cache_dtype: Option<String>,
@@ -30,6 +35,7 @@ impl RuntimeArgs {
         RuntimeArgs {
             dtype: self.dtype.or(other.dtype),
             quantize: self.quantize.or(other.quantize),
+            activations: self.activations.or(other.activations),
             kv_cache_dtype: self.kv_cache_dtype.or(other.kv_cache_dtype),
             threads: self.threads.or(other.threads),
         }
@@ -52,7 +58,13 @@ impl RuntimeArgs {
             !(quantize.is_some() && dtype == WeightDtype::F32),
             "--quantize and --dtype f32 exclude each other"
         );
-        Ok(LoadOptions { dtype, quantize })
+        let activations = ActivationMode::parse(self.activations.as_deref().unwrap_or("auto"))
+            .context("--activations")?;
+        Ok(LoadOptions {
+            dtype,
+            quantize,
+            activations,
+        })
     }
 
     pub fn kv_dtype(&self) -> anyhow::Result<KvDtype> {

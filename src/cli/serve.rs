@@ -157,6 +157,7 @@ struct FileConfig {
     dtype: Option<String>,
     quantize: Option<String>,
     kv_cache_dtype: Option<String>,
+    activations: Option<String>,
     threads: Option<usize>,
     #[serde(default)]
     metering: MeteringFile,
@@ -267,6 +268,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         dtype: file.dtype,
         quantize: file.quantize,
         kv_cache_dtype: file.kv_cache_dtype,
+        activations: file.activations,
         threads: file.threads,
     });
     let load_options = runtime.load_options()?;

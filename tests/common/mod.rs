@@ -160,6 +160,6 @@ pub fn run_alone_with(model: &Arc<Model>, req: GenerateRequest, kv_dtype: KvDtyp
 pub fn f32_weights() -> openlora::model::LoadOptions {
     openlora::model::LoadOptions {
         dtype: openlora::model::WeightDtype::F32,
-        quantize: None,
+        ..Default::default()
     }
 }
