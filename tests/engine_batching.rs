@@ -73,12 +73,17 @@ fn check(engine_cfg: EngineConfig) -> usize {
 }
 
 fn check_with(engine_cfg: EngineConfig, opts: &LoadOptions) -> usize {
-    check_paged(engine_cfg, opts, PagerConfig::default())
+    check_paged(engine_cfg, opts, PagerConfig::default()).0
 }
 
 /// Runs the workload in one engine whose pager has `pager_cfg`'s budgets; every sequence must
-/// equal the same request alone on an engine with the same device and KV dtype.
-fn check_paged(engine_cfg: EngineConfig, opts: &LoadOptions, pager_cfg: PagerConfig) -> usize {
+/// equal the same request alone on an engine with the same device and KV dtype. Returns the
+/// preemptions and the pager's device-tier evictions (slots refilled).
+fn check_paged(
+    engine_cfg: EngineConfig,
+    opts: &LoadOptions,
+    pager_cfg: PagerConfig,
+) -> (usize, u64) {
     let (model, mixes) = setup_with(opts);
     let work = workload(&mixes);
     let mut arrivals = vec![vec![]; 10];
@@ -104,7 +109,8 @@ fn check_paged(engine_cfg: EngineConfig, opts: &LoadOptions, pager_cfg: PagerCon
         );
     }
     assert_eq!(engine.stats().kv_blocks_used, 0, "all blocks returned");
-    engine.stats().preemptions as usize
+    let evictions = engine.pager().stats().device_evictions;
+    (engine.stats().preemptions as usize, evictions)
 }
 
 per_device!(
@@ -140,7 +146,9 @@ fn few_slots(device: DeviceKind) {
         device_slots: 2,
         ..Default::default()
     };
-    assert_eq!(check_paged(cfg, &LoadOptions::default(), pager), 0);
+    let (preempted, evictions) = check_paged(cfg, &LoadOptions::default(), pager);
+    assert_eq!(preempted, 0);
+    assert!(evictions > 0, "slots should have been refilled");
 }
 
 #[test]

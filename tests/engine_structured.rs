@@ -6,7 +6,6 @@
 
 mod common;
 use common::*;
-use openlora::config::EngineConfig;
 use openlora::engine::{Grammar, GrammarCompiler, LlmEngine, SamplingParams, SeqId};
 use openlora::exec::DeviceKind;
 use openlora::lora::{random_adapter, LoraAdapter};
