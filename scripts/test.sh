@@ -55,6 +55,9 @@ if [ -f tests/python/requirements.txt ]; then
     "$cache/venv-ci/bin/python" -m pytest -q tests/python
 fi
 
+echo "== gpu-run.sh --rehearse (the GPU script's stages against the device executor's CPU twin)"
+OUT="$cache/gpu-rehearse" bash scripts/gpu-run.sh --rehearse
+
 echo "== cuda build (nvcc 13.0 -> sm_90 PTX, cargo build/check --features cuda; no GPU needed)"
 # Last, so the CPU binary the OpenAI-SDK tests ran is the default-feature one. The GPU tests in
 # tests/cuda_kernels.rs are type-checked here and run on a GPU machine (scripts/gpu-run.sh).

@@ -75,6 +75,8 @@ impl LlmEngine {
             num_blocks: cfg.num_blocks,
             block_size: cfg.block_size,
             kv_dtype: cfg.kv_dtype,
+            device: cfg.device,
+            max_lora_rank: cfg.max_lora_rank,
         };
         let executor = exec::create(&model, &exec_cfg, pager.slots().clone())?;
         let alloc = BlockAllocator::with_prefix_caching(
