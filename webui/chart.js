@@ -20,13 +20,13 @@ export function chart(label) {
   return svg;
 }
 
-/** Draws `values` (oldest first, at most `slots` shown) into `svg`. */
+/** Draws `values` (oldest first, at most `slots` shown, filling from the left) into `svg`. */
 export function draw(svg, values, { max, slots = 60 } = {}) {
   const v = values.slice(-slots);
   const top = Math.max(max ?? 0, ...v, 1e-9);
   const step = W / Math.max(slots - 1, 1);
-  const x0 = W - (v.length - 1) * step;
-  const pts = v.map((y, i) => `${(x0 + i * step).toFixed(1)},${(H - 1 - (y / top) * (H - 2)).toFixed(1)}`);
+  const pts = v.map((y, i) => `${(i * step).toFixed(1)},${(H - 1 - (y / top) * (H - 2)).toFixed(1)}`);
+  const right = ((v.length - 1) * step).toFixed(1);
   svg.querySelector('.chart-line').setAttribute('points', pts.join(' '));
-  svg.querySelector('.chart-area').setAttribute('d', pts.length ? `M${x0.toFixed(1)},${H} L${pts.join(' L')} L${W},${H} Z` : '');
+  svg.querySelector('.chart-area').setAttribute('d', pts.length ? `M0,${H} L${pts.join(' L')} L${right},${H} Z` : '');
 }
