@@ -20,11 +20,11 @@ export function chart(label) {
   return svg;
 }
 
-/** Draws `values` (oldest first, at most `slots` shown, filling from the left) into `svg`. */
+/** Draws `values` (oldest first, the last `slots` of them) across the whole width of `svg`. */
 export function draw(svg, values, { max, slots = 60 } = {}) {
   const v = values.slice(-slots);
   const top = Math.max(max ?? 0, ...v, 1e-9);
-  const step = W / Math.max(slots - 1, 1);
+  const step = W / Math.max(v.length - 1, 1);
   const pts = v.map((y, i) => `${(i * step).toFixed(1)},${(H - 1 - (y / top) * (H - 2)).toFixed(1)}`);
   const right = ((v.length - 1) * step).toFixed(1);
   svg.querySelector('.chart-line').setAttribute('points', pts.join(' '));

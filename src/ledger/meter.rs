@@ -189,7 +189,14 @@ impl Meter {
         for (t, _, _) in &pricing.parts {
             for (id, w) in &t.datanets {
                 let Some(d) = self.datanets.get(id) else {
-                    out.push(datanet_attribution(&t.name, id, *w, None, "missing", vec![]));
+                    out.push(datanet_attribution(
+                        &t.name,
+                        id,
+                        *w,
+                        None,
+                        "missing",
+                        vec![],
+                    ));
                     continue;
                 };
                 let excluded = self.datanet_verifier.as_ref().and_then(|v| v.excluded(id));

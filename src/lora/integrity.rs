@@ -61,8 +61,14 @@ mod tests {
         assert_eq!(Integrity::of(true, Tier::Host, None), Integrity::Verified);
         assert_eq!(Integrity::of(true, Tier::Device, None), Integrity::Verified);
         let refused = Integrity::of(true, Tier::Disk, Some((true, "hash".into())));
-        assert_eq!((refused.as_str(), refused.reason()), ("refused", Some("hash")));
+        assert_eq!(
+            (refused.as_str(), refused.reason()),
+            ("refused", Some("hash"))
+        );
         let failing = Integrity::of(false, Tier::Disk, Some((false, "io".into())));
-        assert_eq!((failing.as_str(), failing.reason()), ("failing", Some("io")));
+        assert_eq!(
+            (failing.as_str(), failing.reason()),
+            ("failing", Some("io"))
+        );
     }
 }

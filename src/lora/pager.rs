@@ -17,7 +17,9 @@
 
 pub use super::pager_config::PagerConfig;
 pub use super::tier::{PagerStats, Tier};
-use super::{AdapterGate, AdapterId, Integrity, AdapterSlot, AdapterSpec, GateStage, LoraAdapter, SlotTable};
+use super::{
+    AdapterGate, AdapterId, AdapterSlot, AdapterSpec, GateStage, Integrity, LoraAdapter, SlotTable,
+};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::model::ModelConfig;

@@ -65,7 +65,12 @@ pub async fn list(
 
 fn page(state: &AppState, query: &ListQuery, sees_paths: bool) -> Value {
     let mut all = state.registry.list();
-    if let Some(q) = query.q.as_deref().map(str::to_lowercase).filter(|q| !q.is_empty()) {
+    if let Some(q) = query
+        .q
+        .as_deref()
+        .map(str::to_lowercase)
+        .filter(|q| !q.is_empty())
+    {
         all.retain(|a| a.name.to_lowercase().contains(&q));
     }
     let total = all.len();
@@ -138,7 +143,12 @@ fn served_by_adapter(m: &Metrics) -> HashMap<String, Served> {
         for family in c.collect() {
             for metric in family.get_metric() {
                 let labels = metric.get_label();
-                let label = |n: &str| labels.iter().find(|l| l.get_name() == n).map(|l| l.get_value());
+                let label = |n: &str| {
+                    labels
+                        .iter()
+                        .find(|l| l.name() == n)
+                        .map(|l| l.value())
+                };
                 if label("outcome").is_some_and(|o| o != "ok") {
                     continue;
                 }

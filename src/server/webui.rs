@@ -35,15 +35,27 @@ const SECURITY_HEADERS: [(HeaderName, &str); 6] = [
 
 /// (file name under `/ui/`, content type, bytes), embedded at build time.
 const ASSETS: &[(&str, &str, &str)] = &[
-    ("app.css", "text/css; charset=utf-8", include_str!("../../webui/app.css")),
+    (
+        "app.css",
+        "text/css; charset=utf-8",
+        include_str!("../../webui/app.css"),
+    ),
     ("app.js", JS, include_str!("../../webui/app.js")),
     ("api.js", JS, include_str!("../../webui/api.js")),
-    ("playground.js", JS, include_str!("../../webui/playground.js")),
+    (
+        "playground.js",
+        JS,
+        include_str!("../../webui/playground.js"),
+    ),
     ("receipt.js", JS, include_str!("../../webui/receipt.js")),
     ("adapters.js", JS, include_str!("../../webui/adapters.js")),
     ("server.js", JS, include_str!("../../webui/server.js")),
     ("chart.js", JS, include_str!("../../webui/chart.js")),
-    ("favicon.svg", "image/svg+xml", include_str!("../../webui/favicon.svg")),
+    (
+        "favicon.svg",
+        "image/svg+xml",
+        include_str!("../../webui/favicon.svg"),
+    ),
 ];
 const JS: &str = "text/javascript; charset=utf-8";
 const INDEX: &str = include_str!("../../webui/index.html");
@@ -51,7 +63,10 @@ const INDEX: &str = include_str!("../../webui/index.html");
 /// The console's routes (merged into the API router when the console is on).
 pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
-        .route("/", get(|| async { page("text/html; charset=utf-8", INDEX) }))
+        .route(
+            "/",
+            get(|| async { page("text/html; charset=utf-8", INDEX) }),
+        )
         .route("/ui/{file}", get(asset))
 }
 
@@ -85,12 +100,18 @@ mod tests {
     /// policy would block (the browser tests check the page itself runs without CSP errors).
     #[test]
     fn page_references_only_embedded_assets() {
-        for src in INDEX.split("src=\"").skip(1).chain(INDEX.split("href=\"").skip(1)) {
+        for src in INDEX
+            .split("src=\"")
+            .skip(1)
+            .chain(INDEX.split("href=\"").skip(1))
+        {
             let url = src.split('"').next().unwrap();
             if url.starts_with('#') {
                 continue;
             }
-            let name = url.strip_prefix("/ui/").unwrap_or_else(|| panic!("{url} not under /ui/"));
+            let name = url
+                .strip_prefix("/ui/")
+                .unwrap_or_else(|| panic!("{url} not under /ui/"));
             assert!(ASSETS.iter().any(|a| a.0 == name), "{name} is not embedded");
         }
         assert!(!INDEX.contains("<script>") && !INDEX.contains("style=\""));

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -102,7 +103,7 @@ class Console:
         self.responses = []
         page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
         page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
-        page.on("response", self.responses.append)
+        page.on("response", lambda r: self.responses.append(r))
 
     def open(self, hash_: str = "", api_key: str = ALICE, admin_key: str = ""):
         """Opens the console, gives the keys as a user does, then goes to page `hash_`."""
@@ -357,9 +358,9 @@ def test_admin_action_without_the_admin_key_shows_401_and_changes_nothing(consol
     page = console.open("#adapters").page  # the API key only
     row = page.locator("#adapter-table tbody tr[data-adapter=french]")
     expect(row).to_have_count(1)  # names from /v1/models
-    page.click("#banner-close")
-    row.locator("button.unload").click()
     banner = page.locator("#banner")
+    expect(banner).to_be_hidden()  # the listing fell back to names without an error
+    row.locator("button.unload").click()
     expect(banner).to_be_visible()
     expect(banner).to_have_attribute("data-status", "401")
     assert "admin key" in banner.inner_text()
@@ -382,13 +383,27 @@ def test_server_page_charts_the_servers_metrics(console, metered, shots):
     page = console.open("#server").page
     for key in ("throughput", "requests", "queue", "kv", "pageins", "hitrate", "backlog"):
         expect(page.locator(f"#card-{key} svg polyline")).to_have_count(1)
-    # Two scrapes make a line; the backlog is the ledger's unsettled records (no chain: none settle).
-    expect(page.locator("#card-backlog svg polyline")).to_have_attribute("points", re.compile(r"\S+ \S+"), timeout=10_000)
-    unsettled = parse_metrics(srv.metrics_text())["openlora_ledger_unsettled_records"][0][1]
+    # Traffic while the page scrapes: a page-in (miss), then hits, on two concurrent streams.
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda m: [api_answer(srv, model=m) for _ in range(2)], ["pirate", "french"]))
+    # Once idle, two more scrapes; the figures are then the server's current ones: compare them
+    # with /metrics read here.
+    page.wait_for_timeout(4500)
+    assert float(page.locator("#card-throughput").get_attribute("data-value")) == 0
+    points = page.locator("#card-throughput polyline").get_attribute("points").split()
+    assert max(36 - float(p.split(",")[1]) for p in points) > 10, "the chart never showed the tokens/s"
+    m = parse_metrics(srv.metrics_text())
+    device = sum(v for labels, v in m["openlora_adapters_resident"] if labels["tier"] == "device")
+    assert device > 0
+    expect(page.locator("#card-pageins .value")).to_contain_text(f"resident: {device:.0f} device")
+    hits = sum(v for _, v in m["openlora_adapter_hits_total"])
+    lookups = hits + sum(v for _, v in m["openlora_adapter_misses_total"])
+    assert 0 < hits < lookups
+    assert float(page.locator("#card-hitrate").get_attribute("data-value")) == pytest.approx(hits / lookups)
+    unsettled = m["openlora_ledger_unsettled_records"][0][1]
     assert float(page.locator("#card-backlog").get_attribute("data-value")) == unsettled
-    assert unsettled > 0
     kv = float(page.locator("#card-kv").get_attribute("data-value"))
-    assert 0 <= kv <= 1
+    assert kv == m["openlora_kv_cache_usage_ratio"][0][1]
     page.screenshot(path=str(shots / "server.png"), full_page=True)
     console.no_errors()
 
@@ -396,14 +411,15 @@ def test_server_page_charts_the_servers_metrics(console, metered, shots):
 def test_phone_width_has_no_horizontal_scroll(browser_context, metered, shots):
     page = browser_context.new_page()
     page.set_viewport_size({"width": 390, "height": 844})
-    c = Console(page, metered[0].url).open()
+    c = Console(page, metered[0].url).open(admin_key=ADMIN)
     c.wait_models()
-    for h in ("", "#adapters", "#server", "#finetune"):
-        page.goto(f"{metered[0].url}/{h}")
+    for h in ("#playground", "#adapters", "#server", "#finetune"):
+        page.click(f"nav a[href='{h}']")
+        expect(page.locator(f"#page-{h[1:]}")).to_be_visible()
         page.wait_for_timeout(300)
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1"), h
     expect(page.locator("#finetune-note")).to_contain_text("Not available")
-    page.goto(f"{metered[0].url}/#playground")
+    page.click("nav a[href='#playground']")
     page.screenshot(path=str(shots / "phone.png"))
     c.no_errors()
     page.close()
