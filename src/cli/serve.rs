@@ -61,6 +61,9 @@ pub struct ServeArgs {
     /// INSECURE: open the adapter admin endpoints to anyone when no admin key is set.
     #[arg(long, env = "OPENLORA_INSECURE_OPEN_ADMIN")]
     pub insecure_open_admin: bool,
+    /// Do not serve the web console at `/` (it is on by default; it holds no secret).
+    #[arg(long, env = "OPENLORA_NO_WEBUI")]
+    pub no_webui: bool,
     /// Folders `/v1/load_lora_adapter` may read adapters from (repeatable; default: the adapters
     /// dir and the hub cache). Paths are canonicalized; symlinks leaving them are refused.
     #[arg(
@@ -139,6 +142,7 @@ struct FileConfig {
     admin_key: Option<String>,
     #[serde(default)]
     insecure_open_admin: bool,
+    webui: Option<bool>,
     #[serde(default)]
     adapter_roots: Vec<PathBuf>,
     kv_cache_mb: Option<usize>,
@@ -234,6 +238,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .tool_call_parser
             .or(file.tool_call_parser)
             .unwrap_or_default(),
+        webui: !args.no_webui && file.webui.unwrap_or(true),
         ..Default::default()
     };
     if opts.insecure_open_admin && opts.admin_key.is_none() {

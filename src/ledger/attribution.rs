@@ -135,6 +135,9 @@ pub struct Attribution {
     pub weights: Vec<(Address, u64)>,
     /// Output tokens covered by matched spans; 0 = static shares.
     pub matched_tokens: u64,
+    /// The matched spans, as output token ranges `[start, end)` in output order (empty for
+    /// static shares).
+    pub spans: Vec<(u32, u32)>,
 }
 
 impl Datanet {
@@ -218,6 +221,7 @@ impl Datanet {
         let min_span = min_span.max(1);
         let mut weights: BTreeMap<Address, u64> = BTreeMap::new();
         let mut matched = 0u64;
+        let mut spans = vec![];
         let mut i = 0;
         while i + min_span <= output.len() {
             let (len, range) = self.index.longest_match(&output[i..]);
@@ -241,11 +245,13 @@ impl Datanet {
                 *weights.entry(self.contributors[*c]).or_default() += share;
             }
             matched += len as u64;
+            spans.push((i as u32, (i + len) as u32));
             i += len;
         }
         (matched > 0).then(|| Attribution {
             weights: weights.into_iter().collect(),
             matched_tokens: matched,
+            spans,
         })
     }
 
@@ -262,6 +268,7 @@ impl Datanet {
         Attribution {
             weights: w,
             matched_tokens: 0,
+            spans: vec![],
         }
     }
 }
@@ -317,6 +324,7 @@ mod tests {
         let a = d.attribute(&out, 8).expect("span found");
         assert_eq!(a.weights, vec![(addr(2), 12_000)]);
         assert_eq!(a.matched_tokens, 12);
+        assert_eq!(a.spans, vec![(3, 15)], "the 12 tokens after 3 of noise");
         // Shorter than min_span: no attribution; static shares are tokens contributed.
         assert!(d.attribute(&x[0..5], 8).is_none());
         assert_eq!(

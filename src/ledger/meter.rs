@@ -13,8 +13,8 @@ use super::datanet_verifier::DatanetVerifier;
 use super::funds::{Funds, Reservation};
 use super::pricing::{AdapterTerms, PriceBook};
 use super::record::{
-    datanet_attribution, output_hash, split_call, DatanetAttribution, PricedPart, RequestId,
-    UsageRecord,
+    datanet_attribution, output_hash, split_call, DatanetAttribution, OutputSpan, PricedPart,
+    RequestId, UsageRecord,
 };
 use super::store::Store;
 use super::writer::{Commit, Settle, Writer};
@@ -111,6 +111,11 @@ impl Meter {
         self.writer.flush();
     }
 
+    /// The terms `adapter` is served under now: on-chain, its manifest's, or the default price.
+    pub fn terms(&self, adapter: &AdapterRef) -> Result<Arc<AdapterTerms>> {
+        self.prices.terms(adapter)
+    }
+
     /// Terms of each adapter of the mix (the base model's when empty).
     pub fn price(&self, mix: &[(AdapterRef, f32)]) -> Result<Pricing> {
         if mix.is_empty() {
@@ -184,20 +189,33 @@ impl Meter {
         for (t, _, _) in &pricing.parts {
             for (id, w) in &t.datanets {
                 let Some(d) = self.datanets.get(id) else {
-                    out.push(datanet_attribution(&t.name, id, *w, None, "missing"));
+                    out.push(datanet_attribution(
+                        &t.name,
+                        id,
+                        *w,
+                        None,
+                        "missing",
+                        vec![],
+                    ));
                     continue;
                 };
                 let excluded = self.datanet_verifier.as_ref().and_then(|v| v.excluded(id));
                 if let Some(reason) = excluded {
                     let source = format!("excluded:{reason}");
-                    out.push(datanet_attribution(&t.name, id, *w, None, &source));
+                    out.push(datanet_attribution(&t.name, id, *w, None, &source, vec![]));
                     continue;
                 }
                 let mut weights: BTreeMap<Address, u64> = BTreeMap::new();
                 let mut matched = 0;
-                for o in outputs {
+                let mut spans = vec![];
+                for (choice, o) in outputs.iter().enumerate() {
                     if let Some(a) = d.attribute(o, self.min_span) {
                         matched += a.matched_tokens;
+                        spans.extend(a.spans.iter().map(|&(start, end)| OutputSpan {
+                            choice: choice as u32,
+                            start,
+                            end,
+                        }));
                         for (who, x) in a.weights {
                             *weights.entry(who).or_default() += x;
                         }
@@ -207,12 +225,13 @@ impl Meter {
                     super::attribution::Attribution {
                         weights: weights.into_iter().collect(),
                         matched_tokens: matched,
+                        spans: vec![],
                     }
                 } else {
                     d.static_weights()
                 };
                 let source = if matched > 0 { "spans" } else { "static" };
-                out.push(datanet_attribution(&t.name, id, *w, Some(a), source));
+                out.push(datanet_attribution(&t.name, id, *w, Some(a), source, spans));
             }
         }
         out

@@ -38,6 +38,17 @@ pub struct DatanetAttribution {
     pub matched_tokens: u64,
     /// (contributor, weight)
     pub contributors: Vec<(Address, u64)>,
+    /// The output spans found in the datanet (absent when none: static shares).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spans: Vec<OutputSpan>,
+}
+
+/// Output tokens `[start, end)` of choice `choice` found in a datanet's records.
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct OutputSpan {
+    pub choice: u32,
+    pub start: u32,
+    pub end: u32,
 }
 
 /// One adapter's part of a call: its terms, normalized mix share and cost.
@@ -176,6 +187,7 @@ pub fn datanet_attribution(
     weight_bps: u16,
     found: Option<Attribution>,
     source: &str,
+    spans: Vec<OutputSpan>,
 ) -> DatanetAttribution {
     let (contributors, matched_tokens) = found
         .map(|a| (a.weights, a.matched_tokens))
@@ -187,6 +199,7 @@ pub fn datanet_attribution(
         source: source.to_string(),
         matched_tokens,
         contributors,
+        spans,
     }
 }
 
@@ -223,8 +236,10 @@ mod tests {
                 Some(Attribution {
                     weights: vec![(Address::repeat_byte(1), 1), (Address::repeat_byte(2), 2)],
                     matched_tokens: 3,
+                    spans: vec![(0, 3)],
                 }),
                 "spans",
+                vec![],
             ),
             datanet_attribution(
                 "a",
@@ -233,8 +248,10 @@ mod tests {
                 Some(Attribution {
                     weights: vec![(Address::repeat_byte(3), 5)],
                     matched_tokens: 0,
+                    spans: vec![],
                 }),
                 "static",
+                vec![],
             ),
         ];
         for cost in [0u64, 1, 7, 999, 1_000_003, 123_456_789_012] {

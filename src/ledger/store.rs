@@ -528,6 +528,7 @@ fn insert_row(conn: &Connection, r: &UsageRecord) -> Result<i64> {
         .map(|p| {
             serde_json::json!({
                 "name": p.terms.name, "weight": p.weight, "cost": p.cost.to_string(),
+                "owner": p.terms.owner,
                 "price_per_million_input_tokens": p.terms.price.per_m_input.to_string(),
                 "price_per_million_output_tokens": p.terms.price.per_m_output.to_string(),
             })

@@ -5,6 +5,7 @@
 //! (`hub`, through `crate::hub`: ids, cache, downloads), the roots runtime-loaded
 //! adapters are confined to (`adapter_roots`), regular-file-only reads of adapter files
 //! (`regular_file`), the integrity gate checked at registration and page-in (`adapter_gate`),
+//! what the gate said about each adapter (`integrity`),
 //! which adapter occupies each device slot (`slot_table`) and random adapters
 //! for tests and benchmarks (`random`). Adapters are never merged into base weights; a running
 //! sequence holds a pager `Lease` on its adapters, which pins them.
@@ -14,6 +15,7 @@ mod adapter_gate;
 mod adapter_ref;
 mod adapter_roots;
 pub mod hub;
+mod integrity;
 mod pager;
 mod pager_config;
 mod random;
@@ -29,6 +31,7 @@ pub use adapter::{LoraAdapter, LoraConfig, LoraWeights};
 pub use adapter_gate::{check_weights, weights_hash, AdapterGate, Expected, GateStage};
 pub use adapter_ref::AdapterRef;
 pub use adapter_roots::{AdapterRoots, MAX_CONFIG_BYTES, MAX_WEIGHTS_BYTES};
+pub use integrity::Integrity;
 pub use pager::{AdapterPager, Lease, PagerConfig, PagerStats, Tier};
 pub use random::{random_adapter, write_random_adapter};
 pub use registry::{AdapterId, AdapterRegistry};

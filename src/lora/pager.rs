@@ -17,7 +17,9 @@
 
 pub use super::pager_config::PagerConfig;
 pub use super::tier::{PagerStats, Tier};
-use super::{AdapterGate, AdapterId, AdapterSlot, AdapterSpec, GateStage, LoraAdapter, SlotTable};
+use super::{
+    AdapterGate, AdapterId, AdapterSlot, AdapterSpec, GateStage, Integrity, LoraAdapter, SlotTable,
+};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::model::ModelConfig;
@@ -326,6 +328,14 @@ impl AdapterPager {
     /// Pins currently held on `id` (0 when not on device).
     pub fn pins(&self, id: AdapterId) -> usize {
         self.shared.lock().device.get(&id).map_or(0, |e| e.pins)
+    }
+
+    /// What the integrity gate has said about `id`'s weights (`Integrity`).
+    pub fn integrity(&self, id: AdapterId) -> Integrity {
+        let gated = self.shared.gate.lock().expect("pager gate").is_some();
+        let st = self.shared.lock();
+        let failure = st.failed.get(&id).map(|f| (f.refused, f.message.clone()));
+        Integrity::of(gated, st.tier(id), failure)
     }
 
     pub fn stats(&self) -> PagerStats {

@@ -1,5 +1,5 @@
-//! Runtime adapter management, vLLM-compatible: load/unload by name and path, and a listing of
-//! every adapter with its tier and stats. Loading validates the config and the tensor header
+//! Runtime adapter management, vLLM-compatible: load/unload by name and path (the listing is
+//! `adapter_list`). Loading validates the config and the tensor header
 //! against the base model (weights are paged in on first use); a bad one is a 400 and changes
 //! nothing. Unloading never disturbs running sequences: their pager lease keeps the weights.
 //! What always holds: `lora_path` is confined to the adapter roots (`AdapterRoots`); a taken
@@ -8,7 +8,6 @@
 //! callers `auth` lets see them.
 
 use super::api_error::ApiError;
-use super::auth::AdminAccess;
 use super::openai::{LoadAdapterRequest, UnloadAdapterRequest};
 use super::state::AppState;
 use super::validate::parse_body;
@@ -16,7 +15,6 @@ use crate::error::Error;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use axum::Json;
 use serde_json::json;
 use std::sync::Arc;
@@ -89,40 +87,4 @@ pub async fn unload(State(state): State<Arc<AppState>>, body: Bytes) -> Response
         Ok(name) => Json(json!({"status": "ok", "message": format!("Success: LoRA adapter '{name}' removed successfully.")})).into_response(),
         Err(e) => e.into_response(),
     }
-}
-
-/// Every registered adapter with the tier its weights are in now (device, host or disk) and its
-/// pins, so routing layers see idle-but-resident adapters too.
-pub async fn list(
-    State(state): State<Arc<AppState>>,
-    access: Option<Extension<AdminAccess>>,
-) -> Response {
-    let sees_paths = access.is_some_and(|a| a.sees_paths);
-    let stats = state.engine.stats();
-    let pager = state.engine.pager();
-    let data: Vec<_> = state
-        .registry
-        .list()
-        .into_iter()
-        .map(|a| {
-            let mut v = json!({
-                "id": a.name,
-                "object": "adapter",
-                "adapter_id": a.id.0,
-                "tier": pager.tier(a.id).as_str(),
-                "pins": pager.pins(a.id),
-                "rank": a.config.r,
-                "target_modules": a.config.target_modules.iter().map(|p| p.module_name()).collect::<Vec<_>>(),
-                "size_bytes": a.size_bytes,
-                "file_bytes": a.file_bytes,
-                "running": stats.running_adapters.contains(&a.name),
-                "waiting": stats.waiting_adapters.contains(&a.name),
-            });
-            if sees_paths {
-                v["path"] = json!(a.dir.display().to_string());
-            }
-            v
-        })
-        .collect();
-    Json(json!({"object": "list", "data": data})).into_response()
 }

@@ -2,9 +2,11 @@
 //! requests, run and shaped by `generate`, errors mapped once (`api_error`). `run(listener, state,
 //! shutdown)` serves until `shutdown` resolves, then stops accepting and drains in-flight work.
 //! Who may call what is decided in `auth`. Structured outputs are read in `structured`, tool
-//! calling in `tools` (requests) and `tool_parser` (replies). Every error status the server answers (413, 405,
+//! calling in `tools` (requests) and `tool_parser` (replies). The web console (`webui`) is
+//! served at `/` unless turned off. Every error status the server answers (413, 405,
 //! unknown routes, extractor rejections) carries an OpenAI-shaped JSON body.
 
+mod adapter_list;
 mod admin;
 mod api_error;
 mod auth;
@@ -17,6 +19,7 @@ mod structured;
 mod tool_parser;
 mod tools;
 mod validate;
+mod webui;
 
 pub use api_error::ApiError;
 pub use state::{unix_now, AppState, ServerOptions};
@@ -110,7 +113,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let admin = Router::new()
         .route("/v1/load_lora_adapter", post(admin::load))
         .route("/v1/unload_lora_adapter", post(admin::unload))
-        .route("/v1/adapters", get(admin::list))
+        .route("/v1/adapters", get(adapter_list::list))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_admin,
@@ -124,9 +127,14 @@ pub fn router(state: Arc<AppState>) -> Router {
             state.clone(),
             auth::require_api_key,
         ));
+    let console = match state.opts.webui {
+        true => webui::routes(),
+        false => Router::new(),
+    };
     Router::new()
         .merge(admin)
         .merge(api)
+        .merge(console)
         .route("/health", get(|| async { "ok" }))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))

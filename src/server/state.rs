@@ -30,6 +30,8 @@ pub struct ServerOptions {
     pub max_body_bytes: usize,
     /// How the model writes tool calls (`--tool-call-parser`).
     pub tool_call_parser: ToolCallParser,
+    /// Serve the web console at `/` (`--no-webui` turns it off).
+    pub webui: bool,
 }
 
 impl Default for ServerOptions {
@@ -44,6 +46,7 @@ impl Default for ServerOptions {
             default_max_tokens: 512,
             max_body_bytes: 4 << 20,
             tool_call_parser: ToolCallParser::default(),
+            webui: true,
         }
     }
 }
