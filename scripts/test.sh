@@ -32,12 +32,13 @@ if [ -f tests/python/requirements.txt ]; then
     "$venv/bin/pip" install -q -r tests/python/requirements.txt
     echo "$want" > "$stamp"
   fi
-  if ! command -v promtool >/dev/null; then
-    if [ "$(id -u)" = 0 ]; then
-      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
-    else
-      sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
-    fi
+fi
+# promtool: the Python metrics tests and tests/adapter_names.rs check /metrics with it.
+if ! command -v promtool >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
   fi
 fi
 
