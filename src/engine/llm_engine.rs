@@ -35,6 +35,8 @@ pub struct EngineStats {
     pub running: usize,
     pub kv_blocks_used: usize,
     pub kv_blocks_total: usize,
+    /// Tokens per KV block.
+    pub kv_block_size: usize,
     pub preemptions: u64,
     /// Prefix-cache lookups so far, in prompt tokens: asked for / found cached.
     pub prefix_cache_queries: u64,
@@ -208,6 +210,7 @@ impl LlmEngine {
             running: self.scheduler.running_choices(),
             kv_blocks_used: self.alloc.num_blocks() - self.alloc.num_free(),
             kv_blocks_total: self.alloc.num_blocks(),
+            kv_block_size: self.alloc.block_size(),
             preemptions: self.scheduler.preemptions,
             prefix_cache_queries: self.scheduler.prefix_queries,
             prefix_cache_hits: self.scheduler.prefix_hits,
