@@ -33,16 +33,17 @@ if [ -f tests/python/requirements.txt ]; then
     "$venv/bin/pip" install -q -r tests/python/requirements.txt
     echo "$want" > "$stamp"
   fi
-  # promtool (metrics format) and Debian's chromium (the web console's browser tests, driven by
-  # Playwright from PyPI through executable_path: Playwright's own browser download is not used).
-  apt_pkgs=""
-  command -v promtool >/dev/null || apt_pkgs="$apt_pkgs prometheus"
-  [ -x /usr/bin/chromium ] || apt_pkgs="$apt_pkgs chromium"
-  if [ -n "$apt_pkgs" ]; then
-    sudo_=""; [ "$(id -u)" = 0 ] || sudo_=sudo
-    $sudo_ apt-get update -qq
-    $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq $apt_pkgs >/dev/null
-  fi
+fi
+# promtool (the metrics format: Python metrics tests, tests/adapter_names.rs) and Debian's chromium
+# (the web console's browser tests, driven by Playwright from PyPI through executable_path:
+# Playwright's own browser download is not used).
+apt_pkgs=""
+command -v promtool >/dev/null || apt_pkgs="$apt_pkgs prometheus"
+[ -x /usr/bin/chromium ] || apt_pkgs="$apt_pkgs chromium"
+if [ -n "$apt_pkgs" ]; then
+  sudo_=""; [ "$(id -u)" = 0 ] || sudo_=sudo
+  $sudo_ apt-get update -qq
+  $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq $apt_pkgs >/dev/null
 fi
 
 echo "== engine supervision (binary built with the test-only fault-injection feature)"

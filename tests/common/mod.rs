@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod minihub;
+pub mod serve;
 
 use openlora::config::EngineConfig;
 use openlora::engine::{GenerateRequest, LlmEngine, SamplingParams, SeqEvent, SeqId};
