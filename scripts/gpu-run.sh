@@ -63,6 +63,22 @@ if [ "$manifest" != "$PWD" ] && [ ! -e "$manifest" ]; then
   mkdir -p "$(dirname "$manifest")" && ln -s "$PWD" "$manifest"
 fi
 py="${PYTHON:-python3}"
+# The cuda build links the CUDA libraries (candle's backend): libcuda.so.1 is the driver's; cuBLAS,
+# cuBLASLt, cuRAND, NVRTC and the runtime come from the torch install's nvidia/* packages.
+nv_libs="$("$py" - <<'PY'
+import glob, os
+try:
+    import nvidia
+except ImportError:
+    raise SystemExit(0)
+dirs = set()
+for root in nvidia.__path__:
+    for pat in ("libcublas.so.*", "libcublasLt.so.*", "libcurand.so.*", "libnvrtc.so.*", "libcudart.so.*"):
+        dirs.update(os.path.dirname(f) for f in glob.glob(os.path.join(root, "**", pat), recursive=True))
+print(":".join(sorted(dirs)))
+PY
+)"
+export LD_LIBRARY_PATH="$nv_libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 stages="${*:-all}"
 want() { [[ " $stages " == *" all "* || " $stages " == *" $1 "* ]]; }
 status=0

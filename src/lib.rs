@@ -4,8 +4,9 @@
 //! into an `exec::StepPlan` of plain integers (tokens, positions, KV slots from `kv_cache`'s block
 //! ids — ref-counted blocks, shared through a prefix cache keyed by adapter identity and between
 //! the `n` choices of a request, with copy-on-write block copies — LoRA segments as adapter slot
-//! ids); an `exec::Executor` (today the CPU one: dense f32 or
-//! quantized weights from `model`, f16/bf16/f32 KV storage) runs it and returns the logits rows.
+//! ids); an `exec::Executor` (the CPU one: dense f32 or quantized weights from `model`,
+//! f16/bf16/f32 KV storage; or the device one over candle tensors, whose custom ops live in
+//! `ops::device`) runs it and returns the logits rows.
 //! Nothing above `exec` names a device type. Registered adapters are validated lazily (config +
 //! header) and paged disk -> host -> a slot of the device pool by `lora::AdapterPager`, which fills
 //! `lora::SlotTable`; the scheduler only runs sequences whose adapters hold a slot. `ops::cpu`

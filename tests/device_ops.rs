@@ -1,12 +1,12 @@
 //! The device executor's custom ops (`ops::device`) through candle on the CPU device — i.e. each
 //! op's `cpu_fwd` — against independent f64 references: SGMV/BGMV over a slot pool of mixed ranks
 //! with rows spread over adapters (distinct, uniform, zipf, identical), weighted two-adapter mixes
-//! and rows with no adapter; the paged KV write and paged attention over scattered block tables
+//! and rows with no adapter; the batch-invariant linear of the CPU twin; the paged KV write and paged attention over scattered block tables
 //! with decode rows, whole prefills and prefill chunks in one call. Batch sizes 1, 3, 7, 133.
 
 use candle_core::{DType, Device, Tensor};
 use openlora::ops::device::{
-    encode_attn_index, encode_lora_index, KvWrite, LoraPair, PagedAttention, Sgmv, SlotLora,
+    encode_attn_index, encode_lora_index, KvWrite, Linear, LoraPair, PagedAttention, Sgmv, SlotLora,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -282,6 +282,42 @@ fn kv_write_and_paged_attention_match_an_f64_reference() {
                     }
                 }
                 r0 += s.rows;
+            }
+        }
+    }
+}
+
+#[test]
+fn linear_matches_an_f64_reference_and_each_row_alone_bit_for_bit() {
+    let (din, dout) = (67, 45);
+    let mut rng = StdRng::seed_from_u64(5);
+    let dev = Device::Cpu;
+    let w = rand_vec(&mut rng, dout * din);
+    let wt = Tensor::from_slice(&w, (dout, din), &dev).unwrap();
+    for rows in BATCHES {
+        let x = rand_vec(&mut rng, rows * din);
+        let run = |x: &[f32], m: usize| -> Vec<f32> {
+            let xt = Tensor::from_slice(x, (m, din), &dev).unwrap();
+            let y = xt.apply_op2_no_bwd(&wt, &Linear).unwrap();
+            y.flatten_all().unwrap().to_vec1().unwrap()
+        };
+        let all = run(&x, rows);
+        for r in 0..rows {
+            let alone = run(&x[r * din..(r + 1) * din], 1);
+            for j in 0..dout {
+                let want: f64 = (0..din)
+                    .map(|c| x[r * din + c] as f64 * w[j * din + c] as f64)
+                    .sum();
+                let got = all[r * dout + j];
+                assert!(
+                    (got as f64 - want).abs() < 1e-4,
+                    "batch {rows} row {r} col {j}"
+                );
+                assert_eq!(
+                    got.to_bits(),
+                    alone[j].to_bits(),
+                    "batch {rows} row {r} col {j}"
+                );
             }
         }
     }

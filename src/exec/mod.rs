@@ -35,17 +35,20 @@ pub fn create(
             Box::new(device::DeviceExecutor::new(model, cfg, slots, dev)?)
         }
         DeviceKind::Cuda(n) => Box::new(device::DeviceExecutor::new(model, cfg, slots, cuda(n)?)?),
-        DeviceKind::Auto => match cuda(0) {
-            Ok(dev) => {
-                tracing::info!(
-                    "--device auto: CUDA device 0 answered; using the device executor on it"
-                );
-                Box::new(device::DeviceExecutor::new(model, cfg, slots, dev)?)
+        DeviceKind::Auto => {
+            let dev = cuda(0);
+            match dev.and_then(|d| device::DeviceExecutor::new(model, cfg, slots.clone(), d)) {
+                Ok(ex) => {
+                    tracing::info!(
+                        "--device auto: CUDA device 0 answered; using the device executor on it"
+                    );
+                    Box::new(ex)
+                }
+                Err(why) => {
+                    tracing::info!("--device auto: using the CPU executor ({why})");
+                    Box::new(cpu::CpuExecutor::new(model, cfg, slots)?)
+                }
             }
-            Err(why) => {
-                tracing::info!("--device auto: using the CPU executor ({why})");
-                Box::new(cpu::CpuExecutor::new(model, cfg, slots)?)
-            }
-        },
+        }
     })
 }

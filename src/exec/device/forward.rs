@@ -1,6 +1,6 @@
 //! The Llama-family forward pass written once over candle tensors, on whatever `Device` the
-//! tensors live: rows of many sequences flattened into `[rows, hidden]`; base projections by
-//! candle matmul shared by all rows, each row's LoRA delta added in place by the `Sgmv` op over the
+//! tensors live: rows of many sequences flattened into `[rows, hidden]`; base projections
+//! (`DeviceLinear`) shared by all rows, each row's LoRA delta added in place by the `Sgmv` op over the
 //! slot pool; rope, rms_norm, silu from candle/candle-nn; K/V written and attended through the
 //! paged custom ops. Logits are computed only for the plan's logit rows. The same steps, in the
 //! same order, as `exec::cpu::forward`.
@@ -8,7 +8,7 @@
 use super::kv_cache::DeviceKv;
 use super::slot_pool::SlotPool;
 use super::step_index::{Part, StepIndex};
-use super::weights::DeviceWeights;
+use super::weights::{DeviceLinear, DeviceWeights};
 use crate::model::{ModelConfig, Proj};
 use crate::ops::cpu::RopeTable;
 use crate::ops::device::Sgmv;
@@ -113,6 +113,10 @@ impl DeviceModel {
         }
         let last = h.index_select(&idx.part(Part::LogitRows)?, 0)?;
         let normed = rms_norm(&last, &self.weights.final_norm, cfg.rms_eps)?;
-        Ok(Some(normed.matmul(&self.weights.lm_head().t()?)?))
+        let head = DeviceLinear {
+            w: self.weights.lm_head().clone(),
+            bias: None,
+        };
+        Ok(Some(head.forward(&normed)?))
     }
 }

@@ -73,7 +73,7 @@ impl DeviceKv {
     pub fn copy_block(&self, src: usize, dst: usize) -> Result<()> {
         let bs = self.block_size;
         for t in &self.layers {
-            let from = t.narrow(1, src * bs, bs)?.copy()?;
+            let from = t.narrow(1, src * bs, bs)?.force_contiguous()?;
             t.slice_set(&from, 1, dst * bs)?;
         }
         Ok(())

@@ -62,6 +62,14 @@ impl DeviceExecutor {
         slots: Arc<SlotTable>,
         device: Device,
     ) -> Result<Self> {
+        if !device.is_cpu() {
+            // Refused here, at start-up, rather than at the first step's first custom op.
+            return Err(Error::Unavailable(
+                "the device executor's custom ops (paged attention, KV write, SGMV) have no CUDA \
+                 implementation yet (issue 21); use --device cpu"
+                    .into(),
+            ));
+        }
         let m = model.config();
         let dtype = match (device.is_cpu(), model.load_options.dtype) {
             (true, _) | (false, WeightDtype::F32) => DType::F32,

@@ -4,6 +4,7 @@
 //! embedding uses), norms as f32 vectors. Shapes were checked against the config at load.
 
 use crate::model::{LlamaWeights, Weight};
+use crate::ops::device::Linear;
 use candle_core::{DType, Device, Result, Tensor};
 use rayon::prelude::*;
 
@@ -14,8 +15,13 @@ pub struct DeviceLinear {
 }
 
 impl DeviceLinear {
+    /// candle's matmul on a GPU; on the CPU twin the CPU executor's batch-invariant product
+    /// (`ops::device::Linear`: candle's CPU gemm bits depend on the row count).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.matmul(&self.w.t()?)?;
+        let y = match x.device().is_cpu() && x.dtype() == DType::F32 {
+            true => x.apply_op2_no_bwd(&self.w, &Linear)?,
+            false => x.matmul(&self.w.t()?)?,
+        };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),

@@ -6,9 +6,10 @@
 //! - every CUDA call is checked and mapped into [`crate::Error`]; `unsafe` appears only at the
 //!   kernel-launch boundary, each block with its SAFETY argument;
 //! - each launcher's oracle is the same-named op in [`crate::ops::cpu`] (tests/cuda_kernels.rs);
-//! - the driver is loaded at run time (`libcuda.so.1`, cudarc `dynamic-loading`): building needs
-//!   only nvcc, and [`CudaDevice::open_or_cpu`] returns `None` (after one clear warning) on a
-//!   machine without a driver or GPU, so callers stay on the CPU path.
+//! - the driver is linked (`libcuda.so.1`, cudarc `dynamic-linking`, as candle's CUDA backend
+//!   requires): building needs nvcc and link stubs (scripts/cuda-env.sh), and the binary starts only
+//!   where the CUDA libraries are; [`CudaDevice::open_or_cpu`] returns `None` (after one clear
+//!   warning) when no GPU answers.
 //!
 //! All work goes on the device's one stream, so stream order alone sequences a launch after the
 //! uploads it reads and before any free of those buffers (cudarc frees stream-ordered).

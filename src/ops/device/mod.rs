@@ -6,10 +6,12 @@
 //! come from one `u32` tensor uploaded once per step; each op's file owns the encoding it reads.
 
 mod kv_write;
+mod linear;
 mod paged_attention;
 mod sgmv;
 mod storage;
 
 pub use kv_write::KvWrite;
+pub use linear::Linear;
 pub use paged_attention::{encode_attn_index, PagedAttention};
 pub use sgmv::{encode_lora_index, LoraPair, Sgmv, SlotLora};
