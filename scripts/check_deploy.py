@@ -8,8 +8,10 @@
 - every rendered object is validated with `kubernetes-validate --strict` (the Kubernetes OpenAPI
   schemas: unknown fields are errors). The ServiceMonitor is a CRD whose schema kubernetes-validate
   does not ship, so it is checked against the subset of the Prometheus operator's CRD schema the
-  chart uses, with unknown fields refused;
+  chart uses, with unknown fields refused; the InferencePool (Gateway API Inference Extension,
+  `inference.networking.k8s.io/v1`) likewise against its CRD's field rules;
 - what the issue asks of the chart holds in the rendered objects: probes on /health and /ready,
+  the InferencePool (when enabled) selecting exactly the Deployment's pods on the server's port,
   `nvidia.com/gpu` in the GPU variant, keys from a Secret, graceful termination matching
   `--shutdown-timeout`, non-root;
 - both Dockerfiles run as a non-root user, and Dockerfile.cuda builds the way CI's cuda build does
@@ -88,6 +90,49 @@ SERVICE_MONITOR = {
     },
 }
 
+# inference.networking.k8s.io/v1 InferencePool's CRD schema (GIE v1.0): the fields and rules.
+INFERENCE_POOL = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "inference.networking.k8s.io/v1"},
+        "kind": {"const": "InferencePool"},
+        "metadata": SERVICE_MONITOR["properties"]["metadata"],
+        "spec": {
+            "type": "object",
+            "required": ["selector", "targetPorts", "endpointPickerRef"],
+            "additionalProperties": False,
+            "properties": {
+                "selector": {
+                    "type": "object",
+                    "required": ["matchLabels"],
+                    "additionalProperties": False,
+                    "properties": {"matchLabels": {"type": "object", "minProperties": 1, "maxProperties": 64,
+                                                   "additionalProperties": {"type": "string", "maxLength": 63}}},
+                },
+                "targetPorts": {
+                    "type": "array", "minItems": 1, "maxItems": 8,
+                    "items": {"type": "object", "required": ["number"], "additionalProperties": False,
+                              "properties": {"number": {"type": "integer", "minimum": 1, "maximum": 65535}}},
+                },
+                "endpointPickerRef": {
+                    "type": "object",
+                    "required": ["name", "port"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "group": {"type": "string", "maxLength": 253},
+                        "kind": {"type": "string", "pattern": "^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$", "maxLength": 63},
+                        "name": {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength": 253},
+                        "port": {"type": "object", "required": ["number"], "additionalProperties": False,
+                                 "properties": {"number": {"type": "integer", "minimum": 1, "maximum": 65535}}},
+                        "failureMode": {"enum": ["FailOpen", "FailClose"]},
+                    },
+                },
+            },
+        },
+    },
+}
+
 VALUE_SETS = {
     "cpu": {},
     "gpu": {"gpu": {"enabled": True, "count": 2, "runtimeClassName": "nvidia"}},
@@ -102,6 +147,9 @@ VALUE_SETS = {
     },
     "existing-secret": {"auth": {"existingSecret": "openlora-keys"}, "model": {"id": "/models/m.gguf"}},
     "gguf": {"model": {"id": "acme/smol", "ggufFile": "smol.Q4_K_M.gguf"}},
+    "pool": {"replicaCount": 4, "inferencePool": {"enabled": True}},
+    "pool-named": {"inferencePool": {"enabled": True, "endpointPicker": {"name": "llm-d-epp", "port": 9003,
+                                                                         "failureMode": "FailOpen"}}},
 }
 
 failures: list[str] = []
@@ -133,6 +181,8 @@ def validate(doc: dict, label: str) -> None:
     try:
         if doc.get("kind") == "ServiceMonitor":
             jsonschema.validate(doc, SERVICE_MONITOR)
+        elif doc.get("kind") == "InferencePool":
+            jsonschema.validate(doc, INFERENCE_POOL)
         else:
             kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
     except Exception as e:  # noqa: BLE001 - every failure is reported
@@ -181,6 +231,7 @@ def check_semantics(label: str, values: dict, docs: list[dict]) -> None:
     check(len(by_kind(docs, "Secret")) == int(bool(auth.get("create"))), f"{label}: Secret count")
     sm = values.get("serviceMonitor", {}).get("enabled", False)
     check(len(by_kind(docs, "ServiceMonitor")) == int(sm), f"{label}: ServiceMonitor count")
+    check_pool(label, values, docs, c)
     hub_ids = values.get("adapters", {}).get("hubIds", [])
     init = {i["name"]: i for i in pod.get("initContainers", [])}
     for h in hub_ids:
@@ -193,6 +244,28 @@ def check_semantics(label: str, values: dict, docs: list[dict]) -> None:
         check(arg(c, "--model") == f"{model['id']}:{model['ggufFile']}", f"{label}: the GGUF file")
     if model.get("id", "").startswith("/"):
         check("fetch" not in init, f"{label}: a model path needs no init container")
+
+
+def check_pool(label: str, values: dict, docs: list[dict], c: dict) -> None:
+    """The InferencePool, when enabled, selects exactly the Deployment's pods on the server's port."""
+    pool = values.get("inferencePool", {})
+    pools = by_kind(docs, "InferencePool")
+    check(len(pools) == int(bool(pool.get("enabled"))), f"{label}: InferencePool count {len(pools)}")
+    if not pools:
+        return
+    [dep] = by_kind(docs, "Deployment")
+    spec = pools[0]["spec"]
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    sel = spec["selector"]["matchLabels"]
+    check(sel == dep["spec"]["selector"]["matchLabels"], f"{label}: pool selector = the Deployment's")
+    check(all(pod_labels.get(k) == v for k, v in sel.items()), f"{label}: pool selects the pods")
+    ports = [p["containerPort"] for p in c["ports"] if p["name"] == "http"]
+    check([p["number"] for p in spec["targetPorts"]] == ports, f"{label}: pool targets {ports}")
+    epp = pool.get("endpointPicker", {})
+    ref = spec["endpointPickerRef"]
+    check(ref["name"] == (epp.get("name") or "ol-openlora-epp"), f"{label}: EPP name {ref['name']}")
+    check(ref["port"]["number"] == epp.get("port", 9002), f"{label}: EPP port")
+    check(ref["failureMode"] == epp.get("failureMode", "FailClose"), f"{label}: failureMode")
 
 
 def check_chart() -> None:
@@ -214,7 +287,9 @@ def check_chart() -> None:
         check("auth.apiKeys" in str(e), f"auth.create without keys: {e}")
     # values.schema.json: a misspelt key or a bad value is refused before anything renders.
     for bad, word in [({"gpu": {"enabeld": True}}, "enabeld"), ({"gpu": {"count": 0}}, "count"),
-                      ({"adapters": {"hubIds": ["../x"]}}, "hubIds")]:
+                      ({"adapters": {"hubIds": ["../x"]}}, "hubIds"),
+                      ({"inferencePool": {"enabled": True, "endpointPicker": {"failureMode": "Open"}}}, "failureMode"),
+                      ({"inferencePool": {"enabeld": True}}, "enabeld")]:
         try:
             render(bad)
             failures.append(f"values {bad} must be refused by values.schema.json")

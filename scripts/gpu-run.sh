@@ -10,10 +10,46 @@
 #   3. benchmarks: examples/cuda_ops_bench (openlora's kernels on an 8B-shaped decode step vs the
 #      HBM roofline, with 1/100/1000 adapters) and scripts/gpu_bench.py (HF decode and
 #      transformers+PEFT mixed-adapter generation on the same GPU, the peer)
+#
+# `--rehearse` (CI, no GPU): the device checks against the device executor's CPU twin
+# (`--device candle-cpu`) with tiny shapes, built here with cargo, so the script cannot rot:
+#   a. every custom op's cpu_fwd vs its f32 reference (tests/device_ops.rs)
+#   b. the device executor vs transformers+PEFT and vs each request alone (candle_cpu tests)
+#   c. `openlora serve --device candle-cpu` answering the openai SDK (chat, stream, adapters)
+# It prints a one-screen pass/fail summary and writes summary.md + summary.json under $OUT.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out="${OUT:-$PWD/gpu-out}"
 mkdir -p "$out"
+if [ "${1:-}" = --rehearse ]; then
+  names=() results=()
+  stage() { # name, command...: runs it with its log in $out/<name>.log
+    local name=$1; shift
+    echo "== $name" >&2
+    if "$@" >"$out/$name.log" 2>&1; then results+=(pass); else results+=(FAIL); fi
+    names+=("$name")
+  }
+  stage a-ops cargo test --test device_ops
+  stage b-engine cargo test --test reference_tiny --test engine_batching -- candle_cpu
+  cargo build --bins >"$out/build.log" 2>&1
+  venv="${OPENLORA_CACHE:-$HOME/.cache/openlora}/venv-ci"
+  stage c-serve env OPENLORA_DEVICE=candle-cpu OPENLORA_DTYPE=f32 \
+    OPENLORA_BIN="${CARGO_TARGET_DIR:-target}/debug/openlora" OPENLORA_MODEL="$(bash scripts/fetch-model.sh)" \
+    "$venv/bin/python" -m pytest -q tests/python/test_openai_api.py \
+    -k "chat_non_streaming_shape or chat_stream_equals_non_stream or adapter_changes_output or weighted_adapter_mix"
+  status=0
+  {
+    echo "# gpu-run.sh --rehearse ($(date -u +%FT%TZ), commit $(git rev-parse --short HEAD), device candle-cpu)"
+    echo; echo "| stage | result | log |"; echo "|---|---|---|"
+    for i in "${!names[@]}"; do echo "| ${names[$i]} | ${results[$i]} | ${names[$i]}.log |"; done
+  } > "$out/summary.md"
+  json="{"; for i in "${!names[@]}"; do
+    json+="\"${names[$i]}\": \"${results[$i]}\""; [ "$i" -lt $((${#names[@]} - 1)) ] && json+=", "
+    [ "${results[$i]}" = pass ] || status=1
+  done; echo "$json}" > "$out/summary.json"
+  cat "$out/summary.md"
+  exit $status
+fi
 carry=gpu-carry
 [ -d "$carry" ] || { echo "no $carry/: run scripts/gpu-pack.sh first and carry it" >&2; exit 2; }
 bin="$(mktemp -d)"

@@ -33,16 +33,17 @@ if [ -f tests/python/requirements.txt ]; then
     "$venv/bin/pip" install -q -r tests/python/requirements.txt
     echo "$want" > "$stamp"
   fi
-  # promtool (metrics format) and Debian's chromium (the web console's browser tests, driven by
-  # Playwright from PyPI through executable_path: Playwright's own browser download is not used).
-  apt_pkgs=""
-  command -v promtool >/dev/null || apt_pkgs="$apt_pkgs prometheus"
-  [ -x /usr/bin/chromium ] || apt_pkgs="$apt_pkgs chromium"
-  if [ -n "$apt_pkgs" ]; then
-    sudo_=""; [ "$(id -u)" = 0 ] || sudo_=sudo
-    $sudo_ apt-get update -qq
-    $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq $apt_pkgs >/dev/null
-  fi
+fi
+# promtool (the metrics format: Python metrics tests, tests/adapter_names.rs) and Debian's chromium
+# (the web console's browser tests, driven by Playwright from PyPI through executable_path:
+# Playwright's own browser download is not used).
+apt_pkgs=""
+command -v promtool >/dev/null || apt_pkgs="$apt_pkgs prometheus"
+[ -x /usr/bin/chromium ] || apt_pkgs="$apt_pkgs chromium"
+if [ -n "$apt_pkgs" ]; then
+  sudo_=""; [ "$(id -u)" = 0 ] || sudo_=sudo
+  $sudo_ apt-get update -qq
+  $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq $apt_pkgs >/dev/null
 fi
 
 echo "== engine supervision (binary built with the test-only fault-injection feature)"
@@ -58,6 +59,9 @@ if [ -f tests/python/requirements.txt ]; then
   OPENLORA_BIN="$CARGO_TARGET_DIR/debug/openlora" OPENLORA_MODEL="$(bash scripts/fetch-model.sh)" \
     "$cache/venv-ci/bin/python" -m pytest -q tests/python
 fi
+
+echo "== gpu-run.sh --rehearse (the GPU script's stages against the device executor's CPU twin)"
+OUT="$cache/gpu-rehearse" bash scripts/gpu-run.sh --rehearse
 
 echo "== cuda build (nvcc 13.0 -> sm_90 PTX, cargo build/check --features cuda; no GPU needed)"
 # Last, so the CPU binary the OpenAI-SDK tests ran is the default-feature one. The GPU tests in

@@ -1,7 +1,7 @@
 //! Engine configuration, validated once by `EngineConfig::validate` before the engine starts.
 
 use crate::error::{Error, Result};
-use crate::exec::KvDtype;
+use crate::exec::{DeviceKind, KvDtype};
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -22,6 +22,10 @@ pub struct EngineConfig {
     pub kv_dtype: KvDtype,
     /// Reuse the KV blocks of cached prompt prefixes (per adapter identity; see `kv_cache`).
     pub enable_prefix_caching: bool,
+    /// Which executor runs the steps (`--device`).
+    pub device: DeviceKind,
+    /// Largest adapter rank the device executor's slot pool takes (`--max-lora-rank`).
+    pub max_lora_rank: usize,
 }
 
 impl Default for EngineConfig {
@@ -35,6 +39,8 @@ impl Default for EngineConfig {
             max_adapters_per_step: 16,
             kv_dtype: KvDtype::Auto,
             enable_prefix_caching: true,
+            device: DeviceKind::Cpu,
+            max_lora_rank: 64,
         }
     }
 }
@@ -53,6 +59,7 @@ impl EngineConfig {
         pos(self.max_batch_tokens, "max_batch_tokens")?;
         pos(self.max_step_cost, "max_step_cost")?;
         pos(self.max_num_seqs, "max_num_seqs")?;
+        pos(self.max_lora_rank, "max_lora_rank")?;
         pos(self.max_adapters_per_step, "max_adapters_per_step")
     }
 

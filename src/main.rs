@@ -95,10 +95,7 @@ fn main() -> anyhow::Result<()> {
             runtime.init_threads()?;
             let source = openlora::hub::resolve_model(&model, gguf_file.as_deref())?;
             let model = Arc::new(Model::load_with(&source.path, &runtime.load_options()?)?);
-            let engine_cfg = EngineConfig {
-                kv_dtype: runtime.kv_dtype()?,
-                ..Default::default()
-            };
+            let engine_cfg = runtime.engine_config(EngineConfig::default())?;
             let registry = AdapterRegistry::new(model.config().clone());
             let mut mix = Vec::new();
             for spec in &adapters {

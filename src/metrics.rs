@@ -1,6 +1,7 @@
 //! Every Prometheus metric openlora exports: names are the constants below (durations end in
 //! `_seconds`), registered once in `Metrics::new`. The `vllm:` names are the ones the Kubernetes
-//! Gateway API Inference Extension reads from model servers. `LORA_RESIDENT_INFO` is what a
+//! Gateway API Inference Extension reads from model servers (`vllm:cache_config_info` gives its
+//! prefix scorer the KV block size and the pool's block count). `LORA_RESIDENT_INFO` is what a
 //! LoRA-affinity router reads to see which adapters a replica holds ready (not only the ones in
 //! flight): one series, labelled like `vllm:lora_requests_info`, whose `running_lora_adapters`
 //! label lists the device-tier adapters (bounded by the device slots, whatever the number of
@@ -53,6 +54,9 @@ pub const VLLM_WAITING: &str = "vllm:num_requests_waiting";
 pub const VLLM_RUNNING: &str = "vllm:num_requests_running";
 pub const VLLM_KV_USAGE: &str = "vllm:kv_cache_usage_perc";
 pub const VLLM_LORA_INFO: &str = "vllm:lora_requests_info";
+/// vLLM's cache-config info gauge (value 1): the Inference Extension's prefix scorer reads its
+/// `block_size` and `num_gpu_blocks` labels.
+pub const VLLM_CACHE_CONFIG_INFO: &str = "vllm:cache_config_info";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
@@ -100,6 +104,7 @@ pub struct Metrics {
     pub vllm_running: Gauge,
     pub vllm_kv_usage: Gauge,
     pub vllm_lora_info: GaugeVec,
+    pub vllm_cache_config_info: GaugeVec,
 }
 
 fn hist(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
@@ -309,6 +314,11 @@ impl Metrics {
                 &["max_lora", "running_lora_adapters", "waiting_lora_adapters"],
             )
             .expect("gauge"),
+            vllm_cache_config_info: GaugeVec::new(
+                Opts::new(VLLM_CACHE_CONFIG_INFO, "Information of the LLMEngine CacheConfig."),
+                &["block_size", "num_gpu_blocks"],
+            )
+            .expect("gauge"),
         };
         let r = &m.registry;
         let all: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -352,6 +362,7 @@ impl Metrics {
             Box::new(m.vllm_running.clone()),
             Box::new(m.vllm_kv_usage.clone()),
             Box::new(m.vllm_lora_info.clone()),
+            Box::new(m.vllm_cache_config_info.clone()),
         ];
         for c in all {
             r.register(c).expect("unique metric names");

@@ -6,9 +6,10 @@ mod common;
 use common::*;
 use openlora::config::EngineConfig;
 use openlora::engine::{GenerateRequest, LlmEngine, SamplingParams, SeqId};
-use openlora::exec::KvDtype;
+use openlora::exec::{DeviceKind, KvDtype};
 use openlora::lora::random_adapter;
-use openlora::lora::{AdapterRegistry, LoraAdapter};
+use openlora::lora::{AdapterPager, AdapterRegistry, LoraAdapter, PagerConfig};
+use openlora::metrics::Metrics;
 use openlora::model::{LoadOptions, Model};
 use openlora::ops::cpu::quant::WeightFormat;
 use std::sync::Arc;
@@ -72,33 +73,82 @@ fn check(engine_cfg: EngineConfig) -> usize {
 }
 
 fn check_with(engine_cfg: EngineConfig, opts: &LoadOptions) -> usize {
+    check_paged(engine_cfg, opts, PagerConfig::default()).0
+}
+
+/// Runs the workload in one engine whose pager has `pager_cfg`'s budgets; every sequence must
+/// equal the same request alone on an engine with the same device and KV dtype. Returns the
+/// preemptions and the pager's device-tier evictions (slots refilled).
+fn check_paged(
+    engine_cfg: EngineConfig,
+    opts: &LoadOptions,
+    pager_cfg: PagerConfig,
+) -> (usize, u64) {
     let (model, mixes) = setup_with(opts);
     let work = workload(&mixes);
     let mut arrivals = vec![vec![]; 10];
     for (id, at, req) in &work {
         arrivals[*at].push((*id, req.clone()));
     }
-    let mut engine = LlmEngine::new(model.clone(), engine_cfg.clone()).unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let pager = AdapterPager::new(model.config().clone(), pager_cfg, metrics).unwrap();
+    let mut engine =
+        LlmEngine::with_pager(model.clone(), engine_cfg.clone(), Arc::new(pager)).unwrap();
     let (out, peak) = run_engine(&mut engine, arrivals);
     assert!(peak >= 4, "requests should overlap in steps (peak {peak})");
     for (id, _, req) in work {
-        let alone = run_alone_with(&model, req, engine_cfg.kv_dtype);
+        let alone_cfg = EngineConfig {
+            kv_dtype: engine_cfg.kv_dtype,
+            device: engine_cfg.device,
+            ..Default::default()
+        };
+        let alone = run_alone_on(alone_cfg, &model, req);
         assert_eq!(
             out[&id], alone,
             "sequence {id:?} differs in the batch from alone"
         );
     }
     assert_eq!(engine.stats().kv_blocks_used, 0, "all blocks returned");
-    engine.stats().preemptions as usize
+    let evictions = engine.pager().stats().device_evictions;
+    (engine.stats().preemptions as usize, evictions)
 }
 
-#[test]
-fn mixed_adapter_batch_with_arrivals_equals_each_request_alone() {
+per_device!(
+    mixed_adapter_batch_with_arrivals_equals_each_request_alone,
+    mixed_batch
+);
+
+fn mixed_batch(device: DeviceKind) {
     let preempted = check(EngineConfig {
         max_batch_tokens: 64,
+        device,
         ..Default::default()
     });
     assert_eq!(preempted, 0);
+}
+
+per_device!(
+    two_adapter_slots_for_five_adapters_page_and_equal_each_request_alone,
+    few_slots
+);
+
+/// `--max-loras 2` under a working set of 5 adapters: slots are refilled while the workload runs
+/// (the device executor re-uploads a slot only for a new occupant, and refuses to while a step
+/// reading it is pending — an error here would fail the run).
+fn few_slots(device: DeviceKind) {
+    let cfg = EngineConfig {
+        max_batch_tokens: 64,
+        max_adapters_per_step: 2,
+        device,
+        ..Default::default()
+    };
+    let pager = PagerConfig {
+        device_slots: 2,
+        ..Default::default()
+    };
+    let (preempted, evictions) = check_paged(cfg, &LoadOptions::default(), pager);
+    assert_eq!(preempted, 0);
+    assert!(evictions > 0, "slots should have been refilled");
 }
 
 #[test]
@@ -118,13 +168,18 @@ fn quantized_weights_and_16_bit_kv_batch_equals_each_request_alone() {
     }
 }
 
-#[test]
-fn small_kv_pool_preempts_and_still_completes_identically() {
-    // 12 blocks of 4 tokens = 48 slots, far below the workload's needs; one sequence always fits.
+per_device!(
+    small_kv_pool_preempts_and_still_completes_identically,
+    small_pool
+);
+
+fn small_pool(device: DeviceKind) {
+    // 20 blocks of 4 tokens = 80 slots, far below the workload's needs; one sequence always fits.
     let preempted = check(EngineConfig {
         block_size: 4,
         num_blocks: 20,
         max_batch_tokens: 64,
+        device,
         ..Default::default()
     });
     assert!(preempted > 0, "the pool should have forced preemption");

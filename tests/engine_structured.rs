@@ -6,8 +6,8 @@
 
 mod common;
 use common::*;
-use openlora::config::EngineConfig;
 use openlora::engine::{Grammar, GrammarCompiler, LlmEngine, SamplingParams, SeqId};
+use openlora::exec::DeviceKind;
 use openlora::lora::{random_adapter, LoraAdapter};
 use openlora::model::{ChatMessage, Model};
 use serde_json::{json, Value};
@@ -40,8 +40,12 @@ fn satisfies_schema(v: &Value) -> bool {
             .is_some_and(|t| t.len() <= 3 && t.iter().all(|x| x == "a" || x == "b"))
 }
 
-#[test]
-fn constrained_and_free_rows_in_one_batch_equal_each_alone() {
+per_device!(
+    constrained_and_free_rows_in_one_batch_equal_each_alone,
+    mixed_structured
+);
+
+fn mixed_structured(device: DeviceKind) {
     let model = Arc::new(Model::load(&smollm2_path()).unwrap());
     let grammars = GrammarCompiler::new(&model).unwrap();
     let ads: Vec<Arc<LoraAdapter>> = (0..3)
@@ -81,7 +85,7 @@ fn constrained_and_free_rows_in_one_batch_equal_each_alone() {
     for (id, at, req, _) in &work {
         arrivals[*at].push((*id, req.clone()));
     }
-    let mut engine = LlmEngine::new(model.clone(), EngineConfig::default()).unwrap();
+    let mut engine = LlmEngine::new(model.clone(), on(device)).unwrap();
     let (out, peak) = run_engine(&mut engine, arrivals);
     assert!(
         peak >= 6,
@@ -89,7 +93,7 @@ fn constrained_and_free_rows_in_one_batch_equal_each_alone() {
     );
     let tok = model.tokenizer().unwrap();
     for (id, _, req, kind) in work {
-        let alone = run_alone(&model, req);
+        let alone = run_alone_on(on(device), &model, req);
         assert_eq!(
             out[&id], alone,
             "{id:?} (kind {kind}) differs in the batch from alone"

@@ -8,6 +8,7 @@ mod common;
 use common::*;
 use openlora::config::EngineConfig;
 use openlora::engine::{choice_seed, GenerateRequest, LlmEngine, SamplingParams, SeqId};
+use openlora::exec::DeviceKind;
 use openlora::lora::{AdapterRef, AdapterRegistry};
 use openlora::model::Model;
 use std::collections::HashMap;
@@ -35,9 +36,14 @@ fn registry(model: &Model) -> AdapterRegistry {
 }
 
 fn engine(model: &Arc<Model>, cache: bool, num_blocks: usize) -> LlmEngine {
+    engine_on(DeviceKind::Cpu, model, cache, num_blocks)
+}
+
+fn engine_on(device: DeviceKind, model: &Arc<Model>, cache: bool, num_blocks: usize) -> LlmEngine {
     let cfg = EngineConfig {
         enable_prefix_caching: cache,
         num_blocks,
+        device,
         ..Default::default()
     };
     LlmEngine::new(model.clone(), cfg).unwrap()
@@ -100,8 +106,12 @@ fn run_waves(
     (out, hits)
 }
 
-#[test]
-fn the_cache_never_crosses_adapters_and_changes_no_token_or_logprob() {
+per_device!(
+    the_cache_never_crosses_adapters_and_changes_no_token_or_logprob,
+    cache_isolation
+);
+
+fn cache_isolation(device: DeviceKind) {
     let model = model();
     let reg = registry(&model);
     let identities: Vec<Option<AdapterRef>> = std::iter::once(None)
@@ -126,8 +136,8 @@ fn the_cache_never_crosses_adapters_and_changes_no_token_or_logprob() {
         .map(|(id, r)| (SeqId(id.0 + 100), r.clone()))
         .collect();
     waves.push(together);
-    let (on, hits_on) = run_waves(&mut engine(&model, true, 1024), waves.clone());
-    let (off, hits_off) = run_waves(&mut engine(&model, false, 1024), waves);
+    let (on, hits_on) = run_waves(&mut engine_on(device, &model, true, 1024), waves.clone());
+    let (off, hits_off) = run_waves(&mut engine_on(device, &model, false, 1024), waves);
     assert_eq!(on.len(), 16);
     for (k, v) in &off {
         assert_eq!(
@@ -230,8 +240,13 @@ fn a_full_pool_evicts_idle_cached_blocks_and_outputs_match_cache_off() {
     assert!(s.prefix_cache_evictions > 0, "no cached block was evicted");
 }
 
-#[test]
-fn n_choices_share_the_prompt_blocks_and_each_has_its_own_seed_stream() {
+per_device!(
+    n_choices_share_the_prompt_blocks_and_each_has_its_own_seed_stream,
+    n_choices
+);
+
+fn n_choices(device: DeviceKind) {
+    let engine = |model: &Arc<Model>, cache, blocks| engine_on(device, model, cache, blocks);
     let model = model();
     let reg = registry(&model);
     let prompt = chat_prompt(&model, "Name three colours."); // not a multiple of 16: COW

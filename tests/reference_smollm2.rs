@@ -4,14 +4,15 @@
 
 mod common;
 use common::*;
-use openlora::config::EngineConfig;
 use openlora::engine::{LlmEngine, SeqId};
+use openlora::exec::DeviceKind;
 use openlora::lora::AdapterRegistry;
 use openlora::model::{ChatMessage, Model};
 use std::sync::Arc;
 
-#[test]
-fn smollm2_matches_transformers_peft_and_hf_tokenizer() {
+per_device!(smollm2_matches_transformers_peft_and_hf_tokenizer, check);
+
+fn check(device: DeviceKind) {
     let model = Arc::new(Model::load_with(&smollm2_path(), &f32_weights()).unwrap());
     let tok = model.tokenizer().unwrap();
 
@@ -75,7 +76,7 @@ fn smollm2_matches_transformers_peft_and_hf_tokenizer() {
         .collect();
     let cases = r["cases"].as_array().unwrap();
     assert!(cases.len() >= 15);
-    let mut engine = LlmEngine::new(model.clone(), EngineConfig::default()).unwrap();
+    let mut engine = LlmEngine::new(model.clone(), on(device)).unwrap();
     let mut batch = Vec::new();
     for (i, c) in cases.iter().enumerate() {
         let adapter = c["adapter"].as_str().map(|n| reg.load(n).unwrap());
@@ -89,7 +90,7 @@ fn smollm2_matches_transformers_peft_and_hf_tokenizer() {
         assert_eq!(tok.encode(p["text"].as_str().unwrap(), true).unwrap(), ids);
         let off = c["logits_offset"].as_u64().unwrap() as usize;
         let want = &all[off..off + vocab];
-        let got = prompt_logits(&model, &ids, adapter.as_ref());
+        let got = prompt_logits_on(device, &model, &ids, adapter.as_ref());
         let diff = got
             .iter()
             .zip(want)

@@ -4,12 +4,14 @@
 
 mod common;
 use common::*;
+use openlora::exec::DeviceKind;
 use openlora::lora::AdapterRegistry;
 use openlora::model::Model;
 use std::sync::Arc;
 
-#[test]
-fn tiny_llama_matches_transformers_peft() {
+per_device!(tiny_llama_matches_transformers_peft, check);
+
+fn check(device: DeviceKind) {
     let dir = fixtures().join("tiny");
     let model = Arc::new(Model::load_with(&dir.join("model"), &f32_weights()).unwrap());
     assert_eq!(
@@ -47,7 +49,7 @@ fn tiny_llama_matches_transformers_peft() {
             .iter()
             .map(|x| x.as_f64().unwrap() as f32)
             .collect();
-        let got = prompt_logits(&model, prompt, adapter.as_ref());
+        let got = prompt_logits_on(device, &model, prompt, adapter.as_ref());
         let diff = got
             .iter()
             .zip(&want)
@@ -61,7 +63,8 @@ fn tiny_llama_matches_transformers_peft() {
             .map(|x| x.as_u64().unwrap() as u32)
             .collect();
         let mix = adapter.map(|a| vec![(a, 1.0)]).unwrap_or_default();
-        let got = run_alone(&model, request(prompt, mix, greedy_params(greedy.len())));
+        let req = request(prompt, mix, greedy_params(greedy.len()));
+        let got = run_alone_on(on(device), &model, req);
         assert_eq!(
             got, greedy,
             "greedy tokens differ for adapter {:?} prompt {}",

@@ -4,7 +4,6 @@
 
 use openlora::config::EngineConfig;
 use openlora::engine::{GenerateRequest, LlmEngine, SamplingParams, SeqId};
-use openlora::exec::KvDtype;
 use openlora::lora::{random_adapter, LoraAdapter};
 use openlora::model::Model;
 use std::path::PathBuf;
@@ -63,7 +62,7 @@ pub struct BenchArgs {
 /// Decode tokens/s for `n` sequences, each with `adapters[i]` (or base when `None`).
 fn decode_throughput(
     model: &Arc<Model>,
-    kv_dtype: KvDtype,
+    base: &EngineConfig,
     adapters: &[Option<Arc<LoraAdapter>>],
     tokens: usize,
 ) -> anyhow::Result<f64> {
@@ -71,8 +70,7 @@ fn decode_throughput(
         model.clone(),
         EngineConfig {
             max_num_seqs: adapters.len().max(1),
-            kv_dtype,
-            ..Default::default()
+            ..base.clone()
         },
     )?;
     let prompt: Vec<u32> = model
@@ -147,11 +145,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             )))
         })
         .collect();
-    decode_throughput(&model, kv_dtype, &[None], 4)?; // warm-up
-    let b1 = decode_throughput(&model, kv_dtype, &[None], args.tokens)?;
-    let b1_lora = decode_throughput(&model, kv_dtype, &adapters[..1], args.tokens)?;
-    let bn = decode_throughput(&model, kv_dtype, &adapters, args.tokens)?;
-    println!("threads: {threads}; weights: {}", model.weights.describe());
+    let base = args.runtime.engine_config(EngineConfig::default())?;
+    decode_throughput(&model, &base, &[None], 4)?; // warm-up
+    let b1 = decode_throughput(&model, &base, &[None], args.tokens)?;
+    let b1_lora = decode_throughput(&model, &base, &adapters[..1], args.tokens)?;
+    let bn = decode_throughput(&model, &base, &adapters, args.tokens)?;
+    println!(
+        "threads: {threads}; device: {}; weights: {}",
+        base.device,
+        model.weights.describe()
+    );
     println!("| run | tokens/s | ratio to batch 1 |");
     println!("|---|---|---|");
     println!("| batch 1, base | {b1:.1} | 1.00 |");

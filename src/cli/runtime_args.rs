@@ -1,10 +1,11 @@
 //! The flags that choose how the model runs, shared by `serve`, `generate` and `bench`: weight
-//! format in memory, load-time quantization, KV cache element type, compute threads. Parsed once
-//! into library types; a bad value is a clear error naming the flag.
+//! format in memory, load-time quantization, KV cache element type, compute threads, the executor's
+//! device. Parsed once into library types; a bad value is a clear error naming the flag.
 
 use anyhow::Context;
-use openlora::exec::KvDtype;
-use openlora::model::{LoadOptions, WeightDtype};
+use openlora::config::EngineConfig;
+use openlora::exec::{DeviceKind, KvDtype};
+use openlora::model::{ActivationMode, LoadOptions, WeightDtype};
 use openlora::ops::cpu::quant::WeightFormat;
 
 #[derive(clap::Args, Debug, Default, Clone)]
@@ -16,12 +17,24 @@ pub struct RuntimeArgs {
     /// Quantize the projections at load (`q8_0` or `q4_k`), like mistral.rs ISQ.
     #[arg(long, env = "OPENLORA_QUANTIZE")]
     pub quantize: Option<String>,
+    /// Activations against block-quantized weights: `auto` (= `int16`, the accurate one: two
+    /// 8-bit planes, ~15 bits, answers like the f32 model) or `int8` (ggml's rounding, as
+    /// llama.cpp; faster, loses answers on small models). Float weights always see f32.
+    #[arg(long, env = "OPENLORA_ACTIVATIONS")]
+    pub activations: Option<String>,
     /// KV cache element type: `auto` (f16; f32 with `--dtype f32`), `f16`, `bf16` or `f32`.
     #[arg(long, env = "OPENLORA_KV_CACHE_DTYPE")]
     pub kv_cache_dtype: Option<String>,
     /// Compute threads (default: the machine's cores).
     #[arg(long, env = "OPENLORA_THREADS")]
     pub threads: Option<usize>,
+    /// Executor: `auto` (CUDA when built with it and a GPU answers, else `cpu`), `cpu`,
+    /// `cuda` / `cuda:N`, or `candle-cpu` (the CUDA path's code on the CPU: a test vehicle).
+    #[arg(long, env = "OPENLORA_DEVICE")]
+    pub device: Option<String>,
+    /// Largest adapter rank the device executor's adapter slot pool takes.
+    #[arg(long, env = "OPENLORA_MAX_LORA_RANK")]
+    pub max_lora_rank: Option<usize>,
 }
 
 impl RuntimeArgs {
@@ -30,8 +43,11 @@ impl RuntimeArgs {
         RuntimeArgs {
             dtype: self.dtype.or(other.dtype),
             quantize: self.quantize.or(other.quantize),
+            activations: self.activations.or(other.activations),
             kv_cache_dtype: self.kv_cache_dtype.or(other.kv_cache_dtype),
             threads: self.threads.or(other.threads),
+            device: self.device.or(other.device),
+            max_lora_rank: self.max_lora_rank.or(other.max_lora_rank),
         }
     }
 
@@ -52,11 +68,31 @@ impl RuntimeArgs {
             !(quantize.is_some() && dtype == WeightDtype::F32),
             "--quantize and --dtype f32 exclude each other"
         );
-        Ok(LoadOptions { dtype, quantize })
+        let activations = ActivationMode::parse(self.activations.as_deref().unwrap_or("auto"))
+            .context("--activations")?;
+        Ok(LoadOptions {
+            dtype,
+            quantize,
+            activations,
+        })
     }
 
     pub fn kv_dtype(&self) -> anyhow::Result<KvDtype> {
         KvDtype::parse(self.kv_cache_dtype.as_deref().unwrap_or("auto")).context("--kv-cache-dtype")
+    }
+
+    pub fn device(&self) -> anyhow::Result<DeviceKind> {
+        DeviceKind::parse(self.device.as_deref().unwrap_or("auto")).context("--device")
+    }
+
+    /// `base` with the KV dtype, device and adapter rank limit these flags choose.
+    pub fn engine_config(&self, base: EngineConfig) -> anyhow::Result<EngineConfig> {
+        Ok(EngineConfig {
+            kv_dtype: self.kv_dtype()?,
+            device: self.device()?,
+            max_lora_rank: self.max_lora_rank.unwrap_or(base.max_lora_rank),
+            ..base
+        })
     }
 
     /// Sizes the global compute pool once (before any parallel work); returns its thread count.

@@ -96,8 +96,8 @@ pub struct ServeArgs {
         overrides_with = "enable_prefix_caching"
     )]
     pub no_enable_prefix_caching: bool,
-    /// Adapters kept in the compute-ready (device) tier at once.
-    #[arg(long, env = "OPENLORA_ADAPTER_DEVICE_SLOTS")]
+    /// Adapters kept in the compute-ready (device) tier at once: the device's adapter slot pool.
+    #[arg(long, env = "OPENLORA_ADAPTER_DEVICE_SLOTS", alias = "max-loras")]
     pub adapter_device_slots: Option<usize>,
     /// Host memory for adapter files, in MiB.
     #[arg(long, env = "OPENLORA_ADAPTER_HOST_MB")]
@@ -161,7 +161,10 @@ struct FileConfig {
     dtype: Option<String>,
     quantize: Option<String>,
     kv_cache_dtype: Option<String>,
+    activations: Option<String>,
     threads: Option<usize>,
+    device: Option<String>,
+    max_lora_rank: Option<usize>,
     #[serde(default)]
     metering: MeteringFile,
 }
@@ -272,7 +275,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         dtype: file.dtype,
         quantize: file.quantize,
         kv_cache_dtype: file.kv_cache_dtype,
+        activations: file.activations,
         threads: file.threads,
+        device: file.device,
+        max_lora_rank: file.max_lora_rank,
     });
     let load_options = runtime.load_options()?;
     let kv_dtype = runtime.kv_dtype()?;
@@ -301,7 +307,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         kv_mb << 20,
         kv_dtype.resolve(load_options.dtype).bytes_per_token(m),
     );
-    engine_cfg.kv_dtype = kv_dtype;
+    engine_cfg = runtime.engine_config(engine_cfg)?;
     opts.max_context = Some(engine_cfg.num_blocks * engine_cfg.block_size);
     // One metrics registry per process: the pager, the engine, the server and the meter share it.
     let metrics = Arc::new(Metrics::new());

@@ -51,6 +51,7 @@ pub struct EngineHandle {
     model: Arc<Model>,
     pager: Arc<AdapterPager>,
     max_adapters_per_step: usize,
+    max_num_seqs: usize,
     max_seq_len: usize,
 }
 
@@ -163,6 +164,7 @@ impl EngineHandle {
             model: engine.model().clone(),
             pager: engine.pager().clone(),
             max_adapters_per_step: engine.config().max_adapters_per_step,
+            max_num_seqs: engine.config().max_num_seqs,
             max_seq_len: engine.max_seq_len(),
         };
         std::thread::Builder::new()
@@ -197,6 +199,11 @@ impl EngineHandle {
 
     pub fn max_adapters_per_step(&self) -> usize {
         self.max_adapters_per_step
+    }
+
+    /// Choices that may run at once (`--max-num-seqs`).
+    pub fn max_num_seqs(&self) -> usize {
+        self.max_num_seqs
     }
 
     pub fn stats(&self) -> EngineStats {

@@ -30,10 +30,13 @@ pub struct LlmEngine {
 
 #[derive(Debug, Clone, Default)]
 pub struct EngineStats {
+    /// Choices waiting / running (a request with `n` choices counts `n`, as in vLLM v1).
     pub waiting: usize,
     pub running: usize,
     pub kv_blocks_used: usize,
     pub kv_blocks_total: usize,
+    /// Tokens per KV block.
+    pub kv_block_size: usize,
     pub preemptions: u64,
     /// Prefix-cache lookups so far, in prompt tokens: asked for / found cached.
     pub prefix_cache_queries: u64,
@@ -43,6 +46,20 @@ pub struct EngineStats {
     /// Distinct adapter names of running / waiting sequences, sorted.
     pub running_adapters: Vec<String>,
     pub waiting_adapters: Vec<String>,
+}
+
+/// A request of `n` choices fits a sequence cap of `max_num_seqs` (all choices run at once, so a
+/// larger `n` could never be scheduled).
+pub fn check_choices(n: usize, max_num_seqs: usize) -> Result<()> {
+    if n > max_num_seqs {
+        return Err(Error::invalid(
+            "n",
+            format!(
+                "n = {n} choices exceed the server's limit of {max_num_seqs} concurrent sequences (--max-num-seqs)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn adapter_names<'a>(seqs: impl Iterator<Item = &'a Sequence>) -> Vec<String> {
@@ -75,6 +92,8 @@ impl LlmEngine {
             num_blocks: cfg.num_blocks,
             block_size: cfg.block_size,
             kv_dtype: cfg.kv_dtype,
+            device: cfg.device,
+            max_lora_rank: cfg.max_lora_rank,
         };
         let executor = exec::create(&model, &exec_cfg, pager.slots().clone())?;
         let alloc = BlockAllocator::with_prefix_caching(
@@ -132,6 +151,7 @@ impl LlmEngine {
     /// otherwise it becomes ready later (`take_paged_in`) or fails (`take_failed`).
     pub fn add_request(&mut self, id: SeqId, mut req: GenerateRequest) -> Result<bool> {
         req.params.validate()?;
+        check_choices(req.params.n, self.scheduler.config().max_num_seqs)?;
         let vocab = self.model.config().vocab_size as u32;
         if req.prompt_ids.is_empty() {
             return Err(Error::invalid("prompt", "must not be empty"));
@@ -188,10 +208,11 @@ impl LlmEngine {
 
     pub fn stats(&self) -> EngineStats {
         EngineStats {
-            waiting: self.scheduler.waiting.len(),
-            running: self.scheduler.running.len(),
+            waiting: self.scheduler.waiting_choices(),
+            running: self.scheduler.running_choices(),
             kv_blocks_used: self.alloc.num_blocks() - self.alloc.num_free(),
             kv_blocks_total: self.alloc.num_blocks(),
+            kv_block_size: self.alloc.block_size(),
             preemptions: self.scheduler.preemptions,
             prefix_cache_queries: self.scheduler.prefix_queries,
             prefix_cache_hits: self.scheduler.prefix_hits,

@@ -19,7 +19,7 @@ mod supervisor;
 pub use constraint::{apply_mask, Constraint};
 pub use grammar::{choice_lark, Grammar, GrammarCompiler};
 pub use handle::{EngineHandle, RequestStream};
-pub use llm_engine::{EngineStats, LlmEngine};
+pub use llm_engine::{check_choices, EngineStats, LlmEngine};
 pub use request::{
     choice_seed, FinishReason, GenerateRequest, SamplingParams, SeqEvent, TokenLogprob, MAX_N,
 };

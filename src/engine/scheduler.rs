@@ -1,6 +1,8 @@
 //! Continuous batching. Each step: running sequences first (each needs one decode token, or the
 //! rest of its prefill), then waiting ones in FIFO order while the token budget, the sequence cap
-//! and free KV blocks allow. Adapter-aware: a waiting sequence whose adapters are not on device is
+//! and free KV blocks allow. The sequence cap (`max_num_seqs`) counts choices: a request with `n`
+//! choices is admitted only when all `n` fit beside the running ones (its forks never exceed the
+//! cap), and one whose `n` alone exceeds it is refused before it is queued (`LlmEngine::add_request`). Adapter-aware: a waiting sequence whose adapters are not on device is
 //! skipped (its page-in runs in the background; the batch never waits for it), and one that would
 //! push the step past the distinct-adapter cap is passed over in favour of sequences whose adapters
 //! are already in the step, at most `AGING_STEPS` times: after that nothing behind it is admitted
@@ -93,6 +95,16 @@ impl Scheduler {
         &self.cfg
     }
 
+    /// Choices of the running sequences (a request not yet forked counts all of its `n`).
+    pub fn running_choices(&self) -> usize {
+        self.running.iter().map(Sequence::choices).sum()
+    }
+
+    /// Choices of the waiting sequences.
+    pub fn waiting_choices(&self) -> usize {
+        self.waiting.iter().map(Sequence::choices).sum()
+    }
+
     pub fn has_work(&self) -> bool {
         !self.waiting.is_empty() || !self.running.is_empty()
     }
@@ -174,7 +186,8 @@ impl Scheduler {
                 Ok(true) if !was_ready => self.paged_in.push(seq.id),
                 Ok(true) => {}
             }
-            if full || budget.tokens == 0 || self.running.len() >= self.cfg.max_num_seqs {
+            let seats = self.running.iter().map(Sequence::choices).sum::<usize>() + seq.choices();
+            if full || budget.tokens == 0 || seats > self.cfg.max_num_seqs {
                 full = true;
                 i += 1;
                 continue;

@@ -143,6 +143,12 @@ impl Sequence {
         self.adapters.iter().map(|(s, _)| *s).collect()
     }
 
+    /// Choices this sequence stands for: itself plus the forks still to come (`n` before the
+    /// prompt is computed, 1 after). The sequence cap and the queue cap count these.
+    pub fn choices(&self) -> usize {
+        1 + self.forks_left
+    }
+
     /// True when the next step samples a token for this sequence after running `tokens` more.
     pub fn samples_after(&self, tokens: usize) -> bool {
         self.computed + tokens == self.tokens.len()

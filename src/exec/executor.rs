@@ -63,6 +63,10 @@ pub struct ExecConfig {
     pub num_blocks: usize,
     pub block_size: usize,
     pub kv_dtype: KvDtype,
+    /// Which executor (`exec::create` resolves `Auto`).
+    pub device: super::DeviceKind,
+    /// Largest adapter rank the device executor's slot pool takes.
+    pub max_lora_rank: usize,
 }
 
 pub trait Executor: Send {

@@ -2,12 +2,16 @@
 //! (tokens, positions, KV slots, block tables, LoRA segments as adapter slot ids, logit rows); an
 //! `Executor` owns what lives on a device (weights, KV storage, the adapter slot pool) and runs the
 //! plan. Nothing above this module names a CPU or CUDA type: `create` picks the executor.
-//! `cpu` is the CPU executor: the exact f32 reference path and the quantized fast path.
+//! `cpu` is the CPU executor: the exact f32 reference path and the quantized fast path; `device`
+//! is the device executor over candle tensors (CUDA, or candle's CPU device as its twin).
 
 pub mod cpu;
+pub mod device;
+mod device_kind;
 mod executor;
 mod step_plan;
 
+pub use device_kind::DeviceKind;
 pub use executor::{ExecConfig, Executor, KvDtype};
 pub use step_plan::{LoraSegment, SeqSlice, StepPlan};
 
@@ -16,11 +20,32 @@ use crate::lora::SlotTable;
 use crate::model::Model;
 use std::sync::Arc;
 
-/// The executor for `model` (today: the CPU one), reading adapters from `slots`.
+/// The executor `cfg.device` names for `model`, reading adapters from `slots`. `Auto` takes CUDA
+/// device 0 when the build has CUDA and it answers, else the CPU executor, and logs which and why.
 pub fn create(
     model: &Arc<Model>,
     cfg: &ExecConfig,
     slots: Arc<SlotTable>,
 ) -> Result<Box<dyn Executor>> {
-    Ok(Box::new(cpu::CpuExecutor::new(model, cfg, slots)?))
+    let cuda = |n| device::open_device(Some(n));
+    Ok(match cfg.device {
+        DeviceKind::Cpu => Box::new(cpu::CpuExecutor::new(model, cfg, slots)?),
+        DeviceKind::CandleCpu => {
+            let dev = device::open_device(None)?;
+            Box::new(device::DeviceExecutor::new(model, cfg, slots, dev)?)
+        }
+        DeviceKind::Cuda(n) => Box::new(device::DeviceExecutor::new(model, cfg, slots, cuda(n)?)?),
+        DeviceKind::Auto => match cuda(0) {
+            Ok(dev) => {
+                tracing::info!(
+                    "--device auto: CUDA device 0 answered; using the device executor on it"
+                );
+                Box::new(device::DeviceExecutor::new(model, cfg, slots, dev)?)
+            }
+            Err(why) => {
+                tracing::info!("--device auto: using the CPU executor ({why})");
+                Box::new(cpu::CpuExecutor::new(model, cfg, slots)?)
+            }
+        },
+    })
 }

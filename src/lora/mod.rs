@@ -1,6 +1,6 @@
 //! LoRA adapters: the PEFT on-disk format (`adapter`), what registration validates and records
 //! without reading weights (`spec`), the registry of named adapters (`registry`), how a request
-//! names its adapter (`adapter_ref`), the disk -> host -> device tiers (`pager`) and the
+//! names its adapter (`adapter_ref`), the alphabet of adapter names (`adapter_name`), the disk -> host -> device tiers (`pager`) and the
 //! residency series routers read (`residency`), the hub cache
 //! (`hub`, through `crate::hub`: ids, cache, downloads), the roots runtime-loaded
 //! adapters are confined to (`adapter_roots`), regular-file-only reads of adapter files
@@ -11,6 +11,7 @@
 //! sequence holds a pager `Lease` on its adapters, which pins them.
 
 mod adapter;
+mod adapter_name;
 mod adapter_gate;
 mod adapter_ref;
 mod adapter_roots;
@@ -28,6 +29,7 @@ mod tier;
 
 pub use crate::hub::HubId;
 pub use adapter::{LoraAdapter, LoraConfig, LoraWeights};
+pub use adapter_name::{check_adapter_name, MAX_NAME_LEN, NAME_ALPHABET};
 pub use adapter_gate::{check_weights, weights_hash, AdapterGate, Expected, GateStage};
 pub use adapter_ref::AdapterRef;
 pub use adapter_roots::{AdapterRoots, MAX_CONFIG_BYTES, MAX_WEIGHTS_BYTES};

@@ -4,9 +4,10 @@
 //! malformed adapter fails here with a clear message and never inside a batch. Weights are paged in
 //! later by the `AdapterPager`. With an integrity gate (`set_gate`), an adapter whose files do not
 //! hash to what the gate expects (its on-chain `weightsHash`), or that the gate refuses, is not
-//! registered; this reads the weights file once.
+//! registered; this reads the weights file once. Every name is in the one adapter-name alphabet
+//! (`adapter_name`).
 
-use super::{AdapterGate, AdapterRef, AdapterSpec, GateStage, LoraAdapter};
+use super::{check_adapter_name, AdapterGate, AdapterRef, AdapterSpec, GateStage, LoraAdapter};
 use crate::error::{Error, Result};
 use crate::model::ModelConfig;
 use std::collections::HashMap;
@@ -41,22 +42,6 @@ pub struct AdapterRegistry {
     gate: RwLock<Option<Arc<dyn AdapterGate>>>,
 }
 
-/// Longest adapter name.
-const MAX_NAME_LEN: usize = 256;
-
-fn check_name(name: &str) -> Result<()> {
-    if name.is_empty()
-        || name.len() > MAX_NAME_LEN
-        || name.chars().any(|c| c.is_whitespace() || c.is_control())
-    {
-        return Err(Error::invalid(
-            "lora_name",
-            "must be 1 to 256 bytes with no whitespace or control characters",
-        ));
-    }
-    Ok(())
-}
-
 fn duplicate(name: &str) -> Error {
     Error::Conflict(format!(
         "adapter `{name}` is already registered; pass \"load_inplace\": true to replace it"
@@ -83,7 +68,7 @@ impl AdapterRegistry {
 
     /// Validates the adapter in `dir` (config + header, no weights) and registers it as `name`.
     pub fn register(&self, name: &str, dir: &Path) -> Result<AdapterId> {
-        check_name(name)?;
+        check_adapter_name(name)?;
         if self.get_id(name).is_some() {
             return Err(duplicate(name));
         }
@@ -101,7 +86,7 @@ impl AdapterRegistry {
     /// `load_inplace`). Returns the new id and the replaced one, whose pager copies the caller
     /// drops; requests already resolved keep the old weights until they finish.
     pub fn replace(&self, name: &str, dir: &Path) -> Result<(AdapterId, Option<AdapterId>)> {
-        check_name(name)?;
+        check_adapter_name(name)?;
         let spec = self.read_spec(name, dir)?;
         let id = spec.id;
         let mut inner = self.inner.write().expect("registry lock");

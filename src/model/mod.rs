@@ -12,6 +12,8 @@ pub mod safetensors_file;
 mod tokenizer;
 mod weights;
 
+mod activation_mode;
+pub use activation_mode::ActivationMode;
 pub use chat_template::{ChatMessage, ChatTemplate, PromptPiece, CHATML};
 pub use config::{Arch, ModelConfig};
 pub use proj::Proj;

@@ -4,7 +4,7 @@
 //! quant blocks straight from the memory map, HF 16-bit tensors as they are) or a format quantized
 //! at load. Whatever the source, every shape is checked against the `ModelConfig` here.
 
-use super::ModelConfig;
+use super::{ActivationMode, ModelConfig};
 use crate::error::{Error, Result};
 use crate::model::Proj;
 use crate::ops::cpu::quant::{QMatrix, WeightFormat};
@@ -26,6 +26,8 @@ pub struct LoadOptions {
     pub dtype: WeightDtype,
     /// Quantize every projection (and the output head) to this format at load (ISQ).
     pub quantize: Option<WeightFormat>,
+    /// How activations are rounded against block-quantized weights (`--activations`).
+    pub activations: ActivationMode,
 }
 
 /// One weight matrix `[out, in]`.
@@ -51,12 +53,21 @@ impl Weight {
         }
     }
 
-    /// The format, e.g. "q4_1", with "/packed" when in the CPU kernels' packed layout.
+    /// The format, e.g. "q4_1", with "/packed" when in the CPU kernels' packed layout and the
+    /// activations' rounding ("/int16") for block formats.
     pub fn describe(&self) -> String {
         match self {
             Weight::Dense(_) => "f32".into(),
-            Weight::Quant(q) if q.is_packed() => format!("{}/packed", q.format().name()),
-            Weight::Quant(q) => q.format().name().into(),
+            Weight::Quant(q) => {
+                let mut s = q.format().name().to_string();
+                if q.is_packed() {
+                    s += "/packed";
+                }
+                if !q.format().is_float() {
+                    s = format!("{s}/{}", q.act_precision().name());
+                }
+                s
+            }
         }
     }
 }
@@ -139,6 +150,7 @@ fn matrix(
     if opts.dtype == WeightDtype::F32 {
         return Ok(Weight::Dense(dense(src, name, &[rows, cols])?));
     }
+    let act = opts.activations.resolve();
     if let Some(fmt) = quantize {
         let data = dense(src, name, &[rows, cols])?;
         // k-quants need rows of whole 256-value super-blocks; narrower rows fall back to Q8_0
@@ -149,7 +161,7 @@ fn matrix(
         };
         let q = QMatrix::quantize(&data, rows, cols, fmt)
             .map_err(|e| Error::unsupported(format!("quantizing {name:?}"), e.to_string()))?;
-        return Ok(Weight::Quant(q.packed()));
+        return Ok(Weight::Quant(q.with_act_precision(act).packed()));
     }
     let q = src.get_native(&name)?.ok_or_else(|| missing(&name, src))?;
     if (q.rows(), q.cols()) != (rows, cols) {
@@ -157,7 +169,7 @@ fn matrix(
     }
     // The CPU kernels' layout where the format has one (a copy: the file's pages are then only
     // read once, at load).
-    Ok(Weight::Quant(q.packed()))
+    Ok(Weight::Quant(q.with_act_precision(act).packed()))
 }
 
 /// A tensor source that reports each tensor read as load progress.

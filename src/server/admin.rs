@@ -2,7 +2,8 @@
 //! `adapter_list`). Loading validates the config and the tensor header
 //! against the base model (weights are paged in on first use); a bad one is a 400 and changes
 //! nothing. Unloading never disturbs running sequences: their pager lease keeps the weights.
-//! What always holds: `lora_path` is confined to the adapter roots (`AdapterRoots`); a taken
+//! What always holds: `lora_name` is in the adapter-name alphabet (`lora::check_adapter_name`,
+//! checked first); `lora_path` is confined to the adapter roots (`AdapterRoots`); a taken
 //! name is only replaced with `"load_inplace": true` (409 otherwise); the base model's name is
 //! never an adapter's; errors name the adapter, never a server path; paths are listed only to
 //! callers `auth` lets see them.
@@ -12,6 +13,7 @@ use super::openai::{LoadAdapterRequest, UnloadAdapterRequest};
 use super::state::AppState;
 use super::validate::parse_body;
 use crate::error::Error;
+use crate::lora::check_adapter_name;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -23,6 +25,7 @@ pub async fn load(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     let run = move || -> Result<String, ApiError> {
         let r: LoadAdapterRequest = parse_body(&body)?;
         let name = r.lora_name.as_str();
+        check_adapter_name(name)?;
         let base = &state.model_name;
         if name == base || name.starts_with(&format!("{base}:")) {
             return Err(

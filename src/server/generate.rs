@@ -16,7 +16,7 @@ use super::chat_reply::{self, ChatDeltas};
 use super::openai::Usage;
 use super::state::{unix_now, AppState};
 use super::validate::ValidRequest;
-use crate::engine::{FinishReason, RequestStream, SeqEvent, TokenLogprob};
+use crate::engine::{check_choices, FinishReason, RequestStream, SeqEvent, TokenLogprob};
 use crate::error::Error;
 use crate::ledger::{CallMeter, Commit, RequestId};
 use crate::model::Model;
@@ -156,10 +156,36 @@ fn request_id(kind: Kind) -> String {
     format!("{prefix}-{:032x}", rand::random::<u128>())
 }
 
-/// Submits every generation of the request; a rejected one fails the whole request.
+/// Choices the request asks for (every generation's `n`, `best_of` included).
+fn choices(req: &ValidRequest) -> usize {
+    req.gens.iter().map(|g| g.params.n).sum()
+}
+
+/// A request that could never run whatever the load is a client error (400), found before it is
+/// metered: a generation's `n` above the sequence cap, or more choices than the queue holds.
+fn check_limits(state: &AppState, req: &ValidRequest) -> Result<(), ApiError> {
+    for g in &req.gens {
+        check_choices(g.params.n, state.engine.max_num_seqs())?;
+    }
+    let total = choices(req);
+    if total > state.opts.max_queue {
+        return Err(Error::invalid(
+            "n",
+            format!(
+                "{total} choices exceed the server's queue of {} (--max-queue)",
+                state.opts.max_queue
+            ),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Submits every generation of the request; a rejected one fails the whole request. The queue
+/// cap counts choices, waiting and asked for.
 async fn submit(state: &AppState, req: &mut ValidRequest) -> Result<Vec<RequestStream>, ApiError> {
     let stats = state.engine.stats();
-    if stats.waiting + req.gens.len() > state.opts.max_queue {
+    if stats.waiting + choices(req) > state.opts.max_queue {
         return Err(ApiError::new(
             axum::http::StatusCode::TOO_MANY_REQUESTS,
             "rate_limit_error",
@@ -228,6 +254,9 @@ pub async fn respond(
         e.into_response()
     };
     let n = req.gens.first().map_or(1, |g| g.params.n);
+    if let Err(e) = check_limits(&state, &req) {
+        return reject(e, &req.adapter_label);
+    }
     let call = match open_meter(&state, &req, payer, &id) {
         Ok(c) => c,
         Err(e) => return reject(e, &req.adapter_label),

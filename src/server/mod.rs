@@ -361,17 +361,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     ] {
         c.inc_by(v.saturating_sub(c.get()));
     }
-    m.vllm_waiting.set(s.waiting as f64);
-    m.vllm_running.set(s.running as f64);
-    m.vllm_kv_usage.set(usage);
-    m.vllm_lora_info.reset();
-    m.vllm_lora_info
-        .with_label_values(&[
-            &state.engine.max_adapters_per_step().to_string(),
-            &s.running_adapters.join(","),
-            &s.waiting_adapters.join(","),
-        ])
-        .set(state::unix_now() as f64);
+    vllm_series(m, &s, state.engine.max_adapters_per_step());
     (
         [(
             header::CONTENT_TYPE,
@@ -380,4 +370,25 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         m.render(),
     )
         .into_response()
+}
+
+/// The `vllm:` series the Gateway API Inference Extension's endpoint picker reads: load, KV usage,
+/// the adapters in flight (one series, stamped with the scrape time) and the cache config.
+fn vllm_series(m: &crate::metrics::Metrics, s: &crate::engine::EngineStats, max_lora: usize) {
+    let usage = s.kv_blocks_used as f64 / s.kv_blocks_total.max(1) as f64;
+    m.vllm_waiting.set(s.waiting as f64);
+    m.vllm_running.set(s.running as f64);
+    m.vllm_kv_usage.set(usage);
+    m.vllm_lora_info.reset();
+    m.vllm_lora_info
+        .with_label_values(&[
+            &max_lora.to_string(),
+            &s.running_adapters.join(","),
+            &s.waiting_adapters.join(","),
+        ])
+        .set(state::unix_now() as f64);
+    m.vllm_cache_config_info.reset();
+    m.vllm_cache_config_info
+        .with_label_values(&[&s.kv_block_size.to_string(), &s.kv_blocks_total.to_string()])
+        .set(1.0);
 }

@@ -2,10 +2,11 @@
 #![allow(dead_code)]
 
 pub mod minihub;
+pub mod serve;
 
 use openlora::config::EngineConfig;
 use openlora::engine::{GenerateRequest, LlmEngine, SamplingParams, SeqEvent, SeqId};
-use openlora::exec::{self, ExecConfig, KvDtype, StepPlan};
+use openlora::exec::{self, DeviceKind, ExecConfig, KvDtype, StepPlan};
 use openlora::kv_cache::BlockAllocator;
 use openlora::lora::{AdapterSlot, LoraAdapter, SlotTable};
 use openlora::model::Model;
@@ -53,18 +54,62 @@ pub fn load_json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-/// Last-position logits of `prompt` in one prefill, computed directly through an executor.
+/// Runs `$check(device)` as one test per executor — the CPU executor and the device executor on
+/// candle's CPU device (its CUDA code's twin) — so both must pass the same test code.
+#[macro_export]
+macro_rules! per_device {
+    ($name:ident, $check:ident) => {
+        mod $name {
+            #[test]
+            fn cpu() {
+                super::$check(openlora::exec::DeviceKind::Cpu)
+            }
+            #[test]
+            fn candle_cpu() {
+                super::$check(openlora::exec::DeviceKind::CandleCpu)
+            }
+            #[cfg(feature = "cuda")]
+            #[test]
+            fn cuda() {
+                super::$check(openlora::exec::DeviceKind::Cuda(0))
+            }
+        }
+    };
+}
+
+/// Last-position logits of `prompt` in one prefill, computed directly through the CPU executor.
 pub fn prompt_logits(
     model: &Arc<Model>,
     prompt: &[u32],
     adapter: Option<&Arc<LoraAdapter>>,
 ) -> Vec<f32> {
-    prefill_logits(model, prompt, adapter, prompt.len() - 1)
+    prompt_logits_on(DeviceKind::Cpu, model, prompt, adapter)
 }
 
-/// Logits of every row from `first_row` to the end of `tokens`, in one prefill through an executor
-/// (`[tokens.len() - first_row, vocab]`).
+/// [`prompt_logits`] through the executor `device` names.
+pub fn prompt_logits_on(
+    device: DeviceKind,
+    model: &Arc<Model>,
+    prompt: &[u32],
+    adapter: Option<&Arc<LoraAdapter>>,
+) -> Vec<f32> {
+    prefill_logits_on(device, model, prompt, adapter, prompt.len() - 1)
+}
+
+/// Logits of every row from `first_row` to the end of `tokens`, in one prefill through the CPU
+/// executor (`[tokens.len() - first_row, vocab]`).
 pub fn prefill_logits(
+    model: &Arc<Model>,
+    tokens: &[u32],
+    adapter: Option<&Arc<LoraAdapter>>,
+    first_row: usize,
+) -> Vec<f32> {
+    prefill_logits_on(DeviceKind::Cpu, model, tokens, adapter, first_row)
+}
+
+/// [`prefill_logits`] through the executor `device` names.
+pub fn prefill_logits_on(
+    device: DeviceKind,
     model: &Arc<Model>,
     tokens: &[u32],
     adapter: Option<&Arc<LoraAdapter>>,
@@ -81,6 +126,8 @@ pub fn prefill_logits(
         num_blocks: alloc.num_blocks(),
         block_size: 16,
         kv_dtype: KvDtype::Auto,
+        device,
+        max_lora_rank: 64,
     };
     let mut ex = exec::create(model, &cfg, slots).unwrap();
     let mut table = alloc.new_table();
@@ -147,10 +194,18 @@ pub fn run_alone(model: &Arc<Model>, req: GenerateRequest) -> Vec<u32> {
 
 /// Greedy tokens of one request run alone with a KV cache of `kv_dtype`.
 pub fn run_alone_with(model: &Arc<Model>, req: GenerateRequest, kv_dtype: KvDtype) -> Vec<u32> {
-    let cfg = EngineConfig {
-        kv_dtype,
-        ..Default::default()
-    };
+    run_alone_on(
+        EngineConfig {
+            kv_dtype,
+            ..Default::default()
+        },
+        model,
+        req,
+    )
+}
+
+/// Greedy tokens of one request run alone on an engine configured like `cfg` (its device, KV dtype).
+pub fn run_alone_on(cfg: EngineConfig, model: &Arc<Model>, req: GenerateRequest) -> Vec<u32> {
     let mut engine = LlmEngine::new(model.clone(), cfg).unwrap();
     let (out, _) = run_engine(&mut engine, vec![vec![(SeqId(0), req)]]);
     out[&SeqId(0)].clone()
@@ -160,6 +215,14 @@ pub fn run_alone_with(model: &Arc<Model>, req: GenerateRequest, kv_dtype: KvDtyp
 pub fn f32_weights() -> openlora::model::LoadOptions {
     openlora::model::LoadOptions {
         dtype: openlora::model::WeightDtype::F32,
-        quantize: None,
+        ..Default::default()
+    }
+}
+
+/// The default engine configuration on `device`.
+pub fn on(device: DeviceKind) -> EngineConfig {
+    EngineConfig {
+        device,
+        ..Default::default()
     }
 }

@@ -245,7 +245,11 @@ impl ServerSetup {
         };
         let key_file = self.work.join("operator.key");
         std::fs::write(&key_file, DEV_KEYS[1]).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_openlora"));
+        // `OPENLORA_TEST_BIN`: run against another build (e.g. to see a test fail on an older one).
+        let bin = std::env::var_os("OPENLORA_TEST_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_openlora").into());
+        let mut cmd = Command::new(bin);
         cmd.arg("serve")
             .arg("--model")
             .arg(repo().join("tests/fixtures/tiny/model"))

@@ -69,6 +69,13 @@ def test_models_list(server, client, base_model):
 # --- chat -----------------------------------------------------------------------------------
 
 
+def test_readme_example_answers_like_the_f32_model(client, base_model):
+    """The README's first example on default flags (the GGUF's Q4_1 weights, default activations):
+    the answer names Paris, as the f32 transformers reference does."""
+    r = chat(client, base_model, "What is the capital of France?", max_tokens=24)
+    assert "Paris" in r.choices[0].message.content, r.choices[0].message.content
+
+
 def test_chat_non_streaming_shape(client, base_model):
     r = chat(client, base_model, PROMPTS[0])
     assert r.object == "chat.completion"

@@ -18,6 +18,8 @@ pub(crate) struct QActs<E> {
     pub extra: Vec<E>,
     /// The exact integer sum of each block's `qs` (the packed kernels' offset correction).
     pub qsum: Vec<i32>,
+    /// 8-bit planes per input row (1, or 2: rows `2i`, `2i + 1` are input row `i`).
+    pub planes: usize,
     /// Values per block, extras per block, blocks per row.
     bl: usize,
     ne: usize,
@@ -39,11 +41,18 @@ pub(crate) struct QRow<'a, E> {
     pub qsum: &'a [i32],
 }
 
-/// One row's input, codes, scales and extras, as the row iterators zip them.
-type RowParts<'a, E> = (
-    ((&'a [f32], &'a mut [i8]), &'a mut [f32]),
-    (&'a mut [E], &'a mut [i32]),
-);
+/// One plane of one row: codes, scales, extras and code sums.
+type PlaneParts<'a, E> = (((&'a mut [i8], &'a mut [f32]), &'a mut [E]), &'a mut [i32]);
+/// One input row and the planes it is quantized into.
+type RowParts<'a, E> = (&'a [f32], PlaneParts<'a, E>);
+
+/// What the codes `q` (scales `d`, blocks of `bl`) leave of `x`: `x - d·q`, each at most `d/2`.
+fn residual(x: &[f32], q: &[i8], d: &[f32], bl: usize) -> Vec<f32> {
+    let blocks = x.chunks_exact(bl).zip(q.chunks_exact(bl)).zip(d);
+    blocks
+        .flat_map(|((x, q), &d)| x.iter().zip(q).map(move |(&x, &q)| x - d * q as f32))
+        .collect()
+}
 
 pub(crate) type Q8Row<'a> = QRow<'a, f32>;
 pub(crate) type Q8KRow<'a> = QRow<'a, i16>;
@@ -89,42 +98,54 @@ fn q8k_block(x: &[f32], q: &mut [i8], bsums: &mut [i16]) -> (f32, i32) {
 }
 
 impl<E: Copy + Default + Send + Sync> QActs<E> {
-    /// Quantizes `m` rows of `k` values (`k` a multiple of `bl`) block by block with `block`,
-    /// which fills the block's `qs` and extras and returns its scale and the sum of its `qs`.
+    /// Quantizes `m` rows of `k` values (`k` a multiple of `bl`) into `planes` 8-bit planes each,
+    /// block by block with `block`, which fills the block's `qs` and extras and returns its scale
+    /// and the sum of its `qs`.
     fn build(
         x: &[f32],
         (m, k): (usize, usize),
-        (bl, ne): (usize, usize),
+        (bl, ne, planes): (usize, usize, usize),
         block: fn(&[f32], &mut [i8], &mut [E]) -> (f32, i32),
     ) -> Self {
         let nb = k / bl;
-        let (mut qs, mut d) = (vec![0i8; m * k], vec![0f32; m * nb]);
-        let (mut extra, mut qsum) = (vec![E::default(); m * nb * ne], vec![0i32; m * nb]);
-        let one_row = |(((x, qs), d), (extra, qsum)): RowParts<'_, E>| {
+        let rows = m * planes;
+        let (mut qs, mut d) = (vec![0i8; rows * k], vec![0f32; rows * nb]);
+        let (mut extra, mut qsum) = (vec![E::default(); rows * nb * ne], vec![0i32; rows * nb]);
+        let plane = |x: &[f32], (((qs, d), extra), qsum): PlaneParts<'_, E>| {
             let blocks = x.chunks_exact(bl).zip(qs.chunks_exact_mut(bl));
             let extras = extra.chunks_exact_mut(ne).zip(qsum.iter_mut());
             for ((d, (x, q)), (e, t)) in d.iter_mut().zip(blocks).zip(extras) {
                 (*d, *t) = block(x, q, e);
             }
         };
+        let one_row = |(x, (((qs, d), extra), qsum)): RowParts<'_, E>| {
+            let (qh, ql) = qs.split_at_mut(k);
+            let (dh, dl) = d.split_at_mut(nb);
+            let (eh, el) = extra.split_at_mut(nb * ne);
+            let (sh, sl) = qsum.split_at_mut(nb);
+            plane(x, (((&mut *qh, &mut *dh), eh), sh));
+            if planes == 2 {
+                plane(&residual(x, qh, dh, bl), (((ql, dl), el), sl));
+            }
+        };
+        let (rk, rb) = (planes * k, planes * nb);
         if m >= PAR_ROWS {
-            let rows = x.par_chunks_exact(k).zip(qs.par_chunks_exact_mut(k));
-            let rows = rows.zip(d.par_chunks_exact_mut(nb));
-            let ends = extra.par_chunks_exact_mut(nb * ne);
-            rows.zip(ends.zip(qsum.par_chunks_exact_mut(nb)))
-                .for_each(one_row);
+            let outs = qs.par_chunks_exact_mut(rk).zip(d.par_chunks_exact_mut(rb));
+            let outs = outs.zip(extra.par_chunks_exact_mut(rb * ne));
+            let outs = outs.zip(qsum.par_chunks_exact_mut(rb));
+            x.par_chunks_exact(k).zip(outs).for_each(one_row);
         } else {
-            let rows = x.chunks_exact(k).zip(qs.chunks_exact_mut(k));
-            let rows = rows.zip(d.chunks_exact_mut(nb));
-            let ends = extra.chunks_exact_mut(nb * ne);
-            rows.zip(ends.zip(qsum.chunks_exact_mut(nb)))
-                .for_each(one_row);
+            let outs = qs.chunks_exact_mut(rk).zip(d.chunks_exact_mut(rb));
+            let outs = outs.zip(extra.chunks_exact_mut(rb * ne));
+            let outs = outs.zip(qsum.chunks_exact_mut(rb));
+            x.chunks_exact(k).zip(outs).for_each(one_row);
         }
         Self {
             qs,
             d,
             extra,
             qsum,
+            planes,
             bl,
             ne,
             nb,
@@ -143,16 +164,16 @@ impl<E: Copy + Default + Send + Sync> QActs<E> {
 }
 
 impl Q8Acts {
-    /// Quantizes `m` rows of `k` values (`k` a multiple of 32).
-    pub fn quantize(x: &[f32], m: usize, k: usize) -> Self {
-        Self::build(x, (m, k), (32, 1), q8_block)
+    /// Quantizes `m` rows of `k` values (`k` a multiple of 32) into `planes` planes.
+    pub fn quantize(x: &[f32], m: usize, k: usize, planes: usize) -> Self {
+        Self::build(x, (m, k), (32, 1, planes), q8_block)
     }
 }
 
 impl Q8KActs {
-    /// Quantizes `m` rows of `k` values (`k` a multiple of 256).
-    pub fn quantize(x: &[f32], m: usize, k: usize) -> Self {
-        Self::build(x, (m, k), (QK_K, 16), q8k_block)
+    /// Quantizes `m` rows of `k` values (`k` a multiple of 256) into `planes` planes.
+    pub fn quantize(x: &[f32], m: usize, k: usize, planes: usize) -> Self {
+        Self::build(x, (m, k), (QK_K, 16, planes), q8k_block)
     }
 }
 

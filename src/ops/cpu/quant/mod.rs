@@ -4,7 +4,8 @@
 //! - [`QMatrix`]: `[out, in]` rows of raw ggml blocks, memory-mapped or owned; dequantize a row
 //!   (embeddings) or everything (the f32 path); quantize f32 to any format; permute whole rows;
 //!   pack `Q4_0`/`Q4_1`/`Q8_0` into groups of 8 interleaved rows for the CPU kernels (`packed`).
-//! - [`qlinear`]: `y = x · Wᵀ + b`, activations quantized once per call to 8 bits, integer dot
+//! - [`qlinear`]: `y = x · Wᵀ + b`, activations quantized once per call to 8 bits (one plane, or
+//!   two for ~15 bits: [`ActPrecision`], a property of the matrix), integer dot
 //!   products (AVX2, or AVX-512 VNNI when the CPU has it), threads over output features;
 //!   [`qlinear_many`]: several projections of the same input in one parallel region.
 //!
@@ -12,6 +13,7 @@
 //! row's result is bit-identical alone or in any batch, at any position, on any thread count and
 //! with any [`Isa`]; float weights in `F32` give exactly `ops::cpu::linear`.
 
+mod act_precision;
 mod acts;
 mod blocks;
 mod format;
@@ -34,6 +36,7 @@ macro_rules! x86_kernels {
 }
 x86_kernels!(simd, simd32, simdf, simdk, simdp, x86);
 
+pub use act_precision::ActPrecision;
 pub use format::{QuantError, WeightFormat, QK_K};
 pub use qlinear::{qlinear, qlinear_with, Isa};
 pub use qlinear_many::{qlinear_many, QProj};

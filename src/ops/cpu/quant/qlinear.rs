@@ -68,7 +68,7 @@ pub(crate) enum Acts<'a> {
 }
 
 /// Which activation form a weight format pairs with.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum ActsKind {
     F32,
     Q8,
@@ -86,17 +86,43 @@ impl ActsKind {
 }
 
 impl<'a> Acts<'a> {
-    pub fn quantize(f: WeightFormat, x: &'a [f32], m: usize, k: usize) -> Self {
-        match ActsKind::of(f) {
+    /// `m` rows of `x` as the kernels of `w` read them (its format's pairing, its precision).
+    pub fn quantize(w: &QMatrix, x: &'a [f32], m: usize, k: usize) -> Self {
+        let planes = w.act_precision().planes();
+        match ActsKind::of(w.format()) {
             ActsKind::F32 => Acts::F32 { x, k },
-            ActsKind::Q8K => Acts::Q8K(Q8KActs::quantize(x, m, k)),
-            ActsKind::Q8 => Acts::Q8(Q8Acts::quantize(x, m, k)),
+            ActsKind::Q8K => Acts::Q8K(Q8KActs::quantize(x, m, k, planes)),
+            ActsKind::Q8 => Acts::Q8(Q8Acts::quantize(x, m, k, planes)),
         }
     }
 
-    /// Whether weights of formats `a` and `b` read the same quantized activations.
-    pub fn pairs_alike(a: WeightFormat, b: WeightFormat) -> bool {
-        ActsKind::of(a) == ActsKind::of(b)
+    /// Activation rows per input row: the kernels' rows `planes * i ..` add up to input row `i`.
+    pub fn planes(&self) -> usize {
+        match self {
+            Acts::F32 { .. } => 1,
+            Acts::Q8(a) => a.planes,
+            Acts::Q8K(a) => a.planes,
+        }
+    }
+
+    /// Whether matrices `a` and `b` read the same quantized activations.
+    pub fn pairs_alike(a: &QMatrix, b: &QMatrix) -> bool {
+        let key = |w: &QMatrix| match ActsKind::of(w.format()) {
+            ActsKind::F32 => (ActsKind::F32, 1),
+            kind => (kind, w.act_precision().planes()),
+        };
+        key(a) == key(b)
+    }
+}
+
+/// Sums each input row's `planes` consecutive rows of `[m * planes, n]` products into `y`
+/// (`[m, n]`), in plane order.
+pub(crate) fn fold_planes(planes: usize, n: usize, parts: &[f32], y: &mut [f32]) {
+    for (row, p) in y.chunks_exact_mut(n).zip(parts.chunks_exact(planes * n)) {
+        row.copy_from_slice(&p[..n]);
+        for plane in p[n..].chunks_exact(n) {
+            row.iter_mut().zip(plane).for_each(|(v, d)| *v += d);
+        }
     }
 }
 
@@ -128,7 +154,24 @@ pub fn qlinear_with(
     if m == 0 || n == 0 {
         return;
     }
-    let acts = Acts::quantize(w.format(), x, m, k);
+    let acts = Acts::quantize(w, x, m, k);
+    let planes = acts.planes();
+    if planes == 1 {
+        products(isa, w, &acts, m, y);
+    } else {
+        let mut parts = vec![0f32; planes * m * n];
+        products(isa, w, &acts, planes * m, &mut parts);
+        fold_planes(planes, n, &parts, y);
+    }
+    if let Some(b) = bias {
+        y.chunks_exact_mut(n)
+            .for_each(|row| row.iter_mut().zip(b).for_each(|(v, b)| *v += b));
+    }
+}
+
+/// `y[m, n]` = the kernel's products of the `m` activation rows of `acts` with every row of `w`.
+fn products(isa: Isa, w: &QMatrix, acts: &Acts, m: usize, y: &mut [f32]) {
+    let n = w.rows();
     if m >= ROW_BLOCK {
         // Prefill: tasks own blocks of activation rows, i.e. contiguous rows of `y`, and sweep
         // all weight rows (which stay in cache across the block's micro-tiles).
@@ -175,10 +218,6 @@ pub fn qlinear_with(
                 .enumerate()
                 .for_each(|(j, v)| *v = yt[j * m + i]);
         }
-    }
-    if let Some(b) = bias {
-        y.chunks_exact_mut(n)
-            .for_each(|row| row.iter_mut().zip(b).for_each(|(v, b)| *v += b));
     }
 }
 
@@ -244,6 +283,7 @@ impl Tile for ScalarTile<'_> {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use super::super::ActPrecision;
     use super::*;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
@@ -281,7 +321,8 @@ pub(crate) mod tests {
 
     /// The activation rows the kernels see, dequantized (f32 rows for float weights).
     fn seen(f: WeightFormat, x: &[f32], m: usize, k: usize) -> Vec<f32> {
-        match Acts::quantize(f, x, m, k) {
+        let w = QMatrix::quantize(&vec![0.0; k], 1, k, f).unwrap();
+        match Acts::quantize(&w, x, m, k) {
             Acts::F32 { x, .. } => x.to_vec(),
             Acts::Q8(a) => (0..m).flat_map(|i| a.row(i).dequantize()).collect(),
             Acts::Q8K(a) => (0..m).flat_map(|i| a.row(i).dequantize()).collect(),
@@ -305,6 +346,15 @@ pub(crate) mod tests {
     }
     const QK_K_: usize = super::super::format::QK_K;
 
+    /// Every ISA this CPU has, each with `w` in the plain and the packed layout.
+    fn variants(w: &QMatrix) -> Vec<(Isa, QMatrix)> {
+        let layouts = [w.clone(), w.clone().packed()];
+        isas()
+            .into_iter()
+            .flat_map(|i| layouts.iter().map(move |w| (i, w.clone())))
+            .collect()
+    }
+
     #[test]
     fn every_format_matches_the_f64_reference_on_every_isa() {
         let (mut rng, seed) = rng();
@@ -314,11 +364,8 @@ pub(crate) mod tests {
             let (x, b) = (data(&mut rng, m * k), data(&mut rng, n));
             let (wf, xs) = (w.to_f32(), seen(f, &x, m, k));
             let mut first: Option<Vec<f32>> = None;
-            let layouts = [w.clone(), w.clone().packed()];
-            for (isa, w) in isas()
-                .into_iter()
-                .flat_map(|i| layouts.iter().map(move |w| (i, w)))
-            {
+            for (isa, w) in &variants(&w) {
+                let (isa, w) = (*isa, w);
                 let mut y = vec![0f32; m * n];
                 qlinear_with(isa, &x, m, w, Some(&b), &mut y);
                 for i in 0..m {
@@ -359,11 +406,54 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn two_planes_are_within_the_15_bit_bound_and_the_same_bits_everywhere() {
+        let (mut rng, seed) = rng();
+        for f in WeightFormat::ALL.into_iter().filter(|f| !f.is_float()) {
+            let (m, n, k) = (5, 19, cols_for(f));
+            let w = QMatrix::quantize(&data(&mut rng, n * k), n, k, f)
+                .unwrap()
+                .with_act_precision(ActPrecision::Int16);
+            let (x, wf) = (data(&mut rng, m * k), w.to_f32());
+            let mut first: Option<Vec<f32>> = None;
+            for (isa, w) in &variants(&w) {
+                let (isa, w) = (*isa, w);
+                let mut y = vec![0f32; m * n];
+                qlinear_with(isa, &x, m, w, None, &mut y);
+                for i in 0..m {
+                    for j in 0..n {
+                        let (xo, wr) = (&x[i * k..][..k], &wf[j * k..][..k]);
+                        let plain: f64 =
+                            xo.iter().zip(wr).map(|(a, b)| *a as f64 * *b as f64).sum();
+                        let mag: f64 = xo.iter().zip(wr).map(|(a, b)| (a * b).abs() as f64).sum();
+                        // Each value moves by at most amax/254² of its block (vs amax/254).
+                        let bound = act_bound(f, xo, wr) / 254.0 * 1.001 + 4e-6 * mag + 1e-6;
+                        let got = y[i * n + j] as f64;
+                        assert!(
+                            (got - plain).abs() <= bound,
+                            "{f} {isa:?} {i},{j}: {got} vs plain {plain}, bound {bound} (seed {seed})"
+                        );
+                    }
+                }
+                match &first {
+                    None => first = Some(y),
+                    Some(y0) => assert!(bits_eq(y0, &y), "{f}: {isa:?} differs (seed {seed})"),
+                }
+            }
+        }
+    }
+
+    #[test]
     fn a_row_is_bit_identical_alone_and_in_any_batch_and_thread_count() {
         let (mut rng, seed) = rng();
-        for f in WeightFormat::ALL {
+        let precisions = [ActPrecision::Int8, ActPrecision::Int16];
+        for (f, act) in WeightFormat::ALL
+            .into_iter()
+            .flat_map(|f| precisions.map(|a| (f, a)))
+        {
             let (n, k) = (37, cols_for(f));
-            let w = QMatrix::quantize(&data(&mut rng, n * k), n, k, f).unwrap();
+            let w = QMatrix::quantize(&data(&mut rng, n * k), n, k, f)
+                .unwrap()
+                .with_act_precision(act);
             // 70 rows: two row blocks, the second one partial (the prefill path).
             let x = data(&mut rng, 70 * k);
             let mut all = vec![0f32; 70 * n];
@@ -390,7 +480,7 @@ pub(crate) mod tests {
                     let got = &y[pos * n..(pos + 1) * n];
                     assert!(
                         bits_eq(got, &all[t * n..(t + 1) * n]),
-                        "{f}: row {t} at {pos} of {m} on {threads} threads (seed {seed})"
+                        "{f} {act:?}: row {t} at {pos} of {m} on {threads} threads (seed {seed})"
                     );
                 }
             }

@@ -4,7 +4,7 @@
 //! once per distinct pairing (not once per matrix). Every element is computed by the same kernel
 //! call as in [`qlinear`](super::qlinear), so the result is bit-identical to separate calls.
 
-use super::qlinear::{qlinear, run, task_rows, Acts};
+use super::qlinear::{fold_planes, qlinear, run, task_rows, Acts};
 use super::qmatrix::QMatrix;
 use super::tile::{Block, ROW_BLOCK};
 use super::Isa;
@@ -38,14 +38,13 @@ pub fn qlinear_many(x: &[f32], m: usize, projs: &[QProj]) -> Vec<Vec<f32>> {
     let mut acts: Vec<Acts> = Vec::new();
     let mut which = Vec::with_capacity(projs.len());
     for (w, _) in projs {
-        let f = w.format();
         let at = match projs[..which.len()]
             .iter()
-            .position(|(v, _)| Acts::pairs_alike(v.format(), f))
+            .position(|(v, _)| Acts::pairs_alike(v, w))
         {
             Some(p) => which[p],
             None => {
-                acts.push(Acts::quantize(f, x, m, k));
+                acts.push(Acts::quantize(w, x, m, k));
                 acts.len() - 1
             }
         };
@@ -54,33 +53,42 @@ pub fn qlinear_many(x: &[f32], m: usize, projs: &[QProj]) -> Vec<Vec<f32>> {
     // Output rows of all matrices dealt out as one set of tasks, written transposed.
     let rows: usize = projs.iter().map(|(w, _)| w.rows()).sum();
     let per_task = task_rows(rows);
+    // Activation rows of each projection (`planes` per input row).
+    let am: Vec<usize> = which.iter().map(|&a| m * acts[a].planes()).collect();
     let mut yts: Vec<Vec<f32>> = projs
         .iter()
-        .map(|(w, _)| vec![0f32; m * w.rows()])
+        .zip(&am)
+        .map(|((w, _), &am)| vec![0f32; am * w.rows()])
         .collect();
     let mut tasks = Vec::new();
     for (p, yt) in yts.iter_mut().enumerate() {
-        for (t, out) in yt.chunks_mut(per_task * m).enumerate() {
+        for (t, out) in yt.chunks_mut(per_task * am[p]).enumerate() {
             tasks.push((p, t * per_task, out));
         }
     }
     tasks.into_par_iter().for_each(|(p, j0, out)| {
-        let js = j0..j0 + out.len() / m;
+        let js = j0..j0 + out.len() / am[p];
         let b = Block {
-            is: 0..m,
+            is: 0..am[p],
             js,
             out,
             si: 1,
-            sj: m,
+            sj: am[p],
         };
         run(isa, projs[p].0, &acts[which[p]], b);
     });
-    for (((_, bias), yt), y) in projs.iter().zip(&yts).zip(&mut ys) {
-        let n = yt.len() / m;
-        for (i, row) in y.chunks_exact_mut(n).enumerate() {
+    for ((((_, bias), yt), y), &am) in projs.iter().zip(&yts).zip(&mut ys).zip(&am) {
+        let n = yt.len() / am;
+        let mut parts = vec![0f32; am * n];
+        for (i, row) in parts.chunks_exact_mut(n).enumerate() {
             for (j, v) in row.iter_mut().enumerate() {
-                *v = yt[j * m + i] + bias.map_or(0.0, |b| b[j]);
+                *v = yt[j * am + i];
             }
+        }
+        fold_planes(am / m, n, &parts, y);
+        if let Some(b) = bias {
+            y.chunks_exact_mut(n)
+                .for_each(|row| row.iter_mut().zip(*b).for_each(|(v, b)| *v += b));
         }
     }
     ys
@@ -90,6 +98,7 @@ pub fn qlinear_many(x: &[f32], m: usize, projs: &[QProj]) -> Vec<Vec<f32>> {
 mod tests {
     use super::super::format::WeightFormat;
     use super::super::qlinear::tests::{bits_eq, data, rng};
+    use super::super::ActPrecision;
     use super::*;
 
     #[test]
@@ -109,7 +118,11 @@ mod tests {
             .enumerate()
             .map(|(i, &f)| {
                 let n = 13 + 7 * i;
-                QMatrix::quantize(&data(&mut rng, n * k), n, k, f).unwrap()
+                // Both activation precisions, mixed in one call.
+                let act = [ActPrecision::Int8, ActPrecision::Int16][i % 2];
+                QMatrix::quantize(&data(&mut rng, n * k), n, k, f)
+                    .unwrap()
+                    .with_act_precision(act)
             })
             .collect();
         let bs: Vec<Vec<f32>> = ws.iter().map(|w| data(&mut rng, w.rows())).collect();

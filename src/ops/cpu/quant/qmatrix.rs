@@ -4,6 +4,7 @@
 //! (`super::packed`; `Q4_0`, `Q4_1`, `Q8_0`). A `QMatrix` is immutable; its byte length always
 //! matches its shape, format and layout, and [`QMatrix::row`] gives ggml's bytes in either layout.
 
+use super::act_precision::ActPrecision;
 use super::blocks;
 use super::format::{QuantError, WeightFormat};
 use super::packed;
@@ -25,6 +26,8 @@ pub struct QMatrix {
     storage: QStorage,
     /// Whether `storage` is in the packed layout.
     packed: bool,
+    /// How activations are rounded for this matrix's integer kernels (block formats only).
+    act: ActPrecision,
 }
 
 impl QMatrix {
@@ -53,6 +56,7 @@ impl QMatrix {
             cols,
             storage,
             packed: false,
+            act: ActPrecision::default(),
         })
     }
 
@@ -112,6 +116,15 @@ impl QMatrix {
 
     pub fn format(&self) -> WeightFormat {
         self.format
+    }
+
+    /// The same matrix, its products computed with activations rounded to `act`.
+    pub fn with_act_precision(self, act: ActPrecision) -> Self {
+        Self { act, ..self }
+    }
+
+    pub fn act_precision(&self) -> ActPrecision {
+        self.act
     }
 
     pub fn rows(&self) -> usize {
@@ -199,7 +212,8 @@ impl QMatrix {
                 d.copy_from_slice(&self.row(p));
             }
         });
-        let q = Self::from_bytes(self.format, self.rows, self.cols, storage)?;
+        let q = Self::from_bytes(self.format, self.rows, self.cols, storage)?
+            .with_act_precision(self.act);
         Ok(if self.packed { q.packed() } else { q })
     }
 

@@ -1,0 +1,288 @@
+//! The device executor's custom ops (`ops::device`) through candle on the CPU device — i.e. each
+//! op's `cpu_fwd` — against independent f64 references: SGMV/BGMV over a slot pool of mixed ranks
+//! with rows spread over adapters (distinct, uniform, zipf, identical), weighted two-adapter mixes
+//! and rows with no adapter; the paged KV write and paged attention over scattered block tables
+//! with decode rows, whole prefills and prefill chunks in one call. Batch sizes 1, 3, 7, 133.
+
+use candle_core::{DType, Device, Tensor};
+use openlora::ops::device::{
+    encode_attn_index, encode_lora_index, KvWrite, LoraPair, PagedAttention, Sgmv, SlotLora,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const BATCHES: [usize; 4] = [1, 3, 7, 133];
+
+fn rand_vec(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Spread {
+    Distinct,
+    Uniform,
+    Zipf,
+    Identical,
+}
+
+/// A slot drawn for row `i` under `spread` over `n` slots.
+fn draw(spread: Spread, i: usize, n: usize, rng: &mut StdRng) -> usize {
+    match spread {
+        Spread::Distinct => i % n,
+        Spread::Uniform => rng.random_range(0..n),
+        Spread::Identical => 0,
+        Spread::Zipf => {
+            // P(k) ∝ 1 / (k + 1).
+            let h: f64 = (1..=n).map(|k| 1.0 / k as f64).sum();
+            let mut u = rng.random_range(0.0..h);
+            (0..n)
+                .find(|&k| {
+                    u -= 1.0 / (k + 1) as f64;
+                    u < 0.0
+                })
+                .unwrap_or(n - 1)
+        }
+    }
+}
+
+struct HostPair {
+    a: Vec<f32>,
+    b: Vec<f32>,
+    rank: usize,
+    scale: f32,
+}
+
+#[test]
+fn sgmv_over_the_slot_pool_matches_an_f64_reference() {
+    let (din, dout) = (40, 24);
+    let ranks = [4, 8, 16, 4, 12, 8];
+    let mut rng = StdRng::seed_from_u64(7);
+    let host: Vec<HostPair> = ranks
+        .iter()
+        .enumerate()
+        .map(|(i, &r)| HostPair {
+            a: rand_vec(&mut rng, r * din),
+            b: rand_vec(&mut rng, dout * r),
+            rank: r,
+            scale: 0.5 + i as f32 / 4.0,
+        })
+        .collect();
+    let dev = Device::Cpu;
+    let pool: Vec<Option<SlotLora>> = host
+        .iter()
+        .map(|h| {
+            let mut pairs: [Option<LoraPair>; 7] = Default::default();
+            pairs[2] = Some(LoraPair {
+                a: Tensor::from_slice(&h.a, (h.rank, din), &dev).unwrap(),
+                b: Tensor::from_slice(&h.b, (dout, h.rank), &dev).unwrap(),
+                rank: h.rank,
+                scale: h.scale,
+            });
+            Some(vec![pairs])
+        })
+        .collect();
+    for spread in [
+        Spread::Distinct,
+        Spread::Uniform,
+        Spread::Zipf,
+        Spread::Identical,
+    ] {
+        for rows in BATCHES {
+            // Each row's mix: none every 5th row, a weighted pair every 7th, else one adapter.
+            let mixes: Vec<Vec<(u32, f32)>> = (0..rows)
+                .map(|i| match (i % 5, i % 7) {
+                    (4, _) => vec![],
+                    (_, 6) => vec![
+                        (draw(spread, i, ranks.len(), &mut rng) as u32, 0.5),
+                        (draw(spread, i + 1, ranks.len(), &mut rng) as u32, -0.7),
+                    ],
+                    _ => vec![(draw(spread, i, ranks.len(), &mut rng) as u32, 1.0)],
+                })
+                .collect();
+            // Segments: runs of rows with the same mix (as `StepPlan::push_seq` merges them).
+            let mut index = Vec::new();
+            let mut start = 0;
+            for i in 1..=rows {
+                if i == rows || mixes[i] != mixes[start] {
+                    if !mixes[start].is_empty() {
+                        encode_lora_index(&mut index, start..i, &mixes[start]);
+                    }
+                    start = i;
+                }
+            }
+            let x = rand_vec(&mut rng, rows * din);
+            let y0 = rand_vec(&mut rng, rows * dout);
+            let n = index.len();
+            let idx = Tensor::from_vec(index, n, &dev).unwrap();
+            let xt = Tensor::from_slice(&x, (rows, din), &dev).unwrap();
+            let yt = Tensor::from_slice(&y0, (rows, dout), &dev).unwrap();
+            let op = Sgmv {
+                index: &idx,
+                pool: &pool,
+                layer: 0,
+                proj: 2,
+            };
+            yt.inplace_op2(&xt, &op).unwrap();
+            let got: Vec<f32> = yt.flatten_all().unwrap().to_vec1().unwrap();
+            for r in 0..rows {
+                for j in 0..dout {
+                    let mut want = y0[r * dout + j] as f64;
+                    for &(slot, w) in &mixes[r] {
+                        let h = &host[slot as usize];
+                        for k in 0..h.rank {
+                            let s: f64 = (0..din)
+                                .map(|c| x[r * din + c] as f64 * h.a[k * din + c] as f64)
+                                .sum();
+                            want += (h.scale * w) as f64 * s * h.b[j * h.rank + k] as f64;
+                        }
+                    }
+                    let g = got[r * dout + j] as f64;
+                    assert!(
+                        (g - want).abs() < 1e-4 * (1.0 + want.abs()),
+                        "{spread:?} batch {rows} row {r} col {j}: {g} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// One sequence of an attention batch: context `ctx`, of which the last `rows` are this step's.
+struct Seq {
+    ctx: usize,
+    rows: usize,
+    table: Vec<u32>,
+}
+
+#[test]
+fn kv_write_and_paged_attention_match_an_f64_reference() {
+    let (heads, kvh, hd, bs) = (4, 2, 8, 4);
+    let stride = kvh * hd;
+    let mut rng = StdRng::seed_from_u64(11);
+    for cache_dtype in [DType::F32, DType::BF16] {
+        for nseq in BATCHES {
+            // Decode rows, whole prefills and prefill chunks, each sequence on scattered blocks.
+            let seqs: Vec<Seq> = (0..nseq)
+                .map(|i| {
+                    let ctx = rng.random_range(1..40usize);
+                    let rows = match i % 3 {
+                        0 => 1,
+                        1 => ctx,
+                        _ => rng.random_range(1..=ctx),
+                    };
+                    (ctx, rows)
+                })
+                .scan(0u32, |next, (ctx, rows)| {
+                    let n = ctx.div_ceil(bs) as u32;
+                    // Reversed, interleaved with the other sequences' blocks by a stride of 2.
+                    let table = (0..n).rev().map(|b| *next + 2 * b).collect();
+                    *next += 2 * n;
+                    Some(Seq { ctx, rows, table })
+                })
+                .collect();
+            let blocks = seqs
+                .iter()
+                .map(|s| s.table.iter().max().unwrap() + 1)
+                .max()
+                .unwrap() as usize;
+            let dev = Device::Cpu;
+            let cache = Tensor::zeros((2, blocks * bs, kvh, hd), cache_dtype, &dev).unwrap();
+            // Every context position's K/V, written by the op (all positions in one call).
+            let k: Vec<Vec<f32>> = seqs
+                .iter()
+                .map(|s| rand_vec(&mut rng, s.ctx * stride))
+                .collect();
+            let v: Vec<Vec<f32>> = seqs
+                .iter()
+                .map(|s| rand_vec(&mut rng, s.ctx * stride))
+                .collect();
+            let slot = |s: &Seq, p: usize| s.table[p / bs] * bs as u32 + (p % bs) as u32;
+            let slots: Vec<u32> = seqs
+                .iter()
+                .flat_map(|s| (0..s.ctx).map(move |p| slot(s, p)))
+                .collect();
+            let total = slots.len();
+            let kt = Tensor::from_vec(k.concat(), (total, stride), &dev).unwrap();
+            let vt = Tensor::from_vec(v.concat(), (total, stride), &dev).unwrap();
+            let st = Tensor::from_vec(slots.clone(), total, &dev).unwrap();
+            cache
+                .inplace_op3(&kt, &vt, &KvWrite { slots: &st })
+                .unwrap();
+            // Read back: each slot holds its row (rounded to the cache dtype).
+            let back: Vec<f32> = cache
+                .to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let (kc, vc) = back.split_at(back.len() / 2);
+            let (kflat, vflat) = (k.concat(), v.concat());
+            let tol = if cache_dtype == DType::F32 { 0.0 } else { 1e-2 };
+            for (i, &s) in slots.iter().enumerate() {
+                for e in 0..stride {
+                    let (i, o) = (i * stride + e, s as usize * stride + e);
+                    assert!((kflat[i] - kc[o]).abs() <= tol, "kv_write K slot {s}");
+                    assert!((vflat[i] - vc[o]).abs() <= tol, "kv_write V slot {s}");
+                }
+            }
+            // Queries for each sequence's step rows; the attention index as the executor encodes it.
+            let mut index = Vec::new();
+            let mut row = 0;
+            for s in &seqs {
+                encode_attn_index(&mut index, row, s.rows, s.ctx, &s.table);
+                row += s.rows;
+            }
+            let q = rand_vec(&mut rng, row * heads * hd);
+            let n = index.len();
+            let it = Tensor::from_vec(index, n, &dev).unwrap();
+            let qt = Tensor::from_slice(&q, (row, heads * hd), &dev).unwrap();
+            let op = PagedAttention {
+                index: &it,
+                heads,
+                block_size: bs,
+            };
+            let out: Vec<f32> = qt
+                .apply_op2_no_bwd(&cache, &op)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let tol = if cache_dtype == DType::F32 {
+                1e-5
+            } else {
+                3e-2
+            };
+            let mut r0 = 0;
+            for (si, s) in seqs.iter().enumerate() {
+                for r in 0..s.rows {
+                    let pos = s.ctx - s.rows + r;
+                    for h in 0..heads {
+                        let g = h / (heads / kvh);
+                        let qh = &q[(r0 + r) * heads * hd + h * hd..][..hd];
+                        let kv = |m: &Vec<Vec<f32>>, p: usize, d: usize| {
+                            m[si][p * stride + g * hd + d] as f64
+                        };
+                        let sc: Vec<f64> = (0..=pos)
+                            .map(|p| {
+                                (0..hd).map(|d| qh[d] as f64 * kv(&k, p, d)).sum::<f64>()
+                                    / (hd as f64).sqrt()
+                            })
+                            .collect();
+                        let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                        let z: f64 = sc.iter().map(|x| (x - m).exp()).sum();
+                        for d in 0..hd {
+                            let want: f64 = (0..=pos)
+                                .map(|p| (sc[p] - m).exp() / z * kv(&v, p, d))
+                                .sum();
+                            let got = out[(r0 + r) * heads * hd + h * hd + d] as f64;
+                            assert!((got - want).abs() < tol, "{cache_dtype:?} batch {nseq} seq {si} row {r} head {h}: {got} vs {want}");
+                        }
+                    }
+                }
+                r0 += s.rows;
+            }
+        }
+    }
+}
