@@ -217,6 +217,42 @@ async fn adapters_are_served_and_priced_only_as_registered_on_chain() {
         U256::from(r.prompt_tokens + r.completion_tokens) * U256::from(1_000_000_000_000u64);
     assert_eq!(r.amount, default.div_ceil(U256::from(1_000_000u64)));
 
+    // The adapter listing shows what the gate said at each one's last page-in.
+    let listed: Value = http
+        .get(server.url("/v1/adapters"))
+        .bearer_auth("sk-admin")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entry = |name: &str| {
+        let a = listed["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["id"] == name);
+        a.unwrap_or_else(|| panic!("{name} listed: {listed}"))
+            .clone()
+    };
+    assert_eq!(entry("a4")["integrity"], "verified", "{listed}");
+    assert_eq!(entry("a4x")["integrity"], "unregistered", "{listed}");
+    let a16 = entry("a16");
+    assert_eq!(a16["integrity"], "refused", "{a16}");
+    assert!(
+        a16["integrity_reason"]
+            .as_str()
+            .unwrap()
+            .contains("weightsHash"),
+        "{a16}"
+    );
+    assert_eq!(
+        entry("a16x")["integrity"],
+        "unchecked",
+        "never paged in: {listed}"
+    );
+
     // updatePrice: calls admitted afterwards pay the new price, the earlier one kept the old.
     let reg = chain.admin.adapter_registry();
     let id = keccak256(b"a4");

@@ -199,11 +199,20 @@ async fn two_hundred_calls_settle_exactly_and_every_receipt_verifies() {
         .collect();
     assert_eq!(who, vec![contributor(1).to_string().to_lowercase()], "{r}");
     assert!(dn_x["matched_tokens"].as_u64().unwrap() >= 4, "{r}");
+    // The matched spans (output token ranges) cover exactly the matched tokens.
+    let covered: u64 = dn_x["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["end"].as_u64().unwrap() - s["start"].as_u64().unwrap())
+        .sum();
+    assert_eq!(covered, dn_x["matched_tokens"].as_u64().unwrap(), "{r}");
     let dn_y = attribution
         .iter()
         .find(|a| a["datanet"] == "dn-y")
         .expect("dn-y attributed");
     assert_eq!(dn_y["source"], "static", "{r}");
+    assert!(dn_y.get("spans").is_none(), "static shares have no spans: {r}");
     let paid: Vec<String> = r["splits"]
         .as_array()
         .unwrap()

@@ -1,9 +1,8 @@
 //! What the integrity gate has said about an adapter's weights, as the adapter listing shows it.
-//! What always holds: `Verified` only with a gate configured and the weights resident (every
-//! page-in checks the bytes it installs); a refusal by the gate is `Refused`, any other failed
-//! page-in `Failing` (retried after its backoff); reasons name the adapter, never a path.
-
-use super::Tier;
+//! What always holds: `Verified` only when the bytes installed at the last successful page-in
+//! hashed to the gate's registered hash; a refusal by the gate is `Refused`, any other failed
+//! page-in `Failing` (retried after its backoff), both until a page-in succeeds; reasons name the
+//! adapter, never a path.
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Integrity {
@@ -11,8 +10,10 @@ pub enum Integrity {
     Off,
     /// Gated, not paged in since registration (checked at the next page-in).
     Unchecked,
-    /// Gated and resident: the bytes in memory passed the check.
+    /// The last page-in's bytes hashed to the registered weights hash.
     Verified,
+    /// Served without a registration to check against (the gate allowed any weights).
+    Unregistered,
     /// The gate refused the adapter at its last page-in.
     Refused(String),
     /// The last page-in failed for another reason.
@@ -20,15 +21,16 @@ pub enum Integrity {
 }
 
 impl Integrity {
-    /// From whether a gate is set, where the weights are, and the last failed page-in
-    /// (refused by the gate?, reason) when it has not succeeded since.
-    pub fn of(gated: bool, tier: Tier, failure: Option<(bool, String)>) -> Self {
-        match (failure, gated, tier) {
+    /// From whether a gate is set, what the last successful page-in checked (a registered hash?)
+    /// and the last failed page-in (refused by the gate?, reason) when none succeeded since.
+    pub fn of(gated: bool, checked: Option<bool>, failure: Option<(bool, String)>) -> Self {
+        match (failure, gated, checked) {
             (Some((true, why)), _, _) => Integrity::Refused(why),
             (Some((false, why)), _, _) => Integrity::Failing(why),
             (None, false, _) => Integrity::Off,
-            (None, true, Tier::Disk) => Integrity::Unchecked,
-            (None, true, _) => Integrity::Verified,
+            (None, true, None) => Integrity::Unchecked,
+            (None, true, Some(true)) => Integrity::Verified,
+            (None, true, Some(false)) => Integrity::Unregistered,
         }
     }
 
@@ -37,6 +39,7 @@ impl Integrity {
             Integrity::Off => "off",
             Integrity::Unchecked => "unchecked",
             Integrity::Verified => "verified",
+            Integrity::Unregistered => "unregistered",
             Integrity::Refused(_) => "refused",
             Integrity::Failing(_) => "failing",
         }
@@ -55,17 +58,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn verified_needs_a_gate_and_resident_weights() {
-        assert_eq!(Integrity::of(false, Tier::Device, None), Integrity::Off);
-        assert_eq!(Integrity::of(true, Tier::Disk, None), Integrity::Unchecked);
-        assert_eq!(Integrity::of(true, Tier::Host, None), Integrity::Verified);
-        assert_eq!(Integrity::of(true, Tier::Device, None), Integrity::Verified);
-        let refused = Integrity::of(true, Tier::Disk, Some((true, "hash".into())));
+    fn verified_needs_a_gate_and_a_checked_hash() {
+        assert_eq!(Integrity::of(false, Some(true), None), Integrity::Off);
+        assert_eq!(Integrity::of(true, None, None), Integrity::Unchecked);
+        assert_eq!(Integrity::of(true, Some(true), None), Integrity::Verified);
+        assert_eq!(
+            Integrity::of(true, Some(false), None),
+            Integrity::Unregistered
+        );
+        let refused = Integrity::of(true, Some(true), Some((true, "hash".into())));
         assert_eq!(
             (refused.as_str(), refused.reason()),
             ("refused", Some("hash"))
         );
-        let failing = Integrity::of(false, Tier::Disk, Some((false, "io".into())));
+        let failing = Integrity::of(false, None, Some((false, "io".into())));
         assert_eq!(
             (failing.as_str(), failing.reason()),
             ("failing", Some("io"))

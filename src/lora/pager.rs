@@ -75,6 +75,9 @@ struct State {
     /// Leases not yet pinned, per adapter: their adapters are not evicted for other page-ins.
     wanted: HashMap<AdapterId, usize>,
     failed: HashMap<AdapterId, Failure>,
+    /// What the gate checked at the last successful page-in: a registered hash (true) or nothing
+    /// to check against (false: not registered).
+    checked: HashMap<AdapterId, bool>,
     /// Slots of the pool no device entry occupies.
     free_slots: Vec<AdapterSlot>,
     stats: PagerStats,
@@ -335,7 +338,7 @@ impl AdapterPager {
         let gated = self.shared.gate.lock().expect("pager gate").is_some();
         let st = self.shared.lock();
         let failure = st.failed.get(&id).map(|f| (f.refused, f.message.clone()));
-        Integrity::of(gated, st.tier(id), failure)
+        Integrity::of(gated, st.checked.get(&id).copied(), failure)
     }
 
     pub fn stats(&self) -> PagerStats {
@@ -349,6 +352,7 @@ impl AdapterPager {
             st.host_bytes -= h.bytes.len();
         }
         st.failed.remove(&id);
+        st.checked.remove(&id);
         match st.device.get_mut(&id) {
             Some(e) if e.pins > 0 => {
                 e.forgotten = true;
@@ -567,6 +571,8 @@ fn page_in(shared: &Shared, spec: &AdapterSpec) -> Result<()> {
     if let Some(gate) = gate {
         let expected = gate.expected(&spec.name, GateStage::PageIn)?;
         super::check_weights(gate.as_ref(), &spec.name, expected, &bytes)?;
+        let hashed = matches!(expected, super::Expected::Hash(_));
+        shared.lock().checked.insert(spec.id, hashed);
     }
     let start = Instant::now();
     let adapter = Arc::new(LoraAdapter::from_bytes(spec, &bytes, &shared.model)?);

@@ -143,12 +143,7 @@ fn served_by_adapter(m: &Metrics) -> HashMap<String, Served> {
         for family in c.collect() {
             for metric in family.get_metric() {
                 let labels = metric.get_label();
-                let label = |n: &str| {
-                    labels
-                        .iter()
-                        .find(|l| l.name() == n)
-                        .map(|l| l.value())
-                };
+                let label = |n: &str| labels.iter().find(|l| l.name() == n).map(|l| l.value());
                 if label("outcome").is_some_and(|o| o != "ok") {
                     continue;
                 }

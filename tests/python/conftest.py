@@ -104,7 +104,8 @@ KEY_ARGS = [
 ]
 
 
-def launch_server(work: Path, extra: list[str], env: dict | None = None, host: str = "127.0.0.1") -> Server:
+def launch_server(work: Path, extra: list[str], env: dict | None = None, host: str = "127.0.0.1",
+                  max_queue: int = 256) -> Server:
     """Starts `openlora serve` on a free port with the demo adapters in `work/adapters` plus
     `extra` flags; does not wait for readiness (see `wait_ready`)."""
     binary = env_bin()
@@ -118,7 +119,7 @@ def launch_server(work: Path, extra: list[str], env: dict | None = None, host: s
         "--adapters-dir", str(adapters_dir),
         "--host", host,
         "--port", str(port),
-        "--max-queue", "256",
+        "--max-queue", str(max_queue),
         *extra,
     ]
     stderr_path = work / "server.stderr"

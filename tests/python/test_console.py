@@ -378,6 +378,33 @@ def test_api_errors_show_a_banner(console, metered):
     console.no_errors(allowed=("status of 401",))
 
 
+def test_a_refused_call_shows_403_and_a_full_queue_429(browser_context, metered, tmp_path):
+    # Metered calls need a key billed to a payer: the admin key is not one (403).
+    page = browser_context.new_page()
+    c = Console(page, metered[0].url).open(api_key=ADMIN)
+    c.wait_models()
+    set_prompt(page)
+    c.run()
+    expect(page.locator("#banner")).to_have_attribute("data-status", "403")
+    expect(page.locator("#pane-a")).to_have_attribute("data-state", "error")
+    c.no_errors(allowed=("status of 403",))
+    page.close()
+    # A server whose queue holds nothing refuses every call (429).
+    srv = launch_server(tmp_path, [], max_queue=0)
+    try:
+        wait_ready(srv, key=None)
+        page = browser_context.new_page()
+        c = Console(page, srv.url).open(api_key="")
+        c.wait_models()
+        c.run()
+        expect(page.locator("#banner")).to_have_attribute("data-status", "429")
+        assert "retry" in page.locator("#banner").inner_text()
+        c.no_errors(allowed=("status of 429",))
+        page.close()
+    finally:
+        stop_server(srv)
+
+
 def test_server_page_charts_the_servers_metrics(console, metered, shots):
     srv = metered[0]
     page = console.open("#server").page
@@ -480,3 +507,22 @@ def test_ten_thousand_adapters_search_and_page_fast(browser_context, crowded, sh
     page.screenshot(path=str(shots / "adapters-10k.png"))
     c.no_errors()
     page.close()
+
+
+def test_adapter_list_pages_and_searches_like_the_full_list(metered):
+    srv = metered[0]
+    full = _admin_adapters(srv)
+    names = [a["id"] for a in full["data"]]
+    assert full["total"] == len(names) >= 3 and full["offset"] == 0
+    paged = []
+    for offset in range(0, len(names) + 2, 2):
+        page = _admin_adapters(srv, offset=offset, limit=2)
+        assert page["total"] == len(names) and page["offset"] == min(offset, len(names))
+        paged += [a["id"] for a in page["data"]]
+    assert paged == names
+    hits = _admin_adapters(srv, q="RaT")  # case-insensitive substring
+    assert [a["id"] for a in hits["data"]] == [n for n in names if "rat" in n.lower()] == ["pirate"]
+    assert hits["total"] == 1
+    for bad in ({"limit": 0}, {"limit": 1001}, {"offset": -1}, {"limit": "x"}):
+        r = srv.http.get("/v1/adapters", params=bad, headers={"Authorization": f"Bearer {ADMIN}"})
+        assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error", (bad, r.text)
