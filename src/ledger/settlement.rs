@@ -13,6 +13,9 @@
 //!   recipient, the rounding remainder to the operator), so the contract's sum check holds exactly;
 //!   a fee change before landing makes the worker recompute credits for the same id;
 //! - RPC errors are retried with exponential backoff (1 s .. 30 s); serving never waits on them;
+//!   while backing off after a transport error the RPC is probed every second, and once it
+//!   answers the worker re-reads the payers' deposits in its next round (admissions stop being
+//!   503 within about a second of the chain's return, not at the end of the backoff);
 //! - a batch is simulated before it is written; records that revert alone are marked
 //!   unsettleable (`bisect`), and a pending batch the chain rejects is dissolved and its records
 //!   re-checked, so one bad record never blocks later batches;
@@ -68,6 +71,9 @@ impl Drop for WorkerHandle {
 
 /// (address, wei) pairs: a batch's debits or credits.
 pub type Amounts = Vec<(Address, U256)>;
+
+/// How often the RPC is probed while the worker backs off after an error.
+const RECOVERY_PROBE: Duration = Duration::from_secs(1);
 
 pub fn batch_id(operator: Address, leaves: &[B256]) -> BatchId {
     let mut bytes = b"openlora.batch".to_vec();
@@ -150,22 +156,54 @@ impl SettlementWorker {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                 }
-                Err(e) => {
-                    let reason = match &e {
-                        Error::Chain(ChainError::Rpc(_)) => "rpc",
-                        Error::Chain(_) => "chain",
-                        _ => "ledger",
-                    };
-                    self.metrics
-                        .settlement_failures
-                        .with_label_values(&[reason])
-                        .inc();
-                    tracing::warn!(error = %e, retry_in = ?backoff, "settlement failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                }
+                Err(e) => backoff = self.back_off(&e, backoff).await,
             }
             self.update_gauges();
+        }
+    }
+
+    /// Counts the failure and waits before the next round; returns the next backoff. After a
+    /// transport error the wait ends as soon as the RPC answers, and the next round re-reads the
+    /// deposits first thing.
+    async fn back_off(&mut self, e: &Error, backoff: Duration) -> Duration {
+        let reason = match e {
+            Error::Chain(ChainError::Rpc(_)) => "rpc",
+            Error::Chain(_) => "chain",
+            _ => "ledger",
+        };
+        self.metrics
+            .settlement_failures
+            .with_label_values(&[reason])
+            .inc();
+        tracing::warn!(error = %e, retry_in = ?backoff, "settlement failed");
+        let next = (backoff * 2).min(Duration::from_secs(30));
+        if reason != "rpc" {
+            tokio::time::sleep(backoff).await;
+            return next;
+        }
+        if self.wait_for_rpc(backoff).await {
+            tracing::info!("the chain answers again; re-reading deposits");
+            self.last_refresh = None;
+            return Duration::from_secs(1);
+        }
+        next
+    }
+
+    /// Sleeps `backoff`, probing the RPC every `RECOVERY_PROBE`; true when it answered before
+    /// the end (the worker then retries at once instead of sleeping out the backoff).
+    async fn wait_for_rpc(&self, backoff: Duration) -> bool {
+        use alloy::providers::Provider;
+        let until = Instant::now() + backoff;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            tokio::time::sleep(left.min(RECOVERY_PROBE)).await;
+            let probe = self.settler.provider().get_block_number();
+            if matches!(tokio::time::timeout(RECOVERY_PROBE, probe).await, Ok(Ok(_))) {
+                return Instant::now() < until;
+            }
         }
     }
 
@@ -177,7 +215,8 @@ impl SettlementWorker {
         }
     }
 
-    /// One round: finish pending batches, refresh deposits, maybe settle a new batch.
+    /// One round: finish pending batches, refresh deposits (when due, and first thing after an
+    /// outage), maybe settle a new batch.
     async fn tick(&mut self) -> Result<bool> {
         let mut worked = false;
         for b in self.store.pending_batches()? {
