@@ -41,6 +41,8 @@ pub const SETTLEMENT_BATCH_CALLS: &str = "openlora_settlement_batch_calls";
 pub const SETTLEMENT_BATCHES_TOTAL: &str = "openlora_settlement_batches_total";
 pub const SETTLEMENT_GAS_USED_TOTAL: &str = "openlora_settlement_gas_used_total";
 pub const SETTLEMENT_FAILURES_TOTAL: &str = "openlora_settlement_failures_total";
+/// How unsettleable records ended: `retried` (settled after the cause went) or `written_off`.
+pub const UNSETTLEABLE_OUTCOMES_TOTAL: &str = "openlora_unsettleable_outcomes_total";
 pub const ATTRIBUTION_SECONDS: &str = "openlora_attribution_seconds";
 pub const ADAPTER_REFUSALS_TOTAL: &str = "openlora_adapter_refusals_total";
 pub const DATANET_EXCLUDED: &str = "openlora_datanet_excluded";
@@ -97,6 +99,7 @@ pub struct Metrics {
     pub settlement_batches: IntCounter,
     pub settlement_gas: IntCounter,
     pub settlement_failures: IntCounterVec,
+    pub unsettleable_outcomes: IntCounterVec,
     pub attribution_seconds: Histogram,
     pub adapter_refusals: IntCounterVec,
     pub datanet_excluded: IntGaugeVec,
@@ -282,6 +285,11 @@ impl Metrics {
                 "Settlement failures by reason: rpc/chain/ledger (a round that is retried), or a contract revert (e.g. insufficient_escrow: a batch dissolved or a record isolated as unsettleable).",
                 &["reason"],
             ),
+            unsettleable_outcomes: counter(
+                UNSETTLEABLE_OUTCOMES_TOTAL,
+                "Unsettleable records by how they ended: retried (the cause went, e.g. a new deposit) or written_off (released from the payer's debt after the grace period).",
+                &["outcome"],
+            ),
             attribution_seconds: Histogram::with_opts(
                 HistogramOpts::new(
                     ATTRIBUTION_SECONDS,
@@ -355,6 +363,7 @@ impl Metrics {
             Box::new(m.settlement_batches.clone()),
             Box::new(m.settlement_gas.clone()),
             Box::new(m.settlement_failures.clone()),
+            Box::new(m.unsettleable_outcomes.clone()),
             Box::new(m.attribution_seconds.clone()),
             Box::new(m.adapter_refusals.clone()),
             Box::new(m.datanet_excluded.clone()),
@@ -386,6 +395,9 @@ impl Metrics {
         }
         for reason in ["rpc", "chain", "ledger"] {
             self.settlement_failures.with_label_values(&[reason]);
+        }
+        for outcome in ["retried", "written_off"] {
+            self.unsettleable_outcomes.with_label_values(&[outcome]);
         }
     }
 

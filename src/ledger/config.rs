@@ -62,6 +62,10 @@ pub struct MeteringArgs {
     /// while the chain is unreachable, also across restarts (default 300).
     #[arg(long, env = "OPENLORA_DEPOSIT_MAX_STALENESS_SECS")]
     pub deposit_max_staleness_secs: Option<u64>,
+    /// Seconds an unsettleable record waits for its cause to go (e.g. a new deposit: it is then
+    /// retried) before it is written off and no longer counts against its payer (default 604800).
+    #[arg(long, env = "OPENLORA_WRITE_OFF_AFTER_SECS")]
+    pub write_off_after_secs: Option<u64>,
 }
 
 /// The `[metering]` table of the config file.
@@ -84,6 +88,7 @@ pub struct MeteringFile {
     require_onchain_adapters: bool,
     chain_refresh_secs: Option<u64>,
     deposit_max_staleness_secs: Option<u64>,
+    write_off_after_secs: Option<u64>,
 }
 
 pub struct ChainConfig {
@@ -98,6 +103,8 @@ pub struct ChainConfig {
     /// The on-chain registry as the source of truth (`None`: manifests, no integrity check).
     pub registry: Option<RegistryConfig>,
     pub deposit_max_staleness: Duration,
+    /// How long an unsettleable record may wait for a retry before it is written off.
+    pub write_off_after: Duration,
 }
 
 /// `--adapter-registry-address` and what goes with it.
@@ -222,6 +229,11 @@ impl MeterConfig {
                         a.deposit_max_staleness_secs
                             .or(f.deposit_max_staleness_secs)
                             .unwrap_or(300),
+                    ),
+                    write_off_after: Duration::from_secs(
+                        a.write_off_after_secs
+                            .or(f.write_off_after_secs)
+                            .unwrap_or(7 * 86_400),
                     ),
                 })
             }

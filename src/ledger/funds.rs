@@ -3,7 +3,8 @@
 //! (prompt + `max_tokens` at the adapter's price).
 //!
 //! What always holds (under one lock): `reserved` is the sum of live `Reservation`s, released on
-//! drop; `commit` moves a call's real cost into `unsettled` as its reservation goes; `settled`
+//! drop; `commit` moves a call's real cost into `unsettled` as its reservation goes (an
+//! unsettleable record stays there until it settles after a retry or is `written_off`); `settled`
 //! takes a landed batch's debit off both `escrow` and `unsettled` at once, so the available amount
 //! never jumps up while a batch lands. `escrow` is the last value read from chain (refreshed by the
 //! settlement worker, persisted in the ledger with the time it was read), so admission keeps
@@ -142,6 +143,13 @@ impl Funds {
         *e = e.saturating_sub(debit);
         let u = g.unsettled.entry(payer).or_default();
         *u = u.saturating_sub(debit);
+    }
+
+    /// An unsettleable record of `payer` worth `amount` was written off: no longer owed.
+    pub fn written_off(&self, payer: Address, amount: U256) {
+        let mut g = self.lock();
+        let u = g.unsettled.entry(payer).or_default();
+        *u = u.saturating_sub(amount);
     }
 
     /// The escrow read from chain just now.

@@ -164,6 +164,7 @@ pub async fn open(
                     max_records: c.max_records,
                     interval: c.interval,
                     deposit_refresh: c.deposit_refresh,
+                    write_off_after: c.write_off_after,
                     payers,
                     pause_after_submit: c.pause_after_submit,
                 },

@@ -13,9 +13,14 @@
 //!   recipient, the rounding remainder to the operator), so the contract's sum check holds exactly;
 //!   a fee change before landing makes the worker recompute credits for the same id;
 //! - RPC errors are retried with exponential backoff (1 s .. 30 s); serving never waits on them;
+//!   while backing off after a transport error the RPC is probed every second, and once it
+//!   answers the worker re-reads the payers' deposits in its next round (admissions stop being
+//!   503 within about a second of the chain's return, not at the end of the backoff);
 //! - a batch is simulated before it is written; records that revert alone are marked
 //!   unsettleable (`bisect`), and a pending batch the chain rejects is dissolved and its records
-//!   re-checked, so one bad record never blocks later batches;
+//!   re-checked, so one bad record never blocks later batches; an unsettleable record is
+//!   re-simulated at every deposit refresh and ends retried (once it would settle) or written off
+//!   (after `write_off_after`), never both;
 //! - nonces come from the node's pending count for every transaction (see `chain::Settler`).
 
 use super::bisect::{blames_records, build_batch, split_settleable, to_chain};
@@ -37,8 +42,10 @@ pub struct SettleConfig {
     pub max_records: usize,
     /// Settle whatever is pending once the oldest record is this old.
     pub interval: Duration,
-    /// How often payers' escrow is re-read from chain.
+    /// How often payers' escrow is re-read from chain (and open unsettleable records re-checked).
     pub deposit_refresh: Duration,
+    /// How long an unsettleable record may wait for a retry before it is written off.
+    pub write_off_after: Duration,
     /// Payers whose escrow is tracked.
     pub payers: Vec<Address>,
     /// Test hook: after a batch's transaction succeeds, print a line and stop working (the test
@@ -68,6 +75,9 @@ impl Drop for WorkerHandle {
 
 /// (address, wei) pairs: a batch's debits or credits.
 pub type Amounts = Vec<(Address, U256)>;
+
+/// How often the RPC is probed while the worker backs off after an error.
+const RECOVERY_PROBE: Duration = Duration::from_secs(1);
 
 pub fn batch_id(operator: Address, leaves: &[B256]) -> BatchId {
     let mut bytes = b"openlora.batch".to_vec();
@@ -150,22 +160,54 @@ impl SettlementWorker {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                 }
-                Err(e) => {
-                    let reason = match &e {
-                        Error::Chain(ChainError::Rpc(_)) => "rpc",
-                        Error::Chain(_) => "chain",
-                        _ => "ledger",
-                    };
-                    self.metrics
-                        .settlement_failures
-                        .with_label_values(&[reason])
-                        .inc();
-                    tracing::warn!(error = %e, retry_in = ?backoff, "settlement failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                }
+                Err(e) => backoff = self.back_off(&e, backoff).await,
             }
             self.update_gauges();
+        }
+    }
+
+    /// Counts the failure and waits before the next round; returns the next backoff. After a
+    /// transport error the wait ends as soon as the RPC answers, and the next round re-reads the
+    /// deposits first thing.
+    async fn back_off(&mut self, e: &Error, backoff: Duration) -> Duration {
+        let reason = match e {
+            Error::Chain(ChainError::Rpc(_)) => "rpc",
+            Error::Chain(_) => "chain",
+            _ => "ledger",
+        };
+        self.metrics
+            .settlement_failures
+            .with_label_values(&[reason])
+            .inc();
+        tracing::warn!(error = %e, retry_in = ?backoff, "settlement failed");
+        let next = (backoff * 2).min(Duration::from_secs(30));
+        if reason != "rpc" {
+            tokio::time::sleep(backoff).await;
+            return next;
+        }
+        if self.wait_for_rpc(backoff).await {
+            tracing::info!("the chain answers again; re-reading deposits");
+            self.last_refresh = None;
+            return Duration::from_secs(1);
+        }
+        next
+    }
+
+    /// Sleeps `backoff`, probing the RPC every `RECOVERY_PROBE`; true when it answered before
+    /// the end (the worker then retries at once instead of sleeping out the backoff).
+    async fn wait_for_rpc(&self, backoff: Duration) -> bool {
+        use alloy::providers::Provider;
+        let until = Instant::now() + backoff;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            tokio::time::sleep(left.min(RECOVERY_PROBE)).await;
+            let probe = self.settler.provider().get_block_number();
+            if matches!(tokio::time::timeout(RECOVERY_PROBE, probe).await, Ok(Ok(_))) {
+                return Instant::now() < until;
+            }
         }
     }
 
@@ -177,7 +219,8 @@ impl SettlementWorker {
         }
     }
 
-    /// One round: finish pending batches, refresh deposits, maybe settle a new batch.
+    /// One round: finish pending batches, refresh deposits (when due, and first thing after an
+    /// outage), maybe settle a new batch.
     async fn tick(&mut self) -> Result<bool> {
         let mut worked = false;
         for b in self.store.pending_batches()? {
@@ -189,6 +232,7 @@ impl SettlementWorker {
             .is_none_or(|t| t.elapsed() >= self.cfg.deposit_refresh)
         {
             self.refresh_deposits().await?;
+            self.resolve_unsettleable().await?;
         }
         if let Some(b) = self.next_batch().await? {
             self.settle(b).await?;
@@ -254,6 +298,52 @@ impl SettlementWorker {
         Ok(Some(b))
     }
 
+    /// Gives each open unsettleable record its end: retried (batched again) once it would settle
+    /// alone (its cause went, e.g. the payer deposited again), or written off once it has waited
+    /// `write_off_after` since it was marked (released from its payer's debt). Never both: each
+    /// ledger update applies only to a record still open.
+    async fn resolve_unsettleable(&self) -> Result<()> {
+        let open = self.store.open_unsettleable()?;
+        if open.is_empty() {
+            return Ok(());
+        }
+        let now = unix_now();
+        let marked: BTreeMap<i64, u64> = open.iter().map(|(r, at)| (r.seq, *at)).collect();
+        let rows = open.into_iter().map(|(r, _)| r).collect();
+        let bps = self.settler.protocol_fee_bps().await.map_err(chain_err)?;
+        let split = split_settleable(&self.settler, rows, bps)
+            .await
+            .map_err(chain_err)?;
+        for row in split.settle {
+            let seq = row.seq;
+            if self
+                .writer
+                .write(move |s| s.retry_unsettleable(seq))
+                .await?
+            {
+                tracing::info!(record = seq, payer = %row.payer, "unsettleable record settles now; retried");
+                self.outcome("retried");
+            }
+        }
+        let due = |seq: i64| now.saturating_sub(marked[&seq]) >= self.cfg.write_off_after.as_secs();
+        for (row, e) in split.unsettleable.into_iter().filter(|(r, _)| due(r.seq)) {
+            let seq = row.seq;
+            if self.writer.write(move |s| s.write_off(seq, now)).await? {
+                tracing::warn!(record = seq, payer = %row.payer, amount = %row.amount, error = %e, "unsettleable record written off");
+                self.funds.written_off(row.payer, row.amount);
+                self.outcome("written_off");
+            }
+        }
+        Ok(())
+    }
+
+    fn outcome(&self, outcome: &str) {
+        self.metrics
+            .unsettleable_outcomes
+            .with_label_values(&[outcome])
+            .inc();
+    }
+
     /// Record `row` as never settleable: it reverts alone (`e`).
     async fn mark_unsettleable(&self, row: &UnbatchedRow, e: &ChainError) -> Result<()> {
         let label = e.revert_label().unwrap_or_else(|| "revert".into());
@@ -265,7 +355,7 @@ impl SettlementWorker {
             .inc();
         let seq = row.seq;
         self.writer
-            .write(move |s| s.mark_unsettleable(seq, &reason))
+            .write(move |s| s.mark_unsettleable(seq, &reason, unix_now()))
             .await
     }
 

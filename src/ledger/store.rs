@@ -8,7 +8,9 @@
 //! once the batch is written; a batch is `pending` until its transaction is known to have
 //! succeeded on chain, then `settled` with its transaction hash, or dissolved (deleted, its rows
 //! unbatched again) once the chain rejected it (`unsettleable`). A row marked `unsettleable`
-//! (with its reason) is never batched again and still counts against its payer's funds.
+//! (with its reason) is not batched and counts against its payer's funds until it ends one of two
+//! ways, never both: retried (unmarked, batched again) once it would settle, or written off
+//! (final: never batched, no longer owed).
 
 use super::record::{receipt_id, DatanetAttribution, UsageRecord};
 use crate::error::{Error, Result};
@@ -140,6 +142,8 @@ pub struct StoredRecord {
     pub batch: Option<(BatchId, u64)>,
     /// Why the chain will not settle this record (see `unsettleable`).
     pub unsettleable: Option<String>,
+    /// When an unsettleable record was written off (released from its payer's debt; final).
+    pub written_off_at: Option<u64>,
 }
 
 pub struct Store {
@@ -187,8 +191,8 @@ impl Store {
             .query_row(
                 "SELECT request_id, payer, operator, adapter_id, adapters, prompt_tokens,
                  completion_tokens, amount, created_at, finish, output_hash, receipt_id, leaf,
-                 attribution, splits, batch_id, batch_index, unsettleable FROM usage
-                 WHERE request_id = ?1",
+                 attribution, splits, batch_id, batch_index, unsettleable, written_off_at
+                 FROM usage WHERE request_id = ?1",
                 params![request_id],
                 |r| {
                     Ok((
@@ -213,6 +217,7 @@ impl Store {
                             r.get::<_, Option<String>>(15)?,
                             r.get::<_, Option<i64>>(16)?,
                             r.get::<_, Option<String>>(17)?,
+                            r.get::<_, Option<i64>>(18)?,
                         ),
                     ))
                 },
@@ -244,16 +249,17 @@ impl Store {
                 _ => None,
             },
             unsettleable: b.8,
+            written_off_at: b.9.map(|t| t as u64),
         }))
     }
 
-    /// Usage not yet settled on chain (unbatched, in a pending batch, or unsettleable: a debt the
-    /// payer still owes), per payer.
+    /// Usage not yet settled on chain (unbatched, in a pending batch, or unsettleable and not
+    /// written off: a debt the payer still owes), per payer.
     pub fn unsettled_by_payer(&self) -> Result<HashMap<Address, U256>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
             "SELECT u.payer, u.amount FROM usage u LEFT JOIN batches b ON u.batch_id = b.batch_id
-             WHERE u.batch_id IS NULL OR b.status = 'pending'",
+             WHERE (u.batch_id IS NULL AND u.written_off_at IS NULL) OR b.status = 'pending'",
         )?;
         let mut out: HashMap<Address, U256> = HashMap::new();
         let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
@@ -314,7 +320,7 @@ impl Store {
         )
     }
 
-    fn rows(&self, filter: &str, arg: Option<String>) -> Result<Vec<UnbatchedRow>> {
+    pub(super) fn rows(&self, filter: &str, arg: Option<String>) -> Result<Vec<UnbatchedRow>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(&format!(
             "SELECT seq, payer, amount, leaf, splits, created_at FROM usage {filter}"

@@ -1,8 +1,10 @@
 //! `GET /v1/receipts/{request_id}`: a call's receipt as committed on chain, with its Merkle proof,
 //! batch id, root and settlement transaction, so a payer can check a charge with
 //! `Settlement.verifyReceipt(batchId, leaf, proof)`. A payer sees only its own calls (others are
-//! 404); the admin key sees all. `status` is `unsettled`, `batched`, `settled`, or `unsettleable`
-//! (the chain rejected the record alone, e.g. its payer withdrew; `unsettleable_reason` says why).
+//! 404); the admin key sees all. `status` is `unsettled`, `batched`, `settled`, `unsettleable`
+//! (the chain rejected the record alone, e.g. its payer withdrew; `unsettleable_reason` says why;
+//! it is retried once it would settle) or `written_off` (it stayed unsettleable past
+//! `--write-off-after-secs`: released from the payer's debt, never settled; `written_off_at`).
 
 use super::api_error::ApiError;
 use super::auth::{bearer_of, is_admin_key, payer_of};
@@ -87,12 +89,16 @@ fn lookup(
         });
     }
     if r.unsettleable.is_some() {
-        status = "unsettleable";
+        status = match r.written_off_at {
+            Some(_) => "written_off",
+            None => "unsettleable",
+        };
     }
     Ok(Some(json!({
         "request_id": r.request_id,
         "status": status,
         "unsettleable_reason": r.unsettleable,
+        "written_off_at": r.written_off_at,
         "receipt": {
             "receipt_id": r.receipt_id,
             "adapter_id": r.adapter_id,
