@@ -32,5 +32,6 @@ pub mod model;
 pub mod ops;
 pub mod progress;
 pub mod server;
+pub mod train;
 
 pub use error::{Error, Result};
