@@ -297,3 +297,65 @@ fn validation_loss_falls() {
     let after = t.eval_loss(&valid).unwrap();
     assert!(after < 0.5 * before, "validation loss {before} -> {after}");
 }
+
+#[test]
+fn a_cancelled_job_leaves_no_adapter_and_resumes_to_the_same_one() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let model = tiny();
+    let mut rng = StdRng::seed_from_u64(12);
+    let train: Vec<TrainExample> = (0..8).map(|i| example(&mut rng, 5 + i % 3, 256)).collect();
+    let valid: Vec<TrainExample> = (0..3).map(|_| example(&mut rng, 7, 256)).collect();
+    let mut cfg = TrainConfig::new(settings(2, 0.0));
+    cfg.batch_size = 2;
+    cfg.checkpoint_every = 1;
+    cfg.lr = 1e-2;
+    let job = |out: &std::path::Path, resume: bool| TrainJob {
+        model: &model,
+        cfg: cfg.clone(),
+        train: train.clone(),
+        valid: Some(valid.clone()),
+        out: out.to_path_buf(),
+        resume,
+    };
+    let weights =
+        |dir: &std::path::Path| std::fs::read(dir.join("adapter_model.safetensors")).unwrap();
+    let straight = Scratch::new("train-job-straight");
+    let done = job(&straight.0, false)
+        .run(&mut |_| {}, &AtomicBool::new(false))
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.steps, 12);
+    // Random validation data: its loss is only reported (it falls in `validation_loss_falls`).
+    assert!(
+        done.validation_before.unwrap().is_finite() && done.validation_after.unwrap().is_finite()
+    );
+    let cut = Scratch::new("train-job-cancelled");
+    let cancel = AtomicBool::new(false);
+    let mut on_step = |ev: JobEvent| {
+        if let JobEvent::Step { report, .. } = ev {
+            if report.step == 5 {
+                cancel.store(true, Ordering::Relaxed);
+            }
+        }
+    };
+    assert!(job(&cut.0, false)
+        .run(&mut on_step, &cancel)
+        .unwrap()
+        .is_none());
+    assert!(
+        !cut.0.join("adapter_model.safetensors").exists(),
+        "a cancelled run wrote an adapter"
+    );
+    assert!(!cut.0.join("adapter_config.json").exists());
+    assert_eq!(checkpoints(&cut.0).last().unwrap().0, 5);
+    let resumed = job(&cut.0, true)
+        .run(&mut |_| {}, &AtomicBool::new(false))
+        .unwrap()
+        .unwrap();
+    assert_eq!(resumed.history.len(), 7, "steps 6..=12 after the resume");
+    assert_eq!(
+        weights(&straight.0),
+        weights(&cut.0),
+        "resumed job's adapter differs"
+    );
+}

@@ -7,12 +7,11 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use openlora::model::{Model, Proj};
 use openlora::train::{
-    checkpoints, load_examples, AdamWConfig, Decay, LoraSettings, StepReport, TrainConfig,
-    TrainModel, Trainer,
+    load_examples, AdamWConfig, Decay, JobEvent, LoraSettings, StepReport, TrainConfig, TrainJob,
 };
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
@@ -137,85 +136,62 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             cfg.max_seq_len
         );
     }
-    let tm = TrainModel::new(model.config(), &model.weights)?;
-    let pad = model.eos_ids.first().copied().unwrap_or(0);
-    let mut trainer = Trainer::new(&tm, cfg.clone(), train, pad)?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
-    if args.resume {
-        match checkpoints(&args.out).last() {
-            Some((_, dir)) => {
-                trainer.resume(dir)?;
-                eprintln!(
-                    "openlora: resumed from {} (step {})",
-                    dir.display(),
-                    trainer.steps_done()
-                );
-            }
-            None => eprintln!(
-                "openlora: no checkpoint under {}: starting afresh",
-                args.out.display()
-            ),
+    let bar = StepBar::new();
+    let mut on = |ev: JobEvent| match ev {
+        JobEvent::Started {
+            examples,
+            steps,
+            first_step,
+            params,
+        } => {
+            let targets: Vec<&str> = cfg
+                .lora
+                .targets
+                .iter()
+                .map(|p: &Proj| p.module_name())
+                .collect();
+            eprintln!(
+                "openlora: training {params} LoRA values (rank {}, alpha {}, {}) on {examples} examples, {steps} steps from step {first_step}, {threads} threads",
+                cfg.lora.rank, cfg.lora.alpha, targets.join(",")
+            );
+            bar.start(steps, first_step);
         }
-    }
-    eprintln!(
-        "openlora: training {} LoRA values (rank {}, alpha {}, {}) on {} examples, {} steps, {threads} threads",
-        trainer.params().num_params(),
-        cfg.lora.rank,
-        cfg.lora.alpha,
-        cfg.lora.targets.iter().map(|p: &Proj| p.module_name()).collect::<Vec<_>>().join(","),
-        trainer.examples(),
-        trainer.total_steps(),
-    );
-    let valid_before = valid.as_ref().map(|v| trainer.eval_loss(v)).transpose()?;
-    if let Some(l) = valid_before {
-        eprintln!(
-            "openlora: validation loss before: {l:.4} (perplexity {:.2})",
-            l.exp()
-        );
-    }
-    let started = Instant::now();
-    let (mut tokens, mut history) = (0usize, Vec::new());
-    let bar = StepBar::new(trainer.total_steps(), trainer.steps_done());
-    while !trainer.done() {
-        let r = trainer.train_step()?;
-        tokens += r.tokens;
-        bar.update(&r, tokens as f64 / started.elapsed().as_secs_f64());
-        history.push(serde_json::json!({"step": r.step, "epoch": r.epoch, "loss": r.loss, "lr": r.lr, "grad_norm": r.grad_norm}));
-        let every = cfg.checkpoint_every;
-        if (every > 0 && r.step % every == 0) || (every == 0 && trainer.at_epoch_end()) {
-            trainer.save_checkpoint(&args.out, &model.name)?;
+        JobEvent::ValidationBefore(l) => {
+            eprintln!(
+                "openlora: validation loss before: {l:.4} (perplexity {:.2})",
+                l.exp()
+            )
         }
-    }
+        JobEvent::Step {
+            report,
+            tokens_per_s,
+        } => bar.update(report, tokens_per_s),
+        JobEvent::Checkpoint(dir) => tracing::debug!("checkpoint {}", dir.display()),
+    };
+    let job = TrainJob {
+        model: &model,
+        cfg: cfg.clone(),
+        train,
+        valid,
+        out: args.out.clone(),
+        resume: args.resume,
+    };
+    let summary = job
+        .run(&mut on, &AtomicBool::new(false))?
+        .context("training was cancelled")?;
     bar.finish();
-    let secs = started.elapsed().as_secs_f64();
-    trainer.params().save_peft(&args.out, &model.name)?;
-    let valid_after = valid.as_ref().map(|v| trainer.eval_loss(v)).transpose()?;
-    if let (Some(b), Some(a)) = (valid_before, valid_after) {
+    if let (Some(b), Some(a)) = (summary.validation_before, summary.validation_after) {
         eprintln!(
             "openlora: validation loss {b:.4} -> {a:.4} (perplexity {:.2} -> {:.2})",
             b.exp(),
             a.exp()
         );
     }
-    let results = serde_json::json!({
-        "base_model": model.name,
-        "steps": trainer.total_steps(),
-        "train_tokens": tokens,
-        "seconds": secs,
-        "tokens_per_second": tokens as f64 / secs.max(1e-9),
-        "threads": threads,
-        "validation_loss_before": valid_before,
-        "validation_loss_after": valid_after,
-        "history": history,
-    });
-    std::fs::write(
-        args.out.join("train_results.json"),
-        serde_json::to_string_pretty(&results)?,
-    )?;
     eprintln!(
-        "openlora: {tokens} tokens in {secs:.1}s ({:.1} tokens/s); adapter written to {}",
-        tokens as f64 / secs.max(1e-9),
+        "openlora: {} tokens in {:.1}s ({:.1} tokens/s); adapter written to {}",
+        summary.tokens,
+        summary.seconds,
+        summary.tokens_per_second(),
         args.out.display()
     );
     Ok(())
@@ -225,17 +201,24 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
 struct StepBar(Option<ProgressBar>);
 
 impl StepBar {
-    fn new(total: usize, done: usize) -> Self {
-        let bar = openlora::progress::interactive().then(|| {
-            let b = ProgressBar::new(total as u64);
+    fn new() -> Self {
+        StepBar(openlora::progress::interactive().then(|| {
+            let b = ProgressBar::hidden();
             b.set_style(
                 ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} ETA {eta}")
                     .expect("static template"),
             );
-            b.set_position(done as u64);
             b
-        });
-        StepBar(bar)
+        }))
+    }
+
+    fn start(&self, total: usize, done: usize) {
+        if let Some(b) = &self.0 {
+            b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            b.set_length(total as u64);
+            b.set_position(done as u64);
+            b.reset_eta();
+        }
     }
 
     fn update(&self, r: &StepReport, tokens_per_s: f64) {

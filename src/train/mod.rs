@@ -4,8 +4,8 @@
 //! tokens only; `batch` pads examples with masks; `train_model` is the Llama forward with frozen
 //! base weights (`frozen_linear`), differentiable rms_norm/rope/softmax (`grad_ops`: candle's fused
 //! kernels have no backward) and trainable `lora_params` (with `dropout`); `trainer` runs AdamW
-//! (`adamw`, clipping) on the `lr_schedule` with gradient accumulation, and `checkpoint` saves and
-//! resumes a run. What always holds: base weights never change, a seed fixes every random draw,
+//! (`adamw`, clipping) on the `lr_schedule` with gradient accumulation, `checkpoint` saves and
+//! resumes a run, and `train_job` runs a whole job (data to adapter folder) for the CLI and APIs. What always holds: base weights never change, a seed fixes every random draw,
 //! and every file written (adapter, checkpoint) appears whole or not at all.
 
 mod adamw;
@@ -19,6 +19,7 @@ mod lora_params;
 mod lr_schedule;
 mod tensor_io;
 mod train_config;
+mod train_job;
 mod train_model;
 mod trainer;
 
@@ -31,5 +32,6 @@ pub use frozen_linear::FrozenLinear;
 pub use lora_params::{peft_name, LoraPair, LoraParams, LoraSettings};
 pub use lr_schedule::{Decay, LrSchedule};
 pub use train_config::TrainConfig;
+pub use train_job::{JobEvent, TrainJob, TrainSummary};
 pub use train_model::TrainModel;
 pub use trainer::{StepReport, Trainer};

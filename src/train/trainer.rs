@@ -121,7 +121,7 @@ impl<'m> Trainer<'m> {
 
     /// True when the step just done ends an epoch.
     pub fn at_epoch_end(&self) -> bool {
-        self.step > 0 && self.step % self.steps_per_epoch == 0
+        self.step > 0 && self.step.is_multiple_of(self.steps_per_epoch)
     }
 
     /// The micro-batches (example indices) of step `step`: a slice of its epoch's shuffled
