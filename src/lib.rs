@@ -17,6 +17,8 @@
 //! -> exec -> model/lora/kv_cache -> ops; ledger and chain beside them. The command-line front
 //! ends live in the binary (`src/cli/`). `hub` fetches models and adapters by Hugging Face id into
 //! the local hub cache; `progress` reports long work (downloads, loading, indexing) on stderr.
+//! `train` fine-tunes LoRA adapters (candle CPU autograd over the frozen base weights) and writes them
+//! in the PEFT format `lora` loads.
 
 pub mod chain;
 pub mod clock;
@@ -33,5 +35,6 @@ pub mod model;
 pub mod ops;
 pub mod progress;
 pub mod server;
+pub mod train;
 
 pub use error::{Error, Result};

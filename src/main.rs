@@ -1,5 +1,5 @@
-//! The `openlora` command line: `serve`, `generate` (one prompt, streamed to stdout), `download`
-//! (hub ids into the local cache) and `bench`.
+//! The `openlora` command line: `serve`, `generate` (one prompt, streamed to stdout), `train` (a LoRA
+//! adapter from chat JSONL), `download` (hub ids into the local cache) and `bench`.
 
 mod cli;
 
@@ -53,6 +53,8 @@ enum Cmd {
     },
     /// Serve the OpenAI-compatible HTTP API.
     Serve(cli::serve::ServeArgs),
+    /// Fine-tune a LoRA adapter on chat-format JSONL; writes a PEFT adapter folder.
+    Train(cli::train::TrainArgs),
     /// Fetch models and adapters by hub id into the local hub cache, then exit.
     Download(cli::download::DownloadArgs),
     /// Decode throughput: batch 1 vs batch N with N distinct adapters, in one run.
@@ -148,6 +150,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench(args) => cli::bench::run(args)?,
         Cmd::BenchAttribution(args) => openlora::ledger::attribution_bench::run(args)?,
         Cmd::Serve(args) => cli::serve::run(args)?,
+        Cmd::Train(args) => cli::train::run(args)?,
         Cmd::Download(args) => cli::download::run(args)?,
         Cmd::AdapterHash { dir } => cli::chain_tools::adapter_hash(&dir)?,
         Cmd::DatanetRoot { file } => cli::chain_tools::datanet_root(&file)?,

@@ -1,4 +1,4 @@
-//! The command-line front ends (`serve`, `download`, `bench`, the chain helpers), kept out of the
+//! The command-line front ends (`serve`, `download`, `bench`, `train`, the chain helpers), kept out of the
 //! library: they only parse
 //! flags and wire library parts together.
 
@@ -10,3 +10,4 @@ pub mod chain_tools;
 pub mod download;
 pub mod runtime_args;
 pub mod serve;
+pub mod train;
