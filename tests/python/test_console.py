@@ -389,18 +389,28 @@ def test_a_refused_call_shows_403_and_a_full_queue_429(browser_context, metered,
     expect(page.locator("#pane-a")).to_have_attribute("data-state", "error")
     c.no_errors(allowed=("status of 403",))
     page.close()
-    # A server whose queue holds nothing refuses every call (429).
-    srv = launch_server(tmp_path, [], max_queue=0)
+    # A full queue refuses calls (429): one sequence at a time, a queue of one, both taken by
+    # long calls made here.
+    srv = launch_server(tmp_path, ["--max-num-seqs", "1"], max_queue=1)
     try:
         wait_ready(srv, key=None)
-        page = browser_context.new_page()
-        c = Console(page, srv.url).open(api_key="")
-        c.wait_models()
-        c.run()
-        expect(page.locator("#banner")).to_have_attribute("data-status", "429")
-        assert "retry" in page.locator("#banner").inner_text()
-        c.no_errors(allowed=("status of 429",))
-        page.close()
+        long_call = {"model": srv.base_model, "prompt": "Once upon a time", "max_tokens": 400,
+                     "ignore_eos": True, "temperature": 0}
+        with ThreadPoolExecutor(2) as pool:
+            busy = [pool.submit(srv.http.post, "/v1/completions", json=long_call, timeout=300) for _ in range(2)]
+            deadline = time.monotonic() + 60
+            while parse_metrics(srv.metrics_text())["openlora_queue_length"][0][1] < 1:
+                assert time.monotonic() < deadline, "the second call never queued"
+                time.sleep(0.05)
+            page = browser_context.new_page()
+            c = Console(page, srv.url).open(api_key="")
+            c.wait_models()
+            c.run()
+            expect(page.locator("#banner")).to_have_attribute("data-status", "429")
+            assert "retry" in page.locator("#banner").inner_text()
+            c.no_errors(allowed=("status of 429",))
+            page.close()
+            assert [f.result().status_code for f in busy] == [200, 200]
     finally:
         stop_server(srv)
 
