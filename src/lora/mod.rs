@@ -2,7 +2,7 @@
 //! without reading weights (`spec`), the registry of named adapters (`registry`), how a request
 //! names its adapter (`adapter_ref`), the alphabet of adapter names (`adapter_name`), the disk -> host -> device tiers (`pager`) and the
 //! residency series routers read (`residency`), the hub cache
-//! (`hub`, through `crate::hub`: ids, cache, downloads), the roots runtime-loaded
+//! (`hub`, through `crate::hub`: ids, cache, downloads), the safetensors header read at registration (`header`), the roots runtime-loaded
 //! adapters are confined to (`adapter_roots`), regular-file-only reads of adapter files
 //! (`regular_file`), the integrity gate checked at registration and page-in (`adapter_gate`),
 //! what the gate said about each adapter (`integrity`),
@@ -11,10 +11,11 @@
 //! sequence holds a pager `Lease` on its adapters, which pins them.
 
 mod adapter;
-mod adapter_name;
 mod adapter_gate;
+mod adapter_name;
 mod adapter_ref;
 mod adapter_roots;
+mod header;
 pub mod hub;
 mod integrity;
 mod pager;
@@ -29,8 +30,8 @@ mod tier;
 
 pub use crate::hub::HubId;
 pub use adapter::{LoraAdapter, LoraConfig, LoraWeights};
-pub use adapter_name::{check_adapter_name, MAX_NAME_LEN, NAME_ALPHABET};
 pub use adapter_gate::{check_weights, weights_hash, AdapterGate, Expected, GateStage};
+pub use adapter_name::{check_adapter_name, MAX_NAME_LEN, NAME_ALPHABET};
 pub use adapter_ref::AdapterRef;
 pub use adapter_roots::{AdapterRoots, MAX_CONFIG_BYTES, MAX_WEIGHTS_BYTES};
 pub use integrity::Integrity;

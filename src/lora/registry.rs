@@ -11,7 +11,7 @@ use super::{check_adapter_name, AdapterGate, AdapterRef, AdapterSpec, GateStage,
 use crate::error::{Error, Result};
 use crate::model::ModelConfig;
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 /// Stable identifier of a registered adapter.
@@ -82,6 +82,38 @@ impl AdapterRegistry {
         Ok(id)
     }
 
+    /// Registers many adapters at once (start-up): ids are taken in the given order, the folders
+    /// are read and validated in parallel, and each registers or fails on its own, as `register`.
+    pub fn register_all(&self, adapters: &[(String, PathBuf)]) -> Vec<Result<AdapterId>> {
+        use rayon::prelude::*;
+        let first = {
+            let mut inner = self.inner.write().expect("registry lock");
+            inner.next += adapters.len() as u32;
+            inner.next - adapters.len() as u32
+        };
+        let specs: Vec<Result<Arc<AdapterSpec>>> = adapters
+            .par_iter()
+            .enumerate()
+            .map(|(i, (name, dir))| {
+                check_adapter_name(name)?;
+                self.read_spec_as(AdapterId(first + i as u32), name, dir)
+            })
+            .collect();
+        let mut inner = self.inner.write().expect("registry lock");
+        specs
+            .into_iter()
+            .map(|spec| {
+                let spec = spec?;
+                if inner.by_name.contains_key(&spec.name) {
+                    return Err(duplicate(&spec.name));
+                }
+                let id = spec.id;
+                inner.by_name.insert(spec.name.clone(), spec);
+                Ok(id)
+            })
+            .collect()
+    }
+
     /// Registers `dir` as `name`, replacing the adapter registered under it, if any (vLLM's
     /// `load_inplace`). Returns the new id and the replaced one, whose pager copies the caller
     /// drops; requests already resolved keep the old weights until they finish.
@@ -102,6 +134,11 @@ impl AdapterRegistry {
             inner.next += 1;
             AdapterId(inner.next - 1)
         };
+        self.read_spec_as(id, name, dir)
+    }
+
+    /// Reads and validates `dir` under `id` (and checks it with the gate, if any).
+    fn read_spec_as(&self, id: AdapterId, name: &str, dir: &Path) -> Result<Arc<AdapterSpec>> {
         let spec = Arc::new(AdapterSpec::read(id, name, dir, &self.model)?);
         let gate = self.gate.read().expect("registry gate").clone();
         if let Some(gate) = gate {
