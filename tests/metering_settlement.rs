@@ -212,7 +212,10 @@ async fn two_hundred_calls_settle_exactly_and_every_receipt_verifies() {
         .find(|a| a["datanet"] == "dn-y")
         .expect("dn-y attributed");
     assert_eq!(dn_y["source"], "static", "{r}");
-    assert!(dn_y.get("spans").is_none(), "static shares have no spans: {r}");
+    assert!(
+        dn_y.get("spans").is_none(),
+        "static shares have no spans: {r}"
+    );
     let paid: Vec<String> = r["splits"]
         .as_array()
         .unwrap()
