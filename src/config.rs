@@ -1,7 +1,7 @@
 //! Engine configuration, validated once by `EngineConfig::validate` before the engine starts.
 
 use crate::error::{Error, Result};
-use crate::exec::{DeviceKind, KvDtype};
+use crate::exec::{DeviceKind, KvDtype, LoraDtype};
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -26,6 +26,8 @@ pub struct EngineConfig {
     pub device: DeviceKind,
     /// Largest adapter rank the device executor's slot pool takes (`--max-lora-rank`).
     pub max_lora_rank: usize,
+    /// Element type adapters are read in (`--lora-dtype`).
+    pub lora_dtype: LoraDtype,
 }
 
 impl Default for EngineConfig {
@@ -41,6 +43,7 @@ impl Default for EngineConfig {
             enable_prefix_caching: true,
             device: DeviceKind::Cpu,
             max_lora_rank: 64,
+            lora_dtype: LoraDtype::Auto,
         }
     }
 }

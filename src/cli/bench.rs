@@ -4,6 +4,7 @@
 
 use openlora::config::EngineConfig;
 use openlora::engine::{GenerateRequest, LlmEngine, SamplingParams, SeqId};
+use openlora::exec::LoraDtype;
 use openlora::lora::{random_adapter, LoraAdapter};
 use openlora::model::Model;
 use std::path::PathBuf;
@@ -149,6 +150,21 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     decode_throughput(&model, &base, &[None], 4)?; // warm-up
     let b1 = decode_throughput(&model, &base, &[None], args.tokens)?;
     let b1_lora = decode_throughput(&model, &base, &adapters[..1], args.tokens)?;
+    // With adapters read in bf16, the same adapter read in f32 in the same run (the cost saved).
+    let bf16 = base.lora_dtype.resolve(model.weights.has_quantized()) == LoraDtype::BF16;
+    let f32_cfg = EngineConfig {
+        lora_dtype: LoraDtype::F32,
+        ..base.clone()
+    };
+    let b1_f32 = match bf16 {
+        true => Some(decode_throughput(
+            &model,
+            &f32_cfg,
+            &adapters[..1],
+            args.tokens,
+        )?),
+        false => None,
+    };
     let bn = decode_throughput(&model, &base, &adapters, args.tokens)?;
     println!(
         "threads: {threads}; device: {}; weights: {}",
@@ -158,11 +174,22 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     println!("| run | tokens/s | ratio to batch 1 |");
     println!("|---|---|---|");
     println!("| batch 1, base | {b1:.1} | 1.00 |");
+    let dt = base
+        .lora_dtype
+        .resolve(model.weights.has_quantized())
+        .name();
     println!(
-        "| batch 1, 1 adapter (r={}) | {b1_lora:.1} | {:.2} |",
+        "| batch 1, 1 adapter (r={}, {dt}) | {b1_lora:.1} | {:.2} |",
         args.rank,
         b1_lora / b1
     );
+    if let Some(v) = b1_f32 {
+        println!(
+            "| batch 1, 1 adapter (r={}, f32) | {v:.1} | {:.2} |",
+            args.rank,
+            v / b1
+        );
+    }
     println!(
         "| batch {}, {} distinct adapters (r={}) | {bn:.1} | {:.2} |",
         args.batch,

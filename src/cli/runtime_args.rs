@@ -4,7 +4,7 @@
 
 use anyhow::Context;
 use openlora::config::EngineConfig;
-use openlora::exec::{DeviceKind, KvDtype};
+use openlora::exec::{DeviceKind, KvDtype, LoraDtype};
 use openlora::model::{ActivationMode, LoadOptions, WeightDtype};
 use openlora::ops::cpu::quant::WeightFormat;
 
@@ -35,6 +35,10 @@ pub struct RuntimeArgs {
     /// Largest adapter rank the device executor's adapter slot pool takes.
     #[arg(long, env = "OPENLORA_MAX_LORA_RANK")]
     pub max_lora_rank: Option<usize>,
+    /// Element type adapters are read in: `auto` (f32 next to float weights — the exact path;
+    /// bf16 next to block-quantized weights: half the bytes per token), `f32` or `bf16`.
+    #[arg(long, env = "OPENLORA_LORA_DTYPE")]
+    pub lora_dtype: Option<String>,
 }
 
 impl RuntimeArgs {
@@ -48,6 +52,7 @@ impl RuntimeArgs {
             threads: self.threads.or(other.threads),
             device: self.device.or(other.device),
             max_lora_rank: self.max_lora_rank.or(other.max_lora_rank),
+            lora_dtype: self.lora_dtype.or(other.lora_dtype),
         }
     }
 
@@ -91,6 +96,8 @@ impl RuntimeArgs {
             kv_dtype: self.kv_dtype()?,
             device: self.device()?,
             max_lora_rank: self.max_lora_rank.unwrap_or(base.max_lora_rank),
+            lora_dtype: LoraDtype::parse(self.lora_dtype.as_deref().unwrap_or("auto"))
+                .context("--lora-dtype")?,
             ..base
         })
     }

@@ -165,6 +165,7 @@ struct FileConfig {
     threads: Option<usize>,
     device: Option<String>,
     max_lora_rank: Option<usize>,
+    lora_dtype: Option<String>,
     #[serde(default)]
     metering: MeteringFile,
 }
@@ -279,6 +280,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         threads: file.threads,
         device: file.device,
         max_lora_rank: file.max_lora_rank,
+        lora_dtype: file.lora_dtype,
     });
     let load_options = runtime.load_options()?;
     let kv_dtype = runtime.kv_dtype()?;

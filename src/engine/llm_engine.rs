@@ -94,6 +94,7 @@ impl LlmEngine {
             kv_dtype: cfg.kv_dtype,
             device: cfg.device,
             max_lora_rank: cfg.max_lora_rank,
+            lora_dtype: cfg.lora_dtype,
         };
         let executor = exec::create(&model, &exec_cfg, pager.slots().clone())?;
         let alloc = BlockAllocator::with_prefix_caching(

@@ -67,6 +67,8 @@ pub struct ExecConfig {
     pub device: super::DeviceKind,
     /// Largest adapter rank the device executor's slot pool takes.
     pub max_lora_rank: usize,
+    /// Element type adapters are read in (`--lora-dtype`; the CPU executor).
+    pub lora_dtype: super::LoraDtype,
 }
 
 pub trait Executor: Send {

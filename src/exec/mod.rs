@@ -9,10 +9,12 @@ pub mod cpu;
 pub mod device;
 mod device_kind;
 mod executor;
+mod lora_dtype;
 mod step_plan;
 
 pub use device_kind::DeviceKind;
 pub use executor::{ExecConfig, Executor, KvDtype};
+pub use lora_dtype::LoraDtype;
 pub use step_plan::{LoraSegment, SeqSlice, StepPlan};
 
 use crate::error::Result;

@@ -283,6 +283,18 @@ impl LlamaWeights {
         layers + self.embed.bytes() + self.lm_head.as_ref().map_or(0, Weight::bytes)
     }
 
+    /// Whether any projection is block-quantized (its products round the activations, so the
+    /// CPU executor reads adapters in bf16 next to it; float weights keep f32 adapters).
+    pub fn has_quantized(&self) -> bool {
+        self.layers
+            .iter()
+            .flat_map(|l| &l.proj)
+            .any(|p| match &p.w {
+                Weight::Quant(q) => !q.format().is_float(),
+                Weight::Dense(_) => false,
+            })
+    }
+
     /// The formats of the projections, e.g. "q4_1/packed x 210" (for the startup log).
     pub fn describe(&self) -> String {
         let mut counts: Vec<(String, usize)> = Vec::new();

@@ -128,6 +128,7 @@ pub fn prefill_logits_on(
         kv_dtype: KvDtype::Auto,
         device,
         max_lora_rank: 64,
+        lora_dtype: Default::default(),
     };
     let mut ex = exec::create(model, &cfg, slots).unwrap();
     let mut table = alloc.new_table();

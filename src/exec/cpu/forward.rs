@@ -5,17 +5,34 @@
 //! another row's values except through attention of its own sequence, so every row's result is
 //! the same alone or batched.
 
+use super::half_slots::HalfAdapter;
 use super::kv_store::KvStore;
 use crate::exec::StepPlan;
 use crate::lora::LoraAdapter;
 use crate::model::{LlamaWeights, ModelConfig, Proj, Weight};
 use crate::ops::cpu::quant::{qlinear, qlinear_many, QProj};
-use crate::ops::cpu::{self, AttnSeq, LoraSegment, LoraTerm, RopeTable};
+use crate::ops::cpu::{self, AttnSeq, HalfTerm, LoraSegment, LoraTerm, RopeTable};
 use std::ops::Range;
 use std::sync::Arc;
 
-/// The step's LoRA segments with their slots resolved to weights.
-pub type ResolvedLora = Vec<(Range<usize>, Vec<(Arc<LoraAdapter>, f32)>)>;
+/// The step's LoRA segments with their slots resolved to adapters of type `A`.
+pub type Resolved<A> = Vec<(Range<usize>, Vec<(Arc<A>, f32)>)>;
+
+/// The step's LoRA: the f32 adapters as loaded (exact path) or their bf16 copies (the
+/// quantized path, see `half_slots`).
+pub enum ResolvedLora {
+    F32(Resolved<LoraAdapter>),
+    Half(Resolved<HalfAdapter>),
+}
+
+impl ResolvedLora {
+    fn is_empty(&self) -> bool {
+        match self {
+            ResolvedLora::F32(r) => r.is_empty(),
+            ResolvedLora::Half(r) => r.is_empty(),
+        }
+    }
+}
 
 pub struct CpuModel {
     pub cfg: ModelConfig,
@@ -34,7 +51,7 @@ fn matmul(x: &[f32], m: usize, w: &Weight, n: usize, k: usize, bias: Option<&[f3
 }
 
 /// The SGMV segments of one projection of one layer (terms whose adapter targets it).
-fn segments(lora: &ResolvedLora, layer: usize, proj: Proj) -> Vec<LoraSegment<'_>> {
+fn segments(lora: &Resolved<LoraAdapter>, layer: usize, proj: Proj) -> Vec<LoraSegment<'_>> {
     lora.iter()
         .filter_map(|(rows, mix)| {
             let terms: Vec<LoraTerm> = mix
@@ -54,6 +71,53 @@ fn segments(lora: &ResolvedLora, layer: usize, proj: Proj) -> Vec<LoraSegment<'_
             })
         })
         .collect()
+}
+
+/// [`segments`] for bf16 copies: `(rows, terms)` of the terms whose adapter targets `proj`.
+fn half_segments(
+    lora: &Resolved<HalfAdapter>,
+    layer: usize,
+    proj: Proj,
+) -> Vec<(Range<usize>, Vec<HalfTerm<'_>>)> {
+    lora.iter()
+        .filter_map(|(rows, mix)| {
+            let terms: Vec<HalfTerm> = mix
+                .iter()
+                .filter_map(|(ad, w)| {
+                    ad.layers[layer][proj.index()]
+                        .as_ref()
+                        .map(|(lora, scale)| HalfTerm {
+                            lora,
+                            coeff: scale * w,
+                        })
+                })
+                .collect();
+            (!terms.is_empty()).then(|| (rows.clone(), terms))
+        })
+        .collect()
+}
+
+/// Adds the LoRA deltas of projection `p` of layer `l` to `y`.
+fn add_lora(
+    lora: &ResolvedLora,
+    l: usize,
+    p: Proj,
+    x: &[f32],
+    inp: usize,
+    out: usize,
+    y: &mut [f32],
+) {
+    match lora {
+        ResolvedLora::F32(r) => cpu::sgmv(x, inp, &segments(r, l, p), out, y),
+        ResolvedLora::Half(r) => {
+            let segs = half_segments(r, l, p);
+            let refs: Vec<_> = segs
+                .iter()
+                .map(|(rows, t)| (rows.clone(), &t[..]))
+                .collect();
+            cpu::sgmv_pairs(x, inp, &refs, out, y)
+        }
+    }
 }
 
 fn add_assign(h: &mut [f32], delta: &[f32]) {
@@ -100,7 +164,7 @@ impl CpuModel {
         };
         if !lora.is_empty() {
             for ((y, lin), p) in ys.iter_mut().zip(&lins).zip(ps) {
-                cpu::sgmv(x, lin.inp, &segments(lora, l, p), lin.out, y);
+                add_lora(lora, l, p, x, lin.inp, lin.out, y);
             }
         }
         ys

@@ -4,14 +4,17 @@
 //! "uploading" an adapter is the pager filling a slot). Every kernel it runs is batch-invariant.
 
 mod forward;
+mod half_slots;
 mod kv_store;
 
 pub use forward::CpuModel;
+use forward::ResolvedLora;
+use half_slots::HalfSlots;
 pub use kv_store::KvStore;
 
-use super::{ExecConfig, Executor, StepPlan};
+use super::{ExecConfig, Executor, LoraDtype, StepPlan};
 use crate::error::{Error, Result};
-use crate::lora::SlotTable;
+use crate::lora::{AdapterSlot, SlotTable};
 use crate::model::Model;
 use std::sync::Arc;
 
@@ -19,6 +22,9 @@ pub struct CpuExecutor {
     model: CpuModel,
     kv: KvStore,
     slots: Arc<SlotTable>,
+    /// bf16 copies of the slots' adapters when `--lora-dtype` resolves to bf16 (by default: next
+    /// to block-quantized projections; the f32 reference path keeps f32 adapters).
+    half: Option<HalfSlots>,
 }
 
 impl CpuExecutor {
@@ -37,6 +43,8 @@ impl CpuExecutor {
             model: CpuModel::new(m.clone(), model.weights.clone()),
             kv,
             slots,
+            half: (cfg.lora_dtype.resolve(model.weights.has_quantized()) == LoraDtype::BF16)
+                .then(HalfSlots::default),
         })
     }
 }
@@ -46,21 +54,10 @@ impl Executor for CpuExecutor {
         for c in &plan.block_copies {
             self.kv.copy_block(c.src as usize, c.dst as usize);
         }
-        let mut lora = Vec::with_capacity(plan.lora.len());
-        for seg in &plan.lora {
-            let slots: Vec<_> = seg.terms.iter().map(|(s, _)| *s).collect();
-            let mix = self
-                .slots
-                .get_many(&slots)
-                .into_iter()
-                .zip(&seg.terms)
-                .map(|(a, (slot, w))| {
-                    a.map(|a| (a, *w))
-                        .ok_or_else(|| Error::Internal(format!("adapter slot {} is empty", slot.0)))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            lora.push((seg.rows.clone(), mix));
-        }
+        let lora = match &mut self.half {
+            None => ResolvedLora::F32(resolve(plan, |s| self.slots.get(s).map(|e| e.adapter))?),
+            Some(half) => ResolvedLora::Half(resolve(plan, |s| half.resolve(&self.slots, s))?),
+        };
         // The forward pass runs on a pool worker: its ~10 parallel regions per layer then fork
         // from inside the pool (work stealing) instead of each being injected from outside and
         // waited for on a lock, which cost more than the work at decode batch sizes.
@@ -70,13 +67,38 @@ impl Executor for CpuExecutor {
 
     fn describe(&self) -> String {
         format!(
-            "cpu executor, {} threads; weights {:.0} MiB ({}); KV cache {:?}, {} blocks of {}",
+            "cpu executor, {} threads; weights {:.0} MiB ({}); adapters {}; KV cache {:?}, {} blocks of {}",
             rayon::current_num_threads(),
             self.model.weights.bytes() as f64 / (1 << 20) as f64,
             self.model.weights.describe(),
+            match self.half {
+                Some(_) => "bf16",
+                None => "f32",
+            },
             self.kv.dtype(),
             self.kv.num_blocks,
             self.kv.block_size,
         )
     }
+}
+
+/// Resolves every LoRA segment's slots through `get` (an empty slot is an engine bug).
+fn resolve<A>(
+    plan: &StepPlan,
+    mut get: impl FnMut(AdapterSlot) -> Option<Arc<A>>,
+) -> Result<forward::Resolved<A>> {
+    let mut out = Vec::with_capacity(plan.lora.len());
+    for seg in &plan.lora {
+        let mix = seg
+            .terms
+            .iter()
+            .map(|&(slot, w)| {
+                get(slot)
+                    .map(|a| (a, w))
+                    .ok_or_else(|| Error::Internal(format!("adapter slot {} is empty", slot.0)))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        out.push((seg.rows.clone(), mix));
+    }
+    Ok(out)
 }

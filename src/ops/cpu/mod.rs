@@ -5,6 +5,7 @@
 mod activation;
 mod attention;
 mod attention_grouped;
+mod half_lora;
 mod linear;
 mod norm;
 pub mod quant;
@@ -14,8 +15,9 @@ mod sgmv;
 pub use activation::silu_and_mul;
 pub use attention::{paged_attention, write_kv, AttnSeq, KvLayerView};
 pub use attention_grouped::{paged_attention_grouped, write_kv_as, KvElem, KvView};
+pub use half_lora::{HalfLora, HalfTerm};
 pub use linear::{dot, linear};
 pub use norm::rms_norm;
 pub use quant::{qlinear, QMatrix, QStorage, QuantError, WeightFormat};
 pub use rope::RopeTable;
-pub use sgmv::{sgmv, LoraSegment, LoraTerm};
+pub use sgmv::{sgmv, sgmv_pairs, LoraPair, LoraSegment, LoraTerm};

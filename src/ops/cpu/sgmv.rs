@@ -2,9 +2,20 @@
 //! one-row segments, of `kernels/bgmv.cu`). Rows of the batch are grouped in segments that share
 //! one adapter combination; for each term the delta is `y[rows] += coeff · (x[rows]·Aᵀ)·Bᵀ`
 //! (shrink to rank r, then expand). Ranks may differ between segments; terms are applied in order.
+//! A term's storage is any [`LoraPair`]: f32 as loaded ([`LoraTerm`], the exact path) or bf16
+//! ([`super::HalfTerm`], what the quantized path reads); the schedule is the same for both.
 
 use rayon::prelude::*;
 use std::ops::Range;
+
+/// One adapter's LoRA pair for one projection, in some storage format.
+pub trait LoraPair: Sync {
+    fn rank(&self) -> usize;
+    /// `out[r] = dot(x, A[r])` for every rank row (`out.len() == rank`).
+    fn shrink(&self, x: &[f32], out: &mut [f32]);
+    /// `y[j] += coeff · dot(s, B[j0 + j])` for the columns of `y`, `s` being the shrunk row.
+    fn expand(&self, s: &[f32], j0: usize, y: &mut [f32]);
+}
 
 /// One adapter's LoRA pair for one projection. `a` is `[rank, in]`, `b` is `[out, rank]`.
 #[derive(Clone, Copy)]
@@ -14,6 +25,25 @@ pub struct LoraTerm<'a> {
     pub rank: usize,
     /// `scale * weight`: PEFT's alpha/r (or alpha/sqrt(r)) times the request's mixing weight.
     pub coeff: f32,
+}
+
+impl LoraPair for LoraTerm<'_> {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn shrink(&self, x: &[f32], out: &mut [f32]) {
+        debug_assert_eq!(self.a.len(), self.rank * x.len());
+        for (o, ar) in out.iter_mut().zip(self.a.chunks_exact(x.len())) {
+            *o = super::dot(x, ar);
+        }
+    }
+
+    fn expand(&self, s: &[f32], j0: usize, y: &mut [f32]) {
+        for (j, o) in (j0..).zip(y.iter_mut()) {
+            *o += self.coeff * super::dot(s, &self.b[j * self.rank..(j + 1) * self.rank]);
+        }
+    }
 }
 
 /// Contiguous batch rows sharing the same LoRA terms.
@@ -28,8 +58,23 @@ pub struct LoraSegment<'a> {
 /// is also split over output columns. Every element sees the same operations in the same order
 /// (terms in order, each `y += coeff · dot(shrunk, b_j)`), so the split never changes a bit.
 pub fn sgmv(x: &[f32], in_dim: usize, segments: &[LoraSegment], out_dim: usize, y: &mut [f32]) {
+    let segs: Vec<_> = segments
+        .iter()
+        .map(|s| (s.rows.clone(), &s.terms[..]))
+        .collect();
+    sgmv_pairs(x, in_dim, &segs, out_dim, y)
+}
+
+/// [`sgmv`] over any term storage: `segments` are `(rows, terms)`.
+pub fn sgmv_pairs<T: LoraPair>(
+    x: &[f32],
+    in_dim: usize,
+    segments: &[(Range<usize>, &[T])],
+    out_dim: usize,
+    y: &mut [f32],
+) {
     let threads = rayon::current_num_threads();
-    let total: usize = segments.iter().map(|s| s.rows.len()).sum();
+    let total: usize = segments.iter().map(|s| s.0.len()).sum();
     // Output columns per task when a row is split (whole rows once rows alone fill the pool).
     let cols = match total >= 2 * threads {
         true => out_dim,
@@ -37,32 +82,26 @@ pub fn sgmv(x: &[f32], in_dim: usize, segments: &[LoraSegment], out_dim: usize, 
     };
     let mut ys: Vec<Option<&mut [f32]>> = y.chunks_mut(out_dim).map(Some).collect();
     let mut tasks = Vec::with_capacity(total);
-    for seg in segments.iter().filter(|s| !s.terms.is_empty()) {
-        for row in seg.rows.clone() {
+    for (rows, terms) in segments.iter().filter(|s| !s.1.is_empty()) {
+        for row in rows.clone() {
             let yr = ys[row].take().expect("segments cover disjoint rows");
-            tasks.push((&x[row * in_dim..(row + 1) * in_dim], seg, yr));
+            tasks.push((&x[row * in_dim..(row + 1) * in_dim], *terms, yr));
         }
     }
-    tasks.into_par_iter().for_each(|(xr, seg, yr)| {
+    tasks.into_par_iter().for_each(|(xr, terms, yr)| {
         // Shrink: x·Aᵀ -> r values per term, laid end to end.
-        let shrunk: Vec<f32> = seg
-            .terms
-            .iter()
-            .flat_map(|t| {
-                debug_assert_eq!(t.a.len(), t.rank * in_dim);
-                debug_assert_eq!(t.b.len(), out_dim * t.rank);
-                t.a.chunks_exact(in_dim).map(|ar| super::dot(xr, ar))
-            })
-            .collect();
+        let mut shrunk = vec![0f32; terms.iter().map(T::rank).sum()];
+        let mut s0 = 0;
+        for t in terms {
+            t.shrink(xr, &mut shrunk[s0..s0 + t.rank()]);
+            s0 += t.rank();
+        }
         // Expand: y_j += coeff · (shrunk · b_j), term after term.
         let expand = |(c, out): (usize, &mut [f32])| {
             let mut s0 = 0;
-            for t in &seg.terms {
-                let s = &shrunk[s0..s0 + t.rank];
-                for (j, o) in (c * cols..).zip(out.iter_mut()) {
-                    *o += t.coeff * super::dot(s, &t.b[j * t.rank..(j + 1) * t.rank]);
-                }
-                s0 += t.rank;
+            for t in terms {
+                t.expand(&shrunk[s0..s0 + t.rank()], c * cols, out);
+                s0 += t.rank();
             }
         };
         match cols < out_dim {

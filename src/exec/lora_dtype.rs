@@ -1,0 +1,73 @@
+//! Element type the executor reads adapters in (`--lora-dtype`). `Auto` is exact where the base
+//! is exact: f32 adapters next to float weights (the reference path), bf16 next to
+//! block-quantized weights, whose products already round the activations (half the bytes a
+//! token reads for its adapter; the quantized fidelity tests hold with it).
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LoraDtype {
+    #[default]
+    Auto,
+    F32,
+    BF16,
+}
+
+impl LoraDtype {
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "auto" => LoraDtype::Auto,
+            "f32" | "fp32" | "float32" => LoraDtype::F32,
+            "bf16" | "bfloat16" => LoraDtype::BF16,
+            other => {
+                return Err(Error::invalid(
+                    "lora_dtype",
+                    format!("`{other}` (expected auto, f32 or bf16)"),
+                ))
+            }
+        })
+    }
+
+    /// `Auto` made concrete: bf16 when some projection is block-quantized.
+    pub fn resolve(self, block_quantized: bool) -> LoraDtype {
+        match (self, block_quantized) {
+            (LoraDtype::Auto, true) => LoraDtype::BF16,
+            (LoraDtype::Auto, false) => LoraDtype::F32,
+            (d, _) => d,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            LoraDtype::Auto => "auto",
+            LoraDtype::F32 => "f32",
+            LoraDtype::BF16 => "bf16",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_follows_the_weights_and_bad_names_are_refused() {
+        assert_eq!(
+            LoraDtype::parse("auto").unwrap().resolve(true),
+            LoraDtype::BF16
+        );
+        assert_eq!(
+            LoraDtype::parse("auto").unwrap().resolve(false),
+            LoraDtype::F32
+        );
+        assert_eq!(
+            LoraDtype::parse("f32").unwrap().resolve(true),
+            LoraDtype::F32
+        );
+        assert_eq!(
+            LoraDtype::parse("bfloat16").unwrap().resolve(false),
+            LoraDtype::BF16
+        );
+        assert!(LoraDtype::parse("f8").is_err());
+    }
+}
