@@ -53,3 +53,49 @@ impl HalfSlots {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lora::random_adapter;
+    use crate::model::ModelConfig;
+
+    fn tiny() -> ModelConfig {
+        ModelConfig::from_hf(&serde_json::json!({
+            "model_type": "llama", "vocab_size": 32, "hidden_size": 16, "intermediate_size": 24,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        }))
+        .unwrap()
+    }
+
+    /// A copy is made once per fill of a slot, not per step, and follows the slot's occupant.
+    #[test]
+    fn copies_once_per_fill_and_follow_the_occupant() {
+        let cfg = tiny();
+        let (a, b) = (
+            Arc::new(random_adapter("a", &cfg, 4, 1)),
+            Arc::new(random_adapter("b", &cfg, 4, 2)),
+        );
+        let table = SlotTable::new(2);
+        let mut half = HalfSlots::default();
+        assert!(half.resolve(&table, AdapterSlot(0)).is_none());
+        table.fill(AdapterSlot(0), a.clone());
+        let first = half.resolve(&table, AdapterSlot(0)).unwrap();
+        for _ in 0..5 {
+            assert!(Arc::ptr_eq(
+                &first,
+                &half.resolve(&table, AdapterSlot(0)).unwrap()
+            ));
+        }
+        assert_eq!(half.conversions, 1);
+        table.clear(AdapterSlot(0));
+        table.fill(AdapterSlot(0), b.clone());
+        let second = half.resolve(&table, AdapterSlot(0)).unwrap();
+        assert_eq!(half.conversions, 2);
+        // The copy is b's, not a's: compare one rounded weight with b's f32 value.
+        let (lora, scale) = second.layers[0].iter().flatten().next().unwrap();
+        let w = b.layers[0].iter().flatten().next().unwrap();
+        assert_eq!(*scale, w.scale);
+        assert_eq!(lora.a[0], half::bf16::from_f32(w.a[0]).to_bits());
+    }
+}
