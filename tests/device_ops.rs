@@ -5,8 +5,9 @@
 //! with decode rows, whole prefills and prefill chunks in one call. Batch sizes 1, 3, 7, 133.
 
 use candle_core::{DType, Device, Tensor};
+use openlora::ops::cpu::AttnSeq;
 use openlora::ops::device::{
-    encode_attn_index, encode_lora_index, KvWrite, Linear, LoraPair, PagedAttention, Sgmv, SlotLora,
+    encode_attn_index, encode_lora_index, KvWrite, Linear, LoraPool, PagedAttention, Sgmv,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -68,19 +69,12 @@ fn sgmv_over_the_slot_pool_matches_an_f64_reference() {
         })
         .collect();
     let dev = Device::Cpu;
-    let pool: Vec<Option<SlotLora>> = host
-        .iter()
-        .map(|h| {
-            let mut pairs: [Option<LoraPair>; 7] = Default::default();
-            pairs[2] = Some(LoraPair {
-                a: Tensor::from_slice(&h.a, (h.rank, din), &dev).unwrap(),
-                b: Tensor::from_slice(&h.b, (dout, h.rank), &dev).unwrap(),
-                rank: h.rank,
-                scale: h.scale,
-            });
-            Some(vec![pairs])
-        })
-        .collect();
+    let mut pool = LoraPool::new(1, [(din, dout); 7], ranks.len(), 16, DType::F32, &dev).unwrap();
+    for (slot, h) in host.iter().enumerate() {
+        let pair = (h.a.as_slice(), h.b.as_slice(), h.rank, h.scale);
+        pool.set_pair(slot, 0, 2, Some(pair)).unwrap();
+    }
+    pool.upload_meta().unwrap();
     for spread in [
         Spread::Distinct,
         Spread::Uniform,
@@ -100,16 +94,16 @@ fn sgmv_over_the_slot_pool_matches_an_f64_reference() {
                 })
                 .collect();
             // Segments: runs of rows with the same mix (as `StepPlan::push_seq` merges them).
-            let mut index = Vec::new();
+            let mut segments = Vec::new();
             let mut start = 0;
             for i in 1..=rows {
                 if i == rows || mixes[i] != mixes[start] {
-                    if !mixes[start].is_empty() {
-                        encode_lora_index(&mut index, start..i, &mixes[start]);
-                    }
+                    segments.push((start..i, mixes[start].clone()));
                     start = i;
                 }
             }
+            let mut index = Vec::new();
+            let shape = encode_lora_index(&mut index, &segments, pool.max_rank).unwrap();
             let x = rand_vec(&mut rng, rows * din);
             let y0 = rand_vec(&mut rng, rows * dout);
             let n = index.len();
@@ -118,6 +112,7 @@ fn sgmv_over_the_slot_pool_matches_an_f64_reference() {
             let yt = Tensor::from_slice(&y0, (rows, dout), &dev).unwrap();
             let op = Sgmv {
                 index: &idx,
+                shape,
                 pool: &pool,
                 layer: 0,
                 proj: 2,
@@ -227,18 +222,26 @@ fn kv_write_and_paged_attention_match_an_f64_reference() {
                 }
             }
             // Queries for each sequence's step rows; the attention index as the executor encodes it.
-            let mut index = Vec::new();
+            let mut attn = Vec::new();
             let mut row = 0;
             for s in &seqs {
-                encode_attn_index(&mut index, row, s.rows, s.ctx, &s.table);
+                attn.push(AttnSeq {
+                    row_start: row,
+                    rows: s.rows,
+                    context_len: s.ctx,
+                    block_table: &s.table,
+                });
                 row += s.rows;
             }
+            let mut index = Vec::new();
+            let shape = encode_attn_index(&mut index, &attn, bs).unwrap();
             let q = rand_vec(&mut rng, row * heads * hd);
             let n = index.len();
             let it = Tensor::from_vec(index, n, &dev).unwrap();
             let qt = Tensor::from_slice(&q, (row, heads * hd), &dev).unwrap();
             let op = PagedAttention {
                 index: &it,
+                shape,
                 heads,
                 block_size: bs,
             };
