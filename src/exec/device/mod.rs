@@ -126,6 +126,24 @@ pub fn device_memory(device: &Device) -> Result<usize> {
     }
 }
 
+/// Plans the memory of the device `cfg.device` names (`--gpu-memory-utilization`): weights and
+/// the adapter pool of `slots` slots first, the KV cache the rest (capped by `kv_cap` bytes).
+pub fn plan_memory(
+    model: &Model,
+    cfg: &ExecConfig,
+    slots: usize,
+    utilization: f64,
+    kv_cap: Option<usize>,
+) -> Result<MemoryPlan> {
+    let dev = open_device(match cfg.device {
+        super::DeviceKind::Cuda(n) => Some(n),
+        _ => None,
+    })?;
+    let total = device_memory(&dev)?;
+    let (weights, pool, block) = planned_bytes(model, dev.is_cpu(), cfg, slots);
+    MemoryPlan::new(total, utilization, weights, pool, block, kv_cap)
+}
+
 impl DeviceExecutor {
     /// The executor on `device`: f32 on the CPU twin; on CUDA f32 with `--dtype f32`, else bf16.
     pub fn new(
@@ -157,6 +175,16 @@ impl DeviceExecutor {
             device,
             step: 0,
         })
+    }
+
+    /// Bytes of the KV cache as allocated.
+    pub fn kv_bytes(&self) -> usize {
+        self.kv.bytes()
+    }
+
+    /// Bytes of the weights as placed.
+    pub fn weight_bytes(&self) -> usize {
+        self.model.weights.bytes
     }
 
     /// The slot pool (tests read its upload count).
