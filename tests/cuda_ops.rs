@@ -8,15 +8,18 @@
 //! returns (scripts/gpu-run.sh stage a runs them on one).
 #![cfg(feature = "cuda")]
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
+use common::op_inputs::{
+    blocks_and_slots, mixes, rand_vec, scattered_seqs, segments, BATCHES, SPREADS,
+};
 use openlora::ops::cpu::AttnSeq;
 use openlora::ops::device::{
     encode_attn_index, encode_lora_index, KvWrite, LoraPool, PagedAttention, Sgmv,
 };
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-
-const BATCHES: [usize; 4] = [1, 3, 7, 133];
+use rand::SeedableRng;
 const DTYPES: [DType; 3] = [DType::F32, DType::BF16, DType::F16];
 
 fn gpu() -> Option<Device> {
@@ -27,10 +30,6 @@ fn gpu() -> Option<Device> {
             None
         }
     }
-}
-
-fn rand_vec(rng: &mut StdRng, n: usize) -> Vec<f32> {
-    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
 }
 
 fn host(t: &Tensor) -> Vec<f32> {
@@ -57,25 +56,6 @@ fn tolerance(dt: DType) -> f32 {
         DType::F16 => 1e-2,
         _ => 5e-2,
     }
-}
-
-fn slot_for(spread: usize, i: usize, n: usize, rng: &mut StdRng) -> u32 {
-    (match spread {
-        0 => i % n,
-        1 => rng.random_range(0..n),
-        // Zipf 1.0 by inversion over n ranks.
-        2 => {
-            let h: f64 = (1..=n).map(|k| 1.0 / k as f64).sum();
-            let mut u = rng.random_range(0.0..h);
-            (0..n)
-                .find(|&k| {
-                    u -= 1.0 / (k + 1) as f64;
-                    u < 0.0
-                })
-                .unwrap_or(n - 1)
-        }
-        _ => 0,
-    }) as u32
 }
 
 #[test]
@@ -107,28 +87,11 @@ fn sgmv_cuda_matches_cpu_in_every_dtype() {
     let cpu_pool = pool_on(&Device::Cpu, DType::F32);
     for dt in DTYPES {
         let gpu_pool = pool_on(&gpu, dt);
-        for spread in 0..4 {
+        for spread in SPREADS {
             for rows in BATCHES {
-                let mixes: Vec<Vec<(u32, f32)>> = (0..rows)
-                    .map(|i| match (i % 5, i % 7) {
-                        (4, _) => vec![],
-                        (_, 6) => vec![
-                            (slot_for(spread, i, 6, &mut rng), 0.5),
-                            (slot_for(spread, i + 1, 6, &mut rng), -0.7),
-                        ],
-                        _ => vec![(slot_for(spread, i, 6, &mut rng), 1.0)],
-                    })
-                    .collect();
-                let mut segments = Vec::new();
-                let mut start = 0;
-                for i in 1..=rows {
-                    if i == rows || mixes[i] != mixes[start] {
-                        segments.push((start..i, mixes[start].clone()));
-                        start = i;
-                    }
-                }
+                let mixes = mixes(spread, rows, ranks.len(), &mut rng);
                 let mut index = Vec::new();
-                let shape = encode_lora_index(&mut index, &segments, max_rank).unwrap();
+                let shape = encode_lora_index(&mut index, &segments(&mixes), max_rank).unwrap();
                 let n = index.len();
                 let (x, y0) = (
                     rand_vec(&mut rng, rows * din),
@@ -157,20 +120,14 @@ fn sgmv_cuda_matches_cpu_in_every_dtype() {
                 let want = run(&Device::Cpu, &cpu_pool, DType::F32);
                 let got = run(&gpu, &gpu_pool, dt);
                 let w = worst(&got, &want);
-                println!("sgmv {dt:?} spread {spread} batch {rows}: worst rel err {w:.2e}");
+                println!("sgmv {dt:?} {spread:?} batch {rows}: worst rel err {w:.2e}");
                 assert!(
                     w <= tolerance(dt),
-                    "sgmv {dt:?} spread {spread} batch {rows}: {w}"
+                    "sgmv {dt:?} {spread:?} batch {rows}: {w}"
                 );
             }
         }
     }
-}
-
-struct Seq {
-    ctx: usize,
-    rows: usize,
-    table: Vec<u32>,
 }
 
 #[test]
@@ -181,34 +138,8 @@ fn kv_write_and_paged_attention_cuda_match_cpu_in_every_dtype() {
     let mut rng = StdRng::seed_from_u64(17);
     for dt in DTYPES {
         for nseq in BATCHES {
-            let seqs: Vec<Seq> = (0..nseq)
-                .map(|i| {
-                    let ctx = rng.random_range(1..70usize);
-                    let rows = match i % 3 {
-                        0 => 1,
-                        1 => ctx,
-                        _ => rng.random_range(1..=ctx),
-                    };
-                    (ctx, rows)
-                })
-                .scan(0u32, |next, (ctx, rows)| {
-                    let n = ctx.div_ceil(bs) as u32;
-                    let table = (0..n).rev().map(|b| *next + 2 * b).collect();
-                    *next += 2 * n;
-                    Some(Seq { ctx, rows, table })
-                })
-                .collect();
-            let blocks = seqs
-                .iter()
-                .map(|s| s.table.iter().max().unwrap() + 1)
-                .max()
-                .unwrap() as usize;
-            let slots: Vec<u32> = seqs
-                .iter()
-                .flat_map(|s| {
-                    (0..s.ctx).map(move |p| s.table[p / bs] * bs as u32 + (p % bs) as u32)
-                })
-                .collect();
+            let seqs = scattered_seqs(&mut rng, nseq, bs, 70);
+            let (blocks, slots) = blocks_and_slots(&seqs, bs);
             let total = slots.len();
             let (k, v) = (
                 rand_vec(&mut rng, total * stride),

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod minihub;
+pub mod op_inputs;
 pub mod serve;
 
 use openlora::config::EngineConfig;
