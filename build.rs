@@ -1,6 +1,6 @@
 //! Build script. Without the `cuda` feature it does nothing (the default build has no CUDA
 //! dependency). With `--features cuda` it compiles every `kernels/*.cu` to PTX for sm_90 with nvcc
-//! and writes `$OUT_DIR/kernels.rs`, a table `(module name, PTX text)` that `src/ops/cuda` embeds.
+//! and writes `$OUT_DIR/kernels.rs`, a table `(module name, PTX text)` that `src/ops/device/cuda.rs` embeds.
 //! nvcc is found via `$NVCC`, then `$CUDA_ROOT/bin/nvcc`, `$CUDA_PATH/bin/nvcc`, then `PATH`;
 //! `scripts/cuda-build.sh` installs the pinned CUDA 13.0 nvcc from PyPI and sets `CUDA_ROOT`.
 

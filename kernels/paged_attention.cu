@@ -1,7 +1,8 @@
 // Paged attention over block tables, decode and prefill alike. CPU twin:
 // src/ops/cpu/attention.rs (`paged_attention`; the KV write below is the twin of `write_kv`).
 //
-// One layer's cache is `[num_blocks, block_size, kv_heads, head_dim]` (K and V separately). The
+// One layer's cache is one buffer `[2, num_blocks * block_size, kv_heads, head_dim]`: K, then V at
+// element offset `v_off` (the device executor's `DeviceKv` tensor, passed as is). The
 // token at position p of a sequence lives in block `block_table[p / block_size]`, offset
 // `p % block_size`. Each query row attends causally to positions 0..=row_pos[row] of its sequence
 // (grouped-query: head h reads kv head h / (heads / kv_heads)).
@@ -23,11 +24,13 @@ using namespace openlora;
 constexpr int PA_WARPS = 4;
 constexpr int PA_MAX_DIMS_PER_LANE = 8;  // head_dim <= 256
 
+// The index arrays are views of the step's one u32 upload (src/ops/device/paged_attention.rs
+// encodes them): `tables` is `[seqs, max_blocks]` (padded), `row_seq`/`row_pos` one entry per row.
 template <typename T>
 __device__ void paged_attention(T* __restrict__ out, const T* __restrict__ q,
                                 const T* __restrict__ k_cache, const T* __restrict__ v_cache,
-                                const int* __restrict__ block_tables, int max_blocks,
-                                const int* __restrict__ row_seq, const int* __restrict__ row_pos,
+                                const unsigned* __restrict__ block_tables, int max_blocks,
+                                const unsigned* __restrict__ row_seq, const unsigned* __restrict__ row_pos,
                                 int heads, int kv_heads, int head_dim, int block_size, float scale) {
   __shared__ float sm_m[PA_WARPS], sm_l[PA_WARPS];
   __shared__ float sm_acc[PA_WARPS][PA_MAX_DIMS_PER_LANE * WARP];
@@ -35,8 +38,8 @@ __device__ void paged_attention(T* __restrict__ out, const T* __restrict__ q,
   const int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
   const int dpl = head_dim / WARP;  // dims per lane
   const int kvh = h / (heads / kv_heads);
-  const int* table = block_tables + (long long)row_seq[row] * max_blocks;
-  const int pos = row_pos[row];
+  const unsigned* table = block_tables + (long long)row_seq[row] * max_blocks;
+  const int pos = (int)row_pos[row];
   const long long tok_stride = (long long)kv_heads * head_dim;
 
   float qr[PA_MAX_DIMS_PER_LANE], acc[PA_MAX_DIMS_PER_LANE];
@@ -90,13 +93,17 @@ __device__ void paged_attention(T* __restrict__ out, const T* __restrict__ q,
 }
 
 // KV-cache write (vLLM's reshape_and_cache): row i's K/V (`[rows, kv_heads * head_dim]`) go to
-// cache slot `slots[i]` = block * block_size + offset. grid = (rows), threads stride the row.
+// cache slot `slots[i]` = block * block_size + offset. grid = (rows), threads stride the row. A
+// slot at or beyond `capacity` is skipped (the host cannot check device-resident slots cheaply;
+// the CPU twin refuses them, and the executor's slots come from the block manager).
 template <typename T>
 __device__ void reshape_and_cache(const T* __restrict__ k, const T* __restrict__ v,
-                                  const long long* __restrict__ slots, int stride,
-                                  T* __restrict__ k_cache, T* __restrict__ v_cache) {
+                                  const unsigned* __restrict__ slots, int stride,
+                                  T* __restrict__ k_cache, T* __restrict__ v_cache,
+                                  long long capacity) {
   const int row = blockIdx.x;
-  const long long dst = slots[row] * stride, src = (long long)row * stride;
+  if ((long long)slots[row] >= capacity) return;
+  const long long dst = (long long)slots[row] * stride, src = (long long)row * stride;
   for (int i = threadIdx.x; i < stride; i += blockDim.x) {
     k_cache[dst + i] = k[src + i];
     v_cache[dst + i] = v[src + i];
@@ -105,16 +112,17 @@ __device__ void reshape_and_cache(const T* __restrict__ k, const T* __restrict__
 
 #define PA_ENTRY(T, SUF)                                                                         \
   extern "C" __global__ void __launch_bounds__(PA_WARPS * WARP) paged_attention_##SUF(           \
-      T* out, const T* q, const T* k_cache, const T* v_cache, const int* block_tables,           \
-      int max_blocks, const int* row_seq, const int* row_pos, int heads, int kv_heads,           \
+      T* out, const T* q, const T* cache, long long v_off, const unsigned* block_tables,         \
+      int max_blocks, const unsigned* row_seq, const unsigned* row_pos, int heads, int kv_heads, \
       int head_dim, int block_size, float scale) {                                               \
-    paged_attention<T>(out, q, k_cache, v_cache, block_tables, max_blocks, row_seq, row_pos,     \
+    paged_attention<T>(out, q, cache, cache + v_off, block_tables, max_blocks, row_seq, row_pos, \
                        heads, kv_heads, head_dim, block_size, scale);                            \
   }                                                                                              \
   extern "C" __global__ void reshape_and_cache_##SUF(const T* k, const T* v,                     \
-                                                     const long long* slots, int stride,         \
-                                                     T* k_cache, T* v_cache) {                   \
-    reshape_and_cache<T>(k, v, slots, stride, k_cache, v_cache);                                 \
+                                                     const unsigned* slots, int stride,          \
+                                                     T* cache, long long v_off,                  \
+                                                     long long capacity) {                       \
+    reshape_and_cache<T>(k, v, slots, stride, cache, cache + v_off, capacity);                   \
   }
 
 PA_ENTRY(float, f32)

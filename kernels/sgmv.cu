@@ -1,21 +1,21 @@
-// SGMV: segmented gather matrix-vector LoRA for prefill. CPU twin: src/ops/cpu/sgmv.rs (`sgmv`).
+// SGMV over the adapter slot pool: segmented gather matrix-vector LoRA for prefill segments and
+// decode rows alike (a one-row segment is BGMV: one block per (row, term) in shrink, one tile
+// per row in expand). CPU twin: src/ops/cpu/sgmv.rs (`sgmv`), called by the same custom op's
+// cpu_fwd (src/ops/device/sgmv.rs, which encodes the index and checks it).
 //
-// The batch's rows are grouped in segments (contiguous row ranges that share one adapter
-// combination). Each segment has one or more *terms* (adapter, scale·weight); a term's A is
-// `[rank, in]` and its B `[out, rank]`, both T, living wherever the LoRA pager put them: the kernels
-// receive a *pointer table* (one entry per term), never one launch per adapter. Ranks differ freely
-// between terms in one launch and nothing is padded to the largest rank: term t's shrunk rows take
-// exactly `rows(seg) * rank(t)` floats of the scratch buffer `s`, starting at `term_s_off[t]`.
+// The batch's rows are grouped in segments (contiguous row ranges sharing one adapter mix); each
+// segment has terms (slot, weight). One (layer, projection) of the pool is two contiguous buffers:
+// slot k's A packed `[rank_k, in]` at `pool_a + k * max_rank * in`, its B packed `[out, rank_k]`
+// at `pool_b + k * out * max_rank`; `meta[k]` is rank_k (0: the adapter does not target this
+// projection) and `meta[slots + k]` the bits of its f32 scale. Ranks differ freely in one launch
+// and no work is padded to the largest rank.
 //
-//   shrink: s[t][i, r]  = x[row_i] · A_t[r]                  (f32 accumulation, f32 scratch)
-//   expand: y[row_i, j] += Σ_t coeff_t · (s[t][i, :] · B_t[j])  (terms in order, f32, one store)
+//   shrink: s[t][i, r]  = x[row_i] · A_slot(t)[r]                 (f32 accumulation, f32 scratch)
+//   expand: y[row_i, j] += Σ_t scale·w_t · (s[t][i, :] · B_slot(t)[j])  (terms in order, one store)
 //
-// Launch layout (the launcher in src/ops/cuda/sgmv.rs builds and checks all tables):
-//   seg_rows   i32[2 * segs]   row range [start, end) of each segment
-//   seg_terms  i32[segs + 1]   term range of each segment
-//   term_seg   i32[terms]      owning segment of each term
-//   term_a/b   u64[terms]      device addresses of A_t / B_t (element type T)
-//   term_rank  i32[terms], term_coeff f32[terms], term_s_off i64[terms]
+// Index (views of the step's one u32 upload): seg_rows [2 * segs] (start, end), seg_terms
+// [segs + 1], term_seg / term_slot / term_w (f32 bits) / term_s_off [terms]; term t's scratch
+// holds rows(seg) * max_rank floats from term_s_off[t].
 #include "common.cuh"
 
 using namespace openlora;
@@ -23,15 +23,17 @@ using namespace openlora;
 // grid = (terms, chunks), block = 256 threads (8 warps). Each warp computes one (row, r) dot of
 // length `in_dim` at a time; the (row, r) pairs of a term are strided over the chunk's warps.
 template <typename T>
-__device__ void sgmv_shrink(const T* __restrict__ x, int in_dim, const int* __restrict__ seg_rows,
-                            const int* __restrict__ term_seg, const uint64_t* __restrict__ term_a,
-                            const int* __restrict__ term_rank, const long long* __restrict__ term_s_off,
-                            float* __restrict__ s) {
+__device__ void sgmv_shrink(const T* __restrict__ x, int in_dim,
+                            const unsigned* __restrict__ seg_rows,
+                            const unsigned* __restrict__ term_seg,
+                            const unsigned* __restrict__ term_slot,
+                            const unsigned* __restrict__ term_s_off, const T* __restrict__ pool_a,
+                            const unsigned* __restrict__ meta, int max_rank, float* __restrict__ s) {
   const int t = blockIdx.x;
-  const int seg = term_seg[t];
+  const int seg = term_seg[t], slot = term_slot[t];
   const int row0 = seg_rows[2 * seg], n = seg_rows[2 * seg + 1] - row0;
-  const int rank = term_rank[t];
-  const T* a = reinterpret_cast<const T*>(term_a[t]);
+  const int rank = meta[slot];
+  const T* a = pool_a + (long long)slot * max_rank * in_dim;
   float* st = s + term_s_off[t];
   const int warps = blockDim.x / WARP;
   const int stride = gridDim.y * warps;
@@ -46,10 +48,13 @@ __device__ void sgmv_shrink(const T* __restrict__ x, int in_dim, const int* __re
 // for the rows `blockIdx.z, blockIdx.z + gridDim.z, ...` of its segment, and applies every term of
 // the segment in order before storing once: no two threads ever write the same element.
 template <typename T>
-__device__ void sgmv_expand(T* __restrict__ y, int out_dim, const int* __restrict__ seg_rows,
-                            const int* __restrict__ seg_terms, const uint64_t* __restrict__ term_b,
-                            const int* __restrict__ term_rank, const float* __restrict__ term_coeff,
-                            const long long* __restrict__ term_s_off, const float* __restrict__ s) {
+__device__ void sgmv_expand(T* __restrict__ y, int out_dim, const unsigned* __restrict__ seg_rows,
+                            const unsigned* __restrict__ seg_terms,
+                            const unsigned* __restrict__ term_slot,
+                            const unsigned* __restrict__ term_w,
+                            const unsigned* __restrict__ term_s_off, const T* __restrict__ pool_b,
+                            const unsigned* __restrict__ meta, int slots, int max_rank,
+                            const float* __restrict__ s) {
   const int seg = blockIdx.x;
   const int j = blockIdx.y * blockDim.x + threadIdx.x;
   if (j >= out_dim) return;
@@ -59,12 +64,15 @@ __device__ void sgmv_expand(T* __restrict__ y, int out_dim, const int* __restric
     T* yp = y + (long long)(row0 + i) * out_dim + j;
     float acc = to_f32(*yp);
     for (int t = t0; t < t1; ++t) {
-      const int rank = term_rank[t];
-      const T* b = reinterpret_cast<const T*>(term_b[t]) + (long long)j * rank;
+      const int slot = term_slot[t];
+      const int rank = meta[slot];
+      if (rank == 0) continue;
+      const T* b = pool_b + (long long)slot * out_dim * max_rank + (long long)j * rank;
       const float* si = s + term_s_off[t] + (long long)i * rank;
       float d = 0.f;
       for (int r = 0; r < rank; ++r) d = fmaf(si[r], to_f32(b[r]), d);
-      acc = fmaf(term_coeff[t], d, acc);
+      const float coeff = __uint_as_float(meta[slots + slot]) * __uint_as_float(term_w[t]);
+      acc = fmaf(coeff, d, acc);
     }
     *yp = from_f32<T>(acc);
   }
@@ -72,14 +80,18 @@ __device__ void sgmv_expand(T* __restrict__ y, int out_dim, const int* __restric
 
 #define SGMV_ENTRY(T, SUF)                                                                        \
   extern "C" __global__ void __launch_bounds__(256) sgmv_shrink_##SUF(                            \
-      const T* x, int in_dim, const int* seg_rows, const int* term_seg, const uint64_t* term_a,   \
-      const int* term_rank, const long long* term_s_off, float* s) {                              \
-    sgmv_shrink<T>(x, in_dim, seg_rows, term_seg, term_a, term_rank, term_s_off, s);              \
+      const T* x, int in_dim, const unsigned* seg_rows, const unsigned* term_seg,                 \
+      const unsigned* term_slot, const unsigned* term_s_off, const T* pool_a,                     \
+      const unsigned* meta, int max_rank, float* s) {                                             \
+    sgmv_shrink<T>(x, in_dim, seg_rows, term_seg, term_slot, term_s_off, pool_a, meta, max_rank, \
+                   s);                                                                            \
   }                                                                                               \
   extern "C" __global__ void __launch_bounds__(256) sgmv_expand_##SUF(                            \
-      T* y, int out_dim, const int* seg_rows, const int* seg_terms, const uint64_t* term_b,       \
-      const int* term_rank, const float* term_coeff, const long long* term_s_off, const float* s) { \
-    sgmv_expand<T>(y, out_dim, seg_rows, seg_terms, term_b, term_rank, term_coeff, term_s_off, s); \
+      T* y, int out_dim, const unsigned* seg_rows, const unsigned* seg_terms,                     \
+      const unsigned* term_slot, const unsigned* term_w, const unsigned* term_s_off,              \
+      const T* pool_b, const unsigned* meta, int slots, int max_rank, const float* s) {           \
+    sgmv_expand<T>(y, out_dim, seg_rows, seg_terms, term_slot, term_w, term_s_off, pool_b, meta,  \
+                   slots, max_rank, s);                                                           \
   }
 
 SGMV_ENTRY(float, f32)

@@ -65,7 +65,7 @@ OUT="$cache/gpu-rehearse" bash scripts/gpu-run.sh --rehearse
 
 echo "== cuda build (nvcc 13.0 -> sm_90 PTX, cargo build --features cuda; no GPU needed)"
 # Last, so the CPU binary the OpenAI-SDK tests ran is the default-feature one. The GPU tests
-# (tests/cuda_kernels.rs, the per_device! cuda variants) are compiled and linked here (a build,
+# (tests/cuda_ops.rs, the per_device! cuda variants) are compiled and linked here (a build,
 # not a check: `check` would compile every dependency a second time in check mode) and run on a
 # GPU machine (scripts/gpu-run.sh).
 cargo fetch   # cuda-env.sh generates the link stubs from cudarc's bindings

@@ -58,9 +58,6 @@ pub enum Error {
     /// A chain operation (settlement, deposits) failed.
     #[error("chain: {0}")]
     Chain(#[from] crate::chain::ChainError),
-    /// A CUDA launcher refused its arguments (`op` names it) or a driver call failed.
-    #[error("cuda {op}: {message}")]
-    Cuda { op: &'static str, message: String },
     /// The payer's deposit does not cover this call on top of its unsettled usage.
     #[error("insufficient funds: payer {payer} has {available} wei available (deposit minus unsettled usage and calls in flight), this request may cost up to {needed} wei; deposit more into the Settlement contract")]
     InsufficientFunds {
@@ -97,13 +94,6 @@ impl Error {
             what,
             path: path.into(),
             message: message.to_string(),
-        }
-    }
-
-    pub fn cuda(op: &'static str, message: impl Into<String>) -> Self {
-        Error::Cuda {
-            op,
-            message: message.into(),
         }
     }
 
@@ -151,7 +141,6 @@ impl Error {
             | Error::Tokenizer(_)
             | Error::Template(_)
             | Error::Chain(_)
-            | Error::Cuda { .. }
             | Error::EngineFailed(_)
             | Error::Internal(_) => "server_error",
         }
@@ -169,12 +158,5 @@ impl Error {
 impl From<candle_core::Error> for Error {
     fn from(e: candle_core::Error) -> Self {
         Error::Internal(format!("candle: {e}"))
-    }
-}
-
-#[cfg(feature = "cuda")]
-impl From<cudarc::driver::DriverError> for Error {
-    fn from(e: cudarc::driver::DriverError) -> Self {
-        Error::cuda("driver", e.to_string())
     }
 }

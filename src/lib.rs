@@ -10,7 +10,7 @@
 //! Nothing above `exec` names a device type. Registered adapters are validated lazily (config +
 //! header) and paged disk -> host -> a slot of the device pool by `lora::AdapterPager`, which fills
 //! `lora::SlotTable`; the scheduler only runs sequences whose adapters hold a slot. `ops::cpu`
-//! holds the CPU numerics (the f32 reference ops, the oracle of every CUDA kernel in `ops::cuda`,
+//! holds the CPU numerics (the f32 reference ops, the oracle of every CUDA kernel, whose custom ops live in `ops::device`,
 //! and the int8 `quant` kernels). Metered calls settle in batches on an OP Stack chain through
 //! `chain` (alloy bindings to `contracts/`); `ledger` records every call durably, attributes it to
 //! data contributors and runs the settlement worker. Dependencies point one way: server -> engine

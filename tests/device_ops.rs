@@ -4,46 +4,18 @@
 //! and rows with no adapter; the batch-invariant linear of the CPU twin; the paged KV write and paged attention over scattered block tables
 //! with decode rows, whole prefills and prefill chunks in one call. Batch sizes 1, 3, 7, 133.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
+use common::op_inputs::{
+    blocks_and_slots, mixes, rand_vec, scattered_seqs, segments, BATCHES, SPREADS,
+};
+use openlora::ops::cpu::AttnSeq;
 use openlora::ops::device::{
-    encode_attn_index, encode_lora_index, KvWrite, Linear, LoraPair, PagedAttention, Sgmv, SlotLora,
+    encode_attn_index, encode_lora_index, KvWrite, Linear, LoraPool, PagedAttention, Sgmv,
 };
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-
-const BATCHES: [usize; 4] = [1, 3, 7, 133];
-
-fn rand_vec(rng: &mut StdRng, n: usize) -> Vec<f32> {
-    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
-}
-
-#[derive(Clone, Copy, Debug)]
-enum Spread {
-    Distinct,
-    Uniform,
-    Zipf,
-    Identical,
-}
-
-/// A slot drawn for row `i` under `spread` over `n` slots.
-fn draw(spread: Spread, i: usize, n: usize, rng: &mut StdRng) -> usize {
-    match spread {
-        Spread::Distinct => i % n,
-        Spread::Uniform => rng.random_range(0..n),
-        Spread::Identical => 0,
-        Spread::Zipf => {
-            // P(k) ∝ 1 / (k + 1).
-            let h: f64 = (1..=n).map(|k| 1.0 / k as f64).sum();
-            let mut u = rng.random_range(0.0..h);
-            (0..n)
-                .find(|&k| {
-                    u -= 1.0 / (k + 1) as f64;
-                    u < 0.0
-                })
-                .unwrap_or(n - 1)
-        }
-    }
-}
+use rand::SeedableRng;
 
 struct HostPair {
     a: Vec<f32>,
@@ -68,48 +40,17 @@ fn sgmv_over_the_slot_pool_matches_an_f64_reference() {
         })
         .collect();
     let dev = Device::Cpu;
-    let pool: Vec<Option<SlotLora>> = host
-        .iter()
-        .map(|h| {
-            let mut pairs: [Option<LoraPair>; 7] = Default::default();
-            pairs[2] = Some(LoraPair {
-                a: Tensor::from_slice(&h.a, (h.rank, din), &dev).unwrap(),
-                b: Tensor::from_slice(&h.b, (dout, h.rank), &dev).unwrap(),
-                rank: h.rank,
-                scale: h.scale,
-            });
-            Some(vec![pairs])
-        })
-        .collect();
-    for spread in [
-        Spread::Distinct,
-        Spread::Uniform,
-        Spread::Zipf,
-        Spread::Identical,
-    ] {
+    let mut pool = LoraPool::new(1, [(din, dout); 7], ranks.len(), 16, DType::F32, &dev).unwrap();
+    for (slot, h) in host.iter().enumerate() {
+        let pair = (h.a.as_slice(), h.b.as_slice(), h.rank, h.scale);
+        pool.set_pair(slot, 0, 2, Some(pair)).unwrap();
+    }
+    pool.upload_meta().unwrap();
+    for spread in SPREADS {
         for rows in BATCHES {
-            // Each row's mix: none every 5th row, a weighted pair every 7th, else one adapter.
-            let mixes: Vec<Vec<(u32, f32)>> = (0..rows)
-                .map(|i| match (i % 5, i % 7) {
-                    (4, _) => vec![],
-                    (_, 6) => vec![
-                        (draw(spread, i, ranks.len(), &mut rng) as u32, 0.5),
-                        (draw(spread, i + 1, ranks.len(), &mut rng) as u32, -0.7),
-                    ],
-                    _ => vec![(draw(spread, i, ranks.len(), &mut rng) as u32, 1.0)],
-                })
-                .collect();
-            // Segments: runs of rows with the same mix (as `StepPlan::push_seq` merges them).
+            let mixes = mixes(spread, rows, ranks.len(), &mut rng);
             let mut index = Vec::new();
-            let mut start = 0;
-            for i in 1..=rows {
-                if i == rows || mixes[i] != mixes[start] {
-                    if !mixes[start].is_empty() {
-                        encode_lora_index(&mut index, start..i, &mixes[start]);
-                    }
-                    start = i;
-                }
-            }
+            let shape = encode_lora_index(&mut index, &segments(&mixes), pool.max_rank).unwrap();
             let x = rand_vec(&mut rng, rows * din);
             let y0 = rand_vec(&mut rng, rows * dout);
             let n = index.len();
@@ -118,6 +59,7 @@ fn sgmv_over_the_slot_pool_matches_an_f64_reference() {
             let yt = Tensor::from_slice(&y0, (rows, dout), &dev).unwrap();
             let op = Sgmv {
                 index: &idx,
+                shape,
                 pool: &pool,
                 layer: 0,
                 proj: 2,
@@ -147,13 +89,6 @@ fn sgmv_over_the_slot_pool_matches_an_f64_reference() {
     }
 }
 
-/// One sequence of an attention batch: context `ctx`, of which the last `rows` are this step's.
-struct Seq {
-    ctx: usize,
-    rows: usize,
-    table: Vec<u32>,
-}
-
 #[test]
 fn kv_write_and_paged_attention_match_an_f64_reference() {
     let (heads, kvh, hd, bs) = (4, 2, 8, 4);
@@ -162,29 +97,8 @@ fn kv_write_and_paged_attention_match_an_f64_reference() {
     for cache_dtype in [DType::F32, DType::BF16] {
         for nseq in BATCHES {
             // Decode rows, whole prefills and prefill chunks, each sequence on scattered blocks.
-            let seqs: Vec<Seq> = (0..nseq)
-                .map(|i| {
-                    let ctx = rng.random_range(1..40usize);
-                    let rows = match i % 3 {
-                        0 => 1,
-                        1 => ctx,
-                        _ => rng.random_range(1..=ctx),
-                    };
-                    (ctx, rows)
-                })
-                .scan(0u32, |next, (ctx, rows)| {
-                    let n = ctx.div_ceil(bs) as u32;
-                    // Reversed, interleaved with the other sequences' blocks by a stride of 2.
-                    let table = (0..n).rev().map(|b| *next + 2 * b).collect();
-                    *next += 2 * n;
-                    Some(Seq { ctx, rows, table })
-                })
-                .collect();
-            let blocks = seqs
-                .iter()
-                .map(|s| s.table.iter().max().unwrap() + 1)
-                .max()
-                .unwrap() as usize;
+            let seqs = scattered_seqs(&mut rng, nseq, bs, 40);
+            let (blocks, slots) = blocks_and_slots(&seqs, bs);
             let dev = Device::Cpu;
             let cache = Tensor::zeros((2, blocks * bs, kvh, hd), cache_dtype, &dev).unwrap();
             // Every context position's K/V, written by the op (all positions in one call).
@@ -195,11 +109,6 @@ fn kv_write_and_paged_attention_match_an_f64_reference() {
             let v: Vec<Vec<f32>> = seqs
                 .iter()
                 .map(|s| rand_vec(&mut rng, s.ctx * stride))
-                .collect();
-            let slot = |s: &Seq, p: usize| s.table[p / bs] * bs as u32 + (p % bs) as u32;
-            let slots: Vec<u32> = seqs
-                .iter()
-                .flat_map(|s| (0..s.ctx).map(move |p| slot(s, p)))
                 .collect();
             let total = slots.len();
             let kt = Tensor::from_vec(k.concat(), (total, stride), &dev).unwrap();
@@ -227,18 +136,26 @@ fn kv_write_and_paged_attention_match_an_f64_reference() {
                 }
             }
             // Queries for each sequence's step rows; the attention index as the executor encodes it.
-            let mut index = Vec::new();
+            let mut attn = Vec::new();
             let mut row = 0;
             for s in &seqs {
-                encode_attn_index(&mut index, row, s.rows, s.ctx, &s.table);
+                attn.push(AttnSeq {
+                    row_start: row,
+                    rows: s.rows,
+                    context_len: s.ctx,
+                    block_table: &s.table,
+                });
                 row += s.rows;
             }
+            let mut index = Vec::new();
+            let shape = encode_attn_index(&mut index, &attn, bs).unwrap();
             let q = rand_vec(&mut rng, row * heads * hd);
             let n = index.len();
             let it = Tensor::from_vec(index, n, &dev).unwrap();
             let qt = Tensor::from_slice(&q, (row, heads * hd), &dev).unwrap();
             let op = PagedAttention {
                 index: &it,
+                shape,
                 heads,
                 block_size: bs,
             };

@@ -15,6 +15,7 @@ use super::runtime_args::RuntimeArgs;
 use anyhow::Context;
 use openlora::config::EngineConfig;
 use openlora::engine::{EngineHandle, LlmEngine};
+use openlora::exec::{DeviceKind, ExecConfig};
 use openlora::ledger::chain_gate::ChainGate;
 use openlora::ledger::chain_sync::ChainSync;
 use openlora::ledger::{MeterConfig, MeteringArgs, MeteringFile};
@@ -72,9 +73,15 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub adapter_roots: Vec<PathBuf>,
-    /// KV cache memory in MiB.
+    /// KV cache memory in MiB (the CPU executor's KV budget; on the device executor a cap on
+    /// what --gpu-memory-utilization leaves, default 1024 on --device candle-cpu, none on CUDA).
     #[arg(long, env = "OPENLORA_KV_CACHE_MB")]
     pub kv_cache_mb: Option<usize>,
+    /// Fraction of the device's memory the device executor may use (vLLM semantics): the KV
+    /// cache gets what the weights and the adapter slot pool leave of it. On --device candle-cpu
+    /// the device memory is a stand-in, the host's MemAvailable.
+    #[arg(long, env = "OPENLORA_GPU_MEMORY_UTILIZATION")]
+    pub gpu_memory_utilization: Option<f64>,
     #[arg(long, env = "OPENLORA_MAX_BATCH_TOKENS")]
     pub max_batch_tokens: Option<usize>,
     /// Token-equivalents one step may cost while streams are decoding: prefill chunks of long
@@ -146,6 +153,7 @@ struct FileConfig {
     #[serde(default)]
     adapter_roots: Vec<PathBuf>,
     kv_cache_mb: Option<usize>,
+    gpu_memory_utilization: Option<f64>,
     max_batch_tokens: Option<usize>,
     max_step_cost: Option<usize>,
     max_num_seqs: Option<usize>,
@@ -305,11 +313,41 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         model.config().hidden
     );
     let m = model.config();
-    engine_cfg.num_blocks = engine_cfg.blocks_for_memory(
-        kv_mb << 20,
-        kv_dtype.resolve(load_options.dtype).bytes_per_token(m),
-    );
     engine_cfg = runtime.engine_config(engine_cfg)?;
+    engine_cfg.device = openlora::exec::resolve_device(engine_cfg.device);
+    engine_cfg.num_blocks = match engine_cfg.device {
+        DeviceKind::Cpu => engine_cfg.blocks_for_memory(
+            kv_mb << 20,
+            kv_dtype.resolve(load_options.dtype).bytes_per_token(m),
+        ),
+        dev => {
+            let exec_cfg = ExecConfig {
+                num_blocks: 0,
+                block_size: engine_cfg.block_size,
+                kv_dtype,
+                device: dev,
+                max_lora_rank: engine_cfg.max_lora_rank,
+            };
+            let explicit = args.kv_cache_mb.or(file.kv_cache_mb);
+            let cap = match dev {
+                DeviceKind::CandleCpu => Some(kv_mb),
+                _ => explicit,
+            };
+            let utilization = args
+                .gpu_memory_utilization
+                .or(file.gpu_memory_utilization)
+                .unwrap_or(0.9);
+            let plan = openlora::exec::device::plan_memory(
+                &model,
+                &exec_cfg,
+                pager_cfg.device_slots,
+                utilization,
+                cap.map(|mb| mb << 20),
+            )?;
+            eprintln!("openlora: {}", plan.describe());
+            plan.blocks
+        }
+    };
     opts.max_context = Some(engine_cfg.num_blocks * engine_cfg.block_size);
     // One metrics registry per process: the pager, the engine, the server and the meter share it.
     let metrics = Arc::new(Metrics::new());

@@ -22,6 +22,26 @@ use crate::lora::SlotTable;
 use crate::model::Model;
 use std::sync::Arc;
 
+/// `kind` made concrete: `Auto` is CUDA device 0 when the build has CUDA and it answers, else
+/// the CPU executor (one log line says which and why); other kinds are returned as they are.
+pub fn resolve_device(kind: DeviceKind) -> DeviceKind {
+    if kind != DeviceKind::Auto {
+        return kind;
+    }
+    match device::open_device(Some(0)) {
+        Ok(_) => {
+            tracing::info!(
+                "--device auto: CUDA device 0 answered; using the device executor on it"
+            );
+            DeviceKind::Cuda(0)
+        }
+        Err(why) => {
+            tracing::info!("--device auto: using the CPU executor ({why})");
+            DeviceKind::Cpu
+        }
+    }
+}
+
 /// The executor `cfg.device` names for `model`, reading adapters from `slots`. `Auto` takes CUDA
 /// device 0 when the build has CUDA and it answers, else the CPU executor, and logs which and why.
 pub fn create(

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod minihub;
+pub mod op_inputs;
 pub mod serve;
 
 use openlora::config::EngineConfig;
@@ -68,13 +69,26 @@ macro_rules! per_device {
             fn candle_cpu() {
                 super::$check(openlora::exec::DeviceKind::CandleCpu)
             }
+            /// On a GPU (a cuda build); without one it prints why and returns.
             #[cfg(feature = "cuda")]
             #[test]
             fn cuda() {
+                if let Some(why) = super::common::no_gpu() {
+                    eprintln!("skipped: {why}");
+                    return;
+                }
                 super::$check(openlora::exec::DeviceKind::Cuda(0))
             }
         }
     };
+}
+
+/// Why CUDA device 0 cannot be used here (no GPU answers, or a build without CUDA), if it cannot.
+pub fn no_gpu() -> Option<String> {
+    match openlora::exec::device::open_device(Some(0)) {
+        Ok(_) => None,
+        Err(e) => Some(format!("no GPU answers ({e})")),
+    }
 }
 
 /// Last-position logits of `prompt` in one prefill, computed directly through the CPU executor.

@@ -61,7 +61,8 @@ impl DeviceModel {
         if let Some(pool) = s.pool {
             let op = Sgmv {
                 index: lora,
-                pool: &pool.lora,
+                shape: s.index.lora,
+                pool: &pool.pool,
                 layer: l,
                 proj: p.index(),
             };
@@ -99,7 +100,7 @@ impl DeviceModel {
             let q = self.rope(&q, cfg.heads, &cos, &sin)?;
             let k = self.rope(&k, cfg.kv_heads, &cos, &sin)?;
             s.kv.write(l, &k, &v, &slots)?;
-            let attn = s.kv.attention(l, &q, &attn_idx, cfg.heads)?;
+            let attn = s.kv.attention(l, &q, &attn_idx, idx.attn, cfg.heads)?;
             h = (h + self.project(l, Proj::O, &attn, s, &lora)?)?;
 
             let xn = rms_norm(&h, &lw.mlp_norm, cfg.rms_eps)?;

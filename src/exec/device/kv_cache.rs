@@ -2,10 +2,12 @@
 //! head_dim]` (K then V) in the engine's block layout (slot = `block * block_size + offset`), so
 //! the slots and block tables of a `StepPlan` index it directly. Written and read only through the
 //! `KvWrite` and `PagedAttention` custom ops; this type never decides which slot a token goes to.
+//! On the CPU twin the ops take f32 rows whatever the cache dtype (the CPU executor's own
+//! conversions); on CUDA rows are cast to the cache dtype and the attention output back.
 
 use crate::exec::KvDtype;
 use crate::model::ModelConfig;
-use crate::ops::device::{KvWrite, PagedAttention};
+use crate::ops::device::{AttnShape, KvWrite, PagedAttention};
 use candle_core::{DType, Device, Result, Tensor};
 
 pub struct DeviceKv {
@@ -50,7 +52,17 @@ impl DeviceKv {
 
     /// Writes the step's K/V rows (`[rows, kv_heads * head_dim]`) of `layer` into `slots`.
     pub fn write(&self, layer: usize, k: &Tensor, v: &Tensor, slots: &Tensor) -> Result<()> {
-        self.layers[layer].inplace_op3(k, v, &KvWrite { slots })
+        let cache = &self.layers[layer];
+        let (k, v) = (self.rows(k, cache)?, self.rows(v, cache)?);
+        cache.inplace_op3(&k, &v, &KvWrite { slots })
+    }
+
+    /// `x` as the ops take it next to `cache`: f32 on the CPU twin, the cache dtype on CUDA.
+    fn rows(&self, x: &Tensor, cache: &Tensor) -> Result<Tensor> {
+        match x.device().is_cpu() {
+            true => x.to_dtype(DType::F32),
+            false => x.to_dtype(cache.dtype())?.contiguous(),
+        }
     }
 
     /// Attention of the step's queries (`[rows, heads * head_dim]`) over `layer`'s cache.
@@ -59,14 +71,19 @@ impl DeviceKv {
         layer: usize,
         q: &Tensor,
         index: &Tensor,
+        shape: AttnShape,
         heads: usize,
     ) -> Result<Tensor> {
         let op = PagedAttention {
             index,
+            shape,
             heads,
             block_size: self.block_size,
         };
-        q.apply_op2_no_bwd(&self.layers[layer], &op)
+        let cache = &self.layers[layer];
+        self.rows(q, cache)?
+            .apply_op2_no_bwd(cache, &op)?
+            .to_dtype(q.dtype())
     }
 
     /// Copies block `src`'s K/V (every layer) over block `dst`'s.

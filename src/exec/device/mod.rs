@@ -9,16 +9,19 @@
 
 mod forward;
 mod kv_cache;
+mod memory_plan;
 mod slot_pool;
 mod step_index;
 mod weights;
 
+pub use memory_plan::MemoryPlan;
 pub use slot_pool::SlotPool;
 
 use super::{ExecConfig, Executor, KvDtype, StepPlan};
 use crate::error::{Error, Result};
 use crate::lora::SlotTable;
-use crate::model::{Model, WeightDtype};
+use crate::model::{Model, ModelConfig, Proj, WeightDtype};
+use crate::ops::device::LoraPool;
 use candle_core::{DType, Device};
 use forward::{DeviceModel, StepInputs};
 use kv_cache::DeviceKv;
@@ -54,6 +57,93 @@ pub fn open_device(cuda: Option<usize>) -> Result<Device> {
     }
 }
 
+/// The compute dtype and the concrete KV dtype of the device executor: f32 on the CPU twin (it
+/// must compute what the CPU f32 executor computes) and with `--dtype f32`, else bf16; the KV
+/// cache follows the compute dtype unless `--kv-cache-dtype` names one. Start-up sizing and the
+/// allocation both read this, so the cache is sized in the dtype it is allocated in.
+pub fn dtypes(on_cpu: bool, weights: WeightDtype, kv: KvDtype) -> (DType, KvDtype) {
+    let dtype = match (on_cpu, weights) {
+        (true, _) | (false, WeightDtype::F32) => DType::F32,
+        (false, _) => DType::BF16,
+    };
+    let kv = match (kv, dtype) {
+        (KvDtype::Auto, DType::F32) => KvDtype::F32,
+        (KvDtype::Auto, _) => KvDtype::BF16,
+        (d, _) => d,
+    };
+    (dtype, kv)
+}
+
+/// `(in, out)` of each projection, by `Proj::index()`.
+fn proj_dims(m: &ModelConfig) -> [(usize, usize); 7] {
+    Proj::ALL.map(|p| {
+        let (o, i) = m.proj_shape(p);
+        (i, o)
+    })
+}
+
+/// What the device executor will place, before placing it: `(weight bytes, adapter pool bytes,
+/// bytes of one KV block)` for `model` on a CPU twin or a GPU with `slots` adapter slots.
+pub fn planned_bytes(
+    model: &Model,
+    on_cpu: bool,
+    cfg: &ExecConfig,
+    slots: usize,
+) -> (usize, usize, usize) {
+    let m = model.config();
+    let (dtype, kv) = dtypes(on_cpu, model.load_options.dtype, cfg.kv_dtype);
+    let per_layer: usize = proj_dims(m).iter().map(|(i, o)| i * o).sum();
+    let tied = model.weights.lm_head.is_none();
+    let embed = m.vocab_size * m.hidden * if tied { 1 } else { 2 };
+    let weights = (m.layers * per_layer + embed) * dtype.size_in_bytes();
+    let pool = LoraPool::planned_bytes(m.layers, proj_dims(m), slots, cfg.max_lora_rank, dtype);
+    (weights, pool, kv.bytes_per_token(m) * cfg.block_size)
+}
+
+/// The bytes a `--gpu-memory-utilization` fraction applies to: the GPU's total memory on CUDA;
+/// on the CPU twin a stand-in, the host's MemAvailable (so the sizing code runs in CI).
+pub fn device_memory(device: &Device) -> Result<usize> {
+    match device {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(d) => d
+            .cuda_stream()
+            .context()
+            .total_mem()
+            .map_err(|e| Error::Unavailable(format!("CUDA memory query: {e}"))),
+        _ => {
+            let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+            let kib = info
+                .lines()
+                .find_map(|l| l.strip_prefix("MemAvailable:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok());
+            kib.map(|k| k << 10).ok_or_else(|| {
+                Error::Unavailable(
+                    "MemAvailable missing from /proc/meminfo (the CPU twin's memory stand-in)"
+                        .into(),
+                )
+            })
+        }
+    }
+}
+
+/// Plans the memory of the device `cfg.device` names (`--gpu-memory-utilization`): weights and
+/// the adapter pool of `slots` slots first, the KV cache the rest (capped by `kv_cap` bytes).
+pub fn plan_memory(
+    model: &Model,
+    cfg: &ExecConfig,
+    slots: usize,
+    utilization: f64,
+    kv_cap: Option<usize>,
+) -> Result<MemoryPlan> {
+    let dev = open_device(match cfg.device {
+        super::DeviceKind::Cuda(n) => Some(n),
+        _ => None,
+    })?;
+    let total = device_memory(&dev)?;
+    let (weights, pool, block) = planned_bytes(model, dev.is_cpu(), cfg, slots);
+    MemoryPlan::new(total, utilization, weights, pool, block, kv_cap)
+}
+
 impl DeviceExecutor {
     /// The executor on `device`: f32 on the CPU twin; on CUDA f32 with `--dtype f32`, else bf16.
     pub fn new(
@@ -62,36 +152,39 @@ impl DeviceExecutor {
         slots: Arc<SlotTable>,
         device: Device,
     ) -> Result<Self> {
-        if !device.is_cpu() {
-            // Refused here, at start-up, rather than at the first step's first custom op.
-            return Err(Error::Unavailable(
-                "the device executor's custom ops (paged attention, KV write, SGMV) have no CUDA \
-                 implementation yet (issue 21); use --device cpu"
-                    .into(),
-            ));
-        }
         let m = model.config();
-        let dtype = match (device.is_cpu(), model.load_options.dtype) {
-            (true, _) | (false, WeightDtype::F32) => DType::F32,
-            (false, _) => DType::BF16,
-        };
+        let (dtype, kv_dtype) = dtypes(device.is_cpu(), model.load_options.dtype, cfg.kv_dtype);
         let weights = DeviceWeights::place(&model.weights, m.vocab_size, m.hidden, &device, dtype)
             .map_err(candle)?;
-        let kv_dtype = match (cfg.kv_dtype, dtype) {
-            (KvDtype::Auto, DType::F32) => KvDtype::F32,
-            (KvDtype::Auto, _) => KvDtype::BF16,
-            (d, _) => d,
-        };
         let blocks = (cfg.num_blocks, cfg.block_size);
         let kv = DeviceKv::new(kv_dtype, m, blocks, &device).map_err(candle)?;
+        let pool = LoraPool::new(
+            m.layers,
+            proj_dims(m),
+            slots.capacity(),
+            cfg.max_lora_rank,
+            dtype,
+            &device,
+        )
+        .map_err(candle)?;
         Ok(DeviceExecutor {
             model: DeviceModel::new(m.clone(), weights, &device).map_err(candle)?,
             kv,
-            pool: SlotPool::new(slots.capacity(), cfg.max_lora_rank),
+            pool: SlotPool::new(pool),
             slots,
             device,
             step: 0,
         })
+    }
+
+    /// Bytes of the KV cache as allocated.
+    pub fn kv_bytes(&self) -> usize {
+        self.kv.bytes()
+    }
+
+    /// Bytes of the weights as placed.
+    pub fn weight_bytes(&self) -> usize {
+        self.model.weights.bytes
     }
 
     /// The slot pool (tests read its upload count).
@@ -105,9 +198,7 @@ impl DeviceExecutor {
         let mut rows = Vec::with_capacity(plan.lora.len());
         for seg in &plan.lora {
             for (slot, _) in &seg.terms {
-                let dt = self.model.weights.dtype;
-                self.pool
-                    .sync(*slot, &self.slots, self.step, completed, &self.device, dt)?;
+                self.pool.sync(*slot, &self.slots, self.step, completed)?;
             }
             rows.push((
                 seg.rows.clone(),
@@ -127,7 +218,8 @@ impl Executor for DeviceExecutor {
                 .map_err(candle)?;
         }
         let lora = self.sync_slots(plan)?;
-        let index = StepIndex::upload(plan, &lora, &self.device).map_err(candle)?;
+        let (rank, bs) = (self.pool.max_rank, self.kv.block_size);
+        let index = StepIndex::upload(plan, &lora, rank, bs, &self.device).map_err(candle)?;
         let inputs = StepInputs {
             index: &index,
             kv: &self.kv,
@@ -146,7 +238,7 @@ impl Executor for DeviceExecutor {
     fn describe(&self) -> String {
         let mib = |b: usize| b as f64 / (1 << 20) as f64;
         format!(
-            "device executor on {:?}; weights {:.0} MiB ({:?}); KV cache {:?}, {} blocks of {} ({:.0} MiB); adapter pool {} slots, rank <= {}",
+            "device executor on {:?}; weights {:.0} MiB ({:?}); KV cache {:?}, {} blocks of {} ({:.0} MiB); adapter pool {} slots, rank <= {} ({:.0} MiB)",
             self.device.location(),
             mib(self.model.weights.bytes),
             self.model.weights.dtype,
@@ -154,8 +246,9 @@ impl Executor for DeviceExecutor {
             self.kv.num_blocks,
             self.kv.block_size,
             mib(self.kv.bytes()),
-            self.pool.lora.len(),
+            self.pool.pool.slots,
             self.pool.max_rank,
+            mib(self.pool.bytes()),
         )
     }
 }

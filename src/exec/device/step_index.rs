@@ -4,7 +4,8 @@
 //! terms). The ops own their encodings (`ops::device`); this type only lays the parts end to end.
 
 use crate::exec::StepPlan;
-use crate::ops::device::{encode_attn_index, encode_lora_index};
+use crate::ops::cpu::AttnSeq;
+use crate::ops::device::{encode_attn_index, encode_lora_index, AttnShape, LoraShape};
 use candle_core::{Device, Result, Tensor};
 use std::ops::Range;
 
@@ -22,13 +23,22 @@ pub enum Part {
 pub struct StepIndex {
     buf: Tensor,
     parts: [Range<usize>; 6],
+    pub attn: AttnShape,
+    pub lora: LoraShape,
 }
 
 /// One LoRA segment with its terms as `(slot, weight)`.
 pub type LoraRows = (Range<usize>, Vec<(u32, f32)>);
 
 impl StepIndex {
-    pub fn upload(plan: &StepPlan, lora: &[LoraRows], dev: &Device) -> Result<Self> {
+    /// Encodes and uploads the plan's indices (`max_rank`: the slot pool's, for the LoRA scratch).
+    pub fn upload(
+        plan: &StepPlan,
+        lora: &[LoraRows],
+        max_rank: usize,
+        block_size: usize,
+        dev: &Device,
+    ) -> Result<Self> {
         let mut buf: Vec<u32> = Vec::with_capacity(4 * plan.rows() + 64);
         let mut parts: [Range<usize>; 6] = Default::default();
         let mut mark = |buf: &mut Vec<u32>, p: Part, fill: &dyn Fn(&mut Vec<u32>)| {
@@ -46,20 +56,28 @@ impl StepIndex {
         mark(&mut buf, Part::LogitRows, &|b| {
             b.extend(plan.logit_rows.iter().map(|&r| r as u32))
         });
-        mark(&mut buf, Part::Attn, &|b| {
-            for s in &plan.seqs {
-                encode_attn_index(b, s.row_start, s.rows, s.context_len, &s.block_table);
-            }
-        });
-        mark(&mut buf, Part::Lora, &|b| {
-            for (rows, terms) in lora {
-                encode_lora_index(b, rows.clone(), terms);
-            }
-        });
+        let seqs: Vec<AttnSeq> = plan
+            .seqs
+            .iter()
+            .map(|s| AttnSeq {
+                row_start: s.row_start,
+                rows: s.rows,
+                context_len: s.context_len,
+                block_table: &s.block_table,
+            })
+            .collect();
+        let start = buf.len();
+        let attn = encode_attn_index(&mut buf, &seqs, block_size)?;
+        parts[Part::Attn as usize] = start..buf.len();
+        let start = buf.len();
+        let lora = encode_lora_index(&mut buf, lora, max_rank)?;
+        parts[Part::Lora as usize] = start..buf.len();
         let n = buf.len();
         Ok(StepIndex {
             buf: Tensor::from_vec(buf, n, dev)?,
             parts,
+            attn,
+            lora,
         })
     }
 

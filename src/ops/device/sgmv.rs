@@ -2,67 +2,150 @@
 //! per segment of rows sharing one adapter mix (a one-row segment is BGMV). Each slot holds its
 //! adapter's pairs at their own rank (mixed ranks in one call); a mix is weighted `(slot, weight)`
 //! terms applied in order with `coeff = scale · weight`; rows in no segment are left as they are.
-//! The segments come from the step's index upload (`encode_lora_index`). `cpu_fwd` is
-//! `ops::cpu::sgmv`, the CPU executor's own LoRA op.
+//! The segments come from the step's index upload in the one encoding `encode_lora_index` writes
+//! and both sides read (layout in kernels/sgmv.cu). `cpu_fwd` is `ops::cpu::sgmv`, the CPU
+//! executor's own LoRA op, over the pool's host storage; `cuda_fwd` launches kernels/sgmv.cu.
 
+use super::lora_pool::LoraPool;
 use super::storage::{slice, slice_mut_f32};
 use crate::ops::cpu::{sgmv, LoraSegment, LoraTerm};
 use candle_core::{bail, CpuStorage, InplaceOp2, Layout, Result, Storage, Tensor};
 use std::ops::Range;
 
-/// One adapter's pair for one projection of one layer: `a` `[rank, in]`, `b` `[out, rank]`.
-pub struct LoraPair {
-    pub a: Tensor,
-    pub b: Tensor,
-    pub rank: usize,
-    /// PEFT's alpha/r (or alpha/sqrt(r)).
-    pub scale: f32,
+/// What the host knows of a LoRA index without reading it back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoraShape {
+    pub segs: usize,
+    pub terms: usize,
+    /// Rows of the largest segment (launch shape).
+    pub max_rows: usize,
+    /// Scratch floats: Σ over terms of rows(segment) · max_rank.
+    pub scratch: usize,
 }
 
-/// One occupied slot: per layer, per projection (`Proj::index()`), the pair if targeted.
-pub type SlotLora = Vec<[Option<LoraPair>; 7]>;
-
-/// Appends one segment to a LoRA index: `row_start, row_end, n_terms, (slot, weight bits)…`.
-pub fn encode_lora_index(out: &mut Vec<u32>, rows: Range<usize>, terms: &[(u32, f32)]) {
-    out.extend([rows.start as u32, rows.end as u32, terms.len() as u32]);
-    for &(slot, w) in terms {
-        out.extend([slot, w.to_bits()]);
+impl LoraShape {
+    fn seg_terms(&self) -> usize {
+        2 * self.segs
+    }
+    fn term(&self, k: usize) -> Range<usize> {
+        let start = 3 * self.segs + 1 + k * self.terms;
+        start..start + self.terms
+    }
+    pub fn len(&self) -> usize {
+        3 * self.segs + 1 + 4 * self.terms
+    }
+    pub fn is_empty(&self) -> bool {
+        self.terms == 0
     }
 }
 
-type Segment = (Range<usize>, Vec<(usize, f32)>);
-
-fn decode(idx: &[u32], batch_rows: usize) -> Result<Vec<Segment>> {
-    let (mut segs, mut i) = (Vec::new(), 0);
-    while i < idx.len() {
-        let Some(h) = idx.get(i..i + 3) else {
-            bail!("sgmv: truncated index at {i}")
-        };
-        let (rows, n) = (h[0] as usize..h[1] as usize, h[2] as usize);
-        let Some(t) = idx.get(i + 3..i + 3 + 2 * n) else {
-            bail!("sgmv: truncated terms at {i}")
-        };
-        if rows.end > batch_rows || rows.start > rows.end {
-            bail!("sgmv: segment rows {rows:?} in a batch of {batch_rows}");
+/// Appends the LoRA index of `segments` (sorted, disjoint row ranges, each with its `(slot,
+/// weight)` terms; segments without terms are dropped) for a pool of rank <= `max_rank`.
+pub fn encode_lora_index(
+    out: &mut Vec<u32>,
+    segments: &[(Range<usize>, Vec<(u32, f32)>)],
+    max_rank: usize,
+) -> Result<LoraShape> {
+    let segs: Vec<_> = segments
+        .iter()
+        .filter(|(r, t)| !t.is_empty() && !r.is_empty())
+        .collect();
+    let terms = segs.iter().map(|(_, t)| t.len()).sum();
+    let mut shape = LoraShape {
+        segs: segs.len(),
+        terms,
+        max_rows: 0,
+        scratch: 0,
+    };
+    let start = out.len();
+    out.resize(start + shape.len(), 0);
+    let buf = &mut out[start..];
+    let (mut t, mut prev_end) = (0, 0);
+    for (s, (rows, ts)) in segs.iter().enumerate() {
+        if rows.start < prev_end {
+            bail!("lora index: segment {rows:?} overlaps or precedes the previous one");
         }
-        segs.push((
-            rows,
-            t.chunks(2)
-                .map(|p| (p[0] as usize, f32::from_bits(p[1])))
-                .collect(),
-        ));
-        i += 3 + 2 * n;
+        prev_end = rows.end;
+        buf[2 * s] = rows.start as u32;
+        buf[2 * s + 1] = rows.end as u32;
+        buf[shape.seg_terms() + s] = t as u32;
+        for &(slot, w) in ts {
+            let vals = [s as u32, slot, w.to_bits(), shape.scratch as u32];
+            for (k, v) in vals.into_iter().enumerate() {
+                buf[shape.term(k).start + t] = v;
+            }
+            shape.scratch += rows.len() * max_rank;
+            t += 1;
+        }
+        shape.max_rows = shape.max_rows.max(rows.len());
     }
-    Ok(segs)
+    buf[shape.seg_terms() + shape.segs] = t as u32;
+    Ok(shape)
 }
 
 pub struct Sgmv<'a> {
     /// The step's LoRA index (a view of its index upload).
     pub index: &'a Tensor,
-    /// The slot pool: `pool[slot]` is the occupant's pairs.
-    pub pool: &'a [Option<SlotLora>],
+    pub shape: LoraShape,
+    pub pool: &'a LoraPool,
     pub layer: usize,
     pub proj: usize,
+}
+
+impl Sgmv<'_> {
+    /// `(rows, in, out)` after checking x, y and the pool agree.
+    fn check(&self, yl: &Layout, xl: &Layout) -> Result<(usize, usize, usize)> {
+        let p = &self.pool.proj[self.layer][self.proj];
+        let (&[rows, din], &[yrows, dout]) = (xl.dims(), yl.dims()) else {
+            bail!("sgmv: x {:?} y {:?}", xl.dims(), yl.dims())
+        };
+        if rows != yrows || din != p.in_dim || dout != p.out_dim {
+            bail!(
+                "sgmv: x {:?} y {:?} for a {}->{} projection",
+                xl.dims(),
+                yl.dims(),
+                p.in_dim,
+                p.out_dim
+            );
+        }
+        Ok((rows, din, dout))
+    }
+}
+
+/// The segments and terms of an index, checked against the batch and the pool.
+fn decode(
+    idx: &[u32],
+    shape: &LoraShape,
+    rows: usize,
+    slots: usize,
+) -> Result<Vec<(Range<usize>, Vec<(usize, f32)>)>> {
+    if idx.len() != shape.len() {
+        bail!("sgmv: index of {} for {shape:?}", idx.len());
+    }
+    let mut segs = Vec::with_capacity(shape.segs);
+    for s in 0..shape.segs {
+        let r = idx[2 * s] as usize..idx[2 * s + 1] as usize;
+        let (t0, t1) = (
+            idx[shape.seg_terms() + s] as usize,
+            idx[shape.seg_terms() + s + 1] as usize,
+        );
+        if r.end > rows || r.start > r.end || t0 > t1 || t1 > shape.terms {
+            bail!("sgmv: segment {r:?} terms {t0}..{t1} in a batch of {rows}");
+        }
+        let terms = (t0..t1)
+            .map(|t| {
+                (
+                    idx[shape.term(1).start + t] as usize,
+                    f32::from_bits(idx[shape.term(2).start + t]),
+                )
+            })
+            .collect::<Vec<_>>();
+        if let Some((slot, _)) = terms.iter().find(|(s, _)| *s >= slots) {
+            bail!("sgmv: adapter slot {slot} outside a pool of {slots}");
+        }
+        segs.push((r, terms));
+    }
+    Ok(segs)
 }
 
 fn host<'g>(g: &'g Storage, l: &Layout) -> Result<&'g [f32]> {
@@ -84,53 +167,153 @@ impl InplaceOp2 for Sgmv<'_> {
         xs: &CpuStorage,
         xl: &Layout,
     ) -> Result<()> {
+        let (rows, din, dout) = self.check(yl, xl)?;
         let (x, y) = (slice::<f32>(xs, xl)?, slice_mut_f32(ys, yl)?);
-        let (rows, in_dim, out_dim) = (xl.dims()[0], xl.dims()[1], yl.dims()[1]);
-        if yl.dims()[0] != rows {
-            bail!("sgmv: x {:?} vs y {:?}", xl.dims(), yl.dims());
-        }
-        let segs = decode(&self.index.to_vec1::<u32>()?, rows)?;
-        // The targeted pairs of every term, then their host storage (guards held while used).
-        let mut picked: Vec<(usize, &LoraPair, f32)> = Vec::new();
-        for (s, (_, terms)) in segs.iter().enumerate() {
-            for &(slot, w) in terms {
-                let Some(Some(lora)) = self.pool.get(slot) else {
-                    bail!("sgmv: adapter slot {slot} is empty")
-                };
-                if let Some(p) = &lora[self.layer][self.proj] {
-                    if p.a.dims() != [p.rank, in_dim] || p.b.dims() != [out_dim, p.rank] {
-                        bail!(
-                            "sgmv: pair {:?}/{:?} for x {:?} y {:?}",
-                            p.a.dims(),
-                            p.b.dims(),
-                            xl.dims(),
-                            yl.dims()
-                        );
-                    }
-                    picked.push((s, p, w));
-                }
-            }
-        }
-        let guards: Vec<_> = picked
+        let segs = decode(
+            &self.index.to_vec1::<u32>()?,
+            &self.shape,
+            rows,
+            self.pool.slots,
+        )?;
+        let p = &self.pool.proj[self.layer][self.proj];
+        let (ga, la) = p.a.storage_and_layout();
+        let (gb, lb) = p.b.storage_and_layout();
+        let (pa, pb, r) = (host(&ga, la)?, host(&gb, lb)?, self.pool.max_rank);
+        let segments: Vec<LoraSegment> = segs
             .iter()
-            .map(|(_, p, _)| (p.a.storage_and_layout(), p.b.storage_and_layout()))
-            .collect();
-        let mut segments: Vec<LoraSegment> = segs
-            .iter()
-            .map(|(r, _)| LoraSegment {
-                rows: r.clone(),
-                terms: vec![],
+            .map(|(rows, terms)| LoraSegment {
+                rows: rows.clone(),
+                terms: terms
+                    .iter()
+                    .filter_map(|&(slot, w)| {
+                        let (rank, scale) = self.pool.rank_scale(self.layer, self.proj, slot);
+                        (rank > 0).then(|| LoraTerm {
+                            a: &pa[slot * r * din..][..rank * din],
+                            b: &pb[slot * dout * r..][..dout * rank],
+                            rank,
+                            coeff: scale * w,
+                        })
+                    })
+                    .collect(),
             })
             .collect();
-        for ((s, p, w), ((ga, la), (gb, lb))) in picked.iter().zip(&guards) {
-            segments[*s].terms.push(LoraTerm {
-                a: host(ga, la)?,
-                b: host(gb, lb)?,
-                rank: p.rank,
-                coeff: p.scale * w,
-            });
+        sgmv(x, din, &segments, dout, y);
+        Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        ys: &mut candle_core::CudaStorage,
+        yl: &Layout,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+    ) -> Result<()> {
+        use candle_core::backend::BackendStorage;
+        use candle_core::DType;
+        let dims = self.check(yl, xl)?;
+        let dt = self.pool.dtype;
+        if xs.dtype() != dt || ys.dtype() != dt {
+            bail!(
+                "sgmv: x {:?} y {:?} over a {dt:?} pool",
+                xs.dtype(),
+                ys.dtype()
+            );
         }
-        sgmv(x, in_dim, &segments, out_dim, y);
+        match dt {
+            DType::F32 => cuda::launch::<f32>(self, ys, yl, xs, xl, dims),
+            DType::F16 => cuda::launch::<half::f16>(self, ys, yl, xs, xl, dims),
+            DType::BF16 => cuda::launch::<half::bf16>(self, ys, yl, xs, xl, dims),
+            d => bail!("sgmv: unsupported dtype {d:?}"),
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use super::super::cuda::{func, grid, held, i32_arg, view, view_mut};
+    use super::Sgmv;
+    use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, PushKernelArg, ValidAsZeroBits};
+    use candle_core::cuda_backend::{CudaDType, WrapErr};
+    use candle_core::{CudaStorage, Layout, Result};
+
+    const THREADS: u32 = 256;
+    const MAX_CHUNKS: usize = 64;
+
+    pub fn launch<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
+        op: &Sgmv,
+        ys: &mut CudaStorage,
+        yl: &Layout,
+        xs: &CudaStorage,
+        xl: &Layout,
+        (_, din, dout): (usize, usize, usize),
+    ) -> Result<()> {
+        let (sh, pool) = (op.shape, op.pool);
+        if sh.terms == 0 {
+            return Ok(());
+        }
+        // Slots are checked on the host against the index the host wrote: the executor encodes
+        // it from the plan, whose slots the pool was synced for.
+        let idx = held(op.index);
+        let seg_rows = idx.part::<u32>(0..2 * sh.segs)?;
+        let seg_terms = idx.part::<u32>(sh.seg_terms()..sh.seg_terms() + sh.segs + 1)?;
+        let [term_seg, term_slot, term_w, term_s_off] =
+            [0, 1, 2, 3].map(|k| idx.part::<u32>(sh.term(k)));
+        let (term_seg, term_slot, term_w, term_s_off) =
+            (term_seg?, term_slot?, term_w?, term_s_off?);
+        let p = &pool.proj[op.layer][op.proj];
+        let (pa, pb, meta) = (held(&p.a), held(&p.b), held(&pool.meta));
+        let (pa, pb) = (pa.view::<T>()?, pb.view::<T>()?);
+        let m = pool.meta_offset(op.layer, op.proj);
+        let meta = meta.part::<u32>(m..m + 2 * pool.slots)?;
+        let (x, mut y) = (view::<T>(xs, xl)?, view_mut::<T>(ys, yl)?);
+        let s = xs.device.alloc_zeros::<f32>(sh.scratch.max(1))?;
+        let (in_i, out_i) = (i32_arg("in_dim", din)?, i32_arg("out_dim", dout)?);
+        let (rank_i, slots_i) = (
+            i32_arg("max_rank", pool.max_rank)?,
+            i32_arg("slots", pool.slots)?,
+        );
+
+        let shrink = func(xs, "sgmv", "sgmv_shrink", pool.dtype)?;
+        let warps = (THREADS / 32) as usize;
+        let chunks = (sh.max_rows * pool.max_rank)
+            .div_ceil(warps)
+            .clamp(1, MAX_CHUNKS) as u32;
+        let mut b = shrink.builder();
+        b.arg(&x)
+            .arg(&in_i)
+            .arg(&seg_rows)
+            .arg(&term_seg)
+            .arg(&term_slot)
+            .arg(&term_s_off);
+        b.arg(&pa).arg(&meta).arg(&rank_i).arg(&s);
+        // SAFETY: argument order and types match `sgmv_shrink_*` (kernels/sgmv.cu). The index was
+        // written by `encode_lora_index` (segments sorted and disjoint, term_s_off inside the
+        // `scratch` floats allocated here, each term's segment < segs) and `check` proved x is
+        // [rows, in]; the executor's segments lie inside the batch and its slots < pool.slots; a
+        // slot's rank <= max_rank (checked at fill), so A reads stay inside the slot's block.
+        unsafe { b.launch(grid((sh.terms as u32, chunks, 1), THREADS, 0)) }.w()?;
+
+        let expand = func(xs, "sgmv", "sgmv_expand", pool.dtype)?;
+        let tiles = dout.div_ceil(THREADS as usize) as u32;
+        let row_chunks = sh.max_rows.clamp(1, MAX_CHUNKS) as u32;
+        let mut b = expand.builder();
+        b.arg(&mut y)
+            .arg(&out_i)
+            .arg(&seg_rows)
+            .arg(&seg_terms)
+            .arg(&term_slot)
+            .arg(&term_w);
+        b.arg(&term_s_off)
+            .arg(&pb)
+            .arg(&meta)
+            .arg(&slots_i)
+            .arg(&rank_i)
+            .arg(&s);
+        // SAFETY: matches `sgmv_expand_*`; segments are disjoint (checked at encoding), so each y
+        // element is written by exactly one thread; B reads stay in the slot's [out, rank] block;
+        // the scratch is the one the shrink launch wrote, on the same stream, so it ran first.
+        unsafe { b.launch(grid((sh.segs as u32, tiles, row_chunks), THREADS, 0)) }.w()?;
         Ok(())
     }
 }
