@@ -28,6 +28,7 @@ fn planned_bytes_are_the_allocated_bytes() {
             kv_dtype: kv,
             device: DeviceKind::CandleCpu,
             max_lora_rank: 8,
+            lora_dtype: Default::default(),
         };
         let (weights, pool, block) = planned_bytes(&model, true, &cfg, 3);
         let slots = Arc::new(SlotTable::new(3));

@@ -327,6 +327,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 kv_dtype,
                 device: dev,
                 max_lora_rank: engine_cfg.max_lora_rank,
+                lora_dtype: engine_cfg.lora_dtype,
             };
             let explicit = args.kv_cache_mb.or(file.kv_cache_mb);
             let cap = match dev {
