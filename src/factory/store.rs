@@ -530,3 +530,43 @@ fn page<T>(mut rows: Vec<T>, limit: usize) -> Page<T> {
         has_more,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::factory::job_spec;
+
+    fn spec() -> JobSpec {
+        let body = serde_json::json!({"model": "m", "training_file": "file-x", "seed": 1});
+        job_spec::parse(&body).unwrap().spec
+    }
+
+    #[test]
+    fn statuses_only_move_forward_and_a_cancelled_job_never_succeeds() {
+        let dir =
+            std::env::temp_dir().join(format!("openlora-factory-store-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let s = FactoryStore::open(&dir.join("f.sqlite")).unwrap();
+        let (a, b) = (JobId::fresh(), JobId::fresh());
+        s.insert_job(&a, &spec()).unwrap();
+        s.insert_job(&b, &spec()).unwrap();
+        assert!(s.set_status(&a, JobStatus::Queued).unwrap());
+        assert!(!s.set_status(&a, JobStatus::ValidatingFiles).unwrap());
+        assert!(s.set_status(&a, JobStatus::Running).unwrap());
+        assert!(s.set_status(&a, JobStatus::Cancelled).unwrap());
+        assert!(!s.succeed(&a, "m:ft", 5).unwrap());
+        assert!(!s.set_status(&a, JobStatus::Failed).unwrap());
+        let got = s.job(&a).unwrap().unwrap();
+        assert_eq!(got.status, JobStatus::Cancelled);
+        assert!(got.fine_tuned_model.is_none() && got.finished_at.is_some());
+        // Newest first, paged after an id.
+        let p = s.jobs(None, 1).unwrap();
+        assert_eq!((p.data[0].id.clone(), p.has_more), (b.clone(), true));
+        let p = s.jobs(Some(&b), 5).unwrap();
+        assert_eq!(
+            (p.data.len(), p.data[0].id.clone(), p.has_more),
+            (1, a, false)
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
