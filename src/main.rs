@@ -67,6 +67,8 @@ enum Cmd {
         /// The adapter folder.
         dir: PathBuf,
     },
+    /// Development chain tools: deploy the contracts, read balances (anvil, demos, tests).
+    DevChain(cli::chain_tools::DevChainArgs),
     /// Print the records root of a datanet `.jsonl` file: the `recordsRoot` to register in
     /// DatanetRegistry.
     DatanetRoot {
@@ -153,6 +155,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Train(args) => cli::train::run(args)?,
         Cmd::Download(args) => cli::download::run(args)?,
         Cmd::AdapterHash { dir } => cli::chain_tools::adapter_hash(&dir)?,
+        Cmd::DevChain(args) => cli::chain_tools::dev_chain(args)?,
         Cmd::DatanetRoot { file } => cli::chain_tools::datanet_root(&file)?,
     }
     Ok(())
