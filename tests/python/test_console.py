@@ -371,6 +371,52 @@ def test_admin_action_without_the_admin_key_shows_401_and_changes_nothing(consol
     console.no_errors(allowed=("status of 401",))
 
 
+def _adapter(srv, name: str) -> dict:
+    return [a for a in _admin_adapters(srv, q=name)["data"] if a["id"] == name][0]
+
+
+def test_pin_needs_the_admin_key_and_keeps_the_adapter_on_device(console, metered, shots):
+    srv = metered[0]
+    name = "shouty"
+    assert _adapter(srv, name)["pinned"] is False
+    # Without the admin key: the 401 banner, and the server's state is unchanged.
+    page = console.open("#adapters").page
+    row = page.locator(f"#adapter-table tbody tr[data-adapter={name}]")
+    row.locator("button.pin").click()
+    banner = page.locator("#banner")
+    expect(banner).to_have_attribute("data-status", "401")
+    assert "admin key" in banner.inner_text()
+    assert _adapter(srv, name)["pinned"] is False
+    console.no_errors(allowed=("status of 401",))
+    console.errors.clear()
+    # With the admin key: pinned, paged in, shown so; then unpinned again.
+    console.open("#adapters", admin_key=ADMIN)
+    page.fill("#adapter-search", name)
+    expect(row).to_have_attribute("data-pinned", "false")
+    expect(banner).to_be_hidden()
+    row.locator("button.pin").click()
+    expect(row).to_have_attribute("data-pinned", "true")
+    expect(row.locator("td.pinned")).to_contain_text("pinned")
+    deadline = time.monotonic() + 60
+    while (a := _adapter(srv, name))["tier"] != "device":
+        assert time.monotonic() < deadline, a
+        time.sleep(0.1)
+    assert a["pinned"] is True
+    page.click("#adapter-refresh")
+    expect(row).to_have_attribute("data-tier", "device")
+    page.screenshot(path=str(shots / "adapters-pinned.png"), full_page=True)
+    row.locator("button.pin").click()
+    expect(row).to_have_attribute("data-pinned", "false")
+    assert _adapter(srv, name)["pinned"] is False
+    console.no_errors()
+    # The API itself: an API key is not the admin key (401), an unknown adapter is a 404.
+    for key, body, status in ((ALICE, {"lora_name": name}, 401), (ADMIN, {"lora_name": "nope"}, 404),
+                              (ADMIN, {"name": name}, 400)):
+        r = srv.http.post("/v1/pin_lora_adapter", json=body, headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == status and "message" in r.json()["error"], (key, body, r.text)
+    assert _adapter(srv, name)["pinned"] is False
+
+
 def test_api_errors_show_a_banner(console, metered):
     page = console.open(api_key="sk-wrong").page
     banner = page.locator("#banner")
