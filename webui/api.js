@@ -44,6 +44,13 @@ export async function call(path, { method = 'GET', body, admin = false, signal }
   return res.json();
 }
 
+/** POSTs a multipart form (`FormData`) to `path`; resolves to the parsed JSON. */
+export async function upload(path, form, { admin = false } = {}) {
+  const res = await fetch(path, { method: 'POST', headers: headers(admin, false), body: form });
+  if (!res.ok) throw await failure(res);
+  return res.json();
+}
+
 /** Plain-text GET (`/metrics`). */
 export async function text(path, signal) {
   const res = await fetch(path, { signal });
@@ -95,6 +102,7 @@ const EXPLAIN = {
   403: 'Forbidden: this key may not do that, or the adapter is refused.',
   404: 'Not found.',
   429: 'Too many requests: the server\u2019s queue is full; retry in a moment.',
+  503: 'Service unavailable: the server cannot serve this right now (e.g. it cannot read the chain); retry later.',
 };
 
 /** Shows `err` in the page's alert banner (status, what it means, the server's message). */
