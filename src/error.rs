@@ -27,6 +27,13 @@ pub enum Error {
     /// registered on chain, deactivated, or not registered where registration is required).
     #[error("adapter `{name}` is refused: {reason}")]
     AdapterRefused { name: String, reason: String },
+    /// A file, job or other stored object that does not exist; `param` names the field that
+    /// referred to it.
+    #[error("{message}")]
+    NoSuchObject { param: String, message: String },
+    /// An upload larger than its limit (413).
+    #[error("{0}")]
+    TooLarge(String),
     /// The request conflicts with the current state (an adapter name already taken).
     #[error("{0}")]
     Conflict(String),
@@ -80,6 +87,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
         Error::InvalidRequest {
+            param: param.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn no_such(param: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::NoSuchObject {
             param: param.into(),
             message: message.into(),
         }
@@ -139,6 +153,8 @@ impl Error {
             Error::InvalidRequest { .. }
             | Error::ContextLength(_)
             | Error::NotFound(_)
+            | Error::NoSuchObject { .. }
+            | Error::TooLarge(_)
             | Error::InvalidAdapter { .. }
             | Error::Conflict(_)
             | Error::Unsupported { .. }

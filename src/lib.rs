@@ -18,7 +18,8 @@
 //! ends live in the binary (`src/cli/`). `hub` fetches models and adapters by Hugging Face id into
 //! the local hub cache; `progress` reports long work (downloads, loading, indexing) on stderr.
 //! `train` fine-tunes LoRA adapters (candle CPU autograd over the frozen base weights) and writes them
-//! in the PEFT format `lora` loads.
+//! in the PEFT format `lora` loads; `factory` runs them as OpenAI fine-tuning jobs inside the server
+//! (files, jobs, events, checkpoints in SQLite) and deploys the adapters they produce.
 
 pub mod chain;
 pub mod clock;
@@ -26,6 +27,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod exec;
+pub mod factory;
 pub mod hub;
 pub mod kv_cache;
 pub mod ledger;

@@ -121,6 +121,16 @@ pub struct ServeArgs {
     /// `required`/named calls are constrained to): `hermes` (default) or `llama3_json`.
     #[arg(long, env = "OPENLORA_TOOL_CALL_PARSER", value_enum)]
     pub tool_call_parser: Option<ToolCallParser>,
+    /// Folder of the Model Factory (uploaded files, fine-tuning jobs in SQLite, fine-tuned
+    /// adapters); turns on the OpenAI files and fine-tuning endpoints (admin key).
+    #[arg(long, env = "OPENLORA_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Threads a fine-tuning job may use (serving keeps the rest; default 1).
+    #[arg(long, env = "OPENLORA_TRAINING_THREADS")]
+    pub training_threads: Option<usize>,
+    /// Largest fine-tuning file upload, in MiB (default 64).
+    #[arg(long, env = "OPENLORA_MAX_UPLOAD_MB")]
+    pub max_upload_mb: Option<usize>,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
     #[command(flatten)]
@@ -158,6 +168,9 @@ struct FileConfig {
     max_queue: Option<usize>,
     shutdown_timeout: Option<u64>,
     tool_call_parser: Option<ToolCallParser>,
+    data_dir: Option<PathBuf>,
+    training_threads: Option<usize>,
+    max_upload_mb: Option<usize>,
     dtype: Option<String>,
     quantize: Option<String>,
     kv_cache_dtype: Option<String>,
@@ -239,8 +252,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .or(file.tool_call_parser)
             .unwrap_or_default(),
         webui: !args.no_webui && file.webui.unwrap_or(true),
+        max_upload_bytes: args.max_upload_mb.or(file.max_upload_mb).unwrap_or(64) << 20,
         ..Default::default()
     };
+    let data_dir = args.data_dir.or(file.data_dir);
+    let training_threads = args.training_threads.or(file.training_threads).unwrap_or(1);
+    anyhow::ensure!(training_threads > 0, "--training-threads must be > 0");
     if opts.insecure_open_admin && opts.admin_key.is_none() {
         tracing::warn!("--insecure-open-admin: anyone who can reach this server may load, replace and unload adapters");
         eprintln!("openlora: WARNING: --insecure-open-admin: the adapter admin endpoints are open to anyone who can reach this server");
@@ -381,7 +398,29 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let engine = EngineHandle::spawn_supervised(engine, move || {
         LlmEngine::with_pager(m2.clone(), cfg2.clone(), pager.clone())
     });
-    let state = AppState::with_meter(engine, registry.clone(), opts, meter);
+    let state = AppState::with_meter(engine, registry.clone(), opts, meter.clone());
+    if let Some(dir) = data_dir {
+        let factory_opts = openlora::factory::FactoryOptions {
+            data_dir: dir.clone(),
+            training_threads,
+            max_file_bytes: state.opts.max_upload_bytes,
+        };
+        let f = openlora::factory::Factory::open(
+            factory_opts,
+            model.clone(),
+            registry.clone(),
+            meter,
+            metrics.clone(),
+        )
+        .with_context(|| format!("opening the model factory in {}", dir.display()))?;
+        f.start()?;
+        let _ = state.factory.set(f);
+        eprintln!(
+            "openlora: fine-tuning on ({} training threads, data in {})",
+            training_threads,
+            dir.display()
+        );
+    }
     tracing::info!(model = %model.name, adapters = registry.len(), kv_blocks = engine_cfg.num_blocks, prefix_caching = engine_cfg.enable_prefix_caching, "serving");
 
     rt.block_on(async move {

@@ -25,13 +25,14 @@ use crate::lora::AdapterRef;
 use crate::metrics::Metrics;
 use alloy::primitives::{keccak256, Address, B256, U256};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 pub struct Meter {
     pub store: Arc<Store>,
     prices: PriceBook,
-    datanets: HashMap<String, Arc<Datanet>>,
+    /// Indexed datanets by id; the Model Factory adds the ones its jobs train on.
+    datanets: RwLock<HashMap<String, Arc<Datanet>>>,
     min_span: usize,
     /// `None` without a chain: calls are recorded but not checked against deposits.
     pub funds: Option<Arc<Funds>>,
@@ -86,7 +87,7 @@ impl Meter {
             writer: Arc::new(Writer::spawn(store.clone(), metrics.clone())),
             store,
             prices,
-            datanets,
+            datanets: RwLock::new(datanets),
             min_span,
             funds,
             operator,
@@ -99,6 +100,17 @@ impl Meter {
     pub fn with_datanet_verifier(mut self, verifier: Arc<DatanetVerifier>) -> Self {
         self.datanet_verifier = Some(verifier);
         self
+    }
+
+    /// Adds (or replaces) datanet `d`: calls recorded from now on attribute to it.
+    pub fn add_datanet(&self, d: Arc<Datanet>) {
+        let mut map = self.datanets.write().unwrap_or_else(|p| p.into_inner());
+        map.insert(d.id.clone(), d);
+    }
+
+    fn datanet(&self, id: &str) -> Option<Arc<Datanet>> {
+        let map = self.datanets.read().unwrap_or_else(|p| p.into_inner());
+        map.get(id).cloned()
     }
 
     /// The ledger's one writer (the settlement worker writes through it too).
@@ -188,7 +200,8 @@ impl Meter {
         let mut out = vec![];
         for (t, _, _) in &pricing.parts {
             for (id, w) in &t.datanets {
-                let Some(d) = self.datanets.get(id) else {
+                let d = self.datanet(id);
+                let Some(d) = d else {
                     out.push(datanet_attribution(
                         &t.name,
                         id,

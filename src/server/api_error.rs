@@ -64,6 +64,8 @@ impl From<Error> for ApiError {
                 Some("model".to_string()),
                 Some("model_not_found"),
             ),
+            Error::NoSuchObject { param, .. } => (StatusCode::NOT_FOUND, Some(param.clone()), None),
+            Error::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, None, None),
             Error::InvalidAdapter { .. } => (
                 StatusCode::BAD_REQUEST,
                 Some("lora_path".to_string()),

@@ -6,6 +6,8 @@
 //! - the adapter admin endpoints need the admin key whenever any key (API or admin) is configured,
 //!   are refused outright when API keys exist without an admin key, and with no keys at all
 //!   answer only to loopback peers — unless `--insecure-open-admin` opens them (logged loudly);
+//! - with an admin key configured, a caller without a valid key gets 401 and a caller holding a
+//!   valid API key that is not the admin key gets 403 (it is known, but not allowed);
 //! - only a caller who proved to be the admin (or a loopback caller of a keyless server) is told
 //!   server paths (`AdminAccess::sees_paths`).
 
@@ -85,9 +87,15 @@ pub fn admin_access(
 ) -> Result<AdminAccess, ApiError> {
     let keyless = opts.api_keys.is_empty() && opts.admin_key.is_none();
     if opts.admin_key.is_some() {
-        return match is_admin_key(opts, key) {
-            true => Ok(AdminAccess { sees_paths: true }),
-            false => Err(ApiError::unauthorized("This endpoint needs the admin key.")),
+        // Both checks always run: which one matched does not show in the timing.
+        let admin = is_admin_key(opts, key);
+        let api = key.is_some_and(|k| payer_of(opts, k).is_some());
+        return match (admin, api) {
+            (true, _) => Ok(AdminAccess { sees_paths: true }),
+            (false, true) => Err(forbidden(
+                "This endpoint needs the admin key; an API key is not enough.",
+            )),
+            (false, false) => Err(ApiError::unauthorized("This endpoint needs the admin key.")),
         };
     }
     if opts.insecure_open_admin {
@@ -200,7 +208,8 @@ mod tests {
             ok(&o, Some("adm"), false),
             Some(AdminAccess { sees_paths: true })
         );
-        assert_eq!(status(&o, Some("a"), true), StatusCode::UNAUTHORIZED);
+        assert_eq!(status(&o, Some("a"), true), StatusCode::FORBIDDEN);
+        assert_eq!(status(&o, Some("zz"), true), StatusCode::UNAUTHORIZED);
         assert_eq!(status(&o, None, true), StatusCode::UNAUTHORIZED);
         // API keys but no admin key: disabled, even an API key on loopback.
         let o = opts(&["a"], None, false);

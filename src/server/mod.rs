@@ -11,7 +11,9 @@ mod admin;
 mod api_error;
 mod auth;
 mod chat_reply;
+mod fine_tuning;
 mod generate;
+mod multipart;
 mod openai;
 mod receipts;
 mod state;
@@ -84,6 +86,7 @@ impl AppState {
             meter,
             created: state::unix_now(),
             grammar: Default::default(),
+            factory: Default::default(),
         });
         warm_grammar_compiler(&state);
         state
@@ -116,6 +119,37 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/pin_lora_adapter", post(admin::pin))
         .route("/v1/unpin_lora_adapter", post(admin::unpin))
         .route("/v1/adapters", get(adapter_list::list))
+        .route(
+            "/v1/files",
+            post(fine_tuning::upload_file)
+                .layer(DefaultBodyLimit::max(state.upload_limit()))
+                .get(fine_tuning::list_files),
+        )
+        .route(
+            "/v1/files/{file_id}",
+            get(fine_tuning::get_file).delete(fine_tuning::delete_file),
+        )
+        .route(
+            "/v1/files/{file_id}/content",
+            get(fine_tuning::file_content),
+        )
+        .route(
+            "/v1/fine_tuning/jobs",
+            post(fine_tuning::create_job).get(fine_tuning::list_jobs),
+        )
+        .route("/v1/fine_tuning/jobs/{job_id}", get(fine_tuning::get_job))
+        .route(
+            "/v1/fine_tuning/jobs/{job_id}/cancel",
+            post(fine_tuning::cancel_job),
+        )
+        .route(
+            "/v1/fine_tuning/jobs/{job_id}/events",
+            get(fine_tuning::job_events),
+        )
+        .route(
+            "/v1/fine_tuning/jobs/{job_id}/checkpoints",
+            get(fine_tuning::job_checkpoints),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_admin,
@@ -182,7 +216,7 @@ pub async fn run(
     .await
 }
 
-/// Bodies announced larger than this are refused without being read (the connection closes).
+/// Bodies announced larger than this (or than an upload's limit) are refused without being read (the connection closes).
 const DRAIN_CAP: u64 = 64 << 20;
 /// How long an oversized body may take to arrive before the 413 goes out anyway.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -195,7 +229,10 @@ async fn reject_oversized(
     req: Request,
     next: Next,
 ) -> Response {
-    let limit = state.opts.max_body_bytes as u64;
+    let limit = match req.uri().path() {
+        "/v1/files" => state.upload_limit(),
+        _ => state.opts.max_body_bytes,
+    } as u64;
     let announced = req
         .headers()
         .get(header::CONTENT_LENGTH)

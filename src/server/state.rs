@@ -5,6 +5,7 @@ use super::tool_parser::ToolCallParser;
 pub use crate::clock::unix_now;
 use crate::engine::{EngineHandle, GrammarCompiler};
 use crate::error::Result;
+use crate::factory::Factory;
 use crate::ledger::Meter;
 use crate::lora::{AdapterRegistry, AdapterRoots};
 use crate::metrics::Metrics;
@@ -32,6 +33,8 @@ pub struct ServerOptions {
     pub tool_call_parser: ToolCallParser,
     /// Serve the web console at `/` (`--no-webui` turns it off).
     pub webui: bool,
+    /// Largest fine-tuning file upload, in bytes (`--max-upload-mb`).
+    pub max_upload_bytes: usize,
 }
 
 impl Default for ServerOptions {
@@ -47,6 +50,7 @@ impl Default for ServerOptions {
             max_body_bytes: 4 << 20,
             tool_call_parser: ToolCallParser::default(),
             webui: true,
+            max_upload_bytes: 64 << 20,
         }
     }
 }
@@ -68,9 +72,16 @@ pub struct AppState {
     pub max_prompt_chars: usize,
     /// Compiles structured-output grammars; built on the first request that needs one.
     pub grammar: OnceLock<Arc<GrammarCompiler>>,
+    /// The Model Factory (fine-tuning API), set once at start-up when `--data-dir` is given.
+    pub factory: OnceLock<Arc<Factory>>,
 }
 
 impl AppState {
+    /// The largest `POST /v1/files` body: the factory's file limit plus room for the form.
+    pub fn upload_limit(&self) -> usize {
+        self.opts.max_upload_bytes.saturating_add(64 << 10)
+    }
+
     /// The model's grammar compiler (built once, on first use).
     pub fn grammar_compiler(&self) -> Result<Arc<GrammarCompiler>> {
         if let Some(g) = self.grammar.get() {

@@ -17,7 +17,7 @@ mod frozen_linear;
 mod grad_ops;
 mod lora_params;
 mod lr_schedule;
-mod tensor_io;
+pub(crate) mod tensor_io;
 mod train_config;
 mod train_job;
 mod train_model;
