@@ -20,9 +20,10 @@ export class ApiError extends Error {
   }
 }
 
+/** An admin call carries the admin key only (none entered: no key, so the server says 401). */
 function headers(admin, json) {
   const h = {};
-  const key = admin && adminKey ? adminKey : apiKey();
+  const key = admin ? adminKey : apiKey();
   if (key) h.Authorization = `Bearer ${key}`;
   if (json) h['Content-Type'] = 'application/json';
   return h;
