@@ -481,7 +481,7 @@ def _foundry(tool: str) -> str:
 
 
 def _chat_status(srv) -> int:
-    body = {"model": srv.base_model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    body = {"model": "pirate", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     return srv.http.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {ALICE}"}).status_code
 
 
@@ -490,6 +490,7 @@ def _banner_after_run(browser_context, srv, status: str, words: str):
     c = Console(page, srv.url).open()
     c.wait_models()
     set_prompt(page)
+    page.select_option("#model-a", "pirate")  # priced by its manifest (a base-model call costs 0)
     c.run()
     banner = page.locator("#banner")
     expect(banner).to_have_attribute("data-status", status)
@@ -526,7 +527,7 @@ def test_chain_down_shows_503_and_no_deposit_shows_402(browser_context, tmp_path
         owner = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
         cast = _foundry("cast")
         args = subprocess.run([cast, "abi-encode", "constructor(address,address,uint16,uint64)", owner, owner,
-                               "0", "0"], check=True, capture_output=True, text=True).stdout.strip()
+                               "0", "3600"], check=True, capture_output=True, text=True).stdout.strip()
         deadline = time.monotonic() + 30
         while True:
             out = subprocess.run([cast, "send", "--json", "--rpc-url", rpc, "--private-key", DEV_KEY_0,
