@@ -6,8 +6,9 @@ independently of the page: the greedy answers from `/v1/chat/completions`, recei
 `/v1/receipts/{id}`, tiers and pins from `/v1/adapters`, figures from `/metrics`, fine-tuning jobs
 and their losses from `/v1/fine_tuning/jobs/...` (the Model Factory under `--data-dir`, training
 for real on the demo model). Error banners come from real conditions: wrong or missing keys, a
-refused caller, a really full queue, a chain RPC that does not answer (503) and a payer without a
-deposit on a real anvil chain (402).
+refused caller, a really full queue, a chain RPC that does not answer (503), a payer without a
+deposit on a real anvil chain (402) and an adapter whose weights do not match its on-chain
+registration (403 adapter_refused).
 
 Screenshots go to $OPENLORA_SCREENSHOT_DIR when set (docs/screenshots/ holds the committed ones),
 else to a temp folder."""
@@ -28,7 +29,7 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from conftest import ADMIN, ALICE, KEY_ARGS, _free_port, launch_server, stop_server, wait_ready
-from olutil import REPO, parse_metrics
+from olutil import REPO, env_bin, parse_metrics
 
 CHROMIUM = os.environ.get("OPENLORA_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -467,7 +468,7 @@ def test_a_refused_call_shows_403_and_a_full_queue_429(browser_context, metered,
         stop_server(srv)
 
 
-# --- 503 and 402 from a real chain: the RPC down, then a payer without a deposit ---
+# --- 503, 402 and 403 from a real chain: the RPC down, a payer without a deposit, a tampered adapter ---
 
 DEV_KEY_0 = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"  # anvil's public dev keys
 DEV_KEY_1 = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
@@ -500,19 +501,25 @@ def _banner_after_run(browser_context, srv, status: str, words: str):
     return page
 
 
-def test_chain_down_shows_503_and_no_deposit_shows_402(browser_context, tmp_path, shots):
+def test_chain_down_shows_503_no_deposit_402_and_a_tampered_adapter_403(browser_context, tmp_path, shots):
     """Metering against a chain RPC that does not answer yet: the payer's deposit was never read,
     so calls are refused with a 503 (a real upstream failure). Then anvil comes up on that port and
-    the Settlement contract is deployed where the server expects it; the payer has deposited
-    nothing, so calls are refused with a 402 insufficient_quota."""
+    the contracts are deployed where the server expects them; the payer has deposited nothing, so
+    calls to the priced pirate adapter are refused with a 402 insufficient_quota. Last, an adapter
+    registered on chain with other weights than its files is refused at page-in (403
+    adapter_refused)."""
     port = _free_port()
     rpc = f"http://127.0.0.1:{port}"
-    settlement = "0x5FbDB2315678afecb367f032d93F642f64180aa3"  # dev account 0's first contract
+    # Dev account 0's first three contracts: Settlement, DatanetRegistry, AdapterRegistry.
+    settlement = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+    datanets = "0xe7f1725E7734CE288F8367e1Bb143E90bb3F0512"
+    registry = "0x9fE46736679d2D9a65F0992F2272dE9f3c7fa6e0"
     (tmp_path / "operator.key").write_text(DEV_KEY_1)
     srv = launch_server(tmp_path, KEY_ARGS + [
         "--dtype", "f32", "--ledger", str(tmp_path / "ledger.sqlite"), "--chain-rpc", rpc,
         "--settlement-address", settlement, "--operator-key-file", str(tmp_path / "operator.key"),
-        "--deposit-refresh-secs", "1", "--settle-interval-secs", "1"])
+        "--deposit-refresh-secs", "1", "--settle-interval-secs", "1", "--adapter-registry-address", registry,
+        "--chain-refresh-secs", "1", "--adapter-roots", str(tmp_path)])
     anvil = None
     try:
         wait_ready(srv)
@@ -522,27 +529,61 @@ def test_chain_down_shows_503_and_no_deposit_shows_402(browser_context, tmp_path
         page.close()
         anvil = subprocess.Popen([_foundry("anvil"), "--host", "127.0.0.1", "--port", str(port), "--network",
                                   "optimism"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        artefact = json.loads((REPO / "contracts/abi/Settlement.json").read_text())
-        code = artefact["bytecode"]["object"] if isinstance(artefact["bytecode"], dict) else artefact["bytecode"]
         owner = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
         cast = _foundry("cast")
-        args = subprocess.run([cast, "abi-encode", "constructor(address,address,uint16,uint64)", owner, owner,
-                               "0", "3600"], check=True, capture_output=True, text=True).stdout.strip()
-        deadline = time.monotonic() + 30
-        while True:
-            out = subprocess.run([cast, "send", "--json", "--rpc-url", rpc, "--private-key", DEV_KEY_0,
-                                  "--create", code + args[2:]], capture_output=True, text=True)
-            if out.returncode == 0:
-                break
-            assert time.monotonic() < deadline, out.stderr
-            time.sleep(0.2)
-        assert json.loads(out.stdout)["contractAddress"].lower() == settlement.lower()
+
+        def deploy(name: str, sig: str, *args: str) -> str:
+            artefact = json.loads((REPO / f"contracts/abi/{name}.json").read_text())
+            code = artefact["bytecode"]["object"]
+            if sig:
+                code += subprocess.run([cast, "abi-encode", sig, *args], check=True, capture_output=True,
+                                       text=True).stdout.strip()[2:]
+            deadline = time.monotonic() + 30
+            while (out := subprocess.run([cast, "send", "--json", "--rpc-url", rpc, "--private-key", DEV_KEY_0,
+                                          "--create", code], capture_output=True, text=True)).returncode:
+                assert time.monotonic() < deadline, out.stderr
+                time.sleep(0.2)
+            return json.loads(out.stdout)["contractAddress"].lower()
+
+        # No protocol fee, a one-hour withdrawal delay.
+        assert deploy("Settlement", "constructor(address,address,uint16,uint64)", owner, owner, "0", "3600") \
+            == settlement.lower()
+        assert deploy("DatanetRegistry", "") == datanets.lower()
+        assert deploy("AdapterRegistry", "constructor(address)", datanets) == registry.lower()
+
+        def register(name: str, weights_hash: str, price: str = "1000000000000"):
+            adapter_id = subprocess.run([cast, "keccak", name], check=True, capture_output=True, text=True).stdout
+            subprocess.run([cast, "send", "--rpc-url", rpc, "--private-key", DEV_KEY_0, registry,
+                            "register(bytes32,bytes32,uint128,uint128,(bytes32,uint16)[],(uint16,uint16,uint16))",
+                            adapter_id.strip(), weights_hash, price, price, "[]",
+                            "(9000,0,1000)"], check=True, capture_output=True)
+
+        # The pirate adapter, registered with its own weights and a price.
+        register("pirate", subprocess.run([env_bin(), "adapter-hash", str(srv.adapters_dir / "pirate")], check=True,
+                                          capture_output=True, text=True).stdout.strip())
         deadline = time.monotonic() + 30
         while (status := _chat_status(srv)) != 402:
             assert status == 503 and time.monotonic() < deadline, status
             time.sleep(0.25)
         page = _banner_after_run(browser_context, srv, "402", "deposit")
         page.screenshot(path=str(shots / "banner-402.png"))
+        page.close()
+        # An adapter registered on chain (free) with other weights than its files: calls to it are
+        # refused at page-in (403 adapter_refused), and the page says so.
+        register("tampered", "0x" + "11" * 32, price="0")
+        shutil.copytree(REPO / "adapters/shouty", tmp_path / "tampered")
+        assert srv.load_adapter("tampered", tmp_path / "tampered").status_code == 200
+        page = browser_context.new_page()
+        c = Console(page, srv.url).open()
+        c.wait_models()
+        set_prompt(page)
+        page.select_option("#model-a", "tampered")
+        c.run()
+        banner = page.locator("#banner")
+        expect(banner).to_have_attribute("data-status", "403")
+        assert "adapter is refused" in banner.inner_text(), banner.inner_text()
+        page.screenshot(path=str(shots / "banner-403-refused.png"))
+        c.no_errors(allowed=("status of 403",))
         page.close()
     finally:
         if anvil:
