@@ -96,7 +96,9 @@ async function listJobs() {
       h('td', {}, j.fine_tuned_model || '\u2013'),
       h('td', {}, h('button', { type: 'button', class: 'ft-show', 'data-job': j.id, 'aria-label': `Show ${j.id}` }, 'Show')))));
   } catch (e) {
+    // Passive loads explain instead of raising a banner; actions still show theirs.
     if (e.status === 404) setText($('finetune-note'), `Not available here: ${e.message}`);
+    else if (e.status === 401 || e.status === 403) setText($('finetune-note'), 'The fine-tuning API needs the admin key: enter it above and press Use keys.');
     else showError(e);
   }
 }
