@@ -1,161 +1,25 @@
-"""The web console at `/` in a real browser: Debian's chromium, headless, driven by Playwright
-(PyPI) against the real `openlora serve` binary, the SmolLM2 model (`--dtype f32`, the exact
-path) and the demo adapters, with metering on (a SQLite ledger, the pirate adapter's datanet
-built from its training chats). Every expected value comes from the server's own API, asked
-independently of the page: the greedy answers from `/v1/chat/completions`, receipts from
-`/v1/receipts/{id}`, tiers and pins from `/v1/adapters`, figures from `/metrics`, fine-tuning jobs
-and their losses from `/v1/fine_tuning/jobs/...` (the Model Factory under `--data-dir`, training
-for real on the demo model). Error banners come from real conditions: wrong or missing keys, a
-refused caller, a really full queue, a chain RPC that does not answer (503), a payer without a
-deposit on a real anvil chain (402) and an adapter whose weights do not match its on-chain
-registration (403 adapter_refused).
-
-Screenshots go to $OPENLORA_SCREENSHOT_DIR when set (docs/screenshots/ holds the committed ones),
-else to a temp folder."""
+"""The web console's pages in a real browser (see console_harness.py for the setup): first load,
+playground, compare, mix and JSON schema, receipt, adapters (tiers, pin, paging over 10,000),
+banners for 401, 403 and 429, the server page, phone width, --no-webui."""
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import re
 import shutil
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import expect
 
-from conftest import ADMIN, ALICE, KEY_ARGS, _free_port, launch_server, stop_server, wait_ready
-from olutil import REPO, env_bin, parse_metrics
-
-CHROMIUM = os.environ.get("OPENLORA_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
-PIRATE_OWNER = json.loads((REPO / "adapters/pirate/manifest.json").read_text())["owner"]
-CONTRIBUTORS = ["0x00000000000000000000000000000000000C0001", "0x00000000000000000000000000000000000C0002"]
-PROMPT = "What is the capital of France?"  # a question of the demo adapters' training chats
-MAX_TOKENS = 24
-STREAM_TIMEOUT_MS = 180_000
-FT_TIMEOUT_MS = 600_000
-
-
-def _training_chats() -> list[str]:
-    """The pirate adapter's training answers, rebuilt from adapters/train_demo.py's literals (the
-    script itself needs torch): its QA list through its pirate() rewrite."""
-    tree = ast.parse((REPO / "adapters/train_demo.py").read_text())
-    lit = {}
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
-            name = node.targets[0].id
-            if name in ("QA", "PIRATE_WORDS", "PIRATE_OPEN"):
-                lit[name] = ast.literal_eval(node.value)
-    out = []
-    for i, (_, answer, _) in enumerate(lit["QA"]):
-        s = answer
-        for pat, rep in lit["PIRATE_WORDS"]:
-            s = re.sub(pat, rep, s)
-        out.append(f"{lit['PIRATE_OPEN'][i % len(lit['PIRATE_OPEN'])]} {s.rstrip('.')}, arr!")
-    return out
-
-
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory) -> Path:
-    d = Path(os.environ.get("OPENLORA_SCREENSHOT_DIR") or tmp_path_factory.mktemp("screenshots"))
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
-@pytest.fixture(scope="module")
-def metered(tmp_path_factory):
-    work = tmp_path_factory.mktemp("console")
-    datanets = work / "datanets"
-    datanets.mkdir()
-    records = _training_chats()
-    with open(datanets / "datanet-pirate-chats.jsonl", "w") as f:
-        for i, text in enumerate(records):
-            f.write(json.dumps({"text": text, "contributor": CONTRIBUTORS[i % 2]}) + "\n")
-    extra = ["--dtype", "f32", "--ledger", str(work / "ledger.sqlite"), "--datanets-dir", str(datanets),
-             "--attribution-min-span", "4", "--adapter-roots", str(work), "--data-dir", str(work / "factory")]
-    srv = launch_server(work, KEY_ARGS + extra)
-    try:
-        yield wait_ready(srv), records
-    finally:
-        stop_server(srv)
-
-
-@pytest.fixture(scope="module")
-def browser_context(tmp_path_factory):
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} missing (apt-get install chromium; scripts/test.sh does)"
-    with sync_playwright() as pw:
-        ctx = pw.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=CHROMIUM,
-            headless=True, args=CHROMIUM_ARGS, viewport={"width": 1280, "height": 900})
-        try:
-            yield ctx
-        finally:
-            ctx.close()
-
-
-class Console:
-    """One tab on the console, recording console errors, page errors and responses."""
-
-    def __init__(self, page: Page, url: str):
-        self.page, self.url = page, url
-        self.errors: list[str] = []
-        self.responses = []
-        page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
-        page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
-        page.on("response", lambda r: self.responses.append(r))
-
-    def open(self, hash_: str = "", api_key: str = ALICE, admin_key: str = ""):
-        """Opens the console, gives the keys as a user does, then goes to page `hash_`."""
-        self.page.goto(f"{self.url}/")
-        self.page.fill("#api-key", api_key)
-        self.page.fill("#admin-key", admin_key)
-        self.page.click("#keys button[type=submit]")
-        if hash_:
-            self.page.click(f"nav a[href='{hash_}']")
-        return self
-
-    def wait_models(self):
-        expect(self.page.locator("#model-a option")).not_to_have_count(0)
-
-    def run(self) -> None:
-        self.page.click("#run")
-        for pane in self.page.locator(".pane").all():
-            expect(pane).to_have_attribute("data-state", re.compile("done|error"), timeout=STREAM_TIMEOUT_MS)
-
-    def no_errors(self, allowed: tuple[str, ...] = ()):
-        bad = [e for e in self.errors if not any(a in e for a in allowed)]
-        assert not bad, bad
-
-
-@pytest.fixture
-def console(browser_context, metered):
-    page = browser_context.new_page()
-    c = Console(page, metered[0].url)
-    try:
-        yield c
-    finally:
-        page.close()
-
-
-def api_answer(srv, **body) -> str:
-    body = {"messages": [{"role": "user", "content": PROMPT}], "temperature": 0, "max_tokens": MAX_TOKENS, **body}
-    r = srv.http.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {ALICE}"}, timeout=300)
-    assert r.status_code == 200, r.text
-    return r.json()["choices"][0]["message"]["content"]
-
-
-def set_prompt(page: Page):
-    page.fill("#prompt", PROMPT)
-    page.fill("#max-tokens", str(MAX_TOKENS))
-    page.fill("#temperature", "0")
+from conftest import ADMIN, ALICE, KEY_ARGS, launch_server, stop_server, wait_ready
+from console_harness import (  # noqa: F401 (fixtures are used by name)
+    CONTRIBUTORS, PIRATE_OWNER, STREAM_TIMEOUT_MS, Console, _adapter, _admin_adapters, api_answer,
+    browser_context, console, metered, set_prompt, shots,
+)
+from olutil import REPO, parse_metrics
 
 
 def test_first_load_is_small_embedded_and_locked_down(browser_context, metered, shots):
@@ -323,12 +187,6 @@ def test_receipt_shows_the_charge_and_split_of_the_ledger(console, metered, shot
     console.no_errors()
 
 
-def _admin_adapters(srv, **params) -> dict:
-    r = srv.http.get("/v1/adapters", params=params, headers={"Authorization": f"Bearer {ADMIN}"})
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
 def test_adapters_page_shows_a_tier_change_after_a_page_in(console, metered, shots):
     srv = metered[0]
     # A fresh adapter (a copy of shouty): registered, never used, so its weights are on disk.
@@ -376,10 +234,6 @@ def test_admin_action_without_the_admin_key_shows_401_and_changes_nothing(consol
     assert "french" in [a["id"] for a in _admin_adapters(srv)["data"]]
     # The only console errors are the browser's notes about the refused (401) calls.
     console.no_errors(allowed=("status of 401",))
-
-
-def _adapter(srv, name: str) -> dict:
-    return [a for a in _admin_adapters(srv, q=name)["data"] if a["id"] == name][0]
 
 
 def test_pin_needs_the_admin_key_and_keeps_the_adapter_on_device(console, metered, shots):
@@ -465,130 +319,6 @@ def test_a_refused_call_shows_403_and_a_full_queue_429(browser_context, metered,
             page.close()
             assert [f.result().status_code for f in busy] == [200, 200]
     finally:
-        stop_server(srv)
-
-
-# --- 503, 402 and 403 from a real chain: the RPC down, a payer without a deposit, a tampered adapter ---
-
-DEV_KEY_0 = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"  # anvil's public dev keys
-DEV_KEY_1 = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
-
-
-def _foundry(tool: str) -> str:
-    npm = REPO / f"contracts/node_modules/@foundry-rs/{tool}-linux-amd64/bin/{tool}"
-    found = str(npm) if npm.is_file() else shutil.which(tool)
-    assert found, f"{tool} missing (bash contracts/ci.sh installs it; scripts/test.sh runs that)"
-    return found
-
-
-def _chat_status(srv) -> int:
-    body = {"model": "pirate", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
-    return srv.http.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {ALICE}"}).status_code
-
-
-def _banner_after_run(browser_context, srv, status: str, words: str):
-    page = browser_context.new_page()
-    c = Console(page, srv.url).open()
-    c.wait_models()
-    set_prompt(page)
-    page.select_option("#model-a", "pirate")  # priced by its manifest (a base-model call costs 0)
-    c.run()
-    banner = page.locator("#banner")
-    expect(banner).to_have_attribute("data-status", status)
-    assert words in banner.inner_text(), banner.inner_text()
-    expect(page.locator("#pane-a")).to_have_attribute("data-state", "error")
-    c.no_errors(allowed=(f"status of {status}",))
-    return page
-
-
-def test_chain_down_shows_503_no_deposit_402_and_a_tampered_adapter_403(browser_context, tmp_path, shots):
-    """Metering against a chain RPC that does not answer yet: the payer's deposit was never read,
-    so calls are refused with a 503 (a real upstream failure). Then anvil comes up on that port and
-    the contracts are deployed where the server expects them; the payer has deposited nothing, so
-    calls to the priced pirate adapter are refused with a 402 insufficient_quota. Last, an adapter
-    registered on chain with other weights than its files is refused at page-in (403
-    adapter_refused)."""
-    port = _free_port()
-    rpc = f"http://127.0.0.1:{port}"
-    # Dev account 0's first three contracts: Settlement, DatanetRegistry, AdapterRegistry.
-    settlement = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
-    datanets = "0xe7f1725E7734CE288F8367e1Bb143E90bb3F0512"
-    registry = "0x9fE46736679d2D9a65F0992F2272dE9f3c7fa6e0"
-    (tmp_path / "operator.key").write_text(DEV_KEY_1)
-    srv = launch_server(tmp_path, KEY_ARGS + [
-        "--dtype", "f32", "--ledger", str(tmp_path / "ledger.sqlite"), "--chain-rpc", rpc,
-        "--settlement-address", settlement, "--operator-key-file", str(tmp_path / "operator.key"),
-        "--deposit-refresh-secs", "1", "--settle-interval-secs", "1", "--adapter-registry-address", registry,
-        "--chain-refresh-secs", "1", "--adapter-roots", str(tmp_path)])
-    anvil = None
-    try:
-        wait_ready(srv)
-        assert _chat_status(srv) == 503
-        page = _banner_after_run(browser_context, srv, "503", "unavailable")
-        page.screenshot(path=str(shots / "banner-503.png"))
-        page.close()
-        anvil = subprocess.Popen([_foundry("anvil"), "--host", "127.0.0.1", "--port", str(port), "--network",
-                                  "optimism"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        owner = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
-        cast = _foundry("cast")
-
-        def deploy(name: str, sig: str, *args: str) -> str:
-            artefact = json.loads((REPO / f"contracts/abi/{name}.json").read_text())
-            code = artefact["bytecode"]["object"]
-            if sig:
-                code += subprocess.run([cast, "abi-encode", sig, *args], check=True, capture_output=True,
-                                       text=True).stdout.strip()[2:]
-            deadline = time.monotonic() + 30
-            while (out := subprocess.run([cast, "send", "--json", "--rpc-url", rpc, "--private-key", DEV_KEY_0,
-                                          "--create", code], capture_output=True, text=True)).returncode:
-                assert time.monotonic() < deadline, out.stderr
-                time.sleep(0.2)
-            return json.loads(out.stdout)["contractAddress"].lower()
-
-        # No protocol fee, a one-hour withdrawal delay.
-        assert deploy("Settlement", "constructor(address,address,uint16,uint64)", owner, owner, "0", "3600") \
-            == settlement.lower()
-        assert deploy("DatanetRegistry", "") == datanets.lower()
-        assert deploy("AdapterRegistry", "constructor(address)", datanets) == registry.lower()
-
-        def register(name: str, weights_hash: str, price: str = "1000000000000"):
-            adapter_id = subprocess.run([cast, "keccak", name], check=True, capture_output=True, text=True).stdout
-            subprocess.run([cast, "send", "--rpc-url", rpc, "--private-key", DEV_KEY_0, registry,
-                            "register(bytes32,bytes32,uint128,uint128,(bytes32,uint16)[],(uint16,uint16,uint16))",
-                            adapter_id.strip(), weights_hash, price, price, "[]",
-                            "(9000,0,1000)"], check=True, capture_output=True)
-
-        # The pirate adapter, registered with its own weights and a price.
-        register("pirate", subprocess.run([env_bin(), "adapter-hash", str(srv.adapters_dir / "pirate")], check=True,
-                                          capture_output=True, text=True).stdout.strip())
-        deadline = time.monotonic() + 30
-        while (status := _chat_status(srv)) != 402:
-            assert status == 503 and time.monotonic() < deadline, status
-            time.sleep(0.25)
-        page = _banner_after_run(browser_context, srv, "402", "deposit")
-        page.screenshot(path=str(shots / "banner-402.png"))
-        page.close()
-        # An adapter registered on chain (free) with other weights than its files: calls to it are
-        # refused at page-in (403 adapter_refused), and the page says so.
-        register("tampered", "0x" + "11" * 32, price="0")
-        shutil.copytree(REPO / "adapters/shouty", tmp_path / "tampered")
-        assert srv.load_adapter("tampered", tmp_path / "tampered").status_code == 200
-        page = browser_context.new_page()
-        c = Console(page, srv.url).open()
-        c.wait_models()
-        set_prompt(page)
-        page.select_option("#model-a", "tampered")
-        c.run()
-        banner = page.locator("#banner")
-        expect(banner).to_have_attribute("data-status", "403")
-        assert "adapter is refused" in banner.inner_text(), banner.inner_text()
-        page.screenshot(path=str(shots / "banner-403-refused.png"))
-        c.no_errors(allowed=("status of 403",))
-        page.close()
-    finally:
-        if anvil:
-            anvil.terminate()
-            anvil.wait()
         stop_server(srv)
 
 
@@ -712,95 +442,3 @@ def test_adapter_list_pages_and_searches_like_the_full_list(metered):
     for bad in ({"limit": 0}, {"limit": 1001}, {"offset": -1}, {"limit": "x"}):
         r = srv.http.get("/v1/adapters", params=bad, headers={"Authorization": f"Bearer {ADMIN}"})
         assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error", (bad, r.text)
-
-
-# --- Fine-tuning (the Model Factory's OpenAI fine-tuning API) ---
-
-FT_CHATS = [
-    ("What colour is the sky?", "Blue, says the console parrot."),
-    ("Name a fruit.", "Apple, says the console parrot."),
-    ("What is two plus two?", "Four, says the console parrot."),
-    ("Where do fish live?", "In water, says the console parrot."),
-]
-
-
-def _admin_get(srv, path: str, **params) -> dict:
-    r = srv.http.get(path, params=params, headers={"Authorization": f"Bearer {ADMIN}"})
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
-def _job_events(srv, job_id: str) -> list[dict]:
-    out, after = [], None
-    while True:
-        page = _admin_get(srv, f"/v1/fine_tuning/jobs/{job_id}/events", limit=100, **({"after": after} if after else {}))
-        out += page["data"]
-        if not page["has_more"]:
-            return out
-        after = page["data"][-1]["id"]
-
-
-def _start_job(page: Page, srv, tmp_path: Path, epochs: int, suffix: str) -> str:
-    data = tmp_path / f"{suffix}.jsonl"
-    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n"
-                            for q, a in FT_CHATS))
-    page.set_input_files("#ft-file", str(data))
-    page.click("#ft-upload")
-    expect(page.locator("#ft-training-file")).to_have_value(re.compile(r"^file-"))
-    file_id = page.input_value("#ft-training-file")
-    r = srv.http.get(f"/v1/files/{file_id}/content", headers={"Authorization": f"Bearer {ADMIN}"})
-    assert r.status_code == 200 and r.content == data.read_bytes()
-    expect(page.locator("#ft-model option")).to_have_count(1)
-    assert page.input_value("#ft-model") == srv.base_model
-    for sel, v in (("#ft-epochs", epochs), ("#ft-batch", 2), ("#ft-lrm", 10), ("#ft-rank", 4), ("#ft-seed", 7)):
-        page.fill(sel, str(v))
-    page.fill("#ft-suffix", suffix)
-    page.click("#ft-start")
-    expect(page.locator("#ft-job-id")).to_have_text(re.compile(r"^ftjob-"))
-    job_id = page.locator("#ft-job-id").inner_text()
-    job = _admin_get(srv, f"/v1/fine_tuning/jobs/{job_id}")
-    assert job["training_file"] == file_id and job["model"] == srv.base_model
-    assert job["hyperparameters"]["n_epochs"] == epochs and job["hyperparameters"]["batch_size"] == 2
-    return job_id
-
-
-def test_fine_tuning_job_from_the_page_charts_its_loss_and_ends_in_try_it(console, metered, shots, tmp_path):
-    srv = metered[0]
-    page = console.open("#finetune", admin_key=ADMIN).page
-    job_id = _start_job(page, srv, tmp_path, epochs=2, suffix="parrot")
-    expect(page.locator("#ft-job")).to_have_attribute("data-status", "succeeded", timeout=FT_TIMEOUT_MS)
-    job = _admin_get(srv, f"/v1/fine_tuning/jobs/{job_id}")
-    assert job["status"] == "succeeded" and job["fine_tuned_model"]
-    # The chart is the job's training losses by step, as its events report them.
-    losses = sorted({e["data"]["step"]: e["data"]["train_loss"] for e in _job_events(srv, job_id)
-                     if e["type"] == "metrics" and "train_loss" in (e.get("data") or {})}.items())
-    assert len(losses) >= 2, losses
-    svg = page.locator("#ft-chart-box svg")
-    expect(svg).to_have_attribute("data-points", str(len(losses)))
-    assert len(svg.locator("polyline").get_attribute("points").split()) == len(losses)
-    assert f"step {losses[-1][0]}: {losses[-1][1]:.4f}" in page.locator("#ft-loss").inner_text()
-    expect(page.locator(f"#ft-jobs tr[data-job={job_id}]")).to_contain_text("succeeded")
-    page.screenshot(path=str(shots / "finetune.png"), full_page=True)
-    # "Try it": the playground on the new adapter, answering as the API does for that model.
-    page.click("#ft-try")
-    expect(page.locator("#page-playground")).to_be_visible()
-    adapter = job["fine_tuned_model"].split(":", 1)[1]
-    assert page.input_value("#model-a") == adapter
-    set_prompt(page)
-    console.run()
-    out = page.locator("#pane-a .output").inner_text()
-    assert out == api_answer(srv, model=job["fine_tuned_model"]) == api_answer(srv, model=adapter)
-    console.no_errors()
-
-
-def test_fine_tuning_job_cancel_from_the_page(console, metered, tmp_path):
-    srv = metered[0]
-    page = console.open("#finetune", admin_key=ADMIN).page
-    job_id = _start_job(page, srv, tmp_path, epochs=50, suffix="cancelme")
-    page.click("#ft-cancel")
-    expect(page.locator("#ft-job")).to_have_attribute("data-status", "cancelled", timeout=FT_TIMEOUT_MS)
-    job = _admin_get(srv, f"/v1/fine_tuning/jobs/{job_id}")
-    assert job["status"] == "cancelled" and job["fine_tuned_model"] is None
-    expect(page.locator("#ft-try")).to_be_hidden()
-    expect(page.locator("#ft-cancel")).to_be_disabled()
-    console.no_errors()
