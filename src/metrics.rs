@@ -225,7 +225,7 @@ impl Metrics {
                 .expect("gauge"),
             adapters_pinned: IntGauge::new(
                 ADAPTERS_PINNED,
-                "Device-tier adapters pinned by running requests.",
+                "Device-tier adapters pinned by running requests or by the admin.",
             )
             .expect("gauge"),
             adapter_page_in_wait: Histogram::with_opts(

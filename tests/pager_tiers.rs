@@ -1,12 +1,13 @@
 //! Pager mechanics on the tiny model with a one- or two-slot device tier: pinned adapters are
 //! never evicted (a page-in waits for a pin to go instead), evicted adapters drop to the host tier,
 //! unregistering drops every copy, and a request whose adapter cannot be paged in yet never stalls
-//! the rest of the batch.
+//! the rest of the batch; an admin pin keeps an adapter on device until unpinned.
 
 mod common;
 use common::*;
 use openlora::config::EngineConfig;
 use openlora::engine::{GenerateRequest, LlmEngine, SeqId};
+use openlora::error::Error;
 use openlora::lora::{AdapterPager, AdapterRegistry, AdapterSpec, Lease, PagerConfig, Tier};
 use openlora::metrics::Metrics;
 use openlora::model::Model;
@@ -130,4 +131,45 @@ fn a_cold_adapter_never_stalls_the_batch() {
     );
     assert_eq!(out[&SeqId(1)], alone);
     assert_eq!(engine.take_paged_in(), vec![SeqId(1)]);
+}
+
+#[test]
+fn an_admin_pin_keeps_an_adapter_on_device_until_unpinned() {
+    let (_, reg, pager) = setup(2);
+    let (a, b, c) = (spec(&reg, "a4"), spec(&reg, "a8"), spec(&reg, "a16"));
+    // Pinning pages the adapter in without any request.
+    pager.pin(&a).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pager.tier(a.id) != Tier::Device {
+        assert!(
+            Instant::now() < deadline,
+            "the pinned adapter was never paged in"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(pager.is_held(a.id));
+    assert_eq!((pager.stats().held, pager.stats().pinned), (1, 1));
+    // A second admin pin would leave no slot for other adapters: refused (409), nothing changes.
+    let refused = pager.pin(&b).unwrap_err();
+    assert!(matches!(refused, Error::Conflict(_)), "{refused}");
+    assert!(!pager.is_held(b.id));
+    // Traffic through the one other slot never moves the pinned adapter, nor waits on it.
+    for s in [&b, &c, &b, &c] {
+        let mut l = pager.lease(vec![s.clone()]);
+        wait_ready(&pager, &mut l);
+    }
+    assert_eq!(pager.tier(a.id), Tier::Device);
+    assert!(pager.stats().device_evictions >= 3);
+    // Unpinned, it is an ordinary LRU entry again: the next two page-ins evict it.
+    assert!(pager.unpin(a.id));
+    assert!(!pager.unpin(a.id), "unpinning twice is a no-op");
+    for s in [&b, &c] {
+        let mut l = pager.lease(vec![s.clone()]);
+        wait_ready(&pager, &mut l);
+    }
+    assert_ne!(pager.tier(a.id), Tier::Device);
+    // Unregistering drops the pin with every copy.
+    pager.pin(&b).unwrap();
+    pager.forget(b.id);
+    assert!(!pager.is_held(b.id));
 }

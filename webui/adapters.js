@@ -1,6 +1,6 @@
 // The adapters page: every registered adapter with its terms, on-chain check, tier, pins and what
 // it served, paged and searched on the server (`GET /v1/adapters?q=&offset=&limit=`), so 10,000
-// adapters cost one page. Load and unload go out with the admin key. Without the admin key the
+// adapters cost one page. Load, unload, pin and unpin go out with the admin key. Without the admin key the
 // listing falls back to the names of `/v1/models`, searched and paged here.
 import { call, showError, clearError, hasAdminKey, h, setText } from './api.js';
 import { fmtWei, short } from './receipt.js';
@@ -21,16 +21,19 @@ function row(a) {
   const price = t && t.price_per_million_input_tokens !== undefined
     ? `${fmtWei(t.price_per_million_input_tokens)} / ${fmtWei(t.price_per_million_output_tokens)}` : '\u2013';
   const unload = h('button', { type: 'button', class: 'unload', 'data-adapter': a.id, 'aria-label': `Unload ${a.id}` }, 'Unload');
-  return h('tr', { 'data-adapter': a.id, 'data-tier': a.tier || '' },
+  const pinned = a.pinned === true;
+  const pin = h('button', { type: 'button', class: 'pin', 'data-adapter': a.id, 'data-pinned': String(pinned),
+    'aria-label': `${pinned ? 'Unpin' : 'Pin'} ${a.id}` }, pinned ? 'Unpin' : 'Pin');
+  return h('tr', { 'data-adapter': a.id, 'data-tier': a.tier || '', 'data-pinned': a.pinned === undefined ? '' : String(pinned) },
     h('th', { scope: 'row' }, a.id),
     h('td', {}, owner),
     h('td', { class: 'num' }, price),
     h('td', {}, a.integrity ? badge(`int-${a.integrity}`, a.integrity, a.integrity_reason) : '\u2013'),
     h('td', { class: 'tier' }, a.tier ? badge(`tier-${a.tier}`, a.tier) : '\u2013'),
-    h('td', {}, a.pinned === undefined ? '\u2013' : (a.pinned ? `yes (${a.pins})` : 'no')),
+    h('td', { class: 'pinned' }, a.pinned === undefined ? '\u2013' : `${pinned ? 'pinned' : 'no'}${a.pins ? ` (${a.pins} running)` : ''}`),
     h('td', { class: 'num' }, a.requests_served ?? '\u2013'),
     h('td', { class: 'num' }, a.generation_tokens === undefined ? '\u2013' : `${a.prompt_tokens} in / ${a.generation_tokens} out`),
-    h('td', {}, unload));
+    h('td', { class: 'actions' }, pin, ' ', unload));
 }
 
 function show(list) {
@@ -98,10 +101,13 @@ export function initAdapters() {
   document.getElementById('adapter-prev').addEventListener('click', () => { offset = Math.max(0, offset - PAGE); refresh(); });
   document.getElementById('adapter-next').addEventListener('click', () => { if (offset + PAGE < total) { offset += PAGE; refresh(); } });
   document.querySelector('#adapter-table tbody').addEventListener('click', (e) => {
-    const b = e.target.closest('button.unload');
+    const b = e.target.closest('button.unload, button.pin');
     if (!b) return;
     if (!hasAdminKey()) setText(document.getElementById('adapter-note'), 'No admin key entered: the server will refuse this.');
-    admin('/v1/unload_lora_adapter', { lora_name: b.dataset.adapter }, `Unloaded ${b.dataset.adapter}.`);
+    const name = b.dataset.adapter;
+    if (b.classList.contains('unload')) admin('/v1/unload_lora_adapter', { lora_name: name }, `Unloaded ${name}.`);
+    else if (b.dataset.pinned === 'true') admin('/v1/unpin_lora_adapter', { lora_name: name }, `Unpinned ${name}.`);
+    else admin('/v1/pin_lora_adapter', { lora_name: name }, `Pinned ${name}: it stays on device until unpinned.`);
   });
   document.getElementById('load-form').addEventListener('submit', (e) => {
     e.preventDefault();

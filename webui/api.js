@@ -20,9 +20,10 @@ export class ApiError extends Error {
   }
 }
 
+/** An admin call carries the admin key only (none entered: no key, so the server says 401). */
 function headers(admin, json) {
   const h = {};
-  const key = admin && adminKey ? adminKey : apiKey();
+  const key = admin ? adminKey : apiKey();
   if (key) h.Authorization = `Bearer ${key}`;
   if (json) h['Content-Type'] = 'application/json';
   return h;
@@ -40,6 +41,13 @@ export async function call(path, { method = 'GET', body, admin = false, signal }
     method, signal, headers: headers(admin, body !== undefined),
     body: body === undefined ? undefined : JSON.stringify(body),
   });
+  if (!res.ok) throw await failure(res);
+  return res.json();
+}
+
+/** POSTs a multipart form (`FormData`) to `path`; resolves to the parsed JSON. */
+export async function upload(path, form, { admin = false } = {}) {
+  const res = await fetch(path, { method: 'POST', headers: headers(admin, false), body: form });
   if (!res.ok) throw await failure(res);
   return res.json();
 }
@@ -95,6 +103,7 @@ const EXPLAIN = {
   403: 'Forbidden: this key may not do that, or the adapter is refused.',
   404: 'Not found.',
   429: 'Too many requests: the server\u2019s queue is full; retry in a moment.',
+  503: 'Service unavailable: the server cannot serve this right now (e.g. it cannot read the chain); retry later.',
 };
 
 /** Shows `err` in the page's alert banner (status, what it means, the server's message). */

@@ -3,10 +3,11 @@ import { apiKey, setApiKey, setAdminKey, clearError } from './api.js';
 import { initPlayground } from './playground.js';
 import { initAdapters, showAdapters, hideAdapters } from './adapters.js';
 import { initServer, showServer, hideServer } from './server.js';
+import { initFinetune, showFinetune, hideFinetune } from './finetune.js';
 
 const PAGES = ['playground', 'adapters', 'server', 'finetune'];
-const ON_SHOW = { adapters: showAdapters, server: showServer };
-const ON_HIDE = { adapters: hideAdapters, server: hideServer };
+const ON_SHOW = { adapters: showAdapters, server: showServer, finetune: showFinetune };
+const ON_HIDE = { adapters: hideAdapters, server: hideServer, finetune: hideFinetune };
 let current = null;
 
 function route() {
@@ -40,5 +41,6 @@ initKeys();
 initPlayground();
 initAdapters();
 initServer();
+initFinetune();
 window.addEventListener('hashchange', route);
 route();

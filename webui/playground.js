@@ -191,6 +191,26 @@ async function run(e) {
   document.getElementById('run').disabled = false;
 }
 
+/**
+ * Opens the playground on `model` (e.g. a fine-tuned adapter just deployed: `base:adapter`, shown
+ * as its adapter), in one pane.
+ */
+export async function tryModel(model) {
+  await loadModels();
+  const sel = document.getElementById('model-a');
+  const name = model.startsWith(`${base}:`) ? model.slice(base.length + 1) : model;
+  if (![...sel.options].some((o) => o.value === name)) {
+    showError(new ApiError(404, { error: { message: `model \`${model}\` is not served (yet)` } }));
+    return;
+  }
+  sel.value = name;
+  sel.dispatchEvent(new Event('change'));
+  const compare = document.getElementById('compare');
+  compare.checked = false;
+  document.getElementById('target-b').hidden = true;
+  location.hash = '#playground';
+}
+
 export function initPlayground() {
   buildTarget(document.getElementById('target-a'), 'A');
   buildTarget(document.getElementById('target-b'), 'B');

@@ -1,6 +1,7 @@
 //! LoRA adapters: the PEFT on-disk format (`adapter`), what registration validates and records
 //! without reading weights (`spec`), the registry of named adapters (`registry`), how a request
-//! names its adapter (`adapter_ref`), the alphabet of adapter names (`adapter_name`), the disk -> host -> device tiers (`pager`) and the
+//! names its adapter (`adapter_ref`), the alphabet of adapter names (`adapter_name`), the disk -> host -> device tiers (`pager`, its
+//! bookkeeping `pager_state`, its thread `pager_worker`, a request's `lease`) and the
 //! residency series routers read (`residency`), the hub cache
 //! (`hub`, through `crate::hub`: ids, cache, downloads), the safetensors header read at registration (`header`), the roots runtime-loaded
 //! adapters are confined to (`adapter_roots`), regular-file-only reads of adapter files
@@ -18,8 +19,11 @@ mod adapter_roots;
 mod header;
 pub mod hub;
 mod integrity;
+mod lease;
 mod pager;
 mod pager_config;
+mod pager_state;
+mod pager_worker;
 mod random;
 mod registry;
 pub mod regular_file;

@@ -25,8 +25,10 @@ pub struct PagerStats {
     pub device_resident: usize,
     pub host_resident: usize,
     pub host_bytes: usize,
-    /// Adapters with at least one pin.
+    /// Device-tier adapters with at least one pin (a lease's or the admin's).
     pub pinned: usize,
+    /// Adapters pinned by the admin (on device or being paged in).
+    pub held: usize,
     /// Lease requests whose adapter was on device already.
     pub hits: u64,
     /// Lease requests whose adapter had to be paged in.

@@ -1,5 +1,5 @@
 //! `GET /v1/adapters`: every registered adapter (sorted by name) with where its weights are now
-//! (`tier`, `pins`, `pinned`), what the integrity gate said about them (`integrity`), its terms
+//! (`tier`; `pins`: held by running requests; `pinned`: by the admin), what the integrity gate said about them (`integrity`), its terms
 //! when metering is on (owner, prices, fee split) and what it has served (`requests_served`,
 //! `prompt_tokens`, `generation_tokens`, from the server's own counters). Optional paging:
 //! `q` (case-insensitive substring of the name), `offset`, `limit` (1..=1000); `total` is the
@@ -104,7 +104,7 @@ fn entry(state: &AppState, a: &Arc<AdapterSpec>, served: Option<Served>) -> Valu
         "adapter_id": a.id.0,
         "tier": pager.tier(a.id).as_str(),
         "pins": pins,
-        "pinned": pins > 0,
+        "pinned": pager.is_held(a.id),
         "rank": a.config.r,
         "target_modules": a.config.target_modules.iter().map(|p| p.module_name()).collect::<Vec<_>>(),
         "size_bytes": a.size_bytes,

@@ -1,5 +1,7 @@
 //! Runtime adapter management, vLLM-compatible: load/unload by name and path (the listing is
-//! `adapter_list`). Loading validates the config and the tensor header
+//! `adapter_list`); pin/unpin by name (`/v1/pin_lora_adapter`, `/v1/unpin_lora_adapter`: the
+//! adapter is paged in and kept on device until unpinned; refused with a 409 when it would leave
+//! no device slot for other adapters; an unknown name is a 404). Loading validates the config and the tensor header
 //! against the base model (weights are paged in on first use); a bad one is a 400 and changes
 //! nothing. Unloading never disturbs running sequences: their pager lease keeps the weights.
 //! What always holds: `lora_name` is in the adapter-name alphabet (`lora::check_adapter_name`,
@@ -88,6 +90,36 @@ pub async fn unload(State(state): State<Arc<AppState>>, body: Bytes) -> Response
     };
     match run() {
         Ok(name) => Json(json!({"status": "ok", "message": format!("Success: LoRA adapter '{name}' removed successfully.")})).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `POST /v1/pin_lora_adapter {"lora_name"}`: keeps the adapter on device (paged in now if needed).
+pub async fn pin(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    set_pin(&state, &body, true)
+}
+
+/// `POST /v1/unpin_lora_adapter {"lora_name"}`: releases the admin's pin (a no-op if none).
+pub async fn unpin(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    set_pin(&state, &body, false)
+}
+
+fn set_pin(state: &AppState, body: &Bytes, pin: bool) -> Response {
+    let run = || -> Result<String, ApiError> {
+        let r: UnloadAdapterRequest = parse_body(body)?;
+        let spec = state.registry.spec(&r.lora_name).ok_or_else(|| {
+            Error::NotFound(format!("adapter `{}` is not registered", r.lora_name))
+        })?;
+        match pin {
+            true => state.engine.pager().pin(&spec)?,
+            false => _ = state.engine.pager().unpin(spec.id),
+        }
+        tracing::info!(adapter = %r.lora_name, pinned = pin, "adapter pin set by the admin");
+        Ok(r.lora_name)
+    };
+    let verb = if pin { "pinned" } else { "unpinned" };
+    match run() {
+        Ok(name) => Json(json!({"status": "ok", "pinned": pin, "message": format!("Success: LoRA adapter '{name}' {verb}.")})).into_response(),
         Err(e) => e.into_response(),
     }
 }

@@ -116,6 +116,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     let admin = Router::new()
         .route("/v1/load_lora_adapter", post(admin::load))
         .route("/v1/unload_lora_adapter", post(admin::unload))
+        .route("/v1/pin_lora_adapter", post(admin::pin))
+        .route("/v1/unpin_lora_adapter", post(admin::unpin))
         .route("/v1/adapters", get(adapter_list::list))
         .route(
             "/v1/files",

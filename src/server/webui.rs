@@ -51,6 +51,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("adapters.js", JS, include_str!("../../webui/adapters.js")),
     ("server.js", JS, include_str!("../../webui/server.js")),
     ("chart.js", JS, include_str!("../../webui/chart.js")),
+    ("finetune.js", JS, include_str!("../../webui/finetune.js")),
     (
         "favicon.svg",
         "image/svg+xml",
