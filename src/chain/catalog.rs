@@ -9,7 +9,9 @@
 //!   `AdapterDeactivated`: each has the adapter id as its first topic) since the last block it
 //!   read and re-reads exactly the cached ids they name (every cached id on the first refresh),
 //!   so a price change or a deactivation is seen within one refresh interval at a cost that does
-//!   not grow with the number of adapters served.
+//!   not grow with the number of adapters served;
+//! - many ids are read with `fetch_many` (`catalog_batch`): one JSON-RPC batch request per page of
+//!   adapters, never two requests per adapter.
 
 use super::contracts::AdapterRegistry::{self, AdapterRegistryErrors, AdapterRegistryInstance};
 use super::ChainError;
@@ -38,6 +40,29 @@ pub struct OnChainAdapter {
 pub enum Listing {
     Registered(Arc<OnChainAdapter>),
     Unregistered,
+}
+
+/// A registered adapter's listing from `getAdapter` and `getTrainedOn`.
+pub(super) fn registered(
+    a: crate::chain::contracts::AdapterRegistry::Adapter,
+    trained: Vec<crate::chain::contracts::AdapterRegistry::DatanetWeight>,
+) -> Listing {
+    Listing::Registered(Arc::new(OnChainAdapter {
+        owner: a.owner,
+        active: a.active,
+        weights_hash: a.weightsHash,
+        price_per_m_input: U256::from(a.pricePerMInput),
+        price_per_m_output: U256::from(a.pricePerMOutput),
+        split_bps: (
+            a.split.ownerBps,
+            a.split.contributorsBps,
+            a.split.operatorBps,
+        ),
+        trained_on: trained
+            .into_iter()
+            .map(|d| (d.datanetId, d.weightBps))
+            .collect(),
+    }))
 }
 
 /// The on-chain id of adapter `name`.
@@ -73,6 +98,14 @@ impl AdapterCatalog {
         }
     }
 
+    pub(super) fn registry_address(&self) -> Address {
+        *self.registry.address()
+    }
+
+    pub(super) fn remember(&self, id: B256, listing: Listing) {
+        self.cache.write().expect("catalog").insert(id, listing);
+    }
+
     pub fn provider(&self) -> &DynProvider {
         self.registry.provider()
     }
@@ -101,22 +134,7 @@ impl AdapterCatalog {
                     .call()
                     .await
                     .map_err(ChainError::from_contract)?;
-                Listing::Registered(Arc::new(OnChainAdapter {
-                    owner: a.owner,
-                    active: a.active,
-                    weights_hash: a.weightsHash,
-                    price_per_m_input: U256::from(a.pricePerMInput),
-                    price_per_m_output: U256::from(a.pricePerMOutput),
-                    split_bps: (
-                        a.split.ownerBps,
-                        a.split.contributorsBps,
-                        a.split.operatorBps,
-                    ),
-                    trained_on: trained
-                        .into_iter()
-                        .map(|d| (d.datanetId, d.weightBps))
-                        .collect(),
-                }))
+                registered(a, trained)
             }
             Err(e) => match e.as_decoded_interface_error::<AdapterRegistryErrors>() {
                 Some(AdapterRegistryErrors::UnknownAdapter(_)) => Listing::Unregistered,
@@ -167,13 +185,14 @@ impl AdapterCatalog {
                 }
             }
         };
-        let mut changed = vec![];
-        for id in ids {
-            let before = self.cached(id);
-            if Some(self.fetch(id).await?) != before {
-                changed.push(id);
-            }
-        }
+        let before: Vec<Option<Listing>> = ids.iter().map(|id| self.cached(*id)).collect();
+        let after = self.fetch_many(&ids).await?;
+        let changed = ids
+            .into_iter()
+            .zip(before.into_iter().zip(after))
+            .filter(|(_, (b, a))| b.as_ref() != Some(a))
+            .map(|(id, _)| id)
+            .collect();
         *synced = Some(head);
         Ok(changed)
     }

@@ -15,6 +15,7 @@
 
 pub mod anvil;
 pub mod catalog;
+mod catalog_batch;
 pub mod contracts;
 pub mod merkle;
 pub mod settler;

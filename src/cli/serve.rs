@@ -474,6 +474,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             model.name,
             registry.len()
         );
+        // After the bind, so the pass does not compete with start-up for the CPU.
+        validate_in_background(registry.clone());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             shutdown_signal().await;
@@ -509,7 +511,7 @@ fn start_chain_sync(
     let sync = ChainSync {
         catalog,
         datanets: meter.datanet_verifier.clone(),
-        names: Box::new(move || names.list().iter().map(|s| s.name.clone()).collect()),
+        names: Box::new(move || names.names()),
         forget: Box::new(move |name| {
             if let Some(id) = reg.get_id(name) {
                 pg.forget(id);
@@ -549,8 +551,8 @@ fn payer_addresses(
     Ok(out)
 }
 
-/// Registers each subfolder holding an `adapter_config.json` (config and header only, read in
-/// parallel: fast for thousands); a bad one is reported and skipped.
+/// Registers each subfolder holding an `adapter_config.json` by name only (`register_pending`):
+/// nothing is read before `/ready`; each folder is validated on first use or by the background pass.
 fn register_dir(registry: &AdapterRegistry, dir: &Path) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -566,7 +568,7 @@ fn register_dir(registry: &AdapterRegistry, dir: &Path) -> anyhow::Result<()> {
             (name.to_string(), p)
         })
         .collect();
-    let results = registry.register_all(&adapters);
+    let results = registry.register_pending(&adapters);
     let mut ok = 0;
     for ((name, _), r) in adapters.iter().zip(results) {
         match r {
@@ -580,6 +582,26 @@ fn register_dir(registry: &AdapterRegistry, dir: &Path) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Validates every pending start-up adapter on a background thread (config and header, in
+/// parallel; the integrity gate's check too); a bad one is reported and refused.
+fn validate_in_background(registry: Arc<AdapterRegistry>) {
+    std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        let (ok, refused) = registry.validate_pending();
+        if ok + refused.len() == 0 {
+            return;
+        }
+        for (name, why) in &refused {
+            eprintln!("openlora: skipping adapter {name}: {why}");
+        }
+        eprintln!(
+            "openlora: validated {ok} adapters in {:.2}s ({} refused)",
+            started.elapsed().as_secs_f64(),
+            refused.len()
+        );
+    });
 }
 
 async fn shutdown_signal() {

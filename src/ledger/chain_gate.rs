@@ -90,7 +90,9 @@ impl AdapterGate for ChainGate {
         let id = onchain_adapter_id(name);
         let listing = match stage {
             GateStage::Register => self.fetch(id),
-            GateStage::PageIn => self.catalog.cached(id).or_else(|| self.fetch(id)),
+            GateStage::PageIn | GateStage::StartUp => {
+                self.catalog.cached(id).or_else(|| self.fetch(id))
+            }
         };
         match listing {
             Some(Listing::Registered(a)) if a.active => Ok(Expected::Hash(a.weights_hash)),
@@ -105,7 +107,7 @@ impl AdapterGate for ChainGate {
                 format!("it has no registration in AdapterRegistry (id {id}) and --require-onchain-adapters is set"),
             )),
             Some(Listing::Unregistered) => Ok(Expected::Any),
-            None if stage == GateStage::Register => Ok(Expected::Any),
+            None if stage != GateStage::PageIn => Ok(Expected::Any),
             None => Err(Error::Unavailable(format!(
                 "adapter `{name}` cannot be verified against AdapterRegistry now (chain unreachable); retry later"
             ))),

@@ -49,13 +49,13 @@ impl ChainSync {
     /// One refresh; the first successful one also learns the DatanetRegistry's address.
     pub async fn round(&self, datanet_registry: &mut Option<Address>) {
         let names = (self.names)();
-        for name in &names {
-            let id = onchain_adapter_id(name);
-            if self.catalog.cached(id).is_none() {
-                if let Err(e) = self.catalog.fetch(id).await {
-                    tracing::debug!(adapter = %name, error = %e, "AdapterRegistry read failed");
-                }
-            }
+        let unread: Vec<_> = names
+            .iter()
+            .map(|n| onchain_adapter_id(n))
+            .filter(|id| self.catalog.cached(*id).is_none())
+            .collect();
+        if let Err(e) = self.catalog.fetch_many(&unread).await {
+            tracing::debug!(error = %e, "AdapterRegistry read failed");
         }
         match self.catalog.refresh().await {
             Ok(changed) => {

@@ -17,6 +17,9 @@ pub enum GateStage {
     /// At registration: a gate that cannot decide now may let the adapter register (the page-in
     /// check is the binding one).
     Register,
+    /// Validating a start-up folder (`AdapterRegistry::validate_pending`): as `Register`, except
+    /// that an answer already cached (the chain sync's batched read at start) is used as is.
+    StartUp,
     /// Before weights are installed for serving.
     PageIn,
 }
