@@ -232,8 +232,8 @@ impl ServerSetup {
         self.spawn_with(&[])
     }
 
-    /// Like [`Self::spawn`] with more `serve` flags (`--settle-interval-secs` here replaces the
-    /// default of 1 s).
+    /// Like [`Self::spawn`] with more `serve` flags (`--settle-interval-secs`, `--kv-cache-mb`
+    /// and `--model` here replace the defaults: 1 s, 16 MiB, the tiny fixture model).
     pub fn spawn_with(&self, extra_args: &[String]) -> Server {
         let port = free_port();
         let interval = match extra_args
@@ -243,6 +243,10 @@ impl ServerSetup {
             Some(_) => vec![],
             None => vec!["--settle-interval-secs".to_string(), "1".to_string()],
         };
+        let kv = match extra_args.iter().any(|a| a == "--kv-cache-mb") {
+            true => vec![],
+            false => vec!["--kv-cache-mb".to_string(), "16".to_string()],
+        };
         let key_file = self.work.join("operator.key");
         std::fs::write(&key_file, DEV_KEYS[1]).unwrap();
         // `OPENLORA_TEST_BIN`: run against another build (e.g. to see a test fail on an older one).
@@ -250,9 +254,15 @@ impl ServerSetup {
             .map(PathBuf::from)
             .unwrap_or_else(|| env!("CARGO_BIN_EXE_openlora").into());
         let mut cmd = Command::new(bin);
+        let model = match extra_args.iter().any(|a| a == "--model") {
+            true => vec![],
+            false => vec![
+                "--model".to_string(),
+                repo().join("tests/fixtures/tiny/model").display().to_string(),
+            ],
+        };
         cmd.arg("serve")
-            .arg("--model")
-            .arg(repo().join("tests/fixtures/tiny/model"))
+            .args(&model)
             .arg("--adapters-dir")
             .arg(self.work.join("adapters"))
             .args([
@@ -260,9 +270,8 @@ impl ServerSetup {
                 "127.0.0.1",
                 "--port",
                 &port.to_string(),
-                "--kv-cache-mb",
-                "16",
             ])
+            .args(&kv)
             .arg("--ledger")
             .arg(self.ledger())
             .args([
