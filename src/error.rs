@@ -34,9 +34,10 @@ pub enum Error {
     /// An upload larger than its limit (413).
     #[error("{0}")]
     TooLarge(String),
-    /// The request conflicts with the current state (an adapter name already taken).
-    #[error("{0}")]
-    Conflict(String),
+    /// The request conflicts with the current state (an adapter name already taken, a file a
+    /// job still uses); `param` is the request field at fault.
+    #[error("{message}")]
+    Conflict { param: &'static str, message: String },
     /// A model or adapter file is malformed.
     #[error("invalid {what} at {path}: {message}")]
     InvalidFile {
@@ -85,6 +86,13 @@ impl Error {
     pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
         Error::InvalidRequest {
             param: param.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn conflict(param: &'static str, message: impl Into<String>) -> Self {
+        Error::Conflict {
+            param,
             message: message.into(),
         }
     }
@@ -146,7 +154,7 @@ impl Error {
             | Error::NoSuchObject { .. }
             | Error::TooLarge(_)
             | Error::InvalidAdapter { .. }
-            | Error::Conflict(_)
+            | Error::Conflict { .. }
             | Error::Unsupported { .. }
             | Error::InvalidFile { .. } => "invalid_request_error",
             Error::Unavailable(_) | Error::EngineStopped => "service_unavailable",

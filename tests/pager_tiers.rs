@@ -151,7 +151,7 @@ fn an_admin_pin_keeps_an_adapter_on_device_until_unpinned() {
     assert_eq!((pager.stats().held, pager.stats().pinned), (1, 1));
     // A second admin pin would leave no slot for other adapters: refused (409), nothing changes.
     let refused = pager.pin(&b).unwrap_err();
-    assert!(matches!(refused, Error::Conflict(_)), "{refused}");
+    assert!(matches!(refused, Error::Conflict { .. }), "{refused}");
     assert!(!pager.is_held(b.id));
     // Traffic through the one other slot never moves the pinned adapter, nor waits on it.
     for s in [&b, &c, &b, &c] {

@@ -192,7 +192,7 @@ impl Factory {
     pub fn delete_file(&self, id: &str) -> Result<()> {
         let f = self.file(id)?;
         if self.store.file_in_use(&f.id)? {
-            return Err(Error::Conflict(format!(
+            return Err(Error::conflict("file_id", format!(
                 "{id} is used by a fine-tuning job that has not finished"
             )));
         }

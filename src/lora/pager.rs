@@ -154,7 +154,7 @@ impl AdapterPager {
     pub fn pin(&self, spec: &Arc<AdapterSpec>) -> Result<()> {
         let mut st = self.shared.lock();
         if !st.can_hold(spec.id, self.shared.cfg.device_slots) {
-            return Err(Error::Conflict(format!(
+            return Err(Error::conflict("lora_name", format!(
                 "cannot pin `{}`: {} of the {} device slots are pinned already and one must stay \
                  free for other adapters; unpin one first",
                 spec.name,

@@ -62,7 +62,7 @@ pub struct AdapterRegistry {
 }
 
 fn duplicate(name: &str) -> Error {
-    Error::Conflict(format!(
+    Error::conflict("lora_name", format!(
         "adapter `{name}` is already registered; pass \"load_inplace\": true to replace it"
     ))
 }

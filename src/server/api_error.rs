@@ -76,7 +76,7 @@ impl From<Error> for ApiError {
                 Some("model".to_string()),
                 Some("adapter_refused"),
             ),
-            Error::Conflict(_) => (StatusCode::CONFLICT, Some("lora_name".to_string()), None),
+            Error::Conflict { param, .. } => (StatusCode::CONFLICT, Some(param.to_string()), None),
             Error::Unsupported { .. } | Error::InvalidFile { .. } => {
                 (StatusCode::BAD_REQUEST, None, Some("invalid_adapter"))
             }

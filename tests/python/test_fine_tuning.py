@@ -284,6 +284,11 @@ def test_cancel_stops_a_queued_and_a_running_job_and_neither_registers(factory, 
     queued = admin.fine_tuning.jobs.create(model=factory.srv.base_model, training_file=tf, method=hp, suffix="q")
     _wait(admin, running.id, lambda j, evs: any(e.type == "metrics" for e in evs), timeout=300, srv=factory.srv)
     assert admin.fine_tuning.jobs.retrieve(queued.id).status == "queued"
+    # A file an unfinished job uses cannot be deleted: 409 naming the file, and it stays.
+    with pytest.raises(openai.ConflictError) as e:
+        admin.files.delete(tf)
+    assert e.value.body["param"] == "file_id", e.value.body
+    assert admin.files.retrieve(tf).id == tf
     assert admin.fine_tuning.jobs.cancel(queued.id).status == "cancelled"
     assert admin.fine_tuning.jobs.cancel(running.id).status == "cancelled"
     steps = lambda: [e for e in _events(admin, running.id) if e.type == "metrics"]
