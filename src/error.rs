@@ -37,7 +37,10 @@ pub enum Error {
     /// The request conflicts with the current state (an adapter name already taken, a file a
     /// job still uses); `param` is the request field at fault.
     #[error("{message}")]
-    Conflict { param: &'static str, message: String },
+    Conflict {
+        param: &'static str,
+        message: String,
+    },
     /// A model or adapter file is malformed.
     #[error("invalid {what} at {path}: {message}")]
     InvalidFile {

@@ -192,9 +192,10 @@ impl Factory {
     pub fn delete_file(&self, id: &str) -> Result<()> {
         let f = self.file(id)?;
         if self.store.file_in_use(&f.id)? {
-            return Err(Error::conflict("file_id", format!(
-                "{id} is used by a fine-tuning job that has not finished"
-            )));
+            return Err(Error::conflict(
+                "file_id",
+                format!("{id} is used by a fine-tuning job that has not finished"),
+            ));
         }
         self.store.delete_file(&f.id)?;
         self.files.remove(&f.id);

@@ -154,13 +154,16 @@ impl AdapterPager {
     pub fn pin(&self, spec: &Arc<AdapterSpec>) -> Result<()> {
         let mut st = self.shared.lock();
         if !st.can_hold(spec.id, self.shared.cfg.device_slots) {
-            return Err(Error::conflict("lora_name", format!(
+            return Err(Error::conflict(
+                "lora_name",
+                format!(
                 "cannot pin `{}`: {} of the {} device slots are pinned already and one must stay \
                  free for other adapters; unpin one first",
                 spec.name,
                 st.held.len(),
                 self.shared.cfg.device_slots
-            )));
+            ),
+            ));
         }
         st.held.insert(spec.id);
         st.failed.remove(&spec.id);

@@ -62,9 +62,12 @@ pub struct AdapterRegistry {
 }
 
 fn duplicate(name: &str) -> Error {
-    Error::conflict("lora_name", format!(
-        "adapter `{name}` is already registered; pass \"load_inplace\": true to replace it"
-    ))
+    Error::conflict(
+        "lora_name",
+        format!(
+            "adapter `{name}` is already registered; pass \"load_inplace\": true to replace it"
+        ),
+    )
 }
 
 impl AdapterRegistry {

@@ -35,9 +35,12 @@ pub async fn load(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
             );
         }
         if !r.load_inplace && state.registry.get_id(name).is_some() {
-            return Err(Error::conflict("lora_name", format!(
+            return Err(Error::conflict(
+                "lora_name",
+                format!(
                 "adapter `{name}` is already registered; pass \"load_inplace\": true to replace it"
-            ))
+            ),
+            )
             .into());
         }
         // Registration reads the config and the safetensors header only; weights are paged in

@@ -258,19 +258,17 @@ impl ServerSetup {
             true => vec![],
             false => vec![
                 "--model".to_string(),
-                repo().join("tests/fixtures/tiny/model").display().to_string(),
+                repo()
+                    .join("tests/fixtures/tiny/model")
+                    .display()
+                    .to_string(),
             ],
         };
         cmd.arg("serve")
             .args(&model)
             .arg("--adapters-dir")
             .arg(self.work.join("adapters"))
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-            ])
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(&kv)
             .arg("--ledger")
             .arg(self.ledger())
