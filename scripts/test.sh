@@ -13,19 +13,21 @@ cache="${OPENLORA_CACHE:-$HOME/.cache/openlora}"
 mkdir -p "$cache"
 # Build outputs outlive the clone (CI starts from a clean one): dependencies compile once.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache/target}"
+# Each step is announced with the seconds elapsed so far (where CI time goes).
+step() { echo "== $* [t+${SECONDS}s]"; }
 
-echo "== model"
+step "model"
 bash scripts/fetch-model.sh
 
-echo "== deploy artefacts (helm chart rendered + kubernetes-validate, Dockerfiles, dashboard)"
+step "deploy artefacts (helm chart rendered + kubernetes-validate, Dockerfiles, dashboard)"
 bash scripts/check-deploy.sh
 
-echo "== contracts (npm ci, forge build, forge test)"
+step "contracts (npm ci, forge build, forge test)"
 bash contracts/ci.sh
 source contracts/env.sh   # anvil/forge/cast on PATH for the Rust chain tests
 
 if [ -f tests/python/requirements.txt ]; then
-  echo "== python test deps"
+  step "python test deps"
   venv="$cache/venv-ci"
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
   stamp="$venv/.req.sha256"; want=$(sha256sum tests/python/requirements.txt | cut -d' ' -f1)
@@ -46,24 +48,24 @@ if [ -n "$apt_pkgs" ]; then
   $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq $apt_pkgs >/dev/null
 fi
 
-echo "== engine supervision (binary built with the test-only fault-injection feature)"
+step "engine supervision (binary built with the test-only fault-injection feature)"
 # First, so that the default-feature build below is the binary left in target/debug.
 cargo test --features fault-injection --test engine_supervision 2>&1
 
-echo "== cargo test"
+step "cargo test"
 cargo build --bins
 cargo test 2>&1
 
 if [ -f tests/python/requirements.txt ]; then
-  echo "== OpenAI SDK tests against the real server"
+  step "OpenAI SDK tests against the real server"
   OPENLORA_BIN="$CARGO_TARGET_DIR/debug/openlora" OPENLORA_MODEL="$(bash scripts/fetch-model.sh)" \
     "$cache/venv-ci/bin/python" -m pytest -q tests/python
 fi
 
-echo "== gpu-run.sh --rehearse (the GPU script's stages against the device executor's CPU twin)"
+step "gpu-run.sh --rehearse (the GPU script's stages against the device executor's CPU twin)"
 OUT="$cache/gpu-rehearse" bash scripts/gpu-run.sh --rehearse
 
-echo "== cuda build (nvcc 13.0 -> sm_90 PTX, cargo build --features cuda; no GPU needed)"
+step "cuda build (nvcc 13.0 -> sm_90 PTX, cargo build --features cuda; no GPU needed)"
 # Last, so the CPU binary the OpenAI-SDK tests ran is the default-feature one. The GPU tests
 # (tests/cuda_ops.rs, the per_device! cuda variants) are compiled and linked here (a build,
 # not a check: `check` would compile every dependency a second time in check mode) and run on a
@@ -72,3 +74,4 @@ cargo fetch   # cuda-env.sh generates the link stubs from cudarc's bindings
 source scripts/cuda-env.sh
 cargo build --features cuda
 cargo build --features cuda --tests --examples
+step "done"
