@@ -43,7 +43,11 @@ fn planned_bytes_are_the_allocated_bytes() {
         assert_eq!(plan.blocks, 5, "{what}");
         // The start-up split names the pool's shape next to its bytes.
         assert_eq!(plan.adapters, pool, "{what}");
-        assert!(plan.describe().contains("(3 slots x rank 8)"), "{}", plan.describe());
+        assert!(
+            plan.describe().contains("(3 slots x rank 8)"),
+            "{}",
+            plan.describe()
+        );
         let err = plan_memory(&model, &cfg, 3, 1e-12, None).unwrap_err();
         assert!(
             err.to_string().contains("no memory left for the KV cache"),

@@ -335,6 +335,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let m = model.config();
     engine_cfg = runtime.engine_config(engine_cfg)?;
     engine_cfg.device = openlora::exec::resolve_device(engine_cfg.device);
+    anyhow::ensure!(
+        !(engine_cfg.qmatmul && engine_cfg.device == DeviceKind::Cpu),
+        "--qmatmul applies to the device executor (--device cuda or candle-cpu); the CPU executor keeps GGUF blocks by default"
+    );
     if explicit_slots.is_none() {
         let d = PagerConfig::for_device(engine_cfg.device, engine_cfg.max_adapters_per_step);
         pager_cfg.device_slots = d.device_slots;
