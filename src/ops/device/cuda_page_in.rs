@@ -9,6 +9,10 @@
 //!   ([`CudaStager::finish`]), so the next step reads the new occupant;
 //! - the host waits for the previous page-in's copies before it rewrites the pinned buffer.
 //!
+//! Today a page-in is issued between steps (a step returns only after its logits are on the host),
+//! so the copy does not yet overlap a step and these waits are already satisfied when issued; they
+//! keep the order right once page-ins are issued while a step runs.
+//!
 //! cudarc's own per-allocation event tracking (on by default in candle) orders these accesses to
 //! the pool tensors as well; the explicit events state the rule and keep holding should tracking
 //! be disabled. NOT VERIFIED ON A GPU: this file is compiled and linked in the cuda build only; the
