@@ -24,10 +24,14 @@ pub struct EngineConfig {
     pub enable_prefix_caching: bool,
     /// Which executor runs the steps (`--device`).
     pub device: DeviceKind,
-    /// Largest adapter rank the device executor's slot pool takes (`--max-lora-rank`).
+    /// Largest adapter rank the device executor's slot pool takes (`--max-lora-rank`; default 16,
+    /// vLLM's): the pool is allocated up front at this rank, so it sizes the pool. Requests naming
+    /// an adapter above it are refused at admission on the device executor.
     pub max_lora_rank: usize,
     /// Element type adapters are read in (`--lora-dtype`).
     pub lora_dtype: LoraDtype,
+    /// Device executor: block-quantized projections as candle `QMatMul`s (`--qmatmul`).
+    pub qmatmul: bool,
 }
 
 impl Default for EngineConfig {
@@ -42,8 +46,9 @@ impl Default for EngineConfig {
             kv_dtype: KvDtype::Auto,
             enable_prefix_caching: true,
             device: DeviceKind::Cpu,
-            max_lora_rank: 64,
+            max_lora_rank: 16,
             lora_dtype: LoraDtype::Auto,
+            qmatmul: false,
         }
     }
 }

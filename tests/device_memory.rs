@@ -29,6 +29,7 @@ fn planned_bytes_are_the_allocated_bytes() {
             device: DeviceKind::CandleCpu,
             max_lora_rank: 8,
             lora_dtype: Default::default(),
+            qmatmul: false,
         };
         let (weights, pool, block) = planned_bytes(&model, true, &cfg, 3);
         let slots = Arc::new(SlotTable::new(3));
@@ -40,10 +41,61 @@ fn planned_bytes_are_the_allocated_bytes() {
         // The plan's blocks fit what it budgets.
         let plan = plan_memory(&model, &cfg, 3, 0.9, Some(5 * block + 1)).unwrap();
         assert_eq!(plan.blocks, 5, "{what}");
+        // The start-up split names the pool's shape next to its bytes.
+        assert_eq!(plan.adapters, pool, "{what}");
+        assert!(
+            plan.describe().contains("(3 slots x rank 8)"),
+            "{}",
+            plan.describe()
+        );
         let err = plan_memory(&model, &cfg, 3, 1e-12, None).unwrap_err();
         assert!(
             err.to_string().contains("no memory left for the KV cache"),
             "{err}"
         );
+    }
+}
+
+/// The device executor's pool is allocated at `--max-lora-rank`: a request naming an adapter of a
+/// higher rank is a client error at admission (it used to reach the step and panic the engine),
+/// one at or below it runs; the CPU executor, which reads adapters as loaded, takes any rank.
+#[test]
+fn an_adapter_above_max_lora_rank_is_refused_at_admission_on_the_device_executor() {
+    use openlora::config::EngineConfig;
+    use openlora::engine::{LlmEngine, SeqId};
+    use openlora::lora::AdapterRegistry;
+    let dir = fixtures().join("tiny");
+    let model = Arc::new(Model::load(&dir.join("model")).unwrap());
+    let reg = AdapterRegistry::new(model.config().clone());
+    let load = |n: &str| {
+        reg.register(n, &dir.join("adapters").join(n)).unwrap();
+        reg.load(n).unwrap()
+    };
+    let (a8, a16) = (load("a8"), load("a16"));
+    for device in [DeviceKind::CandleCpu, DeviceKind::Cpu] {
+        let cfg = EngineConfig {
+            device,
+            max_lora_rank: 8,
+            ..Default::default()
+        };
+        let mut engine = LlmEngine::new(model.clone(), cfg).unwrap();
+        let req = |a: &Arc<openlora::lora::LoraAdapter>| {
+            request(&[1, 2, 3], vec![(a.clone(), 1.0)], greedy_params(2))
+        };
+        engine.add_request(SeqId(0), req(&a8)).unwrap();
+        let high = engine.add_request(SeqId(1), req(&a16));
+        match device {
+            DeviceKind::Cpu => assert!(high.is_ok(), "{high:?}"),
+            _ => {
+                let e = high.unwrap_err();
+                assert!(
+                    matches!(e, openlora::error::Error::Unsupported { .. }),
+                    "{e:?}"
+                );
+                assert!(e.to_string().contains("--max-lora-rank 8"), "{e}");
+            }
+        }
+        let (out, _) = run_engine(&mut engine, vec![]);
+        assert_eq!(out[&SeqId(0)].len(), 2, "{device:?}");
     }
 }

@@ -32,13 +32,19 @@ pub struct RuntimeArgs {
     /// `cuda` / `cuda:N`, or `candle-cpu` (the CUDA path's code on the CPU: a test vehicle).
     #[arg(long, env = "OPENLORA_DEVICE")]
     pub device: Option<String>,
-    /// Largest adapter rank the device executor's adapter slot pool takes.
+    /// Largest adapter rank the device executor's adapter slot pool takes (default 16, as vLLM;
+    /// the pool is allocated up front at this rank).
     #[arg(long, env = "OPENLORA_MAX_LORA_RANK")]
     pub max_lora_rank: Option<usize>,
     /// Element type adapters are read in: `auto` (f32 next to float weights — the exact path;
     /// bf16 next to block-quantized weights: half the bytes per token), `f32` or `bf16`.
     #[arg(long, env = "OPENLORA_LORA_DTYPE")]
     pub lora_dtype: Option<String>,
+    /// Device executor only: keep GGUF block-quantized projections quantized on the device and
+    /// multiply with candle's `QMatMul` (a quarter to half the weight memory; candle rounds the
+    /// activations to 8 bits, so answers can differ from the default dequantized path).
+    #[arg(long, env = "OPENLORA_QMATMUL")]
+    pub qmatmul: bool,
 }
 
 impl RuntimeArgs {
@@ -53,6 +59,7 @@ impl RuntimeArgs {
             device: self.device.or(other.device),
             max_lora_rank: self.max_lora_rank.or(other.max_lora_rank),
             lora_dtype: self.lora_dtype.or(other.lora_dtype),
+            qmatmul: self.qmatmul || other.qmatmul,
         }
     }
 
@@ -98,6 +105,7 @@ impl RuntimeArgs {
             max_lora_rank: self.max_lora_rank.unwrap_or(base.max_lora_rank),
             lora_dtype: LoraDtype::parse(self.lora_dtype.as_deref().unwrap_or("auto"))
                 .context("--lora-dtype")?,
+            qmatmul: self.qmatmul,
             ..base
         })
     }

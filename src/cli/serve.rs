@@ -103,7 +103,9 @@ pub struct ServeArgs {
         overrides_with = "enable_prefix_caching"
     )]
     pub no_enable_prefix_caching: bool,
-    /// Adapters kept in the compute-ready (device) tier at once: the device's adapter slot pool.
+    /// Adapters kept in the compute-ready (device) tier at once: the device's adapter slot pool
+    /// (default: 64 on the CPU executor; on the device executor, whose pool is allocated up front,
+    /// --max-adapters-per-step, 16).
     #[arg(long, env = "OPENLORA_ADAPTER_DEVICE_SLOTS", alias = "max-loras")]
     pub adapter_device_slots: Option<usize>,
     /// Host memory for adapter files, in MiB.
@@ -187,6 +189,8 @@ struct FileConfig {
     device: Option<String>,
     max_lora_rank: Option<usize>,
     lora_dtype: Option<String>,
+    #[serde(default)]
+    qmatmul: bool,
     #[serde(default)]
     metering: MeteringFile,
 }
@@ -278,11 +282,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let port = args.port.or(file.port).unwrap_or(8000);
     let kv_mb = args.kv_cache_mb.or(file.kv_cache_mb).unwrap_or(1024);
     let pager_defaults = PagerConfig::default();
-    let pager_cfg = PagerConfig {
-        device_slots: args
-            .adapter_device_slots
-            .or(file.adapter_device_slots)
-            .unwrap_or(pager_defaults.device_slots),
+    let explicit_slots = args.adapter_device_slots.or(file.adapter_device_slots);
+    let mut pager_cfg = PagerConfig {
+        device_slots: explicit_slots.unwrap_or(pager_defaults.device_slots),
         host_bytes: args
             .adapter_host_mb
             .or(file.adapter_host_mb)
@@ -306,6 +308,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         device: file.device,
         max_lora_rank: file.max_lora_rank,
         lora_dtype: file.lora_dtype,
+        qmatmul: file.qmatmul,
     });
     let load_options = runtime.load_options()?;
     let kv_dtype = runtime.kv_dtype()?;
@@ -332,6 +335,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let m = model.config();
     engine_cfg = runtime.engine_config(engine_cfg)?;
     engine_cfg.device = openlora::exec::resolve_device(engine_cfg.device);
+    anyhow::ensure!(
+        !(engine_cfg.qmatmul && engine_cfg.device == DeviceKind::Cpu),
+        "--qmatmul applies to the device executor (--device cuda or candle-cpu); the CPU executor keeps GGUF blocks by default"
+    );
+    if explicit_slots.is_none() {
+        let d = PagerConfig::for_device(engine_cfg.device, engine_cfg.max_adapters_per_step);
+        pager_cfg.device_slots = d.device_slots;
+    }
     engine_cfg.num_blocks = match engine_cfg.device {
         DeviceKind::Cpu => engine_cfg.blocks_for_memory(
             kv_mb << 20,
@@ -345,6 +356,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 device: dev,
                 max_lora_rank: engine_cfg.max_lora_rank,
                 lora_dtype: engine_cfg.lora_dtype,
+                qmatmul: engine_cfg.qmatmul,
             };
             let explicit = args.kv_cache_mb.or(file.kv_cache_mb);
             let cap = match dev {

@@ -72,11 +72,11 @@ fn adapter_names<'a>(seqs: impl Iterator<Item = &'a Sequence>) -> Vec<String> {
 }
 
 impl LlmEngine {
-    /// An engine with its own pager (default budgets, private metrics).
+    /// An engine with its own pager (default budgets for its device, private metrics).
     pub fn new(model: Arc<Model>, cfg: EngineConfig) -> Result<Self> {
         let pager = AdapterPager::new(
             model.config().clone(),
-            PagerConfig::default(),
+            PagerConfig::for_device(cfg.device, cfg.max_adapters_per_step),
             Arc::new(Metrics::new()),
         )?;
         Self::with_pager(model, cfg, Arc::new(pager))
@@ -95,6 +95,7 @@ impl LlmEngine {
             device: cfg.device,
             max_lora_rank: cfg.max_lora_rank,
             lora_dtype: cfg.lora_dtype,
+            qmatmul: cfg.qmatmul,
         };
         let executor = exec::create(&model, &exec_cfg, pager.slots().clone())?;
         let alloc = BlockAllocator::with_prefix_caching(
@@ -180,6 +181,7 @@ impl LlmEngine {
                 AdapterRef::Fixed(a) => a.uid,
             })
             .collect();
+        self.check_ranks(&req)?;
         let slots = self.pager.config().device_slots;
         if distinct.len() > slots {
             return Err(Error::invalid(
@@ -191,6 +193,26 @@ impl LlmEngine {
         let ready = seq.poll_ready()?;
         self.scheduler.waiting.push_back(seq);
         Ok(ready)
+    }
+
+    /// On the device executor, every adapter of `req` fits the slot pool's `--max-lora-rank`
+    /// (checked here, at the edge, so a step never meets an adapter it cannot page in).
+    fn check_ranks(&self, req: &GenerateRequest) -> Result<()> {
+        let Some(max) = self.executor.max_lora_rank() else {
+            return Ok(());
+        };
+        match req.adapters.iter().find(|(a, _)| a.max_rank() > max) {
+            Some((a, _)) => Err(Error::unsupported(
+                "model",
+                format!(
+                    "adapter `{}` has rank {}, above this server's --max-lora-rank {} (the device adapter pool's rank)",
+                    a.name(),
+                    a.max_rank(),
+                    max
+                ),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// Removes a request (every choice) wherever it is; its blocks are freed immediately. Returns

@@ -69,6 +69,9 @@ pub struct ExecConfig {
     pub max_lora_rank: usize,
     /// Element type adapters are read in (`--lora-dtype`; the CPU executor).
     pub lora_dtype: super::LoraDtype,
+    /// The device executor keeps block-quantized projections as candle `QMatMul`s (`--qmatmul`)
+    /// instead of dequantizing them at load (the default, the accurate path).
+    pub qmatmul: bool,
 }
 
 pub trait Executor: Send {
@@ -77,4 +80,10 @@ pub trait Executor: Send {
 
     /// One line for the startup log: device, weight formats, KV dtype and size.
     fn describe(&self) -> String;
+
+    /// The largest adapter rank this executor can run (`None`: any). The device executor's slot
+    /// pool is allocated at `--max-lora-rank`; the CPU executor reads adapters as loaded.
+    fn max_lora_rank(&self) -> Option<usize> {
+        None
+    }
 }

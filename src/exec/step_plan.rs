@@ -6,6 +6,7 @@
 
 use crate::kv_cache::BlockCopy;
 use crate::lora::AdapterSlot;
+use crate::ops::cpu::AttnSeq;
 use std::ops::Range;
 
 #[derive(Debug, Clone, Default)]
@@ -42,6 +43,19 @@ pub struct LoraSegment {
 impl StepPlan {
     pub fn rows(&self) -> usize {
         self.tokens.len()
+    }
+
+    /// The sequences as the attention ops read them (rows, context, block table), in order.
+    pub fn attn_seqs(&self) -> Vec<AttnSeq<'_>> {
+        self.seqs
+            .iter()
+            .map(|s| AttnSeq {
+                row_start: s.row_start,
+                rows: s.rows,
+                context_len: s.context_len,
+                block_table: &s.block_table,
+            })
+            .collect()
     }
 
     /// Appends one sequence's rows; merges its LoRA rows into the previous segment when the mix is

@@ -21,6 +21,15 @@ impl AdapterRef {
         }
     }
 
+    /// The largest rank of any of the adapter's pairs (0 when it adapts nothing).
+    pub fn max_rank(&self) -> usize {
+        match self {
+            AdapterRef::Paged(s) => s.ranks.iter().flatten().flatten().copied().max(),
+            AdapterRef::Fixed(a) => a.layers.iter().flatten().flatten().map(|w| w.rank).max(),
+        }
+        .unwrap_or(0)
+    }
+
     /// The adapter's folder (empty for generated in-memory adapters).
     pub fn dir(&self) -> &std::path::Path {
         match self {

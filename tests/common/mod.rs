@@ -143,6 +143,7 @@ pub fn prefill_logits_on(
         device,
         max_lora_rank: 64,
         lora_dtype: Default::default(),
+        qmatmul: false,
     };
     let mut ex = exec::create(model, &cfg, slots).unwrap();
     let mut table = alloc.new_table();

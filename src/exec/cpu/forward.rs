@@ -11,7 +11,7 @@ use crate::exec::StepPlan;
 use crate::lora::LoraAdapter;
 use crate::model::{LlamaWeights, ModelConfig, Proj, Weight};
 use crate::ops::cpu::quant::{qlinear, qlinear_many, QProj};
-use crate::ops::cpu::{self, AttnSeq, HalfTerm, LoraSegment, LoraTerm, RopeTable};
+use crate::ops::cpu::{self, HalfTerm, LoraSegment, LoraTerm, RopeTable};
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -178,16 +178,7 @@ impl CpuModel {
         for (row, &tok) in h.chunks_mut(d).zip(&plan.tokens) {
             self.weights.embed.row(tok as usize, d, row);
         }
-        let seqs: Vec<AttnSeq> = plan
-            .seqs
-            .iter()
-            .map(|s| AttnSeq {
-                row_start: s.row_start,
-                rows: s.rows,
-                context_len: s.context_len,
-                block_table: &s.block_table,
-            })
-            .collect();
+        let seqs = plan.attn_seqs();
         let mut xn = vec![0f32; t * d];
         let mut attn = vec![0f32; t * cfg.q_dim()];
         for (l, lw) in self.weights.layers.iter().enumerate() {

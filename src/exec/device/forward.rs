@@ -8,7 +8,7 @@
 use super::kv_cache::DeviceKv;
 use super::slot_pool::SlotPool;
 use super::step_index::{Part, StepIndex};
-use super::weights::{DeviceLinear, DeviceWeights};
+use super::weights::{DeviceLinear, DeviceWeights, LinearWeight};
 use crate::model::{ModelConfig, Proj};
 use crate::ops::cpu::RopeTable;
 use crate::ops::device::Sgmv;
@@ -115,7 +115,7 @@ impl DeviceModel {
         let last = h.index_select(&idx.part(Part::LogitRows)?, 0)?;
         let normed = rms_norm(&last, &self.weights.final_norm, cfg.rms_eps)?;
         let head = DeviceLinear {
-            w: self.weights.lm_head().clone(),
+            w: LinearWeight::Dense(self.weights.lm_head().clone()),
             bias: None,
         };
         Ok(Some(head.forward(&normed)?))

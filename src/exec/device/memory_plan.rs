@@ -14,6 +14,8 @@ pub struct MemoryPlan {
     pub adapters: usize,
     pub block_bytes: usize,
     pub blocks: usize,
+    /// The adapter pool's shape, `(slots, max rank)`, for the log line (`(0, 0)` when not given).
+    pub pool_shape: (usize, usize),
 }
 
 impl MemoryPlan {
@@ -51,6 +53,7 @@ impl MemoryPlan {
             adapters,
             block_bytes,
             blocks,
+            pool_shape: (0, 0),
         })
     }
 
@@ -63,11 +66,12 @@ impl MemoryPlan {
         self.total - self.weights - self.adapters - self.kv_bytes()
     }
 
-    /// The start-up log line: weights / adapter pool / KV / free.
+    /// The start-up log line: weights / adapter pool (slots x rank) / KV / free.
     pub fn describe(&self) -> String {
         let mib = |b: usize| b as f64 / (1 << 20) as f64;
+        let (slots, rank) = self.pool_shape;
         format!(
-            "device memory {:.0} MiB at utilization {}: weights {:.0} MiB / adapter pool {:.0} MiB / KV cache {:.0} MiB ({} blocks) / free {:.0} MiB",
+            "device memory {:.0} MiB at utilization {}: weights {:.0} MiB / adapter pool {:.0} MiB ({slots} slots x rank {rank}) / KV cache {:.0} MiB ({} blocks) / free {:.0} MiB",
             mib(self.total), self.utilization, mib(self.weights), mib(self.adapters),
             mib(self.kv_bytes()), self.blocks, mib(self.free())
         )

@@ -92,10 +92,12 @@ pub fn planned_bytes(
 ) -> (usize, usize, usize) {
     let m = model.config();
     let (dtype, kv) = dtypes(on_cpu, model.load_options.dtype, cfg.kv_dtype);
-    let per_layer: usize = proj_dims(m).iter().map(|(i, o)| i * o).sum();
+    let projections: usize = (model.weights.layers.iter().flat_map(|l| &l.proj))
+        .map(|p| weights::linear_bytes(&p.w, (p.out, p.inp), dtype, cfg.qmatmul))
+        .sum();
     let tied = model.weights.lm_head.is_none();
     let embed = m.vocab_size * m.hidden * if tied { 1 } else { 2 };
-    let weights = (m.layers * per_layer + embed) * dtype.size_in_bytes();
+    let weights = projections + embed * dtype.size_in_bytes();
     let pool = LoraPool::planned_bytes(m.layers, proj_dims(m), slots, cfg.max_lora_rank, dtype);
     (weights, pool, kv.bytes_per_token(m) * cfg.block_size)
 }
@@ -141,7 +143,9 @@ pub fn plan_memory(
     })?;
     let total = device_memory(&dev)?;
     let (weights, pool, block) = planned_bytes(model, dev.is_cpu(), cfg, slots);
-    MemoryPlan::new(total, utilization, weights, pool, block, kv_cap)
+    let mut plan = MemoryPlan::new(total, utilization, weights, pool, block, kv_cap)?;
+    plan.pool_shape = (slots, cfg.max_lora_rank);
+    Ok(plan)
 }
 
 impl DeviceExecutor {
@@ -154,8 +158,9 @@ impl DeviceExecutor {
     ) -> Result<Self> {
         let m = model.config();
         let (dtype, kv_dtype) = dtypes(device.is_cpu(), model.load_options.dtype, cfg.kv_dtype);
-        let weights = DeviceWeights::place(&model.weights, m.vocab_size, m.hidden, &device, dtype)
-            .map_err(candle)?;
+        let (v, h, q) = (m.vocab_size, m.hidden, cfg.qmatmul);
+        let weights =
+            DeviceWeights::place(&model.weights, v, h, &device, dtype, q).map_err(candle)?;
         let blocks = (cfg.num_blocks, cfg.block_size);
         let kv = DeviceKv::new(kv_dtype, m, blocks, &device).map_err(candle)?;
         let pool = LoraPool::new(
@@ -226,6 +231,7 @@ impl Executor for DeviceExecutor {
             pool: (!lora.is_empty()).then_some(&self.pool),
         };
         let logits = self.model.forward(&inputs).map_err(candle)?;
+        self.pool.end_step(self.step)?;
         match logits {
             Some(l) => l
                 .to_dtype(DType::F32)
@@ -250,5 +256,9 @@ impl Executor for DeviceExecutor {
             self.pool.max_rank,
             mib(self.pool.bytes()),
         )
+    }
+
+    fn max_lora_rank(&self) -> Option<usize> {
+        Some(self.pool.max_rank)
     }
 }

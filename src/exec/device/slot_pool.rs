@@ -87,6 +87,16 @@ impl SlotPool {
         Ok(())
     }
 
+    /// Marks the end of step `step`'s enqueueing: the slots it read get their "read" fence (on CUDA
+    /// an event on the compute stream that a later page-in into the slot waits for; on the twin
+    /// `last_read`, already set by `sync`, is the fence).
+    pub fn end_step(&mut self, step: u64) -> Result<()> {
+        let read: Vec<usize> = (0..self.last_read.len())
+            .filter(|&i| self.last_read[i] == step)
+            .collect();
+        self.pool.end_step(&read).map_err(candle)
+    }
+
     pub fn bytes(&self) -> usize {
         self.pool.bytes()
     }
@@ -128,10 +138,18 @@ mod tests {
         // A new occupant while step 3 is still running is refused; once it completed, uploaded.
         table.clear(s0);
         table.fill(s0, ad(2));
+        let before = pool.pool.proj[0][0].a.to_vec1::<f32>().unwrap();
         assert!(pool.sync(s0, &table, 4, 2).is_err());
         assert_eq!(pool.uploads, 1);
+        let after = pool.pool.proj[0][0].a.to_vec1::<f32>().unwrap();
+        assert_eq!(before, after, "a refused refill must not touch the slot");
+        assert!(
+            before.iter().any(|&v| v != 0.0),
+            "slot 0 holds its first occupant"
+        );
         pool.sync(s0, &table, 4, 3).unwrap();
         assert_eq!(pool.uploads, 2);
+        assert_ne!(pool.pool.proj[0][0].a.to_vec1::<f32>().unwrap(), before);
         // An empty slot is an error, not a silent base-model row.
         assert!(pool.sync(AdapterSlot(1), &table, 5, 4).is_err());
     }

@@ -4,7 +4,6 @@
 //! terms). The ops own their encodings (`ops::device`); this type only lays the parts end to end.
 
 use crate::exec::StepPlan;
-use crate::ops::cpu::AttnSeq;
 use crate::ops::device::{encode_attn_index, encode_lora_index, AttnShape, LoraShape};
 use candle_core::{Device, Result, Tensor};
 use std::ops::Range;
@@ -56,16 +55,7 @@ impl StepIndex {
         mark(&mut buf, Part::LogitRows, &|b| {
             b.extend(plan.logit_rows.iter().map(|&r| r as u32))
         });
-        let seqs: Vec<AttnSeq> = plan
-            .seqs
-            .iter()
-            .map(|s| AttnSeq {
-                row_start: s.row_start,
-                rows: s.rows,
-                context_len: s.context_len,
-                block_table: &s.block_table,
-            })
-            .collect();
+        let seqs = plan.attn_seqs();
         let start = buf.len();
         let attn = encode_attn_index(&mut buf, &seqs, block_size)?;
         parts[Part::Attn as usize] = start..buf.len();

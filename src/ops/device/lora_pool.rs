@@ -3,7 +3,10 @@
 //! packed `[out, rank_k]` at `k * out * max_rank` — plus each slot's rank (0: not targeted) and
 //! scale, kept on the host (the CPU twin, launch checks) and as one small device tensor (the
 //! kernels). A page-in copies one adapter into its slot ([`LoraPool::fill`]); nothing else writes
-//! the pool, and nothing is uploaded per step.
+//! the pool, and nothing is uploaded per step. On the CPU twin a page-in writes the pool tensors
+//! directly; on CUDA it goes through a pinned host buffer on a second stream, ordered after the
+//! last step that read the slot by an event (`cuda_page_in`; the caller reports each step's reads
+//! with [`LoraPool::end_step`]).
 
 use crate::lora::LoraAdapter;
 use candle_core::{bail, DType, Device, Result, Tensor};
@@ -26,6 +29,9 @@ pub struct LoraPool {
     meta_host: Vec<u32>,
     /// `meta_host` on the device (rewritten after each page-in).
     pub meta: Tensor,
+    /// On CUDA: the pinned buffer, copy stream and per-slot read events of page-ins.
+    #[cfg(feature = "cuda")]
+    stager: Option<super::cuda_page_in::CudaStager>,
 }
 
 impl LoraPool {
@@ -62,6 +68,11 @@ impl LoraPool {
             dtype,
             meta_host,
             meta,
+            #[cfg(feature = "cuda")]
+            stager: match dev {
+                Device::Cuda(d) => Some(super::cuda_page_in::CudaStager::new(d, slots)?),
+                _ => None,
+            },
         })
     }
 
@@ -87,6 +98,10 @@ impl LoraPool {
                 ad.layers.len(),
                 self.proj.len()
             );
+        }
+        #[cfg(feature = "cuda")]
+        if self.stager.is_some() {
+            return self.fill_cuda(slot, ad);
         }
         for (l, layer) in ad.layers.iter().enumerate() {
             for (p, lw) in layer.iter().enumerate() {
@@ -136,6 +151,77 @@ impl LoraPool {
         self.meta_host[m + slot] = rank;
         self.meta_host[m + self.slots + slot] = scale;
         Ok(())
+    }
+
+    /// Records that the step just enqueued read `slots` (on CUDA: an event on the compute stream
+    /// that a later page-in into one of them waits for; on the twin the caller's step counter
+    /// says the same, since a step completes before the next begins).
+    pub fn end_step(&mut self, slots: &[usize]) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        if let Some(st) = self.stager.as_mut() {
+            return st.end_step(slots);
+        }
+        let _ = slots;
+        Ok(())
+    }
+
+    /// [`LoraPool::fill`] on CUDA: every pair staged in the pinned buffer (in the pool dtype),
+    /// then copied on the copy stream after the slot's last reader (`cuda_page_in`).
+    #[cfg(feature = "cuda")]
+    fn fill_cuda(&mut self, slot: usize, ad: &LoraAdapter) -> Result<()> {
+        let (r, size) = (self.max_rank, self.dtype.size_in_bytes());
+        if slot >= self.slots {
+            bail!("lora pool: slot {slot} outside a pool of {}", self.slots);
+        }
+        // (layer, proj, A?, element offset, values), every targeted pair's A and B.
+        let mut parts: Vec<(usize, usize, bool, usize, &[f32])> = Vec::new();
+        let mut meta = Vec::new();
+        for (l, layer) in ad.layers.iter().enumerate() {
+            for (p, lw) in layer.iter().enumerate() {
+                let pool = &self.proj[l][p];
+                let (rank, scale) = match lw {
+                    Some(w) if w.rank > 0 => (w.rank, w.scale),
+                    _ => {
+                        meta.push((l, p, 0, 0));
+                        continue;
+                    }
+                };
+                let w = lw.as_ref().expect("targeted");
+                if rank > r || w.a.len() != rank * pool.in_dim || w.b.len() != pool.out_dim * rank {
+                    bail!(
+                        "lora pool: pair of rank {rank} for {}->{} (max rank {r})",
+                        pool.in_dim,
+                        pool.out_dim
+                    );
+                }
+                parts.push((l, p, true, slot * r * pool.in_dim, w.a.as_slice()));
+                parts.push((l, p, false, slot * pool.out_dim * r, w.b.as_slice()));
+                meta.push((l, p, rank as u32, scale.to_bits()));
+            }
+        }
+        let total: usize = parts.iter().map(|x| x.4.len() * size).sum();
+        let st = self.stager.as_mut().expect("cuda pool");
+        let mut ranges = Vec::with_capacity(parts.len());
+        let buf = st.buffer(total.max(1))?;
+        let mut at = 0;
+        for part in &parts {
+            let n = part.4.len() * size;
+            super::cuda_page_in::encode(self.dtype, part.4, &mut buf[at..at + n])?;
+            ranges.push(at..at + n);
+            at += n;
+        }
+        st.after_reads(slot)?;
+        for ((l, p, is_a, offset, _), src) in parts.iter().zip(ranges) {
+            let pool = &self.proj[*l][*p];
+            st.copy(if *is_a { &pool.a } else { &pool.b }, *offset, src)?;
+        }
+        st.finish()?;
+        for (l, p, rank, scale) in meta {
+            let m = self.meta_offset(l, p);
+            self.meta_host[m + slot] = rank;
+            self.meta_host[m + self.slots + slot] = scale;
+        }
+        self.upload_meta()
     }
 
     /// Uploads the host meta (ranks, scales) after the pairs of a page-in were written.

@@ -9,6 +9,8 @@
 
 #[cfg(feature = "cuda")]
 mod cuda;
+#[cfg(feature = "cuda")]
+mod cuda_page_in;
 mod kv_write;
 mod linear;
 mod lora_pool;
