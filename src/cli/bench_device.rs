@@ -186,6 +186,7 @@ pub fn bench_device(a: BenchDeviceArgs) -> anyhow::Result<()> {
     // 1 GiB of copy on a GPU (several times any L2); 64 MiB on the twin.
     let elems = if dev.is_cpu() { 16 << 20 } else { 256 << 20 } * 4 / dtype.size_in_bytes();
     let bw = copy_bandwidth(&ex, elems, dtype)?;
+    eprintln!("copy bandwidth {:.1} GB/s", bw / 1e9);
     // A decode step reads every projection and the LM head once (the embedding: one row each).
     let read = ex.weight_bytes()
         - m.vocab_size * m.hidden * dtype.size_in_bytes() * usize::from(!m.tie_embeddings);
@@ -205,7 +206,7 @@ pub fn bench_device(a: BenchDeviceArgs) -> anyhow::Result<()> {
             ))
         })
         .collect();
-    let plan_shape = (a.ctx, block_size, a.lifetime);
+    let plan_shape = (a.ctx, block_size, a.lifetime, m.vocab_size);
     let mut decode = Vec::new();
     for &b in &a.batches {
         let mut w = Workload::new(b, plan_shape, 0, host.clone(), a.seed);

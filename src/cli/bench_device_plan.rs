@@ -48,6 +48,7 @@ struct Row {
 
 pub struct Workload {
     pub batch: usize,
+    vocab: usize,
     ctx: usize,
     block_size: usize,
     lifetime: usize,
@@ -68,7 +69,7 @@ impl Workload {
     /// `n` adapters (0: every row on the base model) over `host` weight sets.
     pub fn new(
         batch: usize,
-        (ctx, block_size, lifetime): (usize, usize, usize),
+        (ctx, block_size, lifetime, vocab): (usize, usize, usize, usize),
         n: usize,
         host: Vec<Arc<LoraAdapter>>,
         seed: u64,
@@ -84,6 +85,7 @@ impl Workload {
             .collect();
         Workload {
             batch,
+            vocab,
             ctx,
             block_size,
             lifetime,
@@ -101,6 +103,8 @@ impl Workload {
     /// A slot for adapter `id`: its own if resident, else the LRU slot not read this step, filled.
     fn slot_for(&mut self, id: usize, table: &SlotTable, busy: &[bool]) -> AdapterSlot {
         if self.occupant.is_empty() {
+            // A fresh workload owns the whole table: earlier runs' occupants go.
+            (0..table.capacity()).for_each(|s| table.clear(AdapterSlot(s as u32)));
             self.occupant = vec![None; table.capacity()];
         }
         if let Some(&s) = self.resident.get(&id) {
@@ -156,7 +160,7 @@ impl Workload {
         for (slot, i) in order {
             let table: Vec<u32> = (0..nb).map(|b| (i * nb + b) as u32).collect();
             let mix: Vec<(AdapterSlot, f32)> = slot.map(|s| (s, 1.0)).into_iter().collect();
-            let token = ((i * 7919 + self.step as usize * 31) % 1000) as u32;
+            let token = ((i * 7919 + self.step as usize * 31) % self.vocab.min(1000)) as u32;
             plan.push_seq(
                 &[token],
                 self.ctx,
