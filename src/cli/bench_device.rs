@@ -54,7 +54,7 @@ pub struct BenchDeviceArgs {
     #[arg(long, default_value_t = 32)]
     pub steps: usize,
     /// Tokens a request decodes before a new request (a new Zipf draw) takes its row.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 256)]
     pub lifetime: usize,
     /// Cold page-ins timed for the p50.
     #[arg(long, default_value_t = 16)]
@@ -206,11 +206,24 @@ pub fn bench_device(a: BenchDeviceArgs) -> anyhow::Result<()> {
             ))
         })
         .collect();
-    let plan_shape = (a.ctx, block_size, a.lifetime, m.vocab_size);
-    let mut decode = Vec::new();
+    let mut report = json!({
+        "device": format!("{:?}", dev.location()), "dtype": format!("{dtype:?}"),
+        "shape": a.shape, "layers": m.layers, "ctx": a.ctx, "rank": a.rank, "slots": a.slots,
+        "steps": a.steps, "lifetime": a.lifetime, "weight_bytes": ex.weight_bytes(),
+        "weight_bytes_per_step": read, "copy_bandwidth_bytes_per_s": bw,
+        "decode": [], "page_in": null, "adapter_throughput": [],
+    });
+    let mut bench = Bench {
+        ex: &mut ex,
+        table: &table,
+        host,
+        args: &a,
+        vocab: m.vocab_size,
+        block_size,
+    };
+    // Written after every measurement: a run stopped by its time limit keeps what it measured.
     for &b in &a.batches {
-        let mut w = Workload::new(b, plan_shape, 0, host.clone(), a.seed);
-        let (step_s, tps, _) = run(&mut ex, &mut w, &table, a.steps)?;
+        let (step_s, tps, _) = bench.run(b, 0)?;
         let roof = (read + b * a.ctx * kv_token) as f64 / bw;
         eprintln!(
             "decode batch {b}: {:.3} ms/step, {tps:.0} tok/s, roofline {:.3} ms ({:.0}%)",
@@ -218,39 +231,68 @@ pub fn bench_device(a: BenchDeviceArgs) -> anyhow::Result<()> {
             roof * 1e3,
             100.0 * roof / step_s
         );
-        decode.push(
-            json!({"batch": b, "step_ms": step_s * 1e3, "tokens_per_s": tps,
-            "roofline_ms": roof * 1e3, "roofline_fraction": roof / step_s}),
+        push(
+            &mut report,
+            "decode",
+            json!({"batch": b, "step_ms": step_s * 1e3,
+            "tokens_per_s": tps, "roofline_ms": roof * 1e3, "roofline_fraction": roof / step_s}),
         );
+        save(&report, &a.out)?;
     }
-    let mut adapters = Vec::new();
+    report["page_in"] = page_ins(bench.ex, &table, &bench.host, a.page_ins)?;
+    save(&report, &a.out)?;
     for &b in &a.adapter_batches {
         // No adapters first and last: their spread says how much of a ratio is noise.
         let counts = std::iter::once(0)
             .chain(a.adapters.iter().copied())
             .chain([0]);
         for n in counts {
-            let mut w = Workload::new(b, plan_shape, n, host.clone(), a.seed + n as u64);
-            let (step_s, tps, fills) = run(&mut ex, &mut w, &table, a.steps)?;
+            let (step_s, tps, fills) = bench.run(b, n)?;
             eprintln!("batch {b}, {n} adapters: {tps:.0} tok/s ({fills} page-ins timed)");
-            adapters.push(json!({"batch": b, "adapters": n, "tokens_per_s": tps,
-                "step_ms": step_s * 1e3, "page_ins": fills}));
+            push(
+                &mut report,
+                "adapter_throughput",
+                json!({"batch": b, "adapters": n,
+                "tokens_per_s": tps, "step_ms": step_s * 1e3, "page_ins": fills}),
+            );
+            save(&report, &a.out)?;
         }
     }
-    let page_in = page_ins(&mut ex, &table, &host, a.page_ins)?;
-    let report = json!({
-        "device": format!("{:?}", dev.location()), "dtype": format!("{dtype:?}"),
-        "shape": a.shape, "layers": m.layers, "ctx": a.ctx, "rank": a.rank, "slots": a.slots,
-        "steps": a.steps, "lifetime": a.lifetime, "weight_bytes": ex.weight_bytes(),
-        "weight_bytes_per_step": read, "copy_bandwidth_bytes_per_s": bw,
-        "decode": decode, "adapter_throughput": adapters, "page_in": page_in,
-    });
-    let text = serde_json::to_string_pretty(&report)?;
-    println!("{text}");
-    if let Some(p) = a.out {
-        std::fs::write(p, text + "\n")?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+fn push(report: &mut Value, key: &str, row: Value) {
+    if let Some(list) = report[key].as_array_mut() {
+        list.push(row);
+    }
+}
+
+fn save(report: &Value, out: &Option<PathBuf>) -> anyhow::Result<()> {
+    if let Some(p) = out {
+        std::fs::write(p, serde_json::to_string_pretty(report)? + "\n")?;
     }
     Ok(())
+}
+
+/// What every measurement shares: the executor, its slot table, the host adapters.
+struct Bench<'a> {
+    ex: &'a mut DeviceExecutor,
+    table: &'a SlotTable,
+    host: Vec<Arc<openlora::lora::LoraAdapter>>,
+    args: &'a BenchDeviceArgs,
+    vocab: usize,
+    block_size: usize,
+}
+
+impl Bench<'_> {
+    /// Batch `b` with `n` Zipf adapters (0: none): (median step s, tokens/s, page-ins timed).
+    fn run(&mut self, b: usize, n: usize) -> anyhow::Result<(f64, f64, u64)> {
+        let a = self.args;
+        let shape = (a.ctx, self.block_size, a.lifetime, self.vocab);
+        let mut w = Workload::new(b, shape, n, self.host.clone(), a.seed + n as u64);
+        run(self.ex, &mut w, self.table, a.steps)
+    }
 }
 
 /// Times `n` cold page-ins (a fresh occupant in slot 0, copied in and waited for): ms p50/p90.

@@ -17,6 +17,32 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn divergence_and_logit_errors_see_a_difference() {
+        let r = vec![vec![1, 2, 3], vec![4, 5, 6]];
+        assert!(first_divergence(&r, &r).is_null());
+        let t = vec![vec![1, 2, 3], vec![4, 9, 6]];
+        assert_eq!(first_divergence(&r, &t), json!({"request": 1, "token": 1}));
+        let t = vec![vec![1, 2, 3], vec![4, 5]];
+        assert_eq!(first_divergence(&r, &t), json!({"request": 1, "token": 2}));
+        // Two rows of a vocab of 3: the second row's argmax moves, the largest error is 0.5.
+        let e = logit_errors(
+            &[0.0, 1.0, 0.0, 2.0, 0.0, 0.0],
+            &[0.0, 1.0, 0.0, 0.0, 0.5, 0.0],
+            3,
+        );
+        assert_eq!(e["argmax_rows_differ"], 1);
+        assert_eq!(e["max_abs"], 2.0);
+        assert!(logit_errors(&[1.0], &[f32::NAN], 1)["max_abs"]
+            .as_f64()
+            .is_none_or(f64::is_infinite));
+    }
+}
+
 #[derive(clap::Args, Debug)]
 pub struct CompareArgs {
     /// An HF model folder or a .gguf file.
@@ -228,6 +254,12 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
     let batch = (
         generate(&reference, DeviceKind::Cpu, &reqs)?,
         generate(&test, device, &reqs)?,
+    );
+    let short = batch.0.iter().chain(&base.0).any(|t| t.len() != a.tokens);
+    anyhow::ensure!(
+        !short,
+        "the CPU f32 reference did not generate {} tokens for every request",
+        a.tokens
     );
     let (base_div, batch_div) = (
         first_divergence(&base.0, &base.1),
