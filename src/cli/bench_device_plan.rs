@@ -177,6 +177,46 @@ impl Workload {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use openlora::lora::random_adapter;
+    use openlora::model::ModelConfig;
+
+    #[test]
+    fn every_row_reads_a_slot_holding_its_own_adapter() {
+        let cfg = ModelConfig::from_hf(&serde_json::json!({"model_type": "llama", "vocab_size": 32,
+            "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}))
+        .unwrap();
+        let host: Vec<_> = (0..3)
+            .map(|i| Arc::new(random_adapter("h", &cfg, 2, i)))
+            .collect();
+        let table = SlotTable::new(8);
+        let mut w = Workload::new(8, (16, 16, 4, 32), 50, host.clone(), 1);
+        for _ in 0..300 {
+            let plan = w.next_plan(&table);
+            assert_eq!(plan.rows(), 8);
+            let mut seen: HashMap<AdapterSlot, usize> = HashMap::new();
+            for r in &w.rows {
+                let id = r.adapter.unwrap();
+                let slot = w.resident[&id];
+                let held = table.get(slot).expect("a read slot is filled").adapter;
+                assert!(
+                    Arc::ptr_eq(&held, &host[id % 3]),
+                    "slot {slot:?} holds another adapter"
+                );
+                assert_eq!(
+                    *seen.entry(slot).or_insert(id),
+                    id,
+                    "two adapters in one slot"
+                );
+            }
+            let segs: usize = plan.lora.iter().map(|s| s.rows.len()).sum();
+            assert_eq!(segs, 8, "every row has its segment");
+        }
+        assert!(
+            w.fills > 16,
+            "a Zipf stream over 50 adapters refills slots ({})",
+            w.fills
+        );
+    }
 
     #[test]
     fn zipf_draws_follow_one_over_k() {
