@@ -25,8 +25,11 @@ trap 'rm -rf "$stage"' EXIT
 cargo build --profile "$profile" --features cuda --bin openlora
 cp "$target/$dir/openlora" "$stage/openlora"
 cargo test --profile "$profile" --features cuda --no-run --test cuda_ops --message-format=json \
-  | jq -r 'select(.reason == "compiler-artifact" and .executable != null and .target.kind == ["test"])
-           | .executable' \
+  | python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
+        print(m["executable"])' \
   | while read -r exe; do cp "$exe" "$stage/cuda_ops"; done
 for f in openlora cuda_ops; do
   [ -f "$stage/$f" ] || { echo "missing $f" >&2; exit 1; }

@@ -38,7 +38,10 @@ export detail
 stage() { # name, limit_s, command...: runs it under min(limit, budget left), log in $detail/<name>.log
   local name=$1 limit=$2 left rc s r
   shift 2
-  left=$((budget - (SECONDS - t0)))
+  # The last 15 s stay for the targets stage (a second or two) and the summary.
+  local reserve=15
+  [ "$name" = targets ] && reserve=0
+  left=$((budget - (SECONDS - t0) - reserve))
   [ "$limit" -gt "$left" ] && limit=$left
   names+=("$name")
   if [ "$limit" -lt 10 ]; then
@@ -65,6 +68,7 @@ summarize() { # title: summary.md + summary.json (scripts/gpu_summary.py), faile
   python3 scripts/gpu_summary.py "$out" "$detail" "$1" "$budget" "$((SECONDS - t0))" "${args[@]}" || status=1
   for i in "${!names[@]}"; do
     if [ "${results[$i]}" != pass ] && [ -f "$detail/${names[$i]}.log" ]; then
+      echo
       echo "--- ${names[$i]}: the last lines of its log"
       tail -n 15 "$detail/${names[$i]}.log"
     fi

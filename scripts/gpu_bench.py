@@ -185,6 +185,9 @@ def target_rows(ol, peer):
 
 
 def targets(a):
+    if not os.path.exists(a.openlora):
+        print(f"no openlora bench-device JSON at {a.openlora}: stage d-bench did not run or write it")
+        return 1
     with open(a.openlora) as f:
         ol = json.load(f)
     peer_data = None
