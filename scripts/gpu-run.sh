@@ -148,7 +148,7 @@ b_engine() {
   "$py" scripts/make_random_llama.py "$rand" --shape smollm2 --seed 0 \
     --tokenizer tests/fixtures/tokenizer/smollm2_tokenizer.json
   for a in "$rand"/adapters/* adapters/*/; do
-    [ -f "$a/adapter_config.json" ] && ads+=(--adapter "$(basename "$a")=$a")
+    if [ -f "$a/adapter_config.json" ]; then ads+=(--adapter "$(basename "$a")=$a"); fi
   done
   # bf16 first: it reports and never fails, so the f32 verdict is the stage's exit status.
   "$bin/openlora" compare-devices --model "$rand/model" "${ads[@]}" --device cuda --dtype bf16 \
