@@ -84,6 +84,7 @@ if [ "${1:-}" = --rehearse ]; then
   target="${CARGO_TARGET_DIR:-target}"
   bin="$target/debug/openlora"
   cargo build --bins >"$detail/build.log" 2>&1 || { echo "cargo build failed: $detail/build.log" >&2; exit 1; }
+  t0=$SECONDS # the budget is the stages' (the device machine builds nothing)
   stage a-ops 600 cargo test --test device_ops
   stage b-engine 300 "$bin" compare-devices --model "$tiny/model" "${tiny_adapters[@]}" \
     --device candle-cpu --dtype f32 --out "$detail/compare_tiny_f32.json"
