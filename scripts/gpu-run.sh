@@ -18,8 +18,8 @@
 #   d-peer     scripts/gpu_bench.py peer: the same model in transformers (+PEFT) on the same GPU
 #   targets    scripts/gpu_bench.py targets: pass/fail per target (>= 85% roofline at batch 1,
 #              1000 adapters >= 95% of none, >= 30x PEFT, page-in <= 5 ms p50)
-# Prints the one-screen summary last-but-first (the pass/fail table, then the tails of failed
-# stages' logs); writes $OUT/summary.md, $OUT/summary.json and $OUT/detail.tar.gz (every log and
+# Prints a one-screen summary (the pass/fail table of the stages first, then the targets and the
+# device comparisons, then the last lines of each failed stage's log); writes $OUT/summary.md, $OUT/summary.json and $OUT/detail.tar.gz (every log and
 # JSON: the device tool returns at most 8 files). Exit 0 only when every stage and target passed.
 #
 # `--rehearse` (CI, no GPU): the same stages on the device executor's CPU twin
