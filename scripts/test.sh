@@ -6,7 +6,7 @@
 #   deployment artefacts (Helm chart, Dockerfiles, dashboard), forge tests, the
 #   engine-supervision test (`--features fault-injection`), cargo tests, the OpenAI-SDK tests
 #   (incl. the hypothesis fuzz suite and the web console in headless chromium), and the GPU-free
-#   CUDA build (`--features cuda`).
+#   CUDA build (`--features cuda`) and its packing for the GPU run (scripts/gpu-pack.sh).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 cache="${OPENLORA_CACHE:-$HOME/.cache/openlora}"
@@ -74,4 +74,7 @@ cargo fetch   # cuda-env.sh generates the link stubs from cudarc's bindings
 source scripts/cuda-env.sh
 cargo build --features cuda
 cargo build --features cuda --tests --examples
+
+step "gpu-pack.sh (the carry of the GPU run, from the cuda build above: packed, size-checked)"
+bash scripts/gpu-pack.sh
 step "done"

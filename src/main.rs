@@ -59,6 +59,12 @@ enum Cmd {
     Download(cli::download::DownloadArgs),
     /// Decode throughput: batch 1 vs batch N with N distinct adapters, in one run.
     Bench(cli::bench::BenchArgs),
+    /// The device executor on random weights made on the device (GPU run, stage d).
+    #[command(hide = true)]
+    BenchDevice(cli::bench_device::BenchDeviceArgs),
+    /// The device executor vs the CPU f32 executor: greedy tokens and logits (GPU run, stage b).
+    #[command(hide = true)]
+    CompareDevices(cli::compare_devices::CompareArgs),
     /// Proof of Attribution: suffix-array build time and per-call attribution latency.
     BenchAttribution(openlora::ledger::attribution_bench::AttributionBenchArgs),
     /// Print the weights hash of a PEFT adapter folder (keccak256 of adapter_model.safetensors):
@@ -150,6 +156,8 @@ fn main() -> anyhow::Result<()> {
             report_speed(started, first, usage);
         }
         Cmd::Bench(args) => cli::bench::run(args)?,
+        Cmd::BenchDevice(args) => cli::bench_device::bench_device(args)?,
+        Cmd::CompareDevices(args) => cli::compare_devices::run(args)?,
         Cmd::BenchAttribution(args) => openlora::ledger::attribution_bench::run(args)?,
         Cmd::Serve(args) => cli::serve::run(args)?,
         Cmd::Train(args) => cli::train::run(args)?,

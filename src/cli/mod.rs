@@ -3,10 +3,13 @@
 //! flags and wire library parts together.
 
 pub mod bench;
+pub mod bench_device;
+mod bench_device_plan;
 pub mod bench_itl;
 pub mod bench_pager;
 pub mod bench_structured;
 pub mod chain_tools;
+pub mod compare_devices;
 pub mod download;
 pub mod runtime_args;
 pub mod serve;

@@ -10,6 +10,7 @@
 mod forward;
 mod kv_cache;
 mod memory_plan;
+mod random_model;
 mod slot_pool;
 mod step_index;
 mod weights;
