@@ -379,6 +379,22 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let registry_cfg = meter_cfg
         .as_ref()
         .and_then(|m| m.chain.as_ref()?.registry.clone());
+    // The factory registers what it trains in the same registries, signing as the operator.
+    let factory_chain = match meter_cfg.as_ref().and_then(|m| m.chain.as_ref()) {
+        Some(c) if c.registry.is_some() && data_dir.is_some() => {
+            let r = c.registry.as_ref().expect("checked");
+            let registrar = openlora::chain::Registrar::connect_lazy(
+                &c.rpc_url,
+                &c.operator_key,
+                r.adapter_registry,
+            )?;
+            Some(openlora::factory::FactoryChain {
+                registrar: Arc::new(registrar),
+                runtime: rt.handle().clone(),
+            })
+        }
+        _ => None,
+    };
     let gate = match (&catalog, &registry_cfg) {
         (Some(c), Some(r)) => {
             let g: Arc<dyn AdapterGate> = Arc::new(ChainGate::new(
@@ -445,6 +461,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             data_dir: dir.clone(),
             training_threads,
             max_file_bytes: state.opts.max_upload_bytes,
+            chain: factory_chain,
         };
         let f = openlora::factory::Factory::open(
             factory_opts,

@@ -4,7 +4,8 @@
 //! on their own thread, then run one at a time by the runner (`runner`) on a bounded thread pool
 //! (`--training-threads`) so serving goes on; a finished job is deployed (`deploy`): its adapter
 //! registered hot under `fine_tuned_model`, its training records indexed as a datanet for
-//! attribution, its terms written as the adapter's manifest. What always holds: a job's status
+//! attribution, its terms written as the adapter's manifest and, with the on-chain registry, the
+//! adapter and its datanet registered on chain before it is served (`onchain`). What always holds: a job's status
 //! only moves forward; a cancelled or failed job never registers an adapter; an adapter folder is
 //! renamed into place whole before it is registered; after a restart a running job resumes from
 //! its last checkpoint and succeeded jobs' adapters are registered again.
@@ -14,11 +15,13 @@ mod file_store;
 pub mod ids;
 pub mod job_spec;
 pub mod objects;
+mod onchain;
 mod runner;
 pub mod store;
 
 pub use file_store::check_training_text;
 pub use ids::{CheckpointId, EventId, FileId, JobId};
+pub use onchain::FactoryChain;
 pub use store::{FactoryStore, FileRow, JobRow, JobStatus, Page};
 
 use crate::clock::unix_now;
@@ -44,6 +47,8 @@ pub struct FactoryOptions {
     pub training_threads: usize,
     /// Largest accepted upload, in bytes.
     pub max_file_bytes: usize,
+    /// With the on-chain registry: where finished jobs' adapters and datanets are registered.
+    pub chain: Option<FactoryChain>,
 }
 
 pub struct Factory {

@@ -1,0 +1,210 @@
+//! On-chain registration of a finished job, when the server has the on-chain registry
+//! (`--adapter-registry-address`): the job's datanet goes into `DatanetRegistry` (id
+//! `keccak256(datanet id)`, the records root of its datanet file, each contributor with one share
+//! per record) and its adapter into `AdapterRegistry` (id `keccak256(adapter name)`, the weights
+//! hash of the installed `adapter_model.safetensors`, the job's owner, prices and fee split,
+//! trained on that one datanet at 10,000 bps), signed with the operator key.
+//!
+//! The state machine (a job without a `datanet` has no owner or terms and is not registered):
+//! trained → adapter folder installed whole (not served) → datanet and adapter registered on
+//! chain → served → `succeeded`. What always holds:
+//! - the adapter is served only after the chain holds it, so the chain gate checks the served
+//!   files against the registered weights hash and calls are priced and split by the chain's
+//!   terms from the first one;
+//! - registration is idempotent (`chain::registrar`): a resumed or restarted job, or a retry after
+//!   a transaction that did land, registers nothing twice;
+//! - a transient failure (RPC down, transaction not landed) never loses the adapter: the job stays
+//!   `running` with an event per failure and retries with back-off until it is registered or
+//!   cancelled (a restart resumes it from its last checkpoint, the adapter then being rebuilt and
+//!   registration retried); a permanent one (the ids taken on chain with other terms, a revert)
+//!   fails the job naming the conflict, its adapter folder left on disk, never served.
+
+use super::store::JobRow;
+use super::{Factory, JobStatus};
+use crate::chain::{
+    AdapterEntry, ChainError, DatanetEntry, OnChainAdapter, Registrar, Registration,
+};
+use crate::error::{Error, Result};
+use crate::ledger::datanet_root::records_root;
+use crate::lora::{weights_hash, WEIGHTS_FILE};
+use alloy::primitives::{keccak256, Address, B256, U256};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The factory's way to the chain.
+pub struct FactoryChain {
+    pub registrar: Arc<Registrar>,
+    /// Runs the chain calls (the factory's threads are not the runtime's).
+    pub runtime: tokio::runtime::Handle,
+}
+
+/// Longest one registration attempt may take.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
+const FIRST_RETRY: Duration = Duration::from_secs(2);
+const MAX_RETRY: Duration = Duration::from_secs(60);
+
+/// What to register for a job: (datanet, adapter).
+fn entries(
+    job: &JobRow,
+    name: &str,
+    adapter_dir: &Path,
+    datanet_text: &str,
+) -> Result<(DatanetEntry, AdapterEntry)> {
+    let d =
+        job.spec.datanet.as_ref().ok_or_else(|| {
+            Error::Internal("a job without a datanet has no on-chain terms".into())
+        })?;
+    let mut shares: BTreeMap<Address, u64> = BTreeMap::new();
+    for line in datanet_text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| Error::Internal(format!("datanet file: {e}")))?;
+        if let Some(who) = v["contributor"].as_str().and_then(|a| a.parse().ok()) {
+            *shares.entry(who).or_default() += 1;
+        }
+    }
+    let datanet = DatanetEntry {
+        name: d.id.clone(),
+        records_root: records_root(datanet_text, Path::new(&d.id))?,
+        contributors: shares
+            .into_iter()
+            .map(|(a, n)| (a, U256::from(n)))
+            .collect(),
+    };
+    let weights = adapter_dir.join(WEIGHTS_FILE);
+    let bytes = std::fs::read(&weights).map_err(|e| Error::io(&weights, e))?;
+    let wei = |s: &str| -> Result<U256> {
+        s.parse()
+            .map_err(|_| Error::Internal(format!("price `{s}` is not wei")))
+    };
+    let terms = OnChainAdapter {
+        owner: d
+            .owner
+            .parse()
+            .map_err(|_| Error::Internal(format!("owner `{}` is not an address", d.owner)))?,
+        active: true,
+        weights_hash: weights_hash(&bytes),
+        price_per_m_input: wei(&d.price_per_million_input_tokens)?,
+        price_per_m_output: wei(&d.price_per_million_output_tokens)?,
+        split_bps: (d.fee_split_bps[0], d.fee_split_bps[1], d.fee_split_bps[2]),
+        trained_on: vec![(keccak256(d.id.as_bytes()), 10_000)],
+    };
+    let adapter = AdapterEntry {
+        name: name.to_string(),
+        terms,
+    };
+    Ok((datanet, adapter))
+}
+
+fn describe(what: &str, r: Registration) -> String {
+    match r {
+        Registration::Sent(tx) => format!("{what} registered on chain (transaction {tx})"),
+        Registration::AlreadyThere => format!("{what} already registered on chain"),
+    }
+}
+
+impl Factory {
+    /// One attempt: the datanet, then the adapter. Returns the datanet's records root.
+    fn register_once(
+        &self,
+        c: &FactoryChain,
+        job: &JobRow,
+        d: &DatanetEntry,
+        a: &AdapterEntry,
+    ) -> std::result::Result<B256, ChainError> {
+        let r = c.registrar.clone();
+        let attempt = async move {
+            let dn = r.ensure_datanet(d).await?;
+            let ad = r.ensure_adapter(a).await?;
+            Ok::<_, ChainError>((dn, ad))
+        };
+        let (dn, ad) = c
+            .runtime
+            .block_on(async { tokio::time::timeout(ATTEMPT_TIMEOUT, attempt).await })
+            .map_err(|_| ChainError::Rpc(format!("no answer within {ATTEMPT_TIMEOUT:?}")))??;
+        self.event(
+            &job.id,
+            "message",
+            &describe(&format!("Datanet {}", d.name), dn),
+            None,
+        );
+        self.event(
+            &job.id,
+            "message",
+            &describe(&format!("Adapter {}", a.name), ad),
+            None,
+        );
+        Ok(d.records_root)
+    }
+
+    /// Registers `job`'s datanet and adapter (installed in `adapter_dir`) on chain, if the server
+    /// has the registry and the job names a datanet. With `retry`, transient failures are retried
+    /// while the job is `running`; `Ok(false)` when it stopped running meanwhile (cancelled).
+    pub(super) fn register_on_chain(
+        &self,
+        job: &JobRow,
+        name: &str,
+        adapter_dir: &Path,
+        retry: bool,
+    ) -> Result<bool> {
+        let (Some(c), Some(d)) = (&self.opts.chain, &job.spec.datanet) else {
+            return Ok(true);
+        };
+        let text = std::fs::read_to_string(self.datanet_path(&d.id))
+            .map_err(|e| Error::io(self.datanet_path(&d.id), e))?;
+        let (dn, ad) = entries(job, name, adapter_dir, &text)?;
+        let mut wait = FIRST_RETRY;
+        let root = loop {
+            match self.register_once(c, job, &dn, &ad) {
+                Ok(root) => break root,
+                Err(e) if retry && e.is_transient() => {
+                    let m = format!(
+                        "On-chain registration failed, retrying in {} s: {e}",
+                        wait.as_secs()
+                    );
+                    self.event(&job.id, "message", &m, None);
+                    tracing::warn!(job = %job.id, error = %e, "on-chain registration of a fine-tuned adapter");
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(MAX_RETRY);
+                    let running = self
+                        .store
+                        .job(&job.id)?
+                        .is_some_and(|j| j.status == JobStatus::Running);
+                    if !running {
+                        return Ok(false);
+                    }
+                }
+                Err(e) => return Err(Error::Chain(e)),
+            }
+        };
+        if let Some(v) = self
+            .meter
+            .as_ref()
+            .and_then(|m| m.datanet_verifier.as_ref())
+        {
+            v.add(&d.id, root, Some(root));
+        }
+        Ok(true)
+    }
+
+    /// After a restart: a succeeded job's registrations, checked (and made if missing) once;
+    /// a failure leaves its datanet for the chain sync to verify.
+    pub(super) fn recheck_on_chain(&self, job: &JobRow, name: &str, adapter_dir: &Path) {
+        if let Err(e) = self.register_on_chain(job, name, adapter_dir, false) {
+            tracing::warn!(job = %job.id, error = %e, "on-chain registration of a fine-tuned adapter not checked");
+            if let (Some(d), Some(v)) = (
+                &job.spec.datanet,
+                self.meter
+                    .as_ref()
+                    .and_then(|m| m.datanet_verifier.as_ref()),
+            ) {
+                if let Ok(text) = std::fs::read_to_string(self.datanet_path(&d.id)) {
+                    if let Ok(root) = records_root(&text, Path::new(&d.id)) {
+                        v.add(&d.id, root, None);
+                    }
+                }
+            }
+        }
+    }
+}
