@@ -168,12 +168,13 @@ impl Factory {
         Ok(())
     }
 
-    /// Registers a succeeded job's adapter again (start-up).
-    pub(super) fn redeploy(&self, job: &JobRow) -> Result<()> {
+    /// Registers a succeeded job's adapter again (start-up); `chain_reachable` as in
+    /// `recheck_on_chain`.
+    pub(super) fn redeploy(&self, job: &JobRow, chain_reachable: &mut bool) -> Result<()> {
         let name = adapter_name(job);
         self.index_datanet(job)?;
         let dir = self.adapter_dir(&name);
-        self.recheck_on_chain(job, &name, &dir);
+        self.recheck_on_chain(job, &name, &dir, chain_reachable);
         if self.registry.get_id(&name).is_none() {
             self.registry.register(&name, &dir)?;
             self.metrics

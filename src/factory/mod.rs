@@ -117,8 +117,9 @@ impl Factory {
     /// Registers the adapters of succeeded jobs, re-validates jobs caught validating, and starts
     /// the runner (which resumes a job caught running).
     pub fn start(self: &Arc<Self>) -> Result<()> {
+        let mut chain_reachable = true;
         for j in self.store.jobs_in(JobStatus::Succeeded)? {
-            if let Err(e) = self.redeploy(&j) {
+            if let Err(e) = self.redeploy(&j, &mut chain_reachable) {
                 tracing::warn!(job = %j.id, error = %e, "fine-tuned adapter not registered again");
             }
         }

@@ -40,8 +40,9 @@ pub struct FactoryChain {
     pub runtime: tokio::runtime::Handle,
 }
 
-/// Longest one registration attempt may take.
+/// Longest one registration attempt may take (a job's deployment; a start-up re-check).
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
+const RECHECK_TIMEOUT: Duration = Duration::from_secs(10);
 const FIRST_RETRY: Duration = Duration::from_secs(2);
 const MAX_RETRY: Duration = Duration::from_secs(60);
 
@@ -112,6 +113,7 @@ impl Factory {
         job: &JobRow,
         d: &DatanetEntry,
         a: &AdapterEntry,
+        limit: Duration,
     ) -> std::result::Result<B256, ChainError> {
         let r = c.registrar.clone();
         let attempt = async move {
@@ -121,8 +123,8 @@ impl Factory {
         };
         let (dn, ad) = c
             .runtime
-            .block_on(async { tokio::time::timeout(ATTEMPT_TIMEOUT, attempt).await })
-            .map_err(|_| ChainError::Rpc(format!("no answer within {ATTEMPT_TIMEOUT:?}")))??;
+            .block_on(async { tokio::time::timeout(limit, attempt).await })
+            .map_err(|_| ChainError::Rpc(format!("no answer within {limit:?}")))??;
         self.event(
             &job.id,
             "message",
@@ -156,7 +158,12 @@ impl Factory {
         let (dn, ad) = entries(job, name, adapter_dir, &text)?;
         let mut wait = FIRST_RETRY;
         let root = loop {
-            match self.register_once(c, job, &dn, &ad) {
+            let limit = if retry {
+                ATTEMPT_TIMEOUT
+            } else {
+                RECHECK_TIMEOUT
+            };
+            match self.register_once(c, job, &dn, &ad, limit) {
                 Ok(root) => break root,
                 Err(e) if retry && e.is_transient() => {
                     let m = format!(
@@ -188,22 +195,35 @@ impl Factory {
         Ok(true)
     }
 
-    /// After a restart: a succeeded job's registrations, checked (and made if missing) once;
-    /// a failure leaves its datanet for the chain sync to verify.
-    pub(super) fn recheck_on_chain(&self, job: &JobRow, name: &str, adapter_dir: &Path) {
-        if let Err(e) = self.register_on_chain(job, name, adapter_dir, false) {
-            tracing::warn!(job = %job.id, error = %e, "on-chain registration of a fine-tuned adapter not checked");
-            if let (Some(d), Some(v)) = (
-                &job.spec.datanet,
-                self.meter
-                    .as_ref()
-                    .and_then(|m| m.datanet_verifier.as_ref()),
-            ) {
-                if let Ok(text) = std::fs::read_to_string(self.datanet_path(&d.id)) {
-                    if let Ok(root) = records_root(&text, Path::new(&d.id)) {
-                        v.add(&d.id, root, None);
-                    }
+    /// After a restart: a succeeded job's registrations, checked (and made if missing) once,
+    /// while `reachable`; a failure clears `reachable` (the other jobs are not waited on) and
+    /// leaves the datanet `unverified` for the chain sync to check.
+    pub(super) fn recheck_on_chain(
+        &self,
+        job: &JobRow,
+        name: &str,
+        adapter_dir: &Path,
+        reachable: &mut bool,
+    ) {
+        if *reachable {
+            match self.register_on_chain(job, name, adapter_dir, false) {
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!(job = %job.id, error = %e, "on-chain registration of a fine-tuned adapter not checked");
+                    *reachable = false;
                 }
+            }
+        }
+        let verifier = self
+            .meter
+            .as_ref()
+            .and_then(|m| m.datanet_verifier.as_ref());
+        if let (Some(d), Some(v)) = (&job.spec.datanet, verifier) {
+            let text = std::fs::read_to_string(self.datanet_path(&d.id));
+            if let Ok(root) =
+                text.and_then(|t| records_root(&t, Path::new(&d.id)).map_err(std::io::Error::other))
+            {
+                v.add(&d.id, root, None);
             }
         }
     }
