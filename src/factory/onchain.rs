@@ -17,7 +17,9 @@
 //!   `running` with an event per failure and retries with back-off until it is registered or
 //!   cancelled (a restart resumes it from its last checkpoint, the adapter then being rebuilt and
 //!   registration retried); a permanent one (the ids taken on chain with other terms, a revert)
-//!   fails the job naming the conflict, its adapter folder left on disk, never served.
+//!   fails the job naming the conflict, its adapter folder left on disk, never served. (The
+//!   settlement worker signs with the same key; a nonce clash between the two is a transient
+//!   RPC error, retried here and by the worker.)
 
 use super::store::JobRow;
 use super::{Factory, JobStatus};
@@ -27,7 +29,7 @@ use crate::chain::{
 use crate::error::{Error, Result};
 use crate::ledger::datanet_root::records_root;
 use crate::lora::{weights_hash, WEIGHTS_FILE};
-use alloy::primitives::{keccak256, Address, B256, U256};
+use alloy::primitives::{keccak256, Address, U256};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -106,15 +108,14 @@ fn describe(what: &str, r: Registration) -> String {
 }
 
 impl Factory {
-    /// One attempt: the datanet, then the adapter. Returns the datanet's records root.
+    /// One attempt: the datanet, then the adapter.
     fn register_once(
         &self,
         c: &FactoryChain,
-        job: &JobRow,
         d: &DatanetEntry,
         a: &AdapterEntry,
         limit: Duration,
-    ) -> std::result::Result<B256, ChainError> {
+    ) -> std::result::Result<(Registration, Registration), ChainError> {
         let r = c.registrar.clone();
         let attempt = async move {
             let dn = r.ensure_datanet(d).await?;
@@ -125,19 +126,7 @@ impl Factory {
             .runtime
             .block_on(async { tokio::time::timeout(limit, attempt).await })
             .map_err(|_| ChainError::Rpc(format!("no answer within {limit:?}")))??;
-        self.event(
-            &job.id,
-            "message",
-            &describe(&format!("Datanet {}", d.name), dn),
-            None,
-        );
-        self.event(
-            &job.id,
-            "message",
-            &describe(&format!("Adapter {}", a.name), ad),
-            None,
-        );
-        Ok(d.records_root)
+        Ok((dn, ad))
     }
 
     /// Registers `job`'s datanet and adapter (installed in `adapter_dir`) on chain, if the server
@@ -157,14 +146,14 @@ impl Factory {
             .map_err(|e| Error::io(self.datanet_path(&d.id), e))?;
         let (dn, ad) = entries(job, name, adapter_dir, &text)?;
         let mut wait = FIRST_RETRY;
-        let root = loop {
+        let (dn_done, ad_done) = loop {
             let limit = if retry {
                 ATTEMPT_TIMEOUT
             } else {
                 RECHECK_TIMEOUT
             };
-            match self.register_once(c, job, &dn, &ad, limit) {
-                Ok(root) => break root,
+            match self.register_once(c, &dn, &ad, limit) {
+                Ok(done) => break done,
                 Err(e) if retry && e.is_transient() => {
                     let m = format!(
                         "On-chain registration failed, retrying in {} s: {e}",
@@ -185,6 +174,14 @@ impl Factory {
                 Err(e) => return Err(Error::Chain(e)),
             }
         };
+        // A succeeded job re-checked at start-up gets no new events.
+        if retry {
+            let dn_msg = describe(&format!("Datanet {}", dn.name), dn_done);
+            self.event(&job.id, "message", &dn_msg, None);
+            let ad_msg = describe(&format!("Adapter {}", ad.name), ad_done);
+            self.event(&job.id, "message", &ad_msg, None);
+        }
+        let root = dn.records_root;
         if let Some(v) = self
             .meter
             .as_ref()
