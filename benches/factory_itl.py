@@ -3,10 +3,13 @@
 the real server, plus the job's training throughput. Starts `openlora serve --data-dir ...
 --training-threads T`, streams `--streams` concurrent chat completions of `--tokens` tokens each
 (greedy, ignore_eos off, prompt varied per stream) and records the gap between content chunks;
-then starts a long fine-tuning job through the SDK, waits for its first step, measures the same
-streams again, cancels the job and reads its tokens/s from the `metrics` events.
+then starts a long fine-tuning job through the SDK, waits until it trains (its first forward pass
+has begun: the "Training ..." event), measures the same streams again, cancels the job and reads
+its tokens/s from the `metrics` events. `--training-nice 0,19` repeats all of it (a fresh server,
+its own no-job baseline) for each nice value of the training threads, in one run.
 
-  python3 benches/factory_itl.py --bin target/debug/openlora --model M.gguf [--training-threads 1]
+  python3 benches/factory_itl.py --bin target/debug/openlora --model M.gguf [--training-threads 1] \
+      [--training-nice 0,19]
 """
 import argparse, json, os, random, socket, statistics, subprocess, sys, tempfile, threading, time
 
@@ -53,13 +56,21 @@ def main():
     ap.add_argument("--streams", type=int, default=4)
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--training-nice", default="19", help="comma-separated nice values, one server each")
     args = ap.parse_args()
+    out = {}
+    for nice in args.training_nice.split(","):
+        out[f"nice {nice}"] = run_one(args, int(nice))
+    print(json.dumps(out, indent=1))
+
+
+def run_one(args, nice):
     work = tempfile.mkdtemp(prefix="factory_itl_")
     port = free_port()
     log = open(os.path.join(work, "server.log"), "wb")
     srv = subprocess.Popen([args.bin, "serve", "--model", args.model, "--port", str(port), "--threads", str(args.threads),
                             "--admin-key", "adm", "--data-dir", os.path.join(work, "data"),
-                            "--training-threads", str(args.training_threads)], stdout=log, stderr=subprocess.STDOUT)
+                            "--training-threads", str(args.training_threads), "--training-nice", str(nice)], stdout=log, stderr=subprocess.STDOUT)
     try:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="adm", max_retries=0, timeout=600)
         for _ in range(600):
@@ -77,8 +88,9 @@ def main():
         idle = measure(client, base, args.streams, args.tokens, args.rounds)
         job = client.fine_tuning.jobs.create(model=base, training_file=f.id, method={"type": "supervised",
                  "supervised": {"hyperparameters": {"n_epochs": 50, "batch_size": 4}}})
-        while not any(e.type == "metrics" for e in client.fine_tuning.jobs.list_events(job.id)):
+        while not any(e.message.startswith("Training ") for e in client.fine_tuning.jobs.list_events(job.id)):
             time.sleep(1)
+        time.sleep(2)
         busy = measure(client, base, args.streams, args.tokens, args.rounds)
         evs = [e for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics" and "trained_tokens" in e.data]
         client.fine_tuning.jobs.cancel(job.id)
@@ -87,8 +99,8 @@ def main():
         if len(evs) >= 2:
             dt = max(evs[-1].created_at - evs[0].created_at, 1)
             tps = (evs[-1].data["trained_tokens"] - evs[0].data["trained_tokens"]) / dt
-        print(json.dumps({"idle_itl_ms": idle, "training_itl_ms": busy, "training_steps_seen": len(evs),
-                          "training_tokens_per_s": tps, "p50_ratio": busy["p50"] / idle["p50"]}, indent=1))
+        return {"idle_itl_ms": idle, "training_itl_ms": busy, "training_steps_seen": len(evs),
+                "training_tokens_per_s": tps, "p50_ratio": busy["p50"] / idle["p50"]}
     finally:
         srv.terminate()
         srv.wait()

@@ -63,6 +63,7 @@ contract AdapterRegistry {
 
     error ZeroId();
     error ZeroWeightsHash();
+    error ZeroOwner();
     error AdapterExists(bytes32 id);
     error UnknownAdapter(bytes32 id);
     error NotAdapterOwner(bytes32 id, address caller);
@@ -96,6 +97,35 @@ contract AdapterRegistry {
         DatanetWeight[] calldata trainedOn,
         FeeSplit calldata split
     ) external {
+        _register(msg.sender, id, weightsHash, pricePerMInput, pricePerMOutput, trainedOn, split);
+    }
+
+    /// @notice Register adapter `id` on behalf of `owner` (e.g. the server that trained it
+    ///         registers it for the owner its fine-tuning job named). The owner gets everything the
+    ///         caller of `register` would: the owner's share of each call, `updatePrice`,
+    ///         `deactivate`; the caller keeps no right over the adapter.
+    function registerFor(
+        address owner,
+        bytes32 id,
+        bytes32 weightsHash,
+        uint128 pricePerMInput,
+        uint128 pricePerMOutput,
+        DatanetWeight[] calldata trainedOn,
+        FeeSplit calldata split
+    ) external {
+        if (owner == address(0)) revert ZeroOwner();
+        _register(owner, id, weightsHash, pricePerMInput, pricePerMOutput, trainedOn, split);
+    }
+
+    function _register(
+        address owner,
+        bytes32 id,
+        bytes32 weightsHash,
+        uint128 pricePerMInput,
+        uint128 pricePerMOutput,
+        DatanetWeight[] calldata trainedOn,
+        FeeSplit calldata split
+    ) private {
         if (id == bytes32(0)) revert ZeroId();
         if (weightsHash == bytes32(0)) revert ZeroWeightsHash();
         if (_adapters[id].owner != address(0)) revert AdapterExists(id);
@@ -103,7 +133,7 @@ contract AdapterRegistry {
         _checkDatanets(trainedOn, split.contributorsBps);
 
         _adapters[id] = Adapter({
-            owner: msg.sender,
+            owner: owner,
             active: true,
             split: split,
             weightsHash: weightsHash,
@@ -116,7 +146,7 @@ contract AdapterRegistry {
             stored.push(trainedOn[i]);
         }
         ++adapterCount;
-        emit AdapterRegistered(id, msg.sender, weightsHash, pricePerMInput, pricePerMOutput, split, trainedOn);
+        emit AdapterRegistered(id, owner, weightsHash, pricePerMInput, pricePerMOutput, split, trainedOn);
     }
 
     /// @notice Change the price of an active adapter (owner only). Applies to calls metered afterwards.

@@ -59,6 +59,26 @@ contract AdapterRegistryTest is Test {
         assertTrue(reg.isActive(ID));
     }
 
+    function test_registerFor_makesTheNamedAddressTheOwner() public {
+        vm.prank(other);
+        reg.registerFor(owner, ID, HASH, 100e9, 300e9, _two(7000, 3000), _split(6000, 3000, 1000));
+        AdapterRegistry.Adapter memory a = reg.getAdapter(ID);
+        assertEq(a.owner, owner);
+        assertEq(a.weightsHash, HASH);
+        assertEq(reg.getTrainedOn(ID).length, 2);
+        // The registrar keeps no right over it; the owner has them all.
+        vm.prank(other);
+        vm.expectRevert(abi.encodeWithSelector(AdapterRegistry.NotAdapterOwner.selector, ID, other));
+        reg.updatePrice(ID, 1, 1);
+        vm.prank(owner);
+        reg.updatePrice(ID, 1, 1);
+        // Same checks as `register`: a taken id, a zero owner.
+        vm.expectRevert(abi.encodeWithSelector(AdapterRegistry.AdapterExists.selector, ID));
+        reg.registerFor(other, ID, HASH, 1, 1, _two(5000, 5000), _split(6000, 3000, 1000));
+        vm.expectRevert(AdapterRegistry.ZeroOwner.selector);
+        reg.registerFor(address(0), keccak256("x"), HASH, 1, 1, _two(5000, 5000), _split(6000, 3000, 1000));
+    }
+
     function test_register_withoutDatanetsWhenContributorsGetNothing() public {
         vm.prank(owner);
         reg.register(ID, HASH, 1, 1, new AdapterRegistry.DatanetWeight[](0), _split(9000, 0, 1000));

@@ -11,17 +11,21 @@
 //!   a batch it built already landed, and resubmitting it fails with `ChainError::BatchAlreadySettled`;
 //! - `AdapterCatalog` caches `AdapterRegistry`'s answer per adapter id and never guesses one it
 //!   could not read;
-//! - every `Settler` write waits for its receipt and fails unless the transaction succeeded.
+//! - every `Settler` write waits for its receipt and fails unless the transaction succeeded;
+//! - `Registrar` registers an adapter and its datanet idempotently: it writes only what the chain
+//!   does not already hold, and an id held with other terms is a `ChainError::Conflict`.
 
 pub mod anvil;
 pub mod catalog;
 mod catalog_batch;
 pub mod contracts;
 pub mod merkle;
+pub mod registrar;
 pub mod settler;
 
 pub use catalog::{onchain_adapter_id, AdapterCatalog, Listing, OnChainAdapter};
 pub use merkle::{MerkleTree, Receipt};
+pub use registrar::{AdapterEntry, DatanetEntry, Registrar, Registration};
 pub use settler::{
     protocol_fee, Balances, Batch, DeployConfig, Deployment, SettledBatch, Settler, NATIVE,
 };
@@ -44,9 +48,18 @@ pub enum ChainError {
     TxFailed(B256),
     #[error("RPC error: {0}")]
     Rpc(String),
+    /// The chain holds the id with other terms (see `registrar`).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl ChainError {
+    /// Whether trying again may succeed: the node was unreachable or a transaction did not land
+    /// (a revert or a conflict will not change by itself).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Rpc(_) | Self::TxFailed(_))
+    }
+
     /// For a revert, the contract error's name in snake_case (`insufficient_escrow`), the label
     /// under which settlement failures are counted; `None` for transport errors.
     pub fn revert_label(&self) -> Option<String> {

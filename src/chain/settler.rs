@@ -353,9 +353,20 @@ impl Settler {
     where
         N: alloy::network::Network,
     {
-        let pending = sent
-            .map_err(ChainError::from_contract)?
-            .with_timeout(Some(self.receipt_timeout));
+        self.confirm_sent(sent.map_err(ChainError::from_contract))
+            .await
+    }
+
+    /// Waits for the receipt of a sent write (send errors already decoded by the caller); fails
+    /// unless the transaction succeeded.
+    pub(super) async fn confirm_sent<N>(
+        &self,
+        sent: Result<alloy::providers::PendingTransactionBuilder<N>, ChainError>,
+    ) -> Result<SettledBatch, ChainError>
+    where
+        N: alloy::network::Network,
+    {
+        let pending = sent?.with_timeout(Some(self.receipt_timeout));
         let receipt = pending
             .get_receipt()
             .await

@@ -137,6 +137,10 @@ pub struct ServeArgs {
     /// Threads a fine-tuning job may use (serving keeps the rest; default 1).
     #[arg(long, env = "OPENLORA_TRAINING_THREADS")]
     pub training_threads: Option<usize>,
+    /// Nice value of the training threads, 0-19 (default 19, the lowest priority: serving threads
+    /// get the cores first).
+    #[arg(long, env = "OPENLORA_TRAINING_NICE", value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub training_nice: Option<i32>,
     /// Largest fine-tuning file upload, in MiB (default 64).
     #[arg(long, env = "OPENLORA_MAX_UPLOAD_MB")]
     pub max_upload_mb: Option<usize>,
@@ -180,6 +184,7 @@ struct FileConfig {
     tool_call_parser: Option<ToolCallParser>,
     data_dir: Option<PathBuf>,
     training_threads: Option<usize>,
+    training_nice: Option<i32>,
     max_upload_mb: Option<usize>,
     dtype: Option<String>,
     quantize: Option<String>,
@@ -271,6 +276,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.or(file.data_dir);
     let training_threads = args.training_threads.or(file.training_threads).unwrap_or(1);
     anyhow::ensure!(training_threads > 0, "--training-threads must be > 0");
+    let training_nice = args
+        .training_nice
+        .or(file.training_nice)
+        .unwrap_or(openlora::factory::TRAINING_NICE);
+    anyhow::ensure!(
+        (0..=19).contains(&training_nice),
+        "training_nice must be 0-19"
+    );
     if opts.insecure_open_admin && opts.admin_key.is_none() {
         tracing::warn!("--insecure-open-admin: anyone who can reach this server may load, replace and unload adapters");
         eprintln!("openlora: WARNING: --insecure-open-admin: the adapter admin endpoints are open to anyone who can reach this server");
@@ -391,6 +404,22 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let registry_cfg = meter_cfg
         .as_ref()
         .and_then(|m| m.chain.as_ref()?.registry.clone());
+    // The factory registers what it trains in the same registries, signing as the operator.
+    let factory_chain = match meter_cfg.as_ref().and_then(|m| m.chain.as_ref()) {
+        Some(c) if c.registry.is_some() && data_dir.is_some() => {
+            let r = c.registry.as_ref().expect("checked");
+            let registrar = openlora::chain::Registrar::connect_lazy(
+                &c.rpc_url,
+                &c.operator_key,
+                r.adapter_registry,
+            )?;
+            Some(openlora::factory::FactoryChain {
+                registrar: Arc::new(registrar),
+                runtime: rt.handle().clone(),
+            })
+        }
+        _ => None,
+    };
     let gate = match (&catalog, &registry_cfg) {
         (Some(c), Some(r)) => {
             let g: Arc<dyn AdapterGate> = Arc::new(ChainGate::new(
@@ -456,7 +485,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let factory_opts = openlora::factory::FactoryOptions {
             data_dir: dir.clone(),
             training_threads,
+            training_nice,
             max_file_bytes: state.opts.max_upload_bytes,
+            chain: factory_chain,
         };
         let f = openlora::factory::Factory::open(
             factory_opts,

@@ -6,7 +6,8 @@
 //! under the factory's finish lock and only if the job is still running (not cancelled), the
 //! adapter is registered hot — the registry call `/v1/load_lora_adapter` makes — and the job
 //! marked succeeded with its `fine_tuned_model`: `<base>:<adapter name>`, the `base:adapter` form
-//! a request's `model` already accepts.
+//! a request's `model` already accepts. With the on-chain registry, the adapter and its datanet
+//! are registered on chain between installing and serving (`onchain`).
 
 use super::file_store::contributor_of;
 use super::job_spec::DatanetSpec;
@@ -78,7 +79,7 @@ impl Factory {
         self.opts.data_dir.join("adapters").join(name)
     }
 
-    fn datanet_path(&self, id: &str) -> PathBuf {
+    pub(super) fn datanet_path(&self, id: &str) -> PathBuf {
         self.opts
             .data_dir
             .join("datanets")
@@ -130,6 +131,10 @@ impl Factory {
         let name = adapter_name(job);
         let dir = self.install_adapter(job, &name)?;
         self.index_datanet(job)?;
+        if !self.register_on_chain(job, &name, &dir, true)? {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Ok(());
+        }
         let fine_tuned = self.fine_tuned_name(job);
         let _finish = self.finish.lock().unwrap_or_else(|p| p.into_inner());
         let running = self
@@ -163,11 +168,13 @@ impl Factory {
         Ok(())
     }
 
-    /// Registers a succeeded job's adapter again (start-up).
-    pub(super) fn redeploy(&self, job: &JobRow) -> Result<()> {
+    /// Registers a succeeded job's adapter again (start-up); `chain_reachable` as in
+    /// `recheck_on_chain`.
+    pub(super) fn redeploy(&self, job: &JobRow, chain_reachable: &mut bool) -> Result<()> {
         let name = adapter_name(job);
         self.index_datanet(job)?;
         let dir = self.adapter_dir(&name);
+        self.recheck_on_chain(job, &name, &dir, chain_reachable);
         if self.registry.get_id(&name).is_none() {
             self.registry.register(&name, &dir)?;
             self.metrics

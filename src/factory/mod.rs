@@ -2,23 +2,29 @@
 //! the serving process. Files (`file_store`) and jobs, events and checkpoints (`store`, SQLite)
 //! persist under the data dir; a create request is checked once (`job_spec`); jobs are validated
 //! on their own thread, then run one at a time by the runner (`runner`) on a bounded thread pool
-//! (`--training-threads`) so serving goes on; a finished job is deployed (`deploy`): its adapter
-//! registered hot under `fine_tuned_model`, its training records indexed as a datanet for
-//! attribution, its terms written as the adapter's manifest. What always holds: a job's status
-//! only moves forward; a cancelled or failed job never registers an adapter; an adapter folder is
-//! renamed into place whole before it is registered; after a restart a running job resumes from
-//! its last checkpoint and succeeded jobs' adapters are registered again.
+//! (`--training-threads`) at the lowest CPU priority (`priority`) so serving goes on; a finished
+//! job is deployed (`deploy`): its adapter registered hot under `fine_tuned_model`, its training
+//! records indexed as a datanet for attribution, its terms written as the adapter's manifest and,
+//! with the on-chain registry, the adapter and its datanet registered on chain before it is
+//! served (`onchain`). What always holds: a job's status only moves forward; a cancelled or
+//! failed job never registers an adapter; an adapter folder is renamed into place whole before it
+//! is registered; after a restart a running job resumes from its last checkpoint and succeeded
+//! jobs' adapters are registered again.
 
 mod deploy;
 mod file_store;
 pub mod ids;
 pub mod job_spec;
 pub mod objects;
+mod onchain;
+mod priority;
 mod runner;
 pub mod store;
 
 pub use file_store::check_training_text;
 pub use ids::{CheckpointId, EventId, FileId, JobId};
+pub use onchain::FactoryChain;
+pub use priority::TRAINING_NICE;
 pub use store::{FactoryStore, FileRow, JobRow, JobStatus, Page};
 
 use crate::clock::unix_now;
@@ -42,8 +48,12 @@ pub struct FactoryOptions {
     pub data_dir: PathBuf,
     /// Threads of the training pool (serving keeps the rest).
     pub training_threads: usize,
+    /// Nice value of the training threads (`TRAINING_NICE`, the lowest priority, by default).
+    pub training_nice: i32,
     /// Largest accepted upload, in bytes.
     pub max_file_bytes: usize,
+    /// With the on-chain registry: where finished jobs' adapters and datanets are registered.
+    pub chain: Option<FactoryChain>,
 }
 
 pub struct Factory {
@@ -77,9 +87,11 @@ impl Factory {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let store = FactoryStore::open(&dir.join("factory.sqlite"))?;
         let files = FileStore::open(dir.join("files"))?;
+        let nice = opts.training_nice;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(opts.training_threads.max(1))
             .thread_name(|i| format!("openlora-train-{i}"))
+            .start_handler(move |_| priority::lower_this_thread(nice))
             .build()
             .map_err(|e| Error::Internal(format!("training pool: {e}")))?;
         Ok(Arc::new_cyclic(|me| Factory {
@@ -105,8 +117,9 @@ impl Factory {
     /// Registers the adapters of succeeded jobs, re-validates jobs caught validating, and starts
     /// the runner (which resumes a job caught running).
     pub fn start(self: &Arc<Self>) -> Result<()> {
+        let mut chain_reachable = true;
         for j in self.store.jobs_in(JobStatus::Succeeded)? {
-            if let Err(e) = self.redeploy(&j) {
+            if let Err(e) = self.redeploy(&j, &mut chain_reachable) {
                 tracing::warn!(job = %j.id, error = %e, "fine-tuned adapter not registered again");
             }
         }

@@ -2,7 +2,8 @@
 //! first, then the oldest `queued`), training each with `TrainJob` inside the factory's bounded
 //! thread pool (candle's matmuls run on the pool they are called from), storing a `metrics`
 //! event per step and a checkpoint row per checkpoint, and deploying what finished. What always
-//! holds: a job resumes from the last whole checkpoint in its work folder; a cancelled run stops
+//! holds: a job resumes from the last whole checkpoint in its work folder, and each step has one
+//! `metrics` event (a resumed job replaces those of the steps it trains again); a cancelled run stops
 //! between steps and leaves no adapter; a failed run records its error.
 
 use super::store::JobRow;
@@ -147,6 +148,10 @@ impl Factory {
                 params,
             } => {
                 first = first_step;
+                if first_step > 0 {
+                    // Steps after the checkpoint were recorded by the run that was stopped.
+                    let _ = self.store.drop_step_events_after(id, first_step as u64);
+                }
                 let m = match first_step {
                     0 => format!(
                         "Training {params} LoRA values on {examples} examples: {steps} steps"

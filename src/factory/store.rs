@@ -418,6 +418,19 @@ impl FactoryStore {
         })
     }
 
+    /// Drops the per-step training metrics of steps after `step`: a job resumed from the
+    /// checkpoint at `step` trains those steps again and records them anew, each once.
+    pub fn drop_step_events_after(&self, job: &JobId, step: u64) -> Result<usize> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM events WHERE job_id = ?1 AND type = 'metrics'
+                 AND json_extract(data, '$.train_loss') IS NOT NULL
+                 AND json_extract(data, '$.step') > ?2",
+                params![job.as_str(), step as i64],
+            )
+        })
+    }
+
     pub fn events(
         &self,
         job: &JobId,
@@ -566,6 +579,49 @@ mod tests {
         assert_eq!(
             (p.data.len(), p.data[0].id.clone(), p.has_more),
             (1, a, false)
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_resume_drops_only_the_step_metrics_after_its_checkpoint() {
+        let dir = std::env::temp_dir().join(format!("openlora-factory-ev-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let s = FactoryStore::open(&dir.join("f.sqlite")).unwrap();
+        let j = JobId::fresh();
+        s.insert_job(&j, &spec()).unwrap();
+        let step = |n: u64| serde_json::json!({"step": n, "train_loss": 1.0});
+        s.add_event(
+            &j,
+            "info",
+            "metrics",
+            "before",
+            Some(&serde_json::json!({"step": 0, "full_valid_loss": 2.0})),
+        )
+        .unwrap();
+        for n in 1..=5 {
+            s.add_event(&j, "info", "metrics", &format!("step {n}"), Some(&step(n)))
+                .unwrap();
+        }
+        s.add_event(&j, "info", "message", "Checkpoint created at step 3", None)
+            .unwrap();
+        assert_eq!(s.drop_step_events_after(&j, 3).unwrap(), 2);
+        let kept: Vec<String> = s
+            .events(&j, None, 100)
+            .unwrap()
+            .data
+            .into_iter()
+            .map(|e| e.message)
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                "Checkpoint created at step 3",
+                "step 3",
+                "step 2",
+                "step 1",
+                "before"
+            ]
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }

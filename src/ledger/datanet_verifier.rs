@@ -19,8 +19,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 pub struct DatanetVerifier {
-    /// Local records root per datanet id (file stem).
-    roots: BTreeMap<String, B256>,
+    /// Local records root per datanet id (file stem); the Model Factory adds its datanets.
+    roots: RwLock<BTreeMap<String, B256>>,
     /// Excluded datanets and why.
     excluded: RwLock<HashMap<String, &'static str>>,
     metrics: Arc<Metrics>,
@@ -36,17 +36,39 @@ impl DatanetVerifier {
     pub fn new(roots: BTreeMap<String, B256>, metrics: Arc<Metrics>) -> Self {
         let v = DatanetVerifier {
             excluded: RwLock::new(HashMap::new()),
-            roots,
+            roots: RwLock::new(BTreeMap::new()),
             metrics,
         };
-        for id in v.roots.keys() {
-            v.set(
+        for (id, root) in roots {
+            v.add(&id, root, None);
+        }
+        v
+    }
+
+    /// Checks datanet `id` (local root `root`) from now on: included if `onchain` (its
+    /// `recordsRoot` as just read) equals `root`, else excluded until `verify` says otherwise.
+    pub fn add(&self, id: &str, root: B256, onchain: Option<B256>) {
+        self.roots
+            .write()
+            .expect("datanets")
+            .insert(id.to_string(), root);
+        self.judge(id, root, onchain);
+    }
+
+    fn judge(&self, id: &str, root: B256, onchain: Option<B256>) {
+        match onchain {
+            Some(r) if r == root => self.set(id, None, ""),
+            Some(r) => self.set(
+                id,
+                Some("root_mismatch"),
+                &format!("its records hash to root {root}, DatanetRegistry has {r}"),
+            ),
+            None => self.set(
                 id,
                 Some("unverified"),
                 "not yet checked against its on-chain recordsRoot",
-            );
+            ),
         }
-        v
     }
 
     /// Why datanet `id` is excluded from attribution, if it is.
@@ -90,17 +112,10 @@ impl DatanetVerifier {
         &self,
         registry: &DatanetRegistryInstance<DynProvider>,
     ) -> Result<(), ChainError> {
-        for (id, local) in &self.roots {
+        let roots = self.roots.read().expect("datanets").clone();
+        for (id, local) in &roots {
             match registry.getDatanet(onchain_datanet_id(id)).call().await {
-                Ok(d) if d.recordsRoot == *local => self.set(id, None, ""),
-                Ok(d) => self.set(
-                    id,
-                    Some("root_mismatch"),
-                    &format!(
-                        "its records hash to root {local}, DatanetRegistry has {}",
-                        d.recordsRoot
-                    ),
-                ),
+                Ok(d) => self.judge(id, *local, Some(d.recordsRoot)),
                 Err(e) => match e.as_decoded_interface_error::<DatanetRegistryErrors>() {
                     Some(DatanetRegistryErrors::UnknownDatanet(_)) => self.set(
                         id,

@@ -102,8 +102,10 @@ impl Meter {
         self
     }
 
-    /// Adds (or replaces) datanet `d`: calls recorded from now on attribute to it.
+    /// Adds (or replaces) datanet `d`: calls recorded from now on attribute to it (with the
+    /// on-chain registry, to the on-chain datanet `keccak256(d.id)`).
     pub fn add_datanet(&self, d: Arc<Datanet>) {
+        self.prices.name_datanet(&d.id);
         let mut map = self.datanets.write().unwrap_or_else(|p| p.into_inner());
         map.insert(d.id.clone(), d);
     }

@@ -195,7 +195,8 @@ impl AdapterTerms {
 /// The on-chain source of terms.
 struct ChainTerms {
     catalog: Arc<AdapterCatalog>,
-    datanet_names: HashMap<B256, String>,
+    /// On-chain datanet id -> local name; the Model Factory adds the datanets it registers.
+    datanet_names: RwLock<HashMap<B256, String>>,
 }
 
 /// Terms of every adapter served: from chain, or from manifests cached by folder (a re-registered
@@ -225,15 +226,24 @@ impl PriceBook {
     ) -> Self {
         self.chain = Some(ChainTerms {
             catalog,
-            datanet_names,
+            datanet_names: RwLock::new(datanet_names),
         });
         self
+    }
+
+    /// Names the on-chain datanet `keccak256(name)` `name` (a datanet indexed after start-up).
+    pub fn name_datanet(&self, name: &str) {
+        if let Some(c) = &self.chain {
+            let mut names = c.datanet_names.write().expect("price book");
+            names.insert(keccak256(name.as_bytes()), name.to_string());
+        }
     }
 
     fn chain_terms(&self, c: &ChainTerms, name: &str) -> Result<Arc<AdapterTerms>> {
         match c.catalog.cached(crate::chain::onchain_adapter_id(name)) {
             Some(Listing::Registered(a)) if a.active => {
-                Ok(Arc::new(AdapterTerms::from_chain(name, &a, &c.datanet_names)))
+                let names = c.datanet_names.read().expect("price book");
+                Ok(Arc::new(AdapterTerms::from_chain(name, &a, &names)))
             }
             Some(Listing::Registered(_)) => Err(Error::AdapterRefused {
                 name: name.to_string(),

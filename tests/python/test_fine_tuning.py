@@ -74,13 +74,42 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _anvil() -> str:
-    for p in [os.environ.get("OPENLORA_ANVIL"),
-              str(REPO / "contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil"),
-              shutil.which("anvil")]:
+def _foundry(tool: str) -> str:
+    for p in [os.environ.get(f"OPENLORA_{tool.upper()}"),
+              str(REPO / f"contracts/node_modules/@foundry-rs/{tool}-linux-amd64/bin/{tool}"),
+              shutil.which(tool)]:
         if p and Path(p).is_file():
             return p
-    pytest.fail("anvil not found: run `bash contracts/ci.sh` (or set OPENLORA_ANVIL)")
+    pytest.fail(f"{tool} not found: run `bash contracts/ci.sh` (or set OPENLORA_{tool.upper()})")
+
+
+def _anvil() -> str:
+    return _foundry("anvil")
+
+
+def _cast(*args: str, stdin: str | None = None) -> str:
+    return subprocess.run([_foundry("cast"), *args], check=True, capture_output=True, text=True,
+                          input=stdin).stdout.strip()
+
+
+def _call(chain: dict, contract: str, sig: str, *args: str):
+    """A view call decoded by `cast` (foundry's own ABI codec, not openlora's)."""
+    return json.loads(_cast("call", chain[contract], sig, *args, "--rpc-url", chain["rpc"], "--json"))
+
+
+def _onchain(chain: dict, adapter: str) -> dict:
+    """What the registries hold for `adapter` and its one datanet, read with `cast`."""
+    aid = _cast("keccak", adapter)
+    a = _call(chain, "adapter_registry", "getAdapter(bytes32)((address,bool,(uint16,uint16,uint16),bytes32,"
+              "uint128,uint128,uint64))", aid)[0]
+    trained = _call(chain, "adapter_registry", "getTrainedOn(bytes32)((bytes32,uint16)[])", aid)[0]
+    assert len(trained) == 1, trained
+    did = trained[0][0]
+    who, shares = _call(chain, "datanet_registry", "getContributors(bytes32)(address[],uint256[])", did)
+    d = _call(chain, "datanet_registry", "getDatanet(bytes32)((address,bytes32,uint256,uint64))", did)[0]
+    return {"id": aid, "owner": a[0].lower(), "active": a[1], "split": a[2], "weights_hash": a[3],
+            "price": (int(a[4]), int(a[5])), "datanet": did, "datanet_weight": trained[0][1],
+            "records_root": d[1], "contributors": {w.lower(): int(n) for w, n in zip(who, shares)}}
 
 
 @pytest.fixture(scope="module")
@@ -122,12 +151,16 @@ class Factory:
             "--data-dir", str(self.root / "data"), "--training-threads", "2", "--max-upload-mb", "1",
             "--ledger", str(self.root / "ledger.sqlite"), "--chain-rpc", self.chain["rpc"],
             "--settlement-address", self.chain["settlement"], "--settle-interval-secs", "2",
-            "--settle-max-records", "1",
+            "--settle-max-records", "1", "--adapter-registry-address", self.chain["adapter_registry"],
         ]
         work = self.root / f"run{self.n}"
         work.mkdir()
         self.srv = wait_ready(launch_server(work, args, env={"OPENLORA_OPERATOR_KEY": OPERATOR_KEY}))
         return self
+
+    def restart(self):
+        stop_server(self.srv)
+        return self.start()
 
     def kill(self):
         self.srv.proc.send_signal(signal.SIGKILL)
@@ -167,6 +200,15 @@ def _wait(client, job_id: str, done, timeout: float = JOB_TIMEOUT, srv=None):
                 f"{[e.message for e in evs[-5:]]}\n{srv.stderr_tail() if srv else ''}")
 
 
+def _train_steps(events) -> list[int]:
+    return [e.data["step"] for e in events if e.type == "metrics" and "train_loss" in e.data]
+
+
+def _past_a_checkpoint(job, events) -> bool:
+    cps = [int(e.message.rsplit(" ", 1)[1]) for e in events if e.message.startswith("Checkpoint created at step")]
+    return bool(cps) and max(_train_steps(events), default=0) > max(cps)
+
+
 @pytest.fixture(scope="module")
 def phrase_job(factory):
     """The shared job: uploaded and created through the SDK, the server killed after a checkpoint
@@ -190,9 +232,9 @@ def phrase_job(factory):
                                 "fee_split_bps": {"owner": 5000, "contributors": 4000, "operator": 1000}}})
     assert job.object == "fine_tuning.job" and job.status in ("validating_files", "queued")
     assert job.hyperparameters.n_epochs == 2 and job.metadata == {"test": "phrase"}
-    # Kill the server once a checkpoint before the last step exists.
-    _wait(admin, job.id, lambda j, evs: any(e.message.startswith("Checkpoint created") for e in evs),
-          srv=factory.srv)
+    # Kill the server once a step after a checkpoint (before the last step) has been recorded: the
+    # resumed job trains that step again.
+    _wait(admin, job.id, _past_a_checkpoint, srv=factory.srv)
     factory.kill()
     factory.start()
     admin = factory.admin()
@@ -212,6 +254,8 @@ def test_a_killed_server_resumes_the_job_from_its_checkpoint_and_finishes(factor
     steps_after = [e.data["step"] for e in events[events.index(resumed[0]):] if e.type == "metrics"
                    and "train_loss" in e.data]
     assert steps_after == list(range(step + 1, total + 1))
+    # Each step has one metrics event, also those recorded before the kill and trained again.
+    assert _train_steps(events) == list(range(1, total + 1)), [e.message for e in events]
     assert job.fine_tuned_model.endswith(":ft-phrase-" + job.id[len("ftjob-"):][:8])
     assert job.trained_tokens > 0 and job.finished_at >= job.created_at
     cps = list(factory.admin().fine_tuning.jobs.checkpoints.list(job.id))
@@ -246,6 +290,33 @@ def test_validation_loss_falls(phrase_job):
     assert after < 0.5 * before, (before, after)
 
 
+def test_the_adapter_and_its_datanet_are_registered_on_chain_once(factory, chain, phrase_job):
+    job = phrase_job["job"]
+    name = job.fine_tuned_model.split(":")[-1]
+    got = _onchain(chain, name)
+    weights = (factory.root / "data" / "adapters" / name / "adapter_model.safetensors").read_bytes()
+    assert got["weights_hash"] == _cast("keccak", stdin="0x" + weights.hex())
+    assert got["owner"] == OWNER and got["active"]
+    assert got["price"] == (1000000000000, 3000000000000) and got["split"] == [5000, 4000, 1000]
+    assert got["datanet"] == _cast("keccak", "phrases") and got["datanet_weight"] == 10000
+    # One share per training record that names its contributor, counted from the training rows.
+    rows = [json.loads(line) for line in factory.admin().files.content(phrase_job["train_file"].id).read().splitlines()]
+    want = {}
+    for r in rows:
+        want[r["contributor"].lower()] = want.get(r["contributor"].lower(), 0) + 1
+    assert got["contributors"] == want
+    root = subprocess.run([env_bin(), "datanet-root", str(factory.root / "data" / "datanets" / "phrases.jsonl")],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    assert got["records_root"] == root
+    events = [e.message for e in phrase_job["events"]]
+    assert sum(m.startswith(f"Adapter {name} registered on chain (transaction") for m in events) == 1, events
+    # A restart checks the registrations again and writes nothing: still one adapter, still served.
+    factory.restart()
+    assert int(_call(chain, "adapter_registry", "adapterCount()(uint256)")[0]) == 1
+    assert _onchain(chain, name) == got
+    assert name in [m.id for m in factory.srv.client(ALICE).models.list()]
+
+
 def test_a_call_is_metered_attributed_to_the_contributors_and_settles_on_anvil(factory, chain, phrase_job):
     client = factory.srv.client(ALICE)
     r = client.chat.completions.create(model=phrase_job["job"].fine_tuned_model, max_tokens=12, temperature=0,
@@ -259,20 +330,32 @@ def test_a_call_is_metered_attributed_to_the_contributors_and_settles_on_anvil(f
             break
         time.sleep(1)
     assert receipt, factory.srv.stderr_tail()
-    assert int(receipt["receipt"]["cost"]) > 0
+    # Expected amounts from the chain's own records (cast), not from the job's constants.
+    got = _onchain(chain, phrase_job["job"].fine_tuned_model.split(":")[-1])
+    rc = receipt["receipt"]
+    assert rc["adapter_id"] == got["id"]
+    cost = int(_call(chain, "adapter_registry", "quote(bytes32,uint256,uint256)(uint256)", got["id"],
+                     str(rc["input_tokens"]), str(rc["output_tokens"]))[0])
+    assert int(rc["cost"]) == cost > 0
     att = receipt["attribution"]
     assert [a["datanet"] for a in att] == ["phrases"], att
     # The reply repeats the records' phrase: matched spans, weighted to the datanet's contributors.
     assert att[0]["source"] == "spans", att
     who = {c.lower() for c, w in att[0]["contributors"] if w > 0}
-    assert who and who <= set(CONTRIBUTORS), att
+    assert who and who <= set(got["contributors"]), att
     paid = {s["to"].lower(): int(s["amount"]) for s in receipt["splits"]}
-    assert paid.get(OWNER, 0) > 0 and any(paid.get(c, 0) > 0 for c in CONTRIBUTORS), paid
+    owner_bps, contributors_bps, _ = got["split"]
+    assert paid[got["owner"]] == cost * owner_bps // 10000, paid
+    assert sum(paid.get(c, 0) for c in got["contributors"]) == cost * contributors_bps // 10000, paid
+    assert sum(paid.values()) == cost
     out = subprocess.run([env_bin(), "dev-chain", "balances", "--rpc", chain["rpc"], "--settlement",
-                          chain["settlement"], *CONTRIBUTORS, OWNER], check=True, capture_output=True, text=True)
-    balances = json.loads(out.stdout)
-    earned = {a.lower(): int(b["earnings"]) for a, b in balances.items()}
-    assert earned[OWNER] >= paid[OWNER] and sum(earned[c] for c in CONTRIBUTORS) > 0, (earned, paid)
+                          chain["settlement"], *got["contributors"], got["owner"]], check=True,
+                         capture_output=True, text=True)
+    earned = {a.lower(): int(b["earnings"]) for a, b in json.loads(out.stdout).items()}
+    # Settled net of the protocol fee (Settlement takes it from the batch total).
+    fee_bps = int(_call(chain, "settlement", "protocolFeeBps()(uint16)")[0])
+    assert earned[got["owner"]] >= paid[got["owner"]] * (10000 - fee_bps) // 10000 - 1 > 0, (earned, paid)
+    assert sum(earned[c] for c in got["contributors"]) > 0, (earned, paid)
 
 
 def test_cancel_stops_a_queued_and_a_running_job_and_neither_registers(factory, phrase_job):
