@@ -1,6 +1,7 @@
 //! The Llama-family forward pass over one heterogeneous batch: rows of many sequences flattened
 //! into `[tokens, hidden]`; base projections shared by all rows (dense f32 or quantized weights),
-//! each row's LoRA delta added by SGMV over the batch's segments; attention through each
+//! each row's LoRA delta added by SGMV over the batch's segments (one group per set of projections
+//! that read the same input); attention through each
 //! sequence's block table. Logits are computed only for the plan's `logit_rows`. No step reads
 //! another row's values except through attention of its own sequence, so every row's result is
 //! the same alone or batched.
@@ -11,7 +12,7 @@ use crate::exec::StepPlan;
 use crate::lora::LoraAdapter;
 use crate::model::{LlamaWeights, ModelConfig, Proj, Weight};
 use crate::ops::cpu::quant::{qlinear, qlinear_many, QProj};
-use crate::ops::cpu::{self, AttnSeq, HalfTerm, LoraSegment, LoraTerm, RopeTable};
+use crate::ops::cpu::{self, AttnSeq, GroupProj, HalfTerm, LoraPair, LoraTerm, RopeTable};
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -50,8 +51,13 @@ fn matmul(x: &[f32], m: usize, w: &Weight, n: usize, k: usize, bias: Option<&[f3
     y
 }
 
-/// The SGMV segments of one projection of one layer (terms whose adapter targets it).
-fn segments(lora: &Resolved<LoraAdapter>, layer: usize, proj: Proj) -> Vec<LoraSegment<'_>> {
+/// The SGMV segments of one projection of one layer: `(rows, terms)` of the terms whose adapter
+/// targets `proj`.
+fn segments(
+    lora: &Resolved<LoraAdapter>,
+    layer: usize,
+    proj: Proj,
+) -> Vec<(Range<usize>, Vec<LoraTerm<'_>>)> {
     lora.iter()
         .filter_map(|(rows, mix)| {
             let terms: Vec<LoraTerm> = mix
@@ -65,15 +71,12 @@ fn segments(lora: &Resolved<LoraAdapter>, layer: usize, proj: Proj) -> Vec<LoraS
                     })
                 })
                 .collect();
-            (!terms.is_empty()).then(|| LoraSegment {
-                rows: rows.clone(),
-                terms,
-            })
+            (!terms.is_empty()).then(|| (rows.clone(), terms))
         })
         .collect()
 }
 
-/// [`segments`] for bf16 copies: `(rows, terms)` of the terms whose adapter targets `proj`.
+/// [`segments`] for bf16 copies.
 fn half_segments(
     lora: &Resolved<HalfAdapter>,
     layer: usize,
@@ -97,27 +100,43 @@ fn half_segments(
         .collect()
 }
 
-/// Adds the LoRA deltas of projection `p` of layer `l` to `y`.
-fn add_lora(
+/// Adds the LoRA deltas of projections `ps` of layer `l`, which all read `x`, to their `ys`.
+fn add_lora<const N: usize>(
     lora: &ResolvedLora,
     l: usize,
-    p: Proj,
+    ps: [Proj; N],
     x: &[f32],
     inp: usize,
-    out: usize,
-    y: &mut [f32],
+    ys: &mut [Vec<f32>; N],
 ) {
     match lora {
-        ResolvedLora::F32(r) => cpu::sgmv(x, inp, &segments(r, l, p), out, y),
-        ResolvedLora::Half(r) => {
-            let segs = half_segments(r, l, p);
-            let refs: Vec<_> = segs
-                .iter()
-                .map(|(rows, t)| (rows.clone(), &t[..]))
-                .collect();
-            cpu::sgmv_pairs(x, inp, &refs, out, y)
-        }
+        ResolvedLora::F32(r) => add_group(x, inp, ps.map(|p| segments(r, l, p)), ys),
+        ResolvedLora::Half(r) => add_group(x, inp, ps.map(|p| half_segments(r, l, p)), ys),
     }
+}
+
+/// One [`cpu::sgmv_group`] over the projections' segments (`ys[p]` is `[rows, out_p]`).
+fn add_group<T: LoraPair, const N: usize>(
+    x: &[f32],
+    inp: usize,
+    segs: [Vec<(Range<usize>, Vec<T>)>; N],
+    ys: &mut [Vec<f32>; N],
+) {
+    let rows = x.len() / inp;
+    let refs: Vec<Vec<(Range<usize>, &[T])>> = segs
+        .iter()
+        .map(|s| s.iter().map(|(r, t)| (r.clone(), &t[..])).collect())
+        .collect();
+    let mut projs: Vec<GroupProj<T>> = refs
+        .iter()
+        .zip(ys.iter_mut())
+        .map(|(s, y)| GroupProj {
+            segments: s,
+            out_dim: y.len() / rows,
+            y,
+        })
+        .collect();
+    cpu::sgmv_group(x, inp, &mut projs);
 }
 
 fn add_assign(h: &mut [f32], delta: &[f32]) {
@@ -162,10 +181,8 @@ impl CpuModel {
                 .expect("one output per projection"),
             _ => lins.map(|lin| matmul(x, rows, &lin.w, lin.out, lin.inp, lin.bias.as_deref())),
         };
-        if !lora.is_empty() {
-            for ((y, lin), p) in ys.iter_mut().zip(&lins).zip(ps) {
-                add_lora(lora, l, p, x, lin.inp, lin.out, y);
-            }
+        if !lora.is_empty() && rows > 0 {
+            add_lora(lora, l, ps, x, lins[0].inp, &mut ys);
         }
         ys
     }
