@@ -1,7 +1,6 @@
 //! The Llama-family forward pass over one heterogeneous batch: rows of many sequences flattened
 //! into `[tokens, hidden]`; base projections shared by all rows (dense f32 or quantized weights),
-//! each row's LoRA delta added by SGMV over the batch's segments (one group per set of projections
-//! that read the same input); attention through each
+//! each row's LoRA delta added by SGMV over the batch's segments; attention through each
 //! sequence's block table. Logits are computed only for the plan's `logit_rows`. No step reads
 //! another row's values except through attention of its own sequence, so every row's result is
 //! the same alone or batched.
@@ -12,7 +11,7 @@ use crate::exec::StepPlan;
 use crate::lora::LoraAdapter;
 use crate::model::{LlamaWeights, ModelConfig, Proj, Weight};
 use crate::ops::cpu::quant::{qlinear, qlinear_many, QProj};
-use crate::ops::cpu::{self, AttnSeq, GroupProj, HalfTerm, LoraPair, LoraTerm, RopeTable};
+use crate::ops::cpu::{self, AttnSeq, HalfTerm, LoraSegment, LoraTerm, RopeTable};
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -51,13 +50,8 @@ fn matmul(x: &[f32], m: usize, w: &Weight, n: usize, k: usize, bias: Option<&[f3
     y
 }
 
-/// The SGMV segments of one projection of one layer: `(rows, terms)` of the terms whose adapter
-/// targets `proj`.
-fn segments(
-    lora: &Resolved<LoraAdapter>,
-    layer: usize,
-    proj: Proj,
-) -> Vec<(Range<usize>, Vec<LoraTerm<'_>>)> {
+/// The SGMV segments of one projection of one layer (terms whose adapter targets it).
+fn segments(lora: &Resolved<LoraAdapter>, layer: usize, proj: Proj) -> Vec<LoraSegment<'_>> {
     lora.iter()
         .filter_map(|(rows, mix)| {
             let terms: Vec<LoraTerm> = mix
@@ -71,12 +65,15 @@ fn segments(
                     })
                 })
                 .collect();
-            (!terms.is_empty()).then(|| (rows.clone(), terms))
+            (!terms.is_empty()).then(|| LoraSegment {
+                rows: rows.clone(),
+                terms,
+            })
         })
         .collect()
 }
 
-/// [`segments`] for bf16 copies.
+/// [`segments`] for bf16 copies: `(rows, terms)` of the terms whose adapter targets `proj`.
 fn half_segments(
     lora: &Resolved<HalfAdapter>,
     layer: usize,
@@ -100,43 +97,27 @@ fn half_segments(
         .collect()
 }
 
-/// Adds the LoRA deltas of projections `ps` of layer `l`, which all read `x`, to their `ys`.
-fn add_lora<const N: usize>(
+/// Adds the LoRA deltas of projection `p` of layer `l` to `y`.
+fn add_lora(
     lora: &ResolvedLora,
     l: usize,
-    ps: [Proj; N],
+    p: Proj,
     x: &[f32],
     inp: usize,
-    ys: &mut [Vec<f32>; N],
+    out: usize,
+    y: &mut [f32],
 ) {
     match lora {
-        ResolvedLora::F32(r) => add_group(x, inp, ps.map(|p| segments(r, l, p)), ys),
-        ResolvedLora::Half(r) => add_group(x, inp, ps.map(|p| half_segments(r, l, p)), ys),
+        ResolvedLora::F32(r) => cpu::sgmv(x, inp, &segments(r, l, p), out, y),
+        ResolvedLora::Half(r) => {
+            let segs = half_segments(r, l, p);
+            let refs: Vec<_> = segs
+                .iter()
+                .map(|(rows, t)| (rows.clone(), &t[..]))
+                .collect();
+            cpu::sgmv_pairs(x, inp, &refs, out, y)
+        }
     }
-}
-
-/// One [`cpu::sgmv_group`] over the projections' segments (`ys[p]` is `[rows, out_p]`).
-fn add_group<T: LoraPair, const N: usize>(
-    x: &[f32],
-    inp: usize,
-    segs: [Vec<(Range<usize>, Vec<T>)>; N],
-    ys: &mut [Vec<f32>; N],
-) {
-    let rows = x.len() / inp;
-    let refs: Vec<Vec<(Range<usize>, &[T])>> = segs
-        .iter()
-        .map(|s| s.iter().map(|(r, t)| (r.clone(), &t[..])).collect())
-        .collect();
-    let mut projs: Vec<GroupProj<T>> = refs
-        .iter()
-        .zip(ys.iter_mut())
-        .map(|(s, y)| GroupProj {
-            segments: s,
-            out_dim: y.len() / rows,
-            y,
-        })
-        .collect();
-    cpu::sgmv_group(x, inp, &mut projs);
 }
 
 fn add_assign(h: &mut [f32], delta: &[f32]) {
@@ -181,8 +162,10 @@ impl CpuModel {
                 .expect("one output per projection"),
             _ => lins.map(|lin| matmul(x, rows, &lin.w, lin.out, lin.inp, lin.bias.as_deref())),
         };
-        if !lora.is_empty() && rows > 0 {
-            add_lora(lora, l, ps, x, lins[0].inp, &mut ys);
+        if !lora.is_empty() {
+            for ((y, lin), p) in ys.iter_mut().zip(&lins).zip(ps) {
+                add_lora(lora, l, p, x, lin.inp, lin.out, y);
+            }
         }
         ys
     }

@@ -1,6 +1,6 @@
 //! bf16 LoRA pairs: `A` kept `[rank, in]`, `B` transposed to `[rank, out]`, both bf16 — half the
 //! bytes of the f32 pair, which is what a token reads on the quantized path. The shrink is a dot
-//! over `in` in 32 lanes; the expand walks the rows of `Bᵀ` contiguously, accumulating
+//! over `in` in eight lanes; the expand walks the rows of `Bᵀ` contiguously, accumulating
 //! `Σ_r s_r·Bᵀ[r, j]` in rank order per column, then `y[j] += coeff · acc[j]`. Every output
 //! element's operations depend only on its column, so splitting columns across tasks (or a row
 //! being alone or batched) never changes a bit.
@@ -51,30 +51,21 @@ fn widen(h: u16) -> f32 {
     f32::from_bits((h as u32) << 16)
 }
 
-/// `Σ x[i]·a[i]` in 32 lanes (four independent 8-wide FMA chains, so the loop is not bound by
-/// the FMA latency) reduced in a fixed tree, then the tail in order.
+/// `Σ x[i]·a[i]` in eight lanes with a fixed reduction order.
 #[inline(always)]
 fn dot_bf16(x: &[f32], a: &[u16]) -> f32 {
-    const L: usize = 32;
-    let (xc, ac) = (x.chunks_exact(L), a.chunks_exact(L));
+    let (xc, ac) = (x.chunks_exact(8), a.chunks_exact(8));
     let mut tail = 0f32;
     for (&xv, &av) in xc.remainder().iter().zip(ac.remainder()) {
         tail = xv.mul_add(widen(av), tail);
     }
-    let mut acc = [0f32; L];
+    let mut acc = [0f32; 8];
     for (xs, avs) in xc.zip(ac) {
-        for i in 0..L {
+        for i in 0..8 {
             acc[i] = xs[i].mul_add(widen(avs[i]), acc[i]);
         }
     }
-    let mut w = L;
-    while w > 1 {
-        w /= 2;
-        for i in 0..w {
-            acc[i] += acc[i + w];
-        }
-    }
-    acc[0] + tail
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
 /// A [`HalfLora`] with its coefficient (`scale * weight`) for one batch segment.
@@ -89,12 +80,9 @@ impl LoraPair for HalfTerm<'_> {
         self.lora.rank
     }
 
-    fn shrink(&self, x: &[f32], r0: usize, out: &mut [f32]) {
+    fn shrink(&self, x: &[f32], out: &mut [f32]) {
         debug_assert_eq!(self.lora.a.len(), self.lora.rank * x.len());
-        for (o, ar) in out
-            .iter_mut()
-            .zip(self.lora.a.chunks_exact(x.len()).skip(r0))
-        {
+        for (o, ar) in out.iter_mut().zip(self.lora.a.chunks_exact(x.len())) {
             *o = dot_bf16(x, ar);
         }
     }

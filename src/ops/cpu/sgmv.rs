@@ -11,8 +11,8 @@ use std::ops::Range;
 /// One adapter's LoRA pair for one projection, in some storage format.
 pub trait LoraPair: Sync {
     fn rank(&self) -> usize;
-    /// `out[i] = dot(x, A[r0 + i])` for rank rows `r0 .. r0 + out.len()`.
-    fn shrink(&self, x: &[f32], r0: usize, out: &mut [f32]);
+    /// `out[r] = dot(x, A[r])` for every rank row (`out.len() == rank`).
+    fn shrink(&self, x: &[f32], out: &mut [f32]);
     /// `y[j] += coeff · dot(s, B[j0 + j])` for the columns of `y`, `s` being the shrunk row.
     fn expand(&self, s: &[f32], j0: usize, y: &mut [f32]);
 }
@@ -32,9 +32,9 @@ impl LoraPair for LoraTerm<'_> {
         self.rank
     }
 
-    fn shrink(&self, x: &[f32], r0: usize, out: &mut [f32]) {
+    fn shrink(&self, x: &[f32], out: &mut [f32]) {
         debug_assert_eq!(self.a.len(), self.rank * x.len());
-        for (o, ar) in out.iter_mut().zip(self.a.chunks_exact(x.len()).skip(r0)) {
+        for (o, ar) in out.iter_mut().zip(self.a.chunks_exact(x.len())) {
             *o = super::dot(x, ar);
         }
     }
@@ -93,7 +93,7 @@ pub fn sgmv_pairs<T: LoraPair>(
         let mut shrunk = vec![0f32; terms.iter().map(T::rank).sum()];
         let mut s0 = 0;
         for t in terms {
-            t.shrink(xr, 0, &mut shrunk[s0..s0 + t.rank()]);
+            t.shrink(xr, &mut shrunk[s0..s0 + t.rank()]);
             s0 += t.rank();
         }
         // Expand: y_j += coeff · (shrunk · b_j), term after term.
