@@ -55,18 +55,32 @@ pub struct BenchArgs {
     /// to a JSON schema, vs all free, side by side; and the grammar mask cost per token.
     #[arg(long)]
     pub structured: bool,
-    /// Pager and structured modes: interleaved rounds of the throughput runs (best of each kept).
+    /// Interleaved rounds of the throughput runs: pager and structured modes keep the best of
+    /// each, the default mode the medians (and the median of the per-round ratios).
     #[arg(long, default_value_t = 2)]
     pub rounds: usize,
 }
 
-/// Decode tokens/s for `n` sequences, each with `adapters[i]` (or base when `None`).
+/// CPU time of this process so far (ns): the sum of its live threads' run times from
+/// `/proc/self/task/*/schedstat` (Linux; `None` elsewhere). Unlike wall time it does not grow
+/// while other processes hold the cores, which makes it the steadier cost on a shared machine.
+fn cpu_ns() -> Option<u64> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
+}
+
+/// Decode tokens/s for `n` sequences, each with `adapters[i]` (or base when `None`): per wall
+/// second and per CPU second (NaN where the CPU time is unknown).
 fn decode_throughput(
     model: &Arc<Model>,
     base: &EngineConfig,
     adapters: &[Option<Arc<LoraAdapter>>],
     tokens: usize,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, f64)> {
     let mut engine = LlmEngine::new(
         model.clone(),
         EngineConfig {
@@ -93,12 +107,17 @@ fn decode_throughput(
         )?;
     }
     engine.step(); // prefill every sequence (first token)
-    let start = Instant::now();
+    let (start, cpu0) = (Instant::now(), cpu_ns());
     let mut produced = 0;
     while engine.has_work() {
         produced += engine.step().len();
     }
-    Ok(produced as f64 / start.elapsed().as_secs_f64())
+    let wall = produced as f64 / start.elapsed().as_secs_f64();
+    let cpu = match (cpu0, cpu_ns()) {
+        (Some(a), Some(b)) if b > a => produced as f64 / ((b - a) as f64 * 1e-9),
+        _ => f64::NAN,
+    };
+    Ok((wall, cpu))
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -148,54 +167,64 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         .collect();
     let base = args.runtime.engine_config(EngineConfig::default())?;
     decode_throughput(&model, &base, &[None], 4)?; // warm-up
-    let b1 = decode_throughput(&model, &base, &[None], args.tokens)?;
-    let b1_lora = decode_throughput(&model, &base, &adapters[..1], args.tokens)?;
-    // With adapters read in bf16, the same adapter read in f32 in the same run (the cost saved).
+                                                   // With adapters read in bf16, the same adapter read in f32 in the same run (the cost saved).
     let bf16 = base.lora_dtype.resolve(model.weights.has_quantized()) == LoraDtype::BF16;
     let f32_cfg = EngineConfig {
         lora_dtype: LoraDtype::F32,
         ..base.clone()
     };
-    let b1_f32 = match bf16 {
-        true => Some(decode_throughput(
-            &model,
-            &f32_cfg,
-            &adapters[..1],
-            args.tokens,
-        )?),
-        false => None,
-    };
-    let bn = decode_throughput(&model, &base, &adapters, args.tokens)?;
+    // Rounds interleave base and adapter runs, so a load change on a shared machine hits both;
+    // the ratios are medians of the per-round ratios.
+    let mut rows: Vec<[(f64, f64); 4]> = Vec::new();
+    for _ in 0..args.rounds.max(1) {
+        let b1 = decode_throughput(&model, &base, &[None], args.tokens)?;
+        let lora = decode_throughput(&model, &base, &adapters[..1], args.tokens)?;
+        let f32 = match bf16 {
+            true => decode_throughput(&model, &f32_cfg, &adapters[..1], args.tokens)?,
+            false => (f64::NAN, f64::NAN),
+        };
+        let bn = decode_throughput(&model, &base, &adapters, args.tokens)?;
+        rows.push([b1, lora, f32, bn]);
+    }
+    type Row = [(f64, f64); 4];
+    let med = |f: &dyn Fn(&Row) -> f64| median(rows.iter().map(f).collect());
+    let (b1, b1_cpu) = (med(&|r| r[0].0), med(&|r| r[0].1));
     println!(
-        "threads: {threads}; device: {}; weights: {}",
+        "threads: {threads}; device: {}; weights: {}; rounds: {} (medians)",
         base.device,
-        model.weights.describe()
+        model.weights.describe(),
+        rows.len()
     );
-    println!("| run | tokens/s | ratio to batch 1 |");
-    println!("|---|---|---|");
-    println!("| batch 1, base | {b1:.1} | 1.00 |");
+    println!("| run | tokens/s | ratio to batch 1 | tokens per CPU-s | ratio to batch 1 |");
+    println!("|---|---|---|---|---|");
+    println!("| batch 1, base | {b1:.1} | 1.00 | {b1_cpu:.1} | 1.00 |");
     let dt = base
         .lora_dtype
         .resolve(model.weights.has_quantized())
         .name();
-    println!(
-        "| batch 1, 1 adapter (r={}, {dt}) | {b1_lora:.1} | {:.2} |",
-        args.rank,
-        b1_lora / b1
-    );
-    if let Some(v) = b1_f32 {
-        println!(
-            "| batch 1, 1 adapter (r={}, f32) | {v:.1} | {:.2} |",
-            args.rank,
-            v / b1
-        );
+    let line = |name: String, i: usize| {
+        let (v, ratio) = (med(&|r| r[i].0), med(&|r| r[i].0 / r[0].0));
+        let (c, c_ratio) = (med(&|r| r[i].1), med(&|r| r[i].1 / r[0].1));
+        println!("| {name} | {v:.1} | {ratio:.3} | {c:.1} | {c_ratio:.3} |");
+    };
+    line(format!("batch 1, 1 adapter (r={}, {dt})", args.rank), 1);
+    if bf16 {
+        line(format!("batch 1, 1 adapter (r={}, f32)", args.rank), 2);
     }
-    println!(
-        "| batch {}, {} distinct adapters (r={}) | {bn:.1} | {:.2} |",
-        args.batch,
-        args.batch,
-        args.rank,
-        bn / b1
+    line(
+        format!(
+            "batch {}, {} distinct adapters (r={})",
+            args.batch, args.batch, args.rank
+        ),
+        3,
     );
     Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() % 2 {
+        1 => v[v.len() / 2],
+        _ => (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0,
+    }
 }
