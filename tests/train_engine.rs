@@ -1,5 +1,6 @@
 //! The training engine on the tiny fixture Llama (GQA, tied embeddings): every LoRA parameter's
 //! gradient against central finite differences (f64, dropout on, a padded two-row batch); the
+//! generic device path (the one CUDA takes) against the CPU path (same loss and gradients); the
 //! training forward against the inference engine's f32 executor (base and adapter); a trained
 //! adapter saved as PEFT files, loaded by the engine's own loader, giving the logits of the
 //! in-memory adapter; padding that changes no row's loss; seeded runs that repeat, a resumed run
@@ -106,6 +107,47 @@ fn every_lora_gradient_matches_finite_differences() {
     }
     assert_eq!(checked, params.num_params());
     eprintln!("{checked} LoRA gradients checked, worst relative error {worst:.2e}");
+}
+
+/// The generic (device) path, the one CUDA takes (plain matmul with constant frozen weights), run
+/// on the CPU gives the CPU path's loss and every LoRA gradient (f32, dropout on, padded batch).
+#[test]
+fn the_device_path_matches_the_cpu_path() {
+    let model = tiny();
+    let (cfg, w) = (model.config(), &model.weights);
+    let cpu = TrainModel::with_dtype(cfg, w, DType::F32).unwrap();
+    let generic = TrainModel::generic_on_cpu(cfg, w, DType::F32).unwrap();
+    let params = LoraParams::init_as(cfg, settings(2, 0.1), 7, DType::F32).unwrap();
+    randomize(&params, 8);
+    let mut rng = StdRng::seed_from_u64(9);
+    let (a, b) = (example(&mut rng, 9, 256), example(&mut rng, 6, 256));
+    let batch = Batch::new(&[&a, &b], 0);
+    let run = |tm: &TrainModel| {
+        let mut d = Dropout::new(0.1, 11);
+        let loss = tm.loss(&batch, Some(&params), Some(&mut d)).unwrap();
+        let grads = loss.backward().unwrap();
+        let g: Vec<Vec<f64>> = params
+            .named()
+            .iter()
+            .map(|(n, v)| values(grads.get(v).unwrap_or_else(|| panic!("no gradient: {n}"))))
+            .collect();
+        (values(&loss)[0], g)
+    };
+    let ((l_cpu, g_cpu), (l_gen, g_gen)) = (run(&cpu), run(&generic));
+    assert!(
+        (l_cpu - l_gen).abs() <= 1e-5 * (1.0 + l_cpu.abs()),
+        "loss: cpu {l_cpu} vs device path {l_gen}"
+    );
+    let mut worst = 0f64;
+    for ((name, _), (gc, gg)) in params.named().iter().zip(g_cpu.iter().zip(&g_gen)) {
+        assert!(gc.iter().any(|&x| x != 0.0), "{name}: gradient is all zero");
+        for (i, (x, y)) in gc.iter().zip(gg).enumerate() {
+            let err = (x - y).abs() / (1e-3 + x.abs());
+            assert!(err < 1e-5, "{name}[{i}]: cpu {x} vs device path {y}");
+            worst = worst.max(err);
+        }
+    }
+    eprintln!("loss {l_cpu} vs {l_gen}; worst gradient relative error {worst:.2e}");
 }
 
 #[test]
@@ -316,6 +358,7 @@ fn a_cancelled_job_leaves_no_adapter_and_resumes_to_the_same_one() {
         valid: Some(valid.clone()),
         out: out.to_path_buf(),
         resume,
+        device: candle_core::Device::Cpu,
     };
     let weights =
         |dir: &std::path::Path| std::fs::read(dir.join("adapter_model.safetensors")).unwrap();

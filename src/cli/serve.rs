@@ -488,6 +488,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             training_nice,
             max_file_bytes: state.opts.max_upload_bytes,
             chain: factory_chain,
+            // Fine-tuning follows the serving device when it is CUDA (`--device cuda`), else the CPU.
+            training_device: match engine_cfg.device {
+                DeviceKind::Cuda(n) => openlora::train::training_device(DeviceKind::Cuda(n))?,
+                _ => candle_core::Device::Cpu,
+            },
         };
         let f = openlora::factory::Factory::open(
             factory_opts,

@@ -1,13 +1,16 @@
 //! `openlora train`: fine-tunes a LoRA adapter on a chat-format JSONL file (OpenAI's fine-tuning
 //! format) and writes it as a PEFT adapter folder that `serve`/`generate --adapter` load as is.
 //! Progress on stderr (an indicatif bar with step, loss, tokens/s and ETA on a terminal, a line per
-//! step otherwise); checkpoints under `--out`; `--resume` continues from the last one.
+//! step otherwise); checkpoints under `--out`; `--resume` continues from the last one; `--device`
+//! trains on the CPU (default) or a CUDA device.
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
+use openlora::exec::DeviceKind;
 use openlora::model::{Model, Proj};
 use openlora::train::{
-    load_examples, AdamWConfig, Decay, JobEvent, LoraSettings, StepReport, TrainConfig, TrainJob,
+    load_examples, training_device, AdamWConfig, Decay, JobEvent, LoraSettings, StepReport,
+    TrainConfig, TrainJob,
 };
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -71,6 +74,9 @@ pub struct TrainArgs {
     /// Continue from the last checkpoint under `--out`.
     #[arg(long)]
     pub resume: bool,
+    /// Where to train: `cpu` or `cuda[:N]` (a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     /// Compute threads (default: the machine's cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -122,6 +128,7 @@ fn read(path: &Path) -> anyhow::Result<String> {
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let threads = init_threads(args.threads)?;
     let cfg = args.config()?;
+    let device = training_device(DeviceKind::parse(&args.device)?)?;
     let source = openlora::hub::resolve_model(&args.model, args.gguf_file.as_deref())?;
     let model = Arc::new(Model::load(&source.path)?);
     let (train, dropped) =
@@ -175,6 +182,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         valid,
         out: args.out.clone(),
         resume: args.resume,
+        device,
     };
     let summary = job
         .run(&mut on, &AtomicBool::new(false))?

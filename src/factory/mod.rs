@@ -54,6 +54,8 @@ pub struct FactoryOptions {
     pub max_file_bytes: usize,
     /// With the on-chain registry: where finished jobs' adapters and datanets are registered.
     pub chain: Option<FactoryChain>,
+    /// Where jobs train: the serving CUDA device when serving runs on one, else the CPU.
+    pub training_device: candle_core::Device,
 }
 
 pub struct Factory {

@@ -201,6 +201,7 @@ impl Factory {
             valid: data.valid,
             out,
             resume: resumed,
+            device: self.opts.training_device.clone(),
         };
         let summary = self.pool.install(|| run.run(&mut on, cancel))?;
         let Some(summary) = summary else {

@@ -68,8 +68,8 @@ impl Batch {
     }
 
     /// The additive attention mask `[b, 1, t, t]`: 0 where query `i` may see key `j`
-    /// (`j <= i` and `j` real), a large negative number elsewhere.
-    pub fn mask(&self) -> Result<Tensor> {
+    /// (`j <= i` and `j` real), a large negative number elsewhere; on `dev`.
+    pub fn mask(&self, dev: &Device) -> Result<Tensor> {
         let t = self.t;
         let mut m = vec![-1e9f32; self.b * t * t];
         for (r, &len) in self.lens.iter().enumerate() {
@@ -78,6 +78,6 @@ impl Batch {
                 row[..(i + 1).min(len)].fill(0.0);
             }
         }
-        Tensor::from_vec(m, (self.b, 1, t, t), &Device::Cpu).map_err(cerr)
+        Tensor::from_vec(m, (self.b, 1, t, t), dev).map_err(cerr)
     }
 }

@@ -60,6 +60,7 @@ impl Trainer<'_> {
         self.params.save_peft(&tmp, base_model)?;
         let mut moments = Vec::new();
         for (i, (n, v)) in self.params.named().into_iter().enumerate() {
+            // The moments live on the host (AdamW runs there), whatever the training device.
             let t = |x: &Vec<f32>| Tensor::from_slice(x, v.shape(), &Device::Cpu).map_err(cerr);
             moments.push((format!("m.{n}"), t(&self.opt.m[i])?));
             moments.push((format!("v.{n}"), t(&self.opt.v[i])?));
@@ -99,7 +100,12 @@ impl Trainer<'_> {
         if step > self.total_steps() {
             return Err(bad("the checkpoint is past this run's last step"));
         }
-        let params = LoraParams::load_peft(dir, self.model.config(), self.cfg.lora.clone())?;
+        let params = LoraParams::load_peft(
+            dir,
+            self.model.config(),
+            self.cfg.lora.clone(),
+            self.model.device(),
+        )?;
         let path = dir.join(OPTIMIZER_FILE);
         let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
         let st =

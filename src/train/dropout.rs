@@ -1,7 +1,8 @@
 //! LoRA dropout (PEFT's `lora_dropout` on the input of `A`): inverted dropout with masks drawn
-//! from a seeded generator, so a run's masks are a function of its seed and step alone.
+//! from a seeded generator on the host (then moved to `x`'s device), so a run's masks are a
+//! function of its seed and step alone, whatever the device.
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -34,6 +35,6 @@ impl Dropout {
                 }
             })
             .collect();
-        x * Tensor::from_vec(mask, x.shape(), &Device::Cpu)?.to_dtype(x.dtype())?
+        x * Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?
     }
 }

@@ -106,6 +106,17 @@ impl LoraParams {
         seed: u64,
         dtype: DType,
     ) -> Result<Self> {
+        Self::init_on(cfg, settings, seed, dtype, &Device::Cpu)
+    }
+
+    /// The same on `dev` (the values are drawn on the host, so they do not depend on the device).
+    pub fn init_on(
+        cfg: &ModelConfig,
+        settings: LoraSettings,
+        seed: u64,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Self> {
         let mut rng = StdRng::seed_from_u64(seed);
         let r = settings.rank;
         let mut layers = Vec::with_capacity(cfg.layers);
@@ -121,8 +132,8 @@ impl LoraParams {
                     .map(|_| rng.random_range(-bound..bound))
                     .collect();
                 row[p.index()] = Some(LoraPair {
-                    a: var(a, (r, inp), dtype)?,
-                    b: Var::zeros((out, r), dtype, &Device::Cpu).map_err(cerr)?,
+                    a: var(a, (r, inp), dtype, dev)?,
+                    b: Var::zeros((out, r), dtype, dev).map_err(cerr)?,
                 });
             }
             layers.push(row);
@@ -191,8 +202,13 @@ impl LoraParams {
         write_atomic(&dir.join(CONFIG_FILE), text.as_bytes())
     }
 
-    /// Reads a PEFT adapter written by `save_peft` back into trainable pairs (resume).
-    pub fn load_peft(dir: &Path, cfg: &ModelConfig, settings: LoraSettings) -> Result<Self> {
+    /// Reads a PEFT adapter written by `save_peft` back into trainable f32 pairs on `dev` (resume).
+    pub fn load_peft(
+        dir: &Path,
+        cfg: &ModelConfig,
+        settings: LoraSettings,
+        dev: &Device,
+    ) -> Result<Self> {
         let adapter = LoraAdapter::load("checkpoint", dir, cfg)?;
         let mut layers = Vec::with_capacity(cfg.layers);
         for row in &adapter.layers {
@@ -201,8 +217,8 @@ impl LoraParams {
                 if let Some(w) = &row[p.index()] {
                     let (o, i) = cfg.proj_shape(p);
                     out[p.index()] = Some(LoraPair {
-                        a: var(w.a.clone(), (w.rank, i), DType::F32)?,
-                        b: var(w.b.clone(), (o, w.rank), DType::F32)?,
+                        a: var(w.a.clone(), (w.rank, i), DType::F32, dev)?,
+                        b: var(w.b.clone(), (o, w.rank), DType::F32, dev)?,
                     });
                 }
             }
@@ -261,9 +277,9 @@ impl LoraParams {
     }
 }
 
-/// A trainable tensor of `dtype` from f32 values.
-fn var(v: Vec<f32>, shape: (usize, usize), dtype: DType) -> Result<Var> {
-    Tensor::from_vec(v, shape, &Device::Cpu)
+/// A trainable tensor of `dtype` on `dev` from f32 values.
+fn var(v: Vec<f32>, shape: (usize, usize), dtype: DType, dev: &Device) -> Result<Var> {
+    Tensor::from_vec(v, shape, dev)
         .and_then(|t| t.to_dtype(dtype))
         .and_then(|t| Var::from_tensor(&t))
         .map_err(cerr)

@@ -1,5 +1,5 @@
-//! The Model Factory's training engine: LoRA fine-tuning of the base model on candle CPU tensors
-//! with autograd. `chat_data` reads chat-format JSONL (a bad line is an error naming it) and
+//! The Model Factory's training engine: LoRA fine-tuning of the base model on candle tensors with
+//! autograd, on the CPU or a CUDA device (`training_device`). `chat_data` reads chat-format JSONL (a bad line is an error naming it) and
 //! tokenizes each conversation through the model's own chat template with the loss on assistant
 //! tokens only; `batch` pads examples with masks; `train_model` is the Llama forward with frozen
 //! base weights (`frozen_linear`), differentiable rms_norm/rope/softmax (`grad_ops`: candle's fused
@@ -32,6 +32,6 @@ pub use frozen_linear::FrozenLinear;
 pub use lora_params::{peft_name, LoraPair, LoraParams, LoraSettings};
 pub use lr_schedule::{Decay, LrSchedule};
 pub use train_config::TrainConfig;
-pub use train_job::{JobEvent, TrainJob, TrainSummary};
+pub use train_job::{training_device, JobEvent, TrainJob, TrainSummary};
 pub use train_model::TrainModel;
 pub use trainer::{StepReport, Trainer};

@@ -11,6 +11,8 @@ use super::train_config::TrainConfig;
 use super::train_model::TrainModel;
 use super::trainer::{StepReport, Trainer};
 use crate::error::{Error, Result};
+use crate::exec::device::open_device;
+use crate::exec::DeviceKind;
 use crate::model::Model;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,6 +53,19 @@ impl TrainSummary {
     }
 }
 
+/// The training device for a `--device` kind: `cpu` (the default) or `cuda[:N]` (an error naming
+/// the fix in a build without CUDA or when the GPU does not answer); other kinds are refused.
+pub fn training_device(kind: DeviceKind) -> Result<candle_core::Device> {
+    match kind {
+        DeviceKind::Cpu => Ok(candle_core::Device::Cpu),
+        DeviceKind::Cuda(n) => open_device(Some(n)),
+        other => Err(Error::invalid(
+            "device",
+            format!("training runs on `cpu` or `cuda[:N]`, not `{other}`"),
+        )),
+    }
+}
+
 /// A run's inputs.
 pub struct TrainJob<'a> {
     pub model: &'a Model,
@@ -60,6 +75,8 @@ pub struct TrainJob<'a> {
     pub out: PathBuf,
     /// Continue from the last checkpoint under `out` (if any).
     pub resume: bool,
+    /// Where the run computes (`Device::Cpu`, or a CUDA device); files are written from the host.
+    pub device: candle_core::Device,
 }
 
 impl TrainJob<'_> {
@@ -69,7 +86,12 @@ impl TrainJob<'_> {
         on: &mut dyn FnMut(JobEvent),
         cancel: &AtomicBool,
     ) -> Result<Option<TrainSummary>> {
-        let tm = TrainModel::new(self.model.config(), &self.model.weights)?;
+        let tm = TrainModel::on(
+            self.model.config(),
+            &self.model.weights,
+            candle_core::DType::F32,
+            &self.device,
+        )?;
         let pad = self.model.eos_ids.first().copied().unwrap_or(0);
         let mut trainer = Trainer::new(&tm, self.cfg.clone(), self.train, pad)?;
         std::fs::create_dir_all(&self.out).map_err(|e| Error::io(&self.out, e))?;

@@ -1,6 +1,7 @@
-//! The Llama forward for training, over candle CPU tensors with autograd: base weights frozen
-//! (dequantized once to f32 constants, multiplied through `FrozenLinear`, whose backward yields
-//! only the input's gradient), LoRA pairs as `Var`s, and only differentiable forms of rms_norm,
+//! The Llama forward for training, over candle tensors with autograd on one candle `Device` (the
+//! CPU, or CUDA): base weights frozen (dequantized once to f32 constants on that device, multiplied
+//! through `FrozenLinear`, whose CPU backward yields only the input's gradient), LoRA pairs as
+//! `Var`s on the same device, every per-batch tensor created there, and only differentiable forms of rms_norm,
 //! rope and softmax (`grad_ops`). The math is the inference engine's f32 path: HF layout, q/k in
 //! rotate-half order, GQA, `y = x W^T + scale * B(A(dropout(x)))`.
 
@@ -25,25 +26,26 @@ struct FrozenLayer {
 pub struct TrainModel {
     cfg: ModelConfig,
     dtype: DType,
+    device: Device,
     embed: Tensor,
     layers: Vec<FrozenLayer>,
     final_norm: Tensor,
     lm_head: FrozenLinear,
 }
 
-/// A weight matrix as dense `[rows, cols]` of `dtype`.
-fn dense(w: &Weight, rows: usize, cols: usize, dtype: DType) -> Result<Tensor> {
+/// A weight matrix as dense `[rows, cols]` of `dtype` on `dev`.
+fn dense(w: &Weight, rows: usize, cols: usize, dtype: DType, dev: &Device) -> Result<Tensor> {
     let v = match w {
         Weight::Dense(v) => v.clone(),
         Weight::Quant(q) => q.to_f32(),
     };
-    Tensor::from_vec(v, (rows, cols), &Device::Cpu)
+    Tensor::from_vec(v, (rows, cols), dev)
         .and_then(|t| t.to_dtype(dtype))
         .map_err(cerr)
 }
 
-fn vector(v: &[f32], dtype: DType) -> Result<Tensor> {
-    Tensor::from_slice(v, v.len(), &Device::Cpu)
+fn vector(v: &[f32], dtype: DType, dev: &Device) -> Result<Tensor> {
+    Tensor::from_slice(v, v.len(), dev)
         .and_then(|t| t.to_dtype(dtype))
         .map_err(cerr)
 }
@@ -56,9 +58,31 @@ impl TrainModel {
 
     /// The same with constants of `dtype` (f64: exact gradient checks).
     pub fn with_dtype(cfg: &ModelConfig, w: &LlamaWeights, dtype: DType) -> Result<Self> {
-        let embed = dense(&w.embed, cfg.vocab_size, cfg.hidden, dtype)?;
+        Self::on(cfg, w, dtype, &Device::Cpu)
+    }
+
+    /// The same on `device` (CUDA: frozen weights and every tensor of the run on the GPU).
+    pub fn on(cfg: &ModelConfig, w: &LlamaWeights, dtype: DType, device: &Device) -> Result<Self> {
+        Self::build(cfg, w, dtype, device, !device.is_cpu())
+    }
+
+    /// On the CPU, but through the generic (device) path every non-CPU device takes: the twin
+    /// of the CUDA path that CPU tests compare with the CPU path.
+    pub fn generic_on_cpu(cfg: &ModelConfig, w: &LlamaWeights, dtype: DType) -> Result<Self> {
+        Self::build(cfg, w, dtype, &Device::Cpu, true)
+    }
+
+    fn build(
+        cfg: &ModelConfig,
+        w: &LlamaWeights,
+        dtype: DType,
+        dev: &Device,
+        generic: bool,
+    ) -> Result<Self> {
+        let frozen = |t: Tensor| FrozenLinear::with_path(t, generic).map_err(cerr);
+        let embed = dense(&w.embed, cfg.vocab_size, cfg.hidden, dtype, dev)?;
         let lm_head = match &w.lm_head {
-            Some(h) => dense(h, cfg.vocab_size, cfg.hidden, dtype)?,
+            Some(h) => dense(h, cfg.vocab_size, cfg.hidden, dtype, dev)?,
             None => embed.clone(),
         };
         let mut layers = Vec::with_capacity(cfg.layers);
@@ -67,14 +91,17 @@ impl TrainModel {
             let mut bias = Vec::with_capacity(7);
             for p in Proj::ALL {
                 let lin = &l.proj[p.index()];
-                proj.push(
-                    FrozenLinear::new(dense(&lin.w, lin.out, lin.inp, dtype)?).map_err(cerr)?,
+                proj.push(frozen(dense(&lin.w, lin.out, lin.inp, dtype, dev)?)?);
+                bias.push(
+                    lin.bias
+                        .as_deref()
+                        .map(|b| vector(b, dtype, dev))
+                        .transpose()?,
                 );
-                bias.push(lin.bias.as_deref().map(|b| vector(b, dtype)).transpose()?);
             }
             layers.push(FrozenLayer {
-                attn_norm: vector(&l.attn_norm, dtype)?,
-                mlp_norm: vector(&l.mlp_norm, dtype)?,
+                attn_norm: vector(&l.attn_norm, dtype, dev)?,
+                mlp_norm: vector(&l.mlp_norm, dtype, dev)?,
                 proj,
                 bias,
             });
@@ -82,11 +109,17 @@ impl TrainModel {
         Ok(TrainModel {
             cfg: cfg.clone(),
             dtype,
+            device: dev.clone(),
             embed,
             layers,
-            final_norm: vector(&w.final_norm, dtype)?,
-            lm_head: FrozenLinear::new(lm_head).map_err(cerr)?,
+            final_norm: vector(&w.final_norm, dtype, dev)?,
+            lm_head: frozen(lm_head)?,
         })
+    }
+
+    /// Where every tensor of the run lives (LoRA pairs are created here too).
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -107,7 +140,7 @@ impl TrainModel {
     ) -> Result<Tensor> {
         let logits = self.target_logits(batch, lora, dropout)?;
         let n = batch.targets();
-        let targets = Tensor::from_slice(&batch.target_ids, (n, 1), &Device::Cpu).map_err(cerr)?;
+        let targets = Tensor::from_slice(&batch.target_ids, (n, 1), &self.device).map_err(cerr)?;
         (|| {
             log_softmax_last_dim(&logits)?
                 .gather(&targets, 1)?
@@ -126,7 +159,7 @@ impl TrainModel {
     ) -> Result<Tensor> {
         let h = self.hidden(batch, lora, dropout)?;
         let rows =
-            Tensor::from_slice(&batch.target_rows, batch.targets(), &Device::Cpu).map_err(cerr)?;
+            Tensor::from_slice(&batch.target_rows, batch.targets(), &self.device).map_err(cerr)?;
         let h = h.index_select(&rows, 0).map_err(cerr)?;
         let h = rms_norm(&h, &self.final_norm, self.cfg.rms_eps as f64).map_err(cerr)?;
         self.lm_head.forward(&h).map_err(cerr)
@@ -151,14 +184,13 @@ impl TrainModel {
         lora: Option<&LoraParams>,
         mut dropout: Option<&mut Dropout>,
     ) -> Result<Tensor> {
-        let ids = Tensor::from_slice(&batch.ids, batch.ids.len(), &Device::Cpu).map_err(cerr)?;
+        let dev = &self.device;
+        let ids = Tensor::from_slice(&batch.ids, batch.ids.len(), dev).map_err(cerr)?;
         let mut h = self.embed.index_select(&ids, 0).map_err(cerr)?;
-        let mask = batch.mask()?.to_dtype(self.dtype).map_err(cerr)?;
+        let mask = batch.mask(dev)?.to_dtype(self.dtype).map_err(cerr)?;
         let (cos, sin) = rope_tables(&self.cfg.inv_freq, batch.t).map_err(cerr)?;
-        let (cos, sin) = (
-            cos.to_dtype(self.dtype).map_err(cerr)?,
-            sin.to_dtype(self.dtype).map_err(cerr)?,
-        );
+        let on_dev = |t: Tensor| t.to_dtype(self.dtype).and_then(|t| t.to_device(dev));
+        let (cos, sin) = (on_dev(cos).map_err(cerr)?, on_dev(sin).map_err(cerr)?);
         for l in 0..self.layers.len() {
             let mut ctx = LayerCtx {
                 model: self,

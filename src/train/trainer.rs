@@ -14,6 +14,7 @@ use super::tensor_io::{cerr, flat, scalar};
 use super::train_config::TrainConfig;
 use super::train_model::TrainModel;
 use crate::error::{Error, Result};
+use candle_core::DType;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -70,7 +71,13 @@ impl<'m> Trainer<'m> {
                 "every example needs assistant tokens to train on",
             ));
         }
-        let params = LoraParams::init(model.config(), cfg.lora.clone(), cfg.seed)?;
+        let params = LoraParams::init_on(
+            model.config(),
+            cfg.lora.clone(),
+            cfg.seed,
+            DType::F32,
+            model.device(),
+        )?;
         let sizes: Vec<usize> = params.named().iter().map(|(_, v)| v.elem_count()).collect();
         let steps_per_epoch = data.len().div_ceil(cfg.examples_per_step());
         let total = steps_per_epoch * cfg.epochs;
