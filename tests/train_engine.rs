@@ -60,15 +60,20 @@ fn values(t: &Tensor) -> Vec<f64> {
         .unwrap()
 }
 
+/// Random rank-2 pairs of `dtype` on every target (dropout 0.1) and a padded two-row batch.
+fn gradient_setup(model: &Model, dtype: DType) -> (LoraParams, Batch) {
+    let params = LoraParams::init_as(model.config(), settings(2, 0.1), 7, dtype).unwrap();
+    randomize(&params, 8);
+    let mut rng = StdRng::seed_from_u64(9);
+    let (a, b) = (example(&mut rng, 9, 256), example(&mut rng, 6, 256));
+    (params, Batch::new(&[&a, &b], 0))
+}
+
 #[test]
 fn every_lora_gradient_matches_finite_differences() {
     let model = tiny();
     let tm = TrainModel::with_dtype(model.config(), &model.weights, DType::F64).unwrap();
-    let params = LoraParams::init_as(model.config(), settings(2, 0.1), 7, DType::F64).unwrap();
-    randomize(&params, 8);
-    let mut rng = StdRng::seed_from_u64(9);
-    let (a, b) = (example(&mut rng, 9, 256), example(&mut rng, 6, 256));
-    let batch = Batch::new(&[&a, &b], 0);
+    let (params, batch) = gradient_setup(&model, DType::F64);
     let loss = |p: &LoraParams| {
         let mut d = Dropout::new(0.1, 11);
         tm.loss(&batch, Some(p), Some(&mut d)).unwrap()
@@ -117,11 +122,7 @@ fn the_device_path_matches_the_cpu_path() {
     let (cfg, w) = (model.config(), &model.weights);
     let cpu = TrainModel::with_dtype(cfg, w, DType::F32).unwrap();
     let generic = TrainModel::generic_on_cpu(cfg, w, DType::F32).unwrap();
-    let params = LoraParams::init_as(cfg, settings(2, 0.1), 7, DType::F32).unwrap();
-    randomize(&params, 8);
-    let mut rng = StdRng::seed_from_u64(9);
-    let (a, b) = (example(&mut rng, 9, 256), example(&mut rng, 6, 256));
-    let batch = Batch::new(&[&a, &b], 0);
+    let (params, batch) = gradient_setup(&model, DType::F32);
     let run = |tm: &TrainModel| {
         let mut d = Dropout::new(0.1, 11);
         let loss = tm.loss(&batch, Some(&params), Some(&mut d)).unwrap();
