@@ -161,3 +161,23 @@ impl TrainJob<'_> {
         Ok(Some(summary))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn training_devices_are_cpu_or_cuda_only() {
+        assert!(training_device(DeviceKind::Cpu).unwrap().is_cpu());
+        for kind in [DeviceKind::Auto, DeviceKind::CandleCpu] {
+            let e = training_device(kind).unwrap_err().to_string();
+            assert!(e.contains("cpu") && e.contains("cuda"), "{kind}: {e}");
+        }
+        // Without CUDA compiled in, asking for it says how to get it.
+        #[cfg(not(feature = "cuda"))]
+        assert!(training_device(DeviceKind::Cuda(0))
+            .unwrap_err()
+            .to_string()
+            .contains("--features cuda"));
+    }
+}
