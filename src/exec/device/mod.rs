@@ -162,6 +162,19 @@ impl DeviceExecutor {
         let (v, h, q) = (m.vocab_size, m.hidden, cfg.qmatmul);
         let weights =
             DeviceWeights::place(&model.weights, v, h, &device, dtype, q).map_err(candle)?;
+        DeviceExecutor::assemble(m, weights, kv_dtype, cfg, slots, device)
+    }
+
+    /// The executor around `weights`: the KV cache and the adapter pool as `cfg` and `slots`
+    /// size them, the pool in the weights' dtype.
+    fn assemble(
+        m: &ModelConfig,
+        weights: DeviceWeights,
+        kv_dtype: KvDtype,
+        cfg: &ExecConfig,
+        slots: Arc<SlotTable>,
+        device: Device,
+    ) -> Result<Self> {
         let blocks = (cfg.num_blocks, cfg.block_size);
         let kv = DeviceKv::new(kv_dtype, m, blocks, &device).map_err(candle)?;
         let pool = LoraPool::new(
@@ -169,7 +182,7 @@ impl DeviceExecutor {
             proj_dims(m),
             slots.capacity(),
             cfg.max_lora_rank,
-            dtype,
+            weights.dtype,
             &device,
         )
         .map_err(candle)?;

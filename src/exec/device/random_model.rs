@@ -5,15 +5,12 @@
 //! over these weights equal timings over trained ones (the same shapes, dtypes and kernels); the
 //! tokens they produce mean nothing.
 
-use super::forward::DeviceModel;
-use super::kv_cache::DeviceKv;
 use super::weights::{DeviceLayer, DeviceLinear, DeviceWeights, LinearWeight};
-use super::{candle, proj_dims, DeviceExecutor, SlotPool};
+use super::{candle, DeviceExecutor};
 use crate::error::Result;
 use crate::exec::{ExecConfig, KvDtype};
 use crate::lora::{AdapterSlot, SlotTable};
 use crate::model::{ModelConfig, Proj};
-use crate::ops::device::LoraPool;
 use candle_core::{DType, Device, Tensor};
 use std::sync::Arc;
 
@@ -65,17 +62,7 @@ pub fn random_weights(
         dtype,
         bytes: 0,
     };
-    let n = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
-    let layers: usize = w
-        .layers
-        .iter()
-        .flat_map(|l| &l.proj)
-        .map(|p| match &p.w {
-            LinearWeight::Dense(t) => n(t),
-            LinearWeight::Quant(_, bytes) => *bytes,
-        })
-        .sum();
-    w.bytes = layers + n(&w.embed) + w.lm_head.as_ref().map_or(0, n);
+    w.bytes = w.count_bytes();
     Ok(w)
 }
 
@@ -96,25 +83,7 @@ impl DeviceExecutor {
             (KvDtype::Auto, _) => KvDtype::BF16,
             (d, _) => d,
         };
-        let kv = DeviceKv::new(kv_dtype, m, (cfg.num_blocks, cfg.block_size), &device)
-            .map_err(candle)?;
-        let pool = LoraPool::new(
-            m.layers,
-            proj_dims(m),
-            slots.capacity(),
-            cfg.max_lora_rank,
-            dtype,
-            &device,
-        )
-        .map_err(candle)?;
-        Ok(DeviceExecutor {
-            model: DeviceModel::new(m.clone(), weights, &device).map_err(candle)?,
-            kv,
-            pool: SlotPool::new(pool),
-            slots,
-            device,
-            step: 0,
-        })
+        DeviceExecutor::assemble(m, weights, kv_dtype, cfg, slots, device)
     }
 
     /// Copies the table's occupant of `slot` into the device pool now, if it changed (the cold

@@ -165,7 +165,8 @@ impl DeviceWeights {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 
-    fn count_bytes(&self) -> usize {
+    /// Bytes the weights take on the device.
+    pub(super) fn count_bytes(&self) -> usize {
         let n = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
         let layers: usize = self
             .layers
