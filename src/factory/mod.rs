@@ -346,6 +346,8 @@ impl Factory {
                 let error = json!({"code": code, "message": e.to_string(), "param": (!param.is_empty()).then_some(param)});
                 f.store.fail(id, &error)?;
                 f.event(id, "error", &format!("Validation failed: {e}"), None);
+                // A younger job may be waiting behind this one.
+                f.notify();
                 return Ok(());
             }
             if f.store.set_status(id, JobStatus::Queued)? {

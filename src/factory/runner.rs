@@ -1,5 +1,5 @@
 //! The job runner: one thread taking jobs one at a time (a job caught `running` by a restart
-//! first, then the oldest `queued`), training each with `TrainJob` inside the factory's bounded
+//! first, then jobs in creation order, each once its files are validated), training each with `TrainJob` inside the factory's bounded
 //! thread pool (candle's matmuls run on the pool they are called from), storing a `metrics`
 //! event per step and a checkpoint row per checkpoint, and deploying what finished. What always
 //! holds: a job resumes from the last whole checkpoint in its work folder, and each step has one
@@ -48,11 +48,17 @@ impl Factory {
         }
     }
 
+    /// A job caught running, else the oldest job not yet started if it is queued: jobs start in
+    /// the order they were created, so a younger job whose files were validated first waits for
+    /// an older one still validating (its validation wakes the runner either way).
     fn next_job(&self) -> Result<Option<JobRow>> {
         if let Some(j) = self.store.jobs_in(JobStatus::Running)?.into_iter().next() {
             return Ok(Some(j));
         }
-        Ok(self.store.jobs_in(JobStatus::Queued)?.into_iter().next())
+        Ok(self
+            .store
+            .oldest_unstarted()?
+            .filter(|j| j.status == JobStatus::Queued))
     }
 
     pub(super) fn load_data(&self, job: &JobRow) -> Result<JobData> {

@@ -344,6 +344,29 @@ impl FactoryStore {
         rows.into_iter().map(Self::finish_job).collect()
     }
 
+    /// The oldest job still validating its files or queued, if any.
+    pub fn oldest_unstarted(&self) -> Result<Option<JobRow>> {
+        let sql = format!(
+            "SELECT {} FROM jobs WHERE status IN (?1, ?2) ORDER BY seq ASC LIMIT 1",
+            Self::JOB_COLUMNS
+        );
+        let row = self.with(|c| {
+            let mut st = c.prepare(&sql)?;
+            let v = st
+                .query_map(
+                    [
+                        JobStatus::ValidatingFiles.as_str(),
+                        JobStatus::Queued.as_str(),
+                    ],
+                    Self::job_of,
+                )?
+                .next()
+                .transpose();
+            v
+        })?;
+        row.map(Self::finish_job).transpose()
+    }
+
     /// Moves `id` forward to `to`; `Ok(false)` (nothing written) when that would not be forward
     /// (e.g. the job was cancelled meanwhile). Final statuses stamp `finished_at`.
     pub fn set_status(&self, id: &JobId, to: JobStatus) -> Result<bool> {
@@ -580,6 +603,30 @@ mod tests {
             (p.data.len(), p.data[0].id.clone(), p.has_more),
             (1, a, false)
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_oldest_unstarted_job_holds_the_queue_while_it_validates() {
+        let dir = std::env::temp_dir().join(format!("openlora-factory-q-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let s = FactoryStore::open(&dir.join("f.sqlite")).unwrap();
+        let (a, b) = (JobId::fresh(), JobId::fresh());
+        s.insert_job(&a, &spec()).unwrap();
+        s.insert_job(&b, &spec()).unwrap();
+        // The younger job's files were validated first: the older one, still validating, is next.
+        assert!(s.set_status(&b, JobStatus::Queued).unwrap());
+        let next = s.oldest_unstarted().unwrap().unwrap();
+        assert_eq!(
+            (next.id, next.status),
+            (a.clone(), JobStatus::ValidatingFiles)
+        );
+        assert!(s.set_status(&a, JobStatus::Queued).unwrap());
+        assert_eq!(s.oldest_unstarted().unwrap().unwrap().id, a);
+        assert!(s.set_status(&a, JobStatus::Running).unwrap());
+        assert_eq!(s.oldest_unstarted().unwrap().unwrap().id, b);
+        assert!(s.set_status(&b, JobStatus::Cancelled).unwrap());
+        assert!(s.oldest_unstarted().unwrap().is_none());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
