@@ -10,7 +10,7 @@ use super::kv_store::KvStore;
 use crate::exec::StepPlan;
 use crate::lora::LoraAdapter;
 use crate::model::{LlamaWeights, ModelConfig, Proj, Weight};
-use crate::ops::cpu::quant::{qlinear, qlinear_many, QProj};
+use crate::ops::cpu::quant::{qlinear, qlinear_lora, qlinear_many, QProj};
 use crate::ops::cpu::{self, HalfTerm, LoraSegment, LoraTerm, RopeTable};
 use std::ops::Range;
 use std::sync::Arc;
@@ -156,18 +156,43 @@ impl CpuModel {
                 Weight::Dense(_) => None,
             })
             .collect();
-        let mut ys: [Vec<f32>; N] = match quant {
-            Some(qs) if N > 1 => qlinear_many(x, rows, &qs)
-                .try_into()
-                .expect("one output per projection"),
-            _ => lins.map(|lin| matmul(x, rows, &lin.w, lin.out, lin.inp, lin.bias.as_deref())),
+        let one = |v: Vec<Vec<f32>>| -> [Vec<f32>; N] {
+            v.try_into().expect("one output per projection")
         };
-        if !lora.is_empty() {
-            for ((y, lin), p) in ys.iter_mut().zip(&lins).zip(ps) {
-                add_lora(lora, l, p, x, lin.inp, lin.out, y);
+        match quant {
+            // Quantized with adapters: the shrinks run inside the products' parallel region.
+            Some(qs) if !lora.is_empty() => one(match lora {
+                ResolvedLora::F32(r) => {
+                    let segs = ps.map(|p| segments(r, l, p));
+                    let segs = segs.each_ref().map(|s| {
+                        s.iter()
+                            .map(|s| (s.rows.clone(), &s.terms[..]))
+                            .collect::<Vec<_>>()
+                    });
+                    qlinear_lora(x, rows, &qs, &segs.each_ref().map(|s| &s[..]))
+                }
+                ResolvedLora::Half(r) => {
+                    let segs = ps.map(|p| half_segments(r, l, p));
+                    let segs = segs.each_ref().map(|s| {
+                        s.iter()
+                            .map(|(r, t)| (r.clone(), &t[..]))
+                            .collect::<Vec<_>>()
+                    });
+                    qlinear_lora(x, rows, &qs, &segs.each_ref().map(|s| &s[..]))
+                }
+            }),
+            Some(qs) if N > 1 => one(qlinear_many(x, rows, &qs)),
+            _ => {
+                let mut ys =
+                    lins.map(|lin| matmul(x, rows, &lin.w, lin.out, lin.inp, lin.bias.as_deref()));
+                if !lora.is_empty() {
+                    for ((y, lin), p) in ys.iter_mut().zip(&lins).zip(ps) {
+                        add_lora(lora, l, p, x, lin.inp, lin.out, y);
+                    }
+                }
+                ys
             }
         }
-        ys
     }
 
     /// Runs the plan, writing its K/V into `kv`; returns `[logit_rows.len(), vocab]` logits.

@@ -7,7 +7,8 @@
 //! - [`qlinear`]: `y = x · Wᵀ + b`, activations quantized once per call to 8 bits (one plane, or
 //!   two for ~15 bits: [`ActPrecision`], a property of the matrix), integer dot
 //!   products (AVX2, or AVX-512 VNNI when the CPU has it), threads over output features;
-//!   [`qlinear_many`]: several projections of the same input in one parallel region.
+//!   [`qlinear_many`]: several projections of the same input in one parallel region;
+//!   [`qlinear_lora`]: those with their LoRA deltas, the shrinks inside the same region.
 //!
 //! What always holds: an output element's arithmetic is fixed ([`scalar`] writes it down), so a
 //! row's result is bit-identical alone or in any batch, at any position, on any thread count and
@@ -19,6 +20,7 @@ mod blocks;
 mod format;
 mod packed;
 mod qlinear;
+mod qlinear_lora;
 mod qlinear_many;
 mod qmatrix;
 mod scalar;
@@ -39,6 +41,7 @@ x86_kernels!(simd, simd32, simdf, simdk, simdp, x86);
 pub use act_precision::ActPrecision;
 pub use format::{QuantError, WeightFormat, QK_K};
 pub use qlinear::{qlinear, qlinear_with, Isa};
-pub use qlinear_many::{qlinear_many, QProj};
+pub use qlinear_lora::{qlinear_lora, LoraSegs};
+pub use qlinear_many::{qlinear_many, qlinear_many_with, QProj};
 pub use qmatrix::QMatrix;
 pub use storage::QStorage;

@@ -16,12 +16,25 @@ pub type QProj<'a> = (&'a QMatrix, Option<&'a [f32]>);
 /// `ys[p] = x[m, in] · W_pᵀ + b_p` for every projection `p` (all read `x`, so all have `in` columns).
 /// Returns one `[m, out_p]` buffer per projection.
 pub fn qlinear_many(x: &[f32], m: usize, projs: &[QProj]) -> Vec<Vec<f32>> {
+    qlinear_many_with(x, m, projs, Vec::<fn()>::new())
+}
+
+/// [`qlinear_many`], also running the independent `side` jobs as tasks of the same parallel
+/// region (decode's LoRA shrinks: one fork-join for the products and the jobs). The jobs run
+/// before this returns; at prefill sizes they run in a region of their own first.
+pub fn qlinear_many_with<F: FnOnce() + Send>(
+    x: &[f32],
+    m: usize,
+    projs: &[QProj],
+    side: Vec<F>,
+) -> Vec<Vec<f32>> {
     let mut ys: Vec<Vec<f32>> = projs
         .iter()
         .map(|(w, _)| vec![0f32; m * w.rows()])
         .collect();
-    if m >= ROW_BLOCK || projs.len() < 2 {
+    if m >= ROW_BLOCK || (projs.len() < 2 && side.is_empty()) {
         // Prefill: each product is big enough to fill the pool on its own.
+        side.into_par_iter().for_each(|job| job());
         for ((w, b), y) in projs.iter().zip(&mut ys) {
             qlinear(x, m, w, *b, y);
         }
@@ -60,22 +73,26 @@ pub fn qlinear_many(x: &[f32], m: usize, projs: &[QProj]) -> Vec<Vec<f32>> {
         .zip(&am)
         .map(|((w, _), &am)| vec![0f32; am * w.rows()])
         .collect();
-    let mut tasks = Vec::new();
+    // Side jobs first, so they start while the products are dealt out.
+    let mut tasks: Vec<Task<F>> = side.into_iter().map(Task::Side).collect();
     for (p, yt) in yts.iter_mut().enumerate() {
         for (t, out) in yt.chunks_mut(per_task * am[p]).enumerate() {
-            tasks.push((p, t * per_task, out));
+            tasks.push(Task::Product(p, t * per_task, out));
         }
     }
-    tasks.into_par_iter().for_each(|(p, j0, out)| {
-        let js = j0..j0 + out.len() / am[p];
-        let b = Block {
-            is: 0..am[p],
-            js,
-            out,
-            si: 1,
-            sj: am[p],
-        };
-        run(isa, projs[p].0, &acts[which[p]], b);
+    tasks.into_par_iter().for_each(|task| match task {
+        Task::Side(job) => job(),
+        Task::Product(p, j0, out) => {
+            let js = j0..j0 + out.len() / am[p];
+            let b = Block {
+                is: 0..am[p],
+                js,
+                out,
+                si: 1,
+                sj: am[p],
+            };
+            run(isa, projs[p].0, &acts[which[p]], b);
+        }
     });
     for ((((_, bias), yt), y), &am) in projs.iter().zip(&yts).zip(&mut ys).zip(&am) {
         let n = yt.len() / am;
@@ -92,6 +109,12 @@ pub fn qlinear_many(x: &[f32], m: usize, projs: &[QProj]) -> Vec<Vec<f32>> {
         }
     }
     ys
+}
+
+/// One task of the region: a side job, or output rows `j0..` of projection `p` (transposed).
+enum Task<'a, F> {
+    Side(F),
+    Product(usize, usize, &'a mut [f32]),
 }
 
 #[cfg(test)]
@@ -135,6 +158,21 @@ mod tests {
                 .map(|(i, (w, b))| (w, (i % 2 == 0).then_some(b.as_slice())))
                 .collect();
             let got = qlinear_many(&x, m, &projs);
+            // Side jobs in the region change nothing and all run, also with one projection.
+            let ran = std::sync::atomic::AtomicUsize::new(0);
+            let bump = || {
+                ran.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            };
+            let with = qlinear_many_with(&x, m, &projs, vec![bump; 3]);
+            let one = qlinear_many_with(&x, m, &projs[..1], vec![bump; 2]);
+            assert_eq!(ran.load(std::sync::atomic::Ordering::Relaxed), 5);
+            assert!(
+                bits_eq(&one[0], &got[0]),
+                "m={m} one projection with jobs (seed {seed})"
+            );
+            for (g, w) in got.iter().zip(&with) {
+                assert!(bits_eq(g, w), "m={m} with side jobs (seed {seed})");
+            }
             for (p, (w, b)) in projs.iter().enumerate() {
                 let mut want = vec![0f32; m * w.rows()];
                 qlinear(&x, m, w, *b, &mut want);
