@@ -69,11 +69,14 @@ step "cuda build (nvcc 13.0 -> sm_90 PTX, cargo build --features cuda; no GPU ne
 # Last, so the CPU binary the OpenAI-SDK tests ran is the default-feature one. The GPU tests
 # (tests/cuda_ops.rs, the per_device! cuda variants) are compiled and linked here (a build,
 # not a check: `check` would compile every dependency a second time in check mode) and run on a
-# GPU machine (scripts/gpu-run.sh).
+# GPU machine (scripts/gpu-run.sh). Only the test targets with cuda code are linked again: the
+# others hold no `cfg(feature = "cuda")` code (the check below keeps that list honest).
 cargo fetch   # cuda-env.sh generates the link stubs from cudarc's bindings
 source scripts/cuda-env.sh
 cargo build --features cuda
-cargo build --features cuda --tests --examples
+cuda_tests=$(grep -l 'per_device!\|feature = "cuda"' tests/*.rs | xargs -n1 basename | sed 's/\.rs$//')
+[ -n "$cuda_tests" ] && echo "$cuda_tests" | grep -qx cuda_ops
+cargo build --features cuda --examples $(printf -- '--test %s ' $cuda_tests)
 
 step "gpu-pack.sh (the carry of the GPU run, from the cuda build above: packed, size-checked)"
 bash scripts/gpu-pack.sh

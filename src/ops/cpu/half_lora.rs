@@ -1,6 +1,6 @@
 //! bf16 LoRA pairs: `A` kept `[rank, in]`, `B` transposed to `[rank, out]`, both bf16 — half the
 //! bytes of the f32 pair, which is what a token reads on the quantized path. The shrink is a dot
-//! over `in` in eight lanes; the expand walks the rows of `Bᵀ` contiguously, accumulating
+//! over `in` in 32 lanes; the expand walks the rows of `Bᵀ` contiguously, accumulating
 //! `Σ_r s_r·Bᵀ[r, j]` in rank order per column, then `y[j] += coeff · acc[j]`. Every output
 //! element's operations depend only on its column, so splitting columns across tasks (or a row
 //! being alone or batched) never changes a bit.
@@ -51,21 +51,31 @@ fn widen(h: u16) -> f32 {
     f32::from_bits((h as u32) << 16)
 }
 
-/// `Σ x[i]·a[i]` in eight lanes with a fixed reduction order.
+/// Lanes of [`dot_bf16`]: four independent 8-wide FMA chains (one would wait on its own latency).
+const DOT_LANES: usize = 32;
+
+/// `Σ x[i]·a[i]` in [`DOT_LANES`] lanes with a fixed (pairwise) reduction order.
 #[inline(always)]
 fn dot_bf16(x: &[f32], a: &[u16]) -> f32 {
-    let (xc, ac) = (x.chunks_exact(8), a.chunks_exact(8));
+    let (xc, ac) = (x.chunks_exact(DOT_LANES), a.chunks_exact(DOT_LANES));
     let mut tail = 0f32;
     for (&xv, &av) in xc.remainder().iter().zip(ac.remainder()) {
         tail = xv.mul_add(widen(av), tail);
     }
-    let mut acc = [0f32; 8];
+    let mut acc = [0f32; DOT_LANES];
     for (xs, avs) in xc.zip(ac) {
-        for i in 0..8 {
+        for i in 0..DOT_LANES {
             acc[i] = xs[i].mul_add(widen(avs[i]), acc[i]);
         }
     }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+    let mut w = DOT_LANES;
+    while w > 1 {
+        w /= 2;
+        for i in 0..w {
+            acc[i] += acc[i + w];
+        }
+    }
+    acc[0] + tail
 }
 
 /// A [`HalfLora`] with its coefficient (`scale * weight`) for one batch segment.

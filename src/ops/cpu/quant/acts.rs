@@ -152,6 +152,7 @@ impl<E: Copy + Default + Send + Sync> QActs<E> {
         }
     }
 
+    #[inline(always)]
     pub fn row(&self, i: usize) -> QRow<'_, E> {
         let (nb, bl, ne) = (self.nb, self.bl, self.ne);
         QRow {
@@ -160,6 +161,17 @@ impl<E: Copy + Default + Send + Sync> QActs<E> {
             extra: &self.extra[i * nb * ne..(i + 1) * nb * ne],
             qsum: &self.qsum[i * nb..(i + 1) * nb],
         }
+    }
+
+    /// Rows `i..i + R` (`R >= 1`). A plain loop, not `array::from_fn`: that is not inlined into
+    /// the kernels' target-feature functions, and the call cost a few percent of decode.
+    #[inline(always)]
+    pub fn rows<const R: usize>(&self, i: usize) -> [QRow<'_, E>; R] {
+        let mut a = [self.row(i); R];
+        for (r, a) in a.iter_mut().enumerate().skip(1) {
+            *a = self.row(i + r);
+        }
+        a
     }
 }
 

@@ -105,8 +105,11 @@ impl<F: Fmt32, const VNNI: bool> Tile for Simd32<'_, F, VNNI> {
     #[inline(always)]
     unsafe fn tile<const R: usize, const C: usize>(&self, i: usize, j: usize) -> [[f32; C]; R] {
         let (nb, bb) = (self.acts.nb, F::FORMAT.block_bytes());
-        let w: [&[u8]; C] = std::array::from_fn(|c| &self.w[(j + c) * nb * bb..][..nb * bb]);
-        let a: [_; R] = std::array::from_fn(|r| self.acts.row(i + r));
+        let mut w: [&[u8]; C] = [&[]; C];
+        for (c, w) in w.iter_mut().enumerate() {
+            *w = &self.w[(j + c) * nb * bb..][..nb * bb];
+        }
+        let a: [_; R] = self.acts.rows(i);
         let mut acc = [[0f32; C]; R];
         let mut summ = [[0f32; C]; R];
         for b in 0..nb {
@@ -135,6 +138,11 @@ impl<F: Fmt32, const VNNI: bool> Tile for Simd32<'_, F, VNNI> {
                 }
             }
         }
-        std::array::from_fn(|r| std::array::from_fn(|c| acc[r][c] + summ[r][c]))
+        for (a, s) in acc.iter_mut().zip(&summ) {
+            for (a, s) in a.iter_mut().zip(s) {
+                *a += s;
+            }
+        }
+        acc
     }
 }

@@ -36,8 +36,14 @@ impl Tile for SimdFloat<'_> {
     #[inline(always)]
     unsafe fn tile<const R: usize, const C: usize>(&self, i: usize, j: usize) -> [[f32; C]; R] {
         let (k, es) = (self.k, self.f.block_bytes());
-        let w: [&[u8]; C] = std::array::from_fn(|c| &self.w[(j + c) * k * es..][..k * es]);
-        let x: [&[f32]; R] = std::array::from_fn(|r| &self.x[(i + r) * k..][..k]);
+        let mut w: [&[u8]; C] = [&[]; C];
+        for (c, w) in w.iter_mut().enumerate() {
+            *w = &self.w[(j + c) * k * es..][..k * es];
+        }
+        let mut x: [&[f32]; R] = [&[]; R];
+        for (r, x) in x.iter_mut().enumerate() {
+            *x = &self.x[(i + r) * k..][..k];
+        }
         // SAFETY: AVX2 + FMA at compile time; loads are bounds-checked slices of 8 values.
         unsafe {
             let mut acc = [[_mm256_setzero_ps(); C]; R];
@@ -53,16 +59,18 @@ impl Tile for SimdFloat<'_> {
                     }
                 }
             }
-            std::array::from_fn(|r| {
-                std::array::from_fn(|c| {
+            let mut out = [[0f32; C]; R];
+            for (r, o) in out.iter_mut().enumerate() {
+                for (c, o) in o.iter_mut().enumerate() {
                     let mut s = hsum(acc[r][c]);
                     for t in k / 8 * 8..k {
                         let wt = super::blocks::dequantize_one(self.f, &w[c][t * es..]);
                         s = x[r][t].mul_add(wt, s);
                     }
-                    s
-                })
-            })
+                    *o = s;
+                }
+            }
+            out
         }
     }
 }

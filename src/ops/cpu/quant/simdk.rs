@@ -183,8 +183,11 @@ impl<F: FmtK, const VNNI: bool> Tile for SimdK<'_, F, VNNI> {
     #[inline(always)]
     unsafe fn tile<const R: usize, const C: usize>(&self, i: usize, j: usize) -> [[f32; C]; R] {
         let (nb, bb) = (self.acts.nb, F::FORMAT.block_bytes());
-        let w: [&[u8]; C] = std::array::from_fn(|c| &self.w[(j + c) * nb * bb..][..nb * bb]);
-        let a: [Q8KRow; R] = std::array::from_fn(|r| self.acts.row(i + r));
+        let mut w: [&[u8]; C] = [&[]; C];
+        for (c, w) in w.iter_mut().enumerate() {
+            *w = &self.w[(j + c) * nb * bb..][..nb * bb];
+        }
+        let a: [Q8KRow; R] = self.acts.rows(i);
         // Scalar accumulators of the super-blocks' integer totals.
         let mut acc = [[0f32; C]; R];
         let mut summ = [[0f32; C]; R];
@@ -226,6 +229,12 @@ impl<F: FmtK, const VNNI: bool> Tile for SimdK<'_, F, VNNI> {
             true => acc[r][c],
             false => acc[r][c] + summ[r][c],
         };
-        std::array::from_fn(|r| std::array::from_fn(|c| total(r, c)))
+        let mut out = [[0f32; C]; R];
+        for (r, o) in out.iter_mut().enumerate() {
+            for (c, o) in o.iter_mut().enumerate() {
+                *o = total(r, c);
+            }
+        }
+        out
     }
 }

@@ -144,7 +144,7 @@ impl<F: PackedFmt, const VNNI: bool> GroupTile for SimdPacked<'_, F, VNNI> {
         let nb = self.acts.nb;
         let gb: GroupBlock = group_block(F::FORMAT);
         let group = &self.w[g * nb * gb.bytes..(g + 1) * nb * gb.bytes];
-        let a: [_; R] = std::array::from_fn(|r| self.acts.row(i + r));
+        let a: [_; R] = self.acts.rows(i);
         let off = F::offset::<VNNI>();
         // SAFETY (the block below): AVX2 + FMA + F16C at compile time (VNNI: the caller's
         // contract); every pointer is inside `group` (whole group-blocks) or inside an
@@ -180,7 +180,11 @@ impl<F: PackedFmt, const VNNI: bool> GroupTile for SimdPacked<'_, F, VNNI> {
                     }
                 }
             }
-            std::array::from_fn(|r| lanes(_mm256_add_ps(acc[r], summ[r])))
+            let mut out = [[0f32; 8]; R];
+            for (o, (a, s)) in out.iter_mut().zip(acc.iter().zip(&summ)) {
+                *o = lanes(_mm256_add_ps(*a, *s));
+            }
+            out
         }
     }
 }
@@ -201,7 +205,7 @@ impl<const VNNI: bool, const HIGH: bool> GroupTile for SimdPackedK<'_, VNNI, HIG
         let nb = self.acts.nb;
         let gbytes = if HIGH { k4::BYTES_Q5 } else { k4::BYTES };
         let group = &self.w[g * nb * gbytes..(g + 1) * nb * gbytes];
-        let a: [_; R] = std::array::from_fn(|r| self.acts.row(i + r));
+        let a: [_; R] = self.acts.rows(i);
         // SAFETY (the block below): AVX2 + FMA + F16C at compile time (VNNI: the caller's
         // contract); every pointer is inside `group` (whole group-blocks) or inside an
         // activation row's super-block (`qa`: 4-byte reads at offsets ≤ 252).
@@ -275,7 +279,11 @@ impl<const VNNI: bool, const HIGH: bool> GroupTile for SimdPackedK<'_, VNNI, HIG
                     summ[r] = _mm256_fmadd_ps(neg, _mm256_cvtepi32_ps(imin[r]), summ[r]);
                 }
             }
-            std::array::from_fn(|r| lanes(_mm256_add_ps(acc[r], summ[r])))
+            let mut out = [[0f32; 8]; R];
+            for (o, (a, s)) in out.iter_mut().zip(acc.iter().zip(&summ)) {
+                *o = lanes(_mm256_add_ps(*a, *s));
+            }
+            out
         }
     }
 }
@@ -294,7 +302,7 @@ impl<const VNNI: bool> GroupTile for SimdPackedQ6<'_, VNNI> {
     unsafe fn tile<const R: usize>(&self, i: usize, g: usize) -> [[f32; 8]; R] {
         let nb = self.acts.nb;
         let group = &self.w[g * nb * q6::BYTES..(g + 1) * nb * q6::BYTES];
-        let a: [_; R] = std::array::from_fn(|r| self.acts.row(i + r));
+        let a: [_; R] = self.acts.rows(i);
         // SAFETY (the block below): AVX2 + FMA + F16C at compile time (VNNI: the caller's
         // contract); every pointer is inside `group` (whole group-blocks) or inside an
         // activation row's super-block (`qa`: 4-byte reads at offsets ≤ 252).
@@ -354,7 +362,11 @@ impl<const VNNI: bool> GroupTile for SimdPackedQ6<'_, VNNI> {
                     acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(exact), dd, acc[r]);
                 }
             }
-            std::array::from_fn(|r| lanes(acc[r]))
+            let mut out = [[0f32; 8]; R];
+            for (o, a) in out.iter_mut().zip(&acc) {
+                *o = lanes(*a);
+            }
+            out
         }
     }
 }

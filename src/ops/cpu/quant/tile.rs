@@ -95,6 +95,19 @@ pub(crate) trait GroupTile {
     unsafe fn tile<const TR: usize>(&self, i: usize, g: usize) -> [[f32; 8]; TR];
 }
 
+/// Writes tile `t` (activation rows `i..`, group `g`) into `b`, lanes past `b.js` dropped. A
+/// function, not a closure: the closure was not inlined into the kernels.
+#[inline(always)]
+fn put_group(b: &mut Block, i: usize, g: usize, t: &[[f32; 8]]) {
+    let lanes = b.js.end.min(8 * g + 8) - 8 * g;
+    for (r, row) in t.iter().enumerate() {
+        for (l, &v) in row.iter().enumerate().take(lanes) {
+            let at = (i + r - b.is.start) * b.si + (8 * g + l - b.js.start) * b.sj;
+            b.out[at] = v;
+        }
+    }
+}
+
 /// Computes every element of `b` with a packed-matrix kernel; `b.js` starts on a group.
 ///
 /// # Safety
@@ -103,14 +116,7 @@ pub(crate) trait GroupTile {
 pub(crate) unsafe fn drive_groups<K: GroupTile>(k: &K, mut b: Block) {
     let (is, js) = (b.is.clone(), b.js.clone());
     assert!(js.start.is_multiple_of(8), "packed tasks start on a group");
-    let put = |b: &mut Block, i: usize, g: usize, t: &[[f32; 8]]| {
-        for (r, row) in t.iter().enumerate() {
-            for (l, &v) in row.iter().enumerate().take(js.end.min(8 * g + 8) - 8 * g) {
-                let at = (i + r - b.is.start) * b.si + (8 * g + l - b.js.start) * b.sj;
-                b.out[at] = v;
-            }
-        }
-    };
+    let put = put_group;
     for i0 in is.clone().step_by(ROW_BLOCK) {
         let i1 = (i0 + ROW_BLOCK).min(is.end);
         for g in js.start / 8..js.end.div_ceil(8) {
