@@ -1,27 +1,26 @@
-//! Quantized projections of the same input together with their LoRA deltas, in as few parallel
-//! regions as the data allows: every (projection, row) shrink that has adapter terms runs as a
-//! side task of the products' region ([`qlinear_many_with`]), and the expands follow on the
-//! calling thread when they are small (decode at batch 1: a few thousand multiply-adds per
-//! projection, less than a fork-join costs) or as one more region over (projection, row) when not.
-//! Decode used to pay one region per product plus two per adapted projection.
+//! Quantized projections of the same input together with their LoRA deltas in one parallel
+//! region: each task of the products ([`qlinear_many_with`]) finishes its stretch of every output
+//! row with the row's LoRA expand over those columns. A row's shrunk values (`x·Aᵀ`, rank values
+//! per term) are computed once, by whichever comes first: the side job that starts it early, or
+//! the first task that needs it (the others wait for it). Decode used to pay one region per
+//! product plus two per adapted projection, then serial expands between regions.
 //!
 //! What always holds: every output element sees the operations of [`qlinear`](super::qlinear)
 //! followed by [`sgmv_pairs`] in the same order (base, bias, then each term's `expand` in term
 //! order over the same shrunk values), so the result is bit-identical to the separate calls, and
 //! a row alone to the row batched.
+//!
+//! [`sgmv_pairs`]: crate::ops::cpu::sgmv_pairs
 
 use super::qlinear_many::{qlinear_many_with, QProj};
 use crate::ops::cpu::LoraPair;
-use rayon::prelude::*;
 use std::ops::Range;
+use std::sync::OnceLock;
 
 /// One projection's LoRA: `(rows, terms)` segments over disjoint rows, as [`sgmv_pairs`] takes.
 ///
 /// [`sgmv_pairs`]: crate::ops::cpu::sgmv_pairs
 pub type LoraSegs<'a, T> = [(Range<usize>, &'a [T])];
-
-/// Multiply-adds of all expands below which they run on the calling thread.
-const SERIAL_EXPAND_MACS: usize = 1 << 17;
 
 /// `ys[p] = x[m, in] · W_pᵀ + b_p + Σ LoRA deltas of projection p` (`loras[p]` its segments).
 pub fn qlinear_lora<T: LoraPair>(
@@ -36,66 +35,54 @@ pub fn qlinear_lora<T: LoraPair>(
         "qlinear_lora: one LoRA per projection"
     );
     let k = projs.first().map_or(0, |(w, _)| w.cols());
-    // Each row's terms per projection, and where its shrunk values start (rows in order).
-    let mut plan: Vec<Vec<Option<(&[T], usize)>>> = vec![vec![None; m]; projs.len()];
-    let mut sizes = vec![0usize; projs.len()];
-    for ((rows_of, segs), size) in plan.iter_mut().zip(loras).zip(&mut sizes) {
+    // Each row's terms per projection.
+    let mut plan: Vec<Vec<Option<&[T]>>> = vec![vec![None; m]; projs.len()];
+    for (rows_of, segs) in plan.iter_mut().zip(loras) {
         for (rows, terms) in segs.iter().filter(|s| !s.1.is_empty()) {
             for row in rows.clone() {
                 assert!(rows_of[row].is_none(), "qlinear_lora: segments overlap");
-                rows_of[row] = Some((*terms, 0));
+                rows_of[row] = Some(*terms);
             }
         }
-        for (terms, at) in rows_of.iter_mut().flatten() {
-            *at = *size;
-            *size += terms.iter().map(T::rank).sum::<usize>();
-        }
     }
-    let mut shrunk: Vec<Vec<f32>> = sizes.iter().map(|&n| vec![0f32; n]).collect();
+    let cells: Vec<Vec<OnceLock<Vec<f32>>>> = plan
+        .iter()
+        .map(|rows_of| rows_of.iter().map(|_| OnceLock::new()).collect())
+        .collect();
+    // The shrunk values of row `i` of projection `p`, terms laid end to end.
+    let shrunk = |p: usize, i: usize, terms: &[T]| -> &Vec<f32> {
+        cells[p][i].get_or_init(|| {
+            let xr = &x[i * k..(i + 1) * k];
+            let mut s = vec![0f32; terms.iter().map(T::rank).sum()];
+            let mut s0 = 0;
+            for t in terms {
+                t.shrink(xr, &mut s[s0..s0 + t.rank()]);
+                s0 += t.rank();
+            }
+            s
+        })
+    };
     let mut jobs = Vec::new();
-    for (rows_of, buf) in plan.iter().zip(&mut shrunk) {
-        let mut rest = &mut buf[..];
-        for (row, (terms, _)) in rows_of
-            .iter()
-            .enumerate()
-            .filter_map(|(r, t)| t.map(|t| (r, t)))
-        {
-            let (mine, tail) = rest.split_at_mut(terms.iter().map(T::rank).sum());
-            rest = tail;
-            let xr = &x[row * k..(row + 1) * k];
-            jobs.push(move || {
-                let mut s0 = 0;
-                for t in terms {
-                    t.shrink(xr, &mut mine[s0..s0 + t.rank()]);
-                    s0 += t.rank();
-                }
-            });
-        }
-    }
-    let mut ys = qlinear_many_with(x, m, projs, jobs);
-    // Expand, term after term, over each adapted row of each projection.
-    let mut rows = Vec::new();
-    let mut macs = 0;
-    for (p, (y, (w, _))) in ys.iter_mut().zip(projs).enumerate() {
-        for (row, yr) in y.chunks_exact_mut(w.rows()).enumerate() {
-            if let Some((terms, at)) = plan[p][row] {
-                macs += terms.iter().map(T::rank).sum::<usize>() * yr.len();
-                rows.push((&shrunk[p][at..], terms, yr));
+    for (p, rows_of) in plan.iter().enumerate() {
+        for (i, terms) in rows_of.iter().enumerate() {
+            if let Some(terms) = *terms {
+                jobs.push(move || {
+                    shrunk(p, i, terms);
+                });
             }
         }
     }
-    let expand = |(s, terms, yr): (&[f32], &[T], &mut [f32])| {
-        let mut s0 = 0;
-        for t in terms {
-            t.expand(&s[s0..s0 + t.rank()], 0, yr);
-            s0 += t.rank();
+    let expand = |p: usize, i: usize, j0: usize, y: &mut [f32]| {
+        if let Some(terms) = plan[p][i] {
+            let s = shrunk(p, i, terms);
+            let mut s0 = 0;
+            for t in terms {
+                t.expand(&s[s0..s0 + t.rank()], j0, y);
+                s0 += t.rank();
+            }
         }
     };
-    match macs < SERIAL_EXPAND_MACS {
-        true => rows.into_iter().for_each(expand),
-        false => rows.into_par_iter().for_each(expand),
-    }
-    ys
+    qlinear_many_with(x, m, projs, jobs, expand)
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! once per distinct pairing (not once per matrix). Every element is computed by the same kernel
 //! call as in [`qlinear`](super::qlinear), so the result is bit-identical to separate calls.
 
-use super::qlinear::{fold_planes, qlinear, run, task_rows, Acts};
+use super::qlinear::{qlinear, run, task_rows, Acts};
 use super::qmatrix::QMatrix;
 use super::tile::{Block, ROW_BLOCK};
 use super::Isa;
@@ -16,18 +16,26 @@ pub type QProj<'a> = (&'a QMatrix, Option<&'a [f32]>);
 /// `ys[p] = x[m, in] · W_pᵀ + b_p` for every projection `p` (all read `x`, so all have `in` columns).
 /// Returns one `[m, out_p]` buffer per projection.
 pub fn qlinear_many(x: &[f32], m: usize, projs: &[QProj]) -> Vec<Vec<f32>> {
-    qlinear_many_with(x, m, projs, Vec::<fn()>::new())
+    qlinear_many_with(x, m, projs, Vec::<fn()>::new(), |_, _, _, _| {})
 }
 
 /// [`qlinear_many`], also running the independent `side` jobs as tasks of the same parallel
-/// region (decode's LoRA shrinks: one fork-join for the products and the jobs). The jobs run
-/// before this returns; at prefill sizes they run in a region of their own first.
-pub fn qlinear_many_with<F: FnOnce() + Send>(
+/// region, and `epilogue(p, row, j0, y)` on every finished stretch `y` of an output row (columns
+/// `j0..`, bias added) inside the task that computed it (decode's LoRA: shrinks as side jobs,
+/// expands as the epilogue, one fork-join in all). The jobs run before this returns; at prefill
+/// sizes they run in a region of their own first, and the epilogue over whole rows after the
+/// products.
+pub fn qlinear_many_with<F, E>(
     x: &[f32],
     m: usize,
     projs: &[QProj],
     side: Vec<F>,
-) -> Vec<Vec<f32>> {
+    epilogue: E,
+) -> Vec<Vec<f32>>
+where
+    F: FnOnce() + Send,
+    E: Fn(usize, usize, usize, &mut [f32]) + Sync,
+{
     let mut ys: Vec<Vec<f32>> = projs
         .iter()
         .map(|(w, _)| vec![0f32; m * w.rows()])
@@ -38,6 +46,16 @@ pub fn qlinear_many_with<F: FnOnce() + Send>(
         for ((w, b), y) in projs.iter().zip(&mut ys) {
             qlinear(x, m, w, *b, y);
         }
+        let mut rows = Vec::new();
+        for (p, ((w, _), y)) in projs.iter().zip(&mut ys).enumerate() {
+            rows.extend(
+                y.chunks_exact_mut(w.rows())
+                    .enumerate()
+                    .map(|(i, r)| (p, i, r)),
+            );
+        }
+        rows.into_par_iter()
+            .for_each(|(p, i, r)| epilogue(p, i, 0, r));
         return ys;
     }
     let isa = Isa::best();
@@ -63,58 +81,68 @@ pub fn qlinear_many_with<F: FnOnce() + Send>(
         };
         which.push(at);
     }
-    // Output rows of all matrices dealt out as one set of tasks, written transposed.
+    // Output rows of all matrices dealt out as one set of tasks; each task computes its weight
+    // rows transposed into a buffer of its own, then folds the planes, adds the bias and runs the
+    // epilogue on its stretch of every output row.
     let rows: usize = projs.iter().map(|(w, _)| w.rows()).sum();
     let per_task = task_rows(rows);
-    // Activation rows of each projection (`planes` per input row).
-    let am: Vec<usize> = which.iter().map(|&a| m * acts[a].planes()).collect();
-    let mut yts: Vec<Vec<f32>> = projs
-        .iter()
-        .zip(&am)
-        .map(|((w, _), &am)| vec![0f32; am * w.rows()])
-        .collect();
     // Side jobs first, so they start while the products are dealt out.
     let mut tasks: Vec<Task<F>> = side.into_iter().map(Task::Side).collect();
-    for (p, yt) in yts.iter_mut().enumerate() {
-        for (t, out) in yt.chunks_mut(per_task * am[p]).enumerate() {
-            tasks.push(Task::Product(p, t * per_task, out));
+    for (p, ((w, _), y)) in projs.iter().zip(&mut ys).enumerate() {
+        let n = w.rows();
+        let mut stretches: Vec<Vec<&mut [f32]>> = Vec::new();
+        for row in y.chunks_exact_mut(n) {
+            for (t, part) in row.chunks_mut(per_task).enumerate() {
+                if stretches.len() <= t {
+                    stretches.push(Vec::with_capacity(m));
+                }
+                stretches[t].push(part);
+            }
+        }
+        for (t, outs) in stretches.into_iter().enumerate() {
+            tasks.push(Task::Product(p, t * per_task, outs));
         }
     }
     tasks.into_par_iter().for_each(|task| match task {
         Task::Side(job) => job(),
-        Task::Product(p, j0, out) => {
-            let js = j0..j0 + out.len() / am[p];
+        Task::Product(p, j0, mut outs) => {
+            let (w, bias) = projs[p];
+            let acts = &acts[which[p]];
+            let (planes, len) = (acts.planes(), outs[0].len());
+            let am = m * planes;
+            let mut yt = vec![0f32; am * len];
             let b = Block {
-                is: 0..am[p],
-                js,
-                out,
+                is: 0..am,
+                js: j0..j0 + len,
+                out: &mut yt,
                 si: 1,
-                sj: am[p],
+                sj: am,
             };
-            run(isa, projs[p].0, &acts[which[p]], b);
-        }
-    });
-    for ((((_, bias), yt), y), &am) in projs.iter().zip(&yts).zip(&mut ys).zip(&am) {
-        let n = yt.len() / am;
-        let mut parts = vec![0f32; am * n];
-        for (i, row) in parts.chunks_exact_mut(n).enumerate() {
-            for (j, v) in row.iter_mut().enumerate() {
-                *v = yt[j * am + i];
+            run(isa, w, acts, b);
+            for (i, out) in outs.iter_mut().enumerate() {
+                // As `fold_planes`: the first plane, then each further plane added in order.
+                for (c, v) in out.iter_mut().enumerate() {
+                    let at = c * am + i * planes;
+                    *v = yt[at];
+                    for plane in 1..planes {
+                        *v += yt[at + plane];
+                    }
+                }
+                if let Some(b) = bias {
+                    out.iter_mut().zip(&b[j0..]).for_each(|(v, b)| *v += b);
+                }
+                epilogue(p, i, j0, out);
             }
         }
-        fold_planes(am / m, n, &parts, y);
-        if let Some(b) = bias {
-            y.chunks_exact_mut(n)
-                .for_each(|row| row.iter_mut().zip(*b).for_each(|(v, b)| *v += b));
-        }
-    }
+    });
     ys
 }
 
-/// One task of the region: a side job, or output rows `j0..` of projection `p` (transposed).
+/// One task of the region: a side job, or weight rows `j0..` of projection `p`, written into
+/// that stretch of every output row.
 enum Task<'a, F> {
     Side(F),
-    Product(usize, usize, &'a mut [f32]),
+    Product(usize, usize, Vec<&'a mut [f32]>),
 }
 
 #[cfg(test)]
@@ -163,8 +191,9 @@ mod tests {
             let bump = || {
                 ran.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             };
-            let with = qlinear_many_with(&x, m, &projs, vec![bump; 3]);
-            let one = qlinear_many_with(&x, m, &projs[..1], vec![bump; 2]);
+            let none = |_: usize, _: usize, _: usize, _: &mut [f32]| {};
+            let with = qlinear_many_with(&x, m, &projs, vec![bump; 3], none);
+            let one = qlinear_many_with(&x, m, &projs[..1], vec![bump; 2], none);
             assert_eq!(ran.load(std::sync::atomic::Ordering::Relaxed), 5);
             assert!(
                 bits_eq(&one[0], &got[0]),
