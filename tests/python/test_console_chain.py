@@ -110,7 +110,10 @@ def test_chain_down_shows_503_no_deposit_402_and_a_tampered_adapter_403(browser_
                                           capture_output=True, text=True).stdout.strip())
         deadline = time.monotonic() + 30
         while (status := _chat_status(srv)) != 402:
-            assert status == 503 and time.monotonic() < deadline, status
+            # 503 until the server has read the chain; between the registry's deployment and the
+            # registration being read, pirate is an unregistered adapter, priced like the base
+            # model (free: 200, ledger/pricing.rs), so a call in that window is served.
+            assert status in (503, 200) and time.monotonic() < deadline, status
             time.sleep(0.25)
         page = _banner_after_run(browser_context, srv, "402", "deposit")
         page.screenshot(path=str(shots / "banner-402.png"))
