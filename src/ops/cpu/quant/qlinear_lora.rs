@@ -82,7 +82,7 @@ pub fn qlinear_lora<T: LoraPair>(
             }
         }
     };
-    qlinear_many_with(x, m, projs, jobs, expand)
+    qlinear_many_with(x, m, projs, jobs, Some(expand))
 }
 
 #[cfg(test)]

@@ -16,11 +16,11 @@ pub type QProj<'a> = (&'a QMatrix, Option<&'a [f32]>);
 /// `ys[p] = x[m, in] · W_pᵀ + b_p` for every projection `p` (all read `x`, so all have `in` columns).
 /// Returns one `[m, out_p]` buffer per projection.
 pub fn qlinear_many(x: &[f32], m: usize, projs: &[QProj]) -> Vec<Vec<f32>> {
-    qlinear_many_with(x, m, projs, Vec::<fn()>::new(), |_, _, _, _| {})
+    qlinear_many_with(x, m, projs, Vec::<fn()>::new(), None::<Epilogue>)
 }
 
 /// [`qlinear_many`], also running the independent `side` jobs as tasks of the same parallel
-/// region, and `epilogue(p, row, j0, y)` on every finished stretch `y` of an output row (columns
+/// region, and `epilogue(p, row, j0, y)` (if any) on every finished stretch `y` of an output row (columns
 /// `j0..`, bias added) inside the task that computed it (decode's LoRA: shrinks as side jobs,
 /// expands as the epilogue, one fork-join in all). The jobs run before this returns; at prefill
 /// sizes they run in a region of their own first, and the epilogue over whole rows after the
@@ -30,7 +30,7 @@ pub fn qlinear_many_with<F, E>(
     m: usize,
     projs: &[QProj],
     side: Vec<F>,
-    epilogue: E,
+    epilogue: Option<E>,
 ) -> Vec<Vec<f32>>
 where
     F: FnOnce() + Send,
@@ -46,16 +46,18 @@ where
         for ((w, b), y) in projs.iter().zip(&mut ys) {
             qlinear(x, m, w, *b, y);
         }
-        let mut rows = Vec::new();
-        for (p, ((w, _), y)) in projs.iter().zip(&mut ys).enumerate() {
-            rows.extend(
-                y.chunks_exact_mut(w.rows())
-                    .enumerate()
-                    .map(|(i, r)| (p, i, r)),
-            );
+        if let Some(epilogue) = epilogue {
+            let mut rows = Vec::new();
+            for (p, ((w, _), y)) in projs.iter().zip(&mut ys).enumerate() {
+                rows.extend(
+                    y.chunks_exact_mut(w.rows())
+                        .enumerate()
+                        .map(|(i, r)| (p, i, r)),
+                );
+            }
+            rows.into_par_iter()
+                .for_each(|(p, i, r)| epilogue(p, i, 0, r));
         }
-        rows.into_par_iter()
-            .for_each(|(p, i, r)| epilogue(p, i, 0, r));
         return ys;
     }
     let isa = Isa::best();
@@ -131,12 +133,17 @@ where
                 if let Some(b) = bias {
                     out.iter_mut().zip(&b[j0..]).for_each(|(v, b)| *v += b);
                 }
-                epilogue(p, i, j0, out);
+                if let Some(epilogue) = &epilogue {
+                    epilogue(p, i, j0, out);
+                }
             }
         }
     });
     ys
 }
+
+/// The type of an absent epilogue.
+type Epilogue = fn(usize, usize, usize, &mut [f32]);
 
 /// One task of the region: a side job, or weight rows `j0..` of projection `p`, written into
 /// that stretch of every output row.
@@ -191,9 +198,8 @@ mod tests {
             let bump = || {
                 ran.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             };
-            let none = |_: usize, _: usize, _: usize, _: &mut [f32]| {};
-            let with = qlinear_many_with(&x, m, &projs, vec![bump; 3], none);
-            let one = qlinear_many_with(&x, m, &projs[..1], vec![bump; 2], none);
+            let with = qlinear_many_with(&x, m, &projs, vec![bump; 3], None::<Epilogue>);
+            let one = qlinear_many_with(&x, m, &projs[..1], vec![bump; 2], None::<Epilogue>);
             assert_eq!(ran.load(std::sync::atomic::Ordering::Relaxed), 5);
             assert!(
                 bits_eq(&one[0], &got[0]),
