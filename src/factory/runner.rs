@@ -1,10 +1,11 @@
 //! The job runner: one thread taking jobs one at a time (a job caught `running` by a restart
-//! first, then jobs in creation order, each once its files are validated), training each with `TrainJob` inside the factory's bounded
-//! thread pool (candle's matmuls run on the pool they are called from), storing a `metrics`
-//! event per step and a checkpoint row per checkpoint, and deploying what finished. What always
-//! holds: a job resumes from the last whole checkpoint in its work folder, and each step has one
-//! `metrics` event (a resumed job replaces those of the steps it trains again); a cancelled run stops
-//! between steps and leaves no adapter; a failed run records its error.
+//! first, then jobs in creation order, each once its files are validated), training each with
+//! `TrainJob` inside the factory's bounded thread pool (candle's matmuls run on the pool they are
+//! called from), storing a `metrics` event per step and a checkpoint row per checkpoint, and
+//! deploying what finished. What always holds: a job resumes from the last whole checkpoint in its
+//! work folder, and each step has one `metrics` event (a resumed job replaces those of the steps it
+//! trains again); a cancelled run stops between steps and leaves no adapter; a failed run records
+//! its error.
 
 use super::store::JobRow;
 use super::{Factory, JobId, JobStatus};
