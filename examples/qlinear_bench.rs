@@ -1,22 +1,26 @@
 //! CPU micro-benchmark of `ops::cpu::quant::qlinear` at SmolLM2-135M shapes (576→1536, 1536→576
 //! and the 49152×576 tied lm_head; 576 is not a multiple of 256, so the k-quants are measured on
-//! an 8B-shaped 4096→1024 instead) for batch sizes 1, 8 and 512, every weight format against the
-//! f32 `ops::cpu::linear`, on the rayon pool (`RAYON_NUM_THREADS` to change it). Prints a markdown
-//! table of GMAC/s (multiply-accumulates per second / 1e9) and weight bytes.
+//! 8B shapes instead: k_proj 4096→1024, cache-resident, and up_proj 4096→14336, 33 MB in Q4_K, read
+//! from memory) for batch sizes 1, 8 and 512, every weight format in the layout that serves it (packed
+//! where the format has a packed layout, `QMatrix::packed`) with int8 and int16 activations, against
+//! the f32 `ops::cpu::linear`, on the rayon pool (`RAYON_NUM_THREADS` to change it). Prints a markdown
+//! table of GMAC/s (multiply-accumulates per second / 1e9) and the weight bytes read per second.
 //!
 //! `cargo run --release --example qlinear_bench [formats...]`, e.g. `... q4_1 q8_0`;
-//! `OPENLORA_ISA=avx2` compares against the run-time-detected default.
+//! `OPENLORA_ISA=avx2` compares against the run-time-detected default; `OPENLORA_ROWS=ggml` measures
+//! ggml's row layout instead of the packed one; `OPENLORA_BATCHES=1,2` picks the batch sizes.
 
 use openlora::ops::cpu::linear;
-use openlora::ops::cpu::quant::{qlinear_with, Isa, QMatrix, WeightFormat};
+use openlora::ops::cpu::quant::{qlinear_with, ActPrecision, Isa, QMatrix, WeightFormat};
 use std::time::{Duration, Instant};
 
 /// (name, in, out)
-const SHAPES: [(&str, usize, usize); 4] = [
+const SHAPES: [(&str, usize, usize); 5] = [
     ("576->1536", 576, 1536),
     ("1536->576", 1536, 576),
     ("lm_head 576->49152", 576, 49152),
     ("8B k_proj 4096->1024", 4096, 1024),
+    ("8B up_proj 4096->14336", 4096, 14336),
 ];
 const BATCHES: [usize; 3] = [1, 8, 512];
 /// Each measurement repeats for at least this long.
@@ -49,14 +53,38 @@ fn main() {
         Ok("scalar") => Isa::Scalar,
         _ => Isa::best(),
     };
-    println!("isa {isa:?}, {} threads", rayon::current_num_threads());
-    println!("| shape | m | format | weight MiB | GMAC/s | vs f32 linear |");
-    println!("|---|---|---|---|---|---|");
+    let packed = std::env::var("OPENLORA_ROWS").as_deref() != Ok("ggml");
+    let batches: Vec<usize> = match std::env::var("OPENLORA_BATCHES") {
+        Ok(s) => s
+            .split(',')
+            .map(|b| b.parse().expect("a batch size"))
+            .collect(),
+        Err(_) => BATCHES.to_vec(),
+    };
+    println!(
+        "isa {isa:?}, {} threads, {} layout",
+        rayon::current_num_threads(),
+        if packed { "packed" } else { "ggml row" }
+    );
+    println!("| shape | m | format | acts | weight MiB | GMAC/s | weight GB/s | vs f32 linear |");
+    println!("|---|---|---|---|---|---|---|---|");
     for (name, k, n) in SHAPES {
         let w: Vec<f32> = (0..n * k)
             .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 700.0)
             .collect();
-        for m in BATCHES {
+        let quantized: Vec<QMatrix> = formats
+            .iter()
+            .filter(|f| k % f.block_len() == 0)
+            .map(|&f| {
+                let q = QMatrix::quantize(&w, n, k, f).unwrap();
+                if packed {
+                    q.packed()
+                } else {
+                    q
+                }
+            })
+            .collect();
+        for &m in &batches {
             // The lm_head is applied to the logit rows only; skip its 512-row prefill case.
             if n > 10_000 && m > 8 {
                 continue;
@@ -68,19 +96,26 @@ fn main() {
             let macs = (m * n * k) as f64;
             let base = time(|| linear(&x, m, &w, n, k, None, &mut y));
             println!(
-                "| {name} | {m} | f32 linear | {:.1} | {:.2} | 1.00 |",
+                "| {name} | {m} | f32 linear | f32 | {:.1} | {:.2} | {:.1} | 1.00 |",
                 (n * k * 4) as f64 / 1048576.0,
-                macs / base / 1e9
+                macs / base / 1e9,
+                (n * k * 4) as f64 / base / 1e9
             );
-            for &f in formats.iter().filter(|f| k % f.block_len() == 0) {
-                let q = QMatrix::quantize(&w, n, k, f).unwrap();
-                let t = time(|| qlinear_with(isa, &x, m, &q, None, &mut y));
-                let mib = q.byte_len() as f64 / 1048576.0;
-                println!(
-                    "| {name} | {m} | {f} | {mib:.1} | {:.2} | {:.2} |",
-                    macs / t / 1e9,
-                    base / t
-                );
+            for q in &quantized {
+                for act in [ActPrecision::Int8, ActPrecision::Int16] {
+                    let q = q.clone().with_act_precision(act);
+                    let t = time(|| qlinear_with(isa, &x, m, &q, None, &mut y));
+                    let bytes = q.byte_len() as f64;
+                    println!(
+                        "| {name} | {m} | {} | {} | {:.1} | {:.2} | {:.1} | {:.2} |",
+                        q.format(),
+                        act.name(),
+                        bytes / 1048576.0,
+                        macs / t / 1e9,
+                        bytes / t / 1e9,
+                        base / t
+                    );
+                }
             }
         }
     }

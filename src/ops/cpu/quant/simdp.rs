@@ -9,7 +9,7 @@
 use super::acts::{Q8Acts, Q8KActs};
 use super::format::{WeightFormat, QK_K};
 use super::packed::{group_block, k4, q6, GroupBlock};
-use super::simd::dot_u8i8;
+use super::simd::{dot_u8i8, dot_u8i8_acc};
 use super::tile::GroupTile;
 use std::arch::x86_64::*;
 use std::marker::PhantomData;
@@ -60,8 +60,7 @@ fn lanes(v: __m256) -> [f32; 8] {
 /// `s + dot` for codes below 64 (no `maddubs` saturation: pairs stay under 2 × 63 × 128).
 #[inline(always)]
 unsafe fn dot_small<const VNNI: bool>(s: __m256i, u: __m256i, a: __m256i) -> __m256i {
-    // SAFETY: AVX2 at compile time (VNNI: forwarded from the caller).
-    unsafe { _mm256_add_epi32(s, dot_u8i8::<VNNI>(u, a)) }
+    dot_u8i8_acc::<VNNI>(s, u, a)
 }
 
 /// The 4-bit formats: codes `q + offset` (Q4_0: 8; Q4_1: 0, with a minimum instead).
@@ -112,7 +111,7 @@ impl PackedFmt for Q8_0 {
         // SAFETY: AVX2 at compile time (VNNI: forwarded from the caller).
         unsafe {
             match VNNI {
-                true => _mm256_add_epi32(s, dot_u8i8::<true>(u, a)),
+                true => dot_u8i8_acc::<true>(s, u, a),
                 false => {
                     let q = _mm256_xor_si256(u, _mm256_set1_epi8(0x80u8 as i8));
                     let (uq, sa) = (_mm256_sign_epi8(q, q), _mm256_sign_epi8(a, q));
@@ -206,13 +205,19 @@ impl<const VNNI: bool, const HIGH: bool> GroupTile for SimdPackedK<'_, VNNI, HIG
         let gbytes = if HIGH { k4::BYTES_Q5 } else { k4::BYTES };
         let group = &self.w[g * nb * gbytes..(g + 1) * nb * gbytes];
         let a: [_; R] = self.acts.rows(i);
+        // With VNNI the high nibbles stay in place (`w & 0xF0`, 16 × the value: `vpdpbusd` does
+        // not saturate, unlike AVX2's `maddubs`), the low nibbles' scales are multiplied by 16 to
+        // match, and the super-block's sum is divided by 16 at the end: one shift per super-block
+        // instead of one per code word, and every term stays exact (16 × |isum| < 2^29).
+        let hi_shift = VNNI && !HIGH;
         // SAFETY (the block below): AVX2 + FMA + F16C at compile time (VNNI: the caller's
         // contract); every pointer is inside `group` (whole group-blocks) or inside an
-        // activation row's super-block (`qa`: 4-byte reads at offsets ≤ 252).
+        // activation row's super-block (`qa`: 4-byte reads at offsets ≤ 252; `bs`: 32 bytes).
         unsafe {
             let mut acc = [_mm256_setzero_ps(); R];
             let mut summ = [_mm256_setzero_ps(); R];
             let mask = _mm256_set1_epi8(0xF);
+            let mask_hi = _mm256_set1_epi8(0xF0u8 as i8);
             for b in 0..nb {
                 let p = group[b * gbytes..(b + 1) * gbytes].as_ptr();
                 let d = _mm256_cvtph_ps(_mm_loadu_si128(p.add(k4::D).cast()));
@@ -220,22 +225,39 @@ impl<const VNNI: bool, const HIGH: bool> GroupTile for SimdPackedK<'_, VNNI, HIG
                 let bytes8 = |at: usize| _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(at).cast()));
                 let mut isum = [_mm256_setzero_si256(); R];
                 let mut imin = [_mm256_setzero_si256(); R];
-                for s in 0..8 {
-                    let mn = bytes8(k4::MN + 8 * s);
-                    for r in 0..R {
-                        let bs = &a[r].extra[16 * b + 2 * s..16 * b + 2 * s + 2];
-                        let t = _mm256_set1_epi32(bs[0] as i32 + bs[1] as i32);
-                        imin[r] = _mm256_add_epi32(imin[r], _mm256_mullo_epi32(mn, t));
+                // imin = Σ_s mn_s × (bsums[2s] + bsums[2s+1]), as i16 pairs: lane l of `mn[t]`
+                // is (mn[2t][l], mn[2t+1][l]), and each row's pair sums (hadd of its 16 bsums)
+                // are broadcast two at a time, so one `pmaddwd` covers two sub-blocks.
+                let mut mn = [_mm256_setzero_si256(); 4];
+                for (t, mn) in mn.iter_mut().enumerate() {
+                    let v = _mm_loadu_si128(p.add(k4::MN + 16 * t).cast());
+                    *mn = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(v, _mm_srli_si128::<8>(v)));
+                }
+                for r in 0..R {
+                    let bs = _mm256_loadu_si256(a[r].extra[16 * b..16 * b + 16].as_ptr().cast());
+                    // Lanes 0..4 of each 128-bit half: pair sums 0..4 (low half), 4..8 (high).
+                    let pairs = _mm256_hadd_epi16(bs, bs);
+                    for (t, mn) in mn.iter().enumerate() {
+                        // i32 word t of the pair sums: t < 2 in the low half, else the high one.
+                        let idx = _mm256_set1_epi32(if t < 2 { t as i32 } else { t as i32 + 2 });
+                        let w = _mm256_permutevar8x32_epi32(pairs, idx);
+                        imin[r] = _mm256_add_epi32(imin[r], _mm256_madd_epi16(*mn, w));
                     }
                 }
                 for j in 0..4 {
-                    let (sc_lo, sc_hi) = (bytes8(k4::SC + 16 * j), bytes8(k4::SC + 16 * j + 8));
+                    let (mut sc_lo, sc_hi) = (bytes8(k4::SC + 16 * j), bytes8(k4::SC + 16 * j + 8));
+                    if hi_shift {
+                        sc_lo = _mm256_slli_epi32::<4>(sc_lo);
+                    }
                     let mut lo = [_mm256_setzero_si256(); 8];
                     let mut hi = [_mm256_setzero_si256(); 8];
                     for k in 0..8 {
                         let w = _mm256_loadu_si256(p.add(k4::CODES + 256 * j + 32 * k).cast());
                         lo[k] = _mm256_and_si256(w, mask);
-                        hi[k] = _mm256_and_si256(_mm256_srli_epi16::<4>(w), mask);
+                        hi[k] = match hi_shift {
+                            true => _mm256_and_si256(w, mask_hi),
+                            false => _mm256_and_si256(_mm256_srli_epi16::<4>(w), mask),
+                        };
                         if HIGH {
                             // Bit 2j (2j + 1) of each qh byte is bit 4 of the value.
                             let qh = _mm256_loadu_si256(p.add(k4::QH + 32 * k).cast());
@@ -269,6 +291,9 @@ impl<const VNNI: bool, const HIGH: bool> GroupTile for SimdPackedK<'_, VNNI, HIG
                     }
                 }
                 for r in 0..R {
+                    if hi_shift {
+                        isum[r] = _mm256_srai_epi32::<4>(isum[r]);
+                    }
                     let da = _mm256_set1_ps(a[r].d[b]);
                     acc[r] = _mm256_fmadd_ps(
                         _mm256_cvtepi32_ps(isum[r]),

@@ -20,8 +20,9 @@ pub struct QStorage(Inner);
 enum Inner {
     /// `range` of a memory map shared with other tensors of the same file.
     Mapped { map: Arc<Mmap>, range: Range<usize> },
-    /// An owned, 32-byte aligned buffer of `len` bytes.
-    Owned { buf: Arc<[Align32]>, len: usize },
+    /// An owned, 32-byte aligned buffer of `len` bytes (a `Vec`, so building it moves no bytes:
+    /// `Arc<[T]>::from(Vec)` would copy them into a fresh, unadvised allocation).
+    Owned { buf: Arc<Vec<Align32>>, len: usize },
 }
 
 impl QStorage {
@@ -41,10 +42,14 @@ impl QStorage {
 
     /// An owned buffer of `len` bytes, zeroed and then filled by `fill`.
     pub fn build(len: usize, fill: impl FnOnce(&mut [u8])) -> Self {
-        let mut buf = vec![Align32([0; 32]); len.div_ceil(32)];
+        let n = len.div_ceil(32);
+        // Reserved, not yet touched, so the advice applies to every page the zeroing faults in.
+        let mut buf: Vec<Align32> = Vec::with_capacity(n);
+        advise_huge_pages(buf.as_ptr() as usize, n * 32);
+        buf.resize(n, Align32([0; 32]));
         fill(&mut bytemuck::cast_slice_mut(&mut buf)[..len]);
         Self(Inner::Owned {
-            buf: buf.into(),
+            buf: Arc::new(buf),
             len,
         })
     }
@@ -89,6 +94,37 @@ impl QStorage {
         matches!(self.0, Inner::Mapped { .. })
     }
 }
+
+/// Buffers at least this long ask for transparent huge pages.
+const HUGE_PAGE_MIN: usize = 4 << 20;
+/// The size of a transparent huge page on x86-64 and most aarch64 kernels.
+const HUGE_PAGE: usize = 2 << 20;
+
+/// Asks the kernel to back the whole 2 MiB pages inside `buf` with transparent huge pages
+/// (`MADV_HUGEPAGE`; this machine class's kernels enable THP only where asked). A decode step
+/// streams every weight byte once, and with 4 KiB pages it crosses a page, and loses the hardware
+/// prefetcher's stream, every 4 KiB. Call it before the first write: the pages are still untouched.
+#[cfg(target_os = "linux")]
+fn advise_huge_pages(at: usize, len: usize) {
+    if len < HUGE_PAGE_MIN {
+        return;
+    }
+    let (start, end) = (
+        at.next_multiple_of(HUGE_PAGE),
+        (at + len) / HUGE_PAGE * HUGE_PAGE,
+    );
+    if start < end {
+        // SAFETY: [start, end) lies inside an allocation this process owns (`len` bytes at `at`);
+        // MADV_HUGEPAGE only changes how the kernel backs those pages, never their contents.
+        // Errors (a kernel without THP) only mean the hint was not taken.
+        let _ =
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+    }
+}
+
+/// Elsewhere: nothing to ask.
+#[cfg(not(target_os = "linux"))]
+fn advise_huge_pages(_at: usize, _len: usize) {}
 
 impl From<Vec<u8>> for QStorage {
     fn from(v: Vec<u8>) -> Self {
