@@ -8,7 +8,9 @@
 //!
 //! `cargo run --release --example qlinear_bench [formats...]`, e.g. `... q4_1 q8_0`;
 //! `OPENLORA_ISA=avx2` compares against the run-time-detected default; `OPENLORA_ROWS=ggml` measures
-//! ggml's row layout instead of the packed one; `OPENLORA_BATCHES=1,2` picks the batch sizes.
+//! ggml's row layout instead of the packed one; `OPENLORA_BATCHES=1,2` picks the batch sizes;
+//! `OPENLORA_COPIES=16` cycles through 16 copies of each matrix, so that every call reads its
+//! weights from memory rather than from the cache (as a decode step of a large model does).
 
 use openlora::ops::cpu::linear;
 use openlora::ops::cpu::quant::{qlinear_with, ActPrecision, Isa, QMatrix, WeightFormat};
@@ -54,6 +56,11 @@ fn main() {
         _ => Isa::best(),
     };
     let packed = std::env::var("OPENLORA_ROWS").as_deref() != Ok("ggml");
+    let copies: usize = std::env::var("OPENLORA_COPIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1);
     let batches: Vec<usize> = match std::env::var("OPENLORA_BATCHES") {
         Ok(s) => s
             .split(',')
@@ -75,15 +82,16 @@ fn main() {
         let quantized: Vec<QMatrix> = formats
             .iter()
             .filter(|f| k % f.block_len() == 0)
-            .map(|&f| {
-                let q = QMatrix::quantize(&w, n, k, f).unwrap();
-                if packed {
-                    q.packed()
-                } else {
-                    q
-                }
-            })
+            .map(|&f| QMatrix::quantize(&w, n, k, f).unwrap())
             .collect();
+        // Each `packed()` of a matrix in ggml's layout is a fresh copy.
+        let layout = |q: &QMatrix| {
+            if packed {
+                q.clone().packed()
+            } else {
+                q.clone()
+            }
+        };
         for &m in &batches {
             // The lm_head is applied to the logit rows only; skip its 512-row prefill case.
             if n > 10_000 && m > 8 {
@@ -103,8 +111,15 @@ fn main() {
             );
             for q in &quantized {
                 for act in [ActPrecision::Int8, ActPrecision::Int16] {
-                    let q = q.clone().with_act_precision(act);
-                    let t = time(|| qlinear_with(isa, &x, m, &q, None, &mut y));
+                    let qs: Vec<QMatrix> = (0..copies)
+                        .map(|_| layout(q).with_act_precision(act))
+                        .collect();
+                    let q = &qs[0];
+                    let mut next = 0;
+                    let t = time(|| {
+                        qlinear_with(isa, &x, m, &qs[next % copies], None, &mut y);
+                        next += 1;
+                    });
                     let bytes = q.byte_len() as f64;
                     println!(
                         "| {name} | {m} | {} | {} | {:.1} | {:.2} | {:.1} | {:.2} |",

@@ -63,15 +63,25 @@ pub(crate) mod k4 {
 }
 
 /// The `Q6_K` group-block (8 rows × one 256-value super-block, the same size as ggml's), byte
-/// offsets: `D` the 8 `d` (f16), `SC` the 16 scales per row as `[sub-block][row]` (i8), `QL` for each
-/// 32-byte chunk `c` of ggml's `ql` (0..4) 8 words, word `k` lane `l` = row `l`'s `ql[32c + 4k..+4]`,
-/// `QH` for each half `h` of ggml's `qh` 8 words, word `k` lane `l` = row `l`'s `qh[32h + 4k..+4]`.
+/// offsets: `D` the 8 `d` (f16), `SC` the 16 scales per row as `[sub-block][row]` (i8), then from
+/// `CODES`, for each half `h` of ggml's `qh` (0..2) and word `k` (0..8), 96 bytes in the order the
+/// kernel reads them ([`q6::qh`], [`q6::ql`]): the `qh` word (lane `l` = row `l`'s `qh[32h + 4k..+4]`)
+/// and the `ql` words of chunks `2h` and `2h + 1` (lane `l` = row `l`'s `ql[32c + 4k..+4]`). A
+/// kernel then reads each group-block front to back, which the hardware prefetcher follows; with
+/// the `ql` and `qh` words in two regions it read a `Q6_K` matrix larger than the cache at 15 GB/s.
 pub(crate) mod q6 {
     pub const D: usize = 0;
     pub const SC: usize = 16;
-    pub const QL: usize = 144;
-    pub const QH: usize = 144 + 1024;
+    pub const CODES: usize = 144;
     pub const BYTES: usize = 144 + 1024 + 512;
+    /// Offset of the `qh` word `k` of half `h`.
+    pub const fn qh(h: usize, k: usize) -> usize {
+        CODES + 96 * (8 * h + k)
+    }
+    /// Offset of the `ql` word `k` of chunk `c` (0..4).
+    pub const fn ql(c: usize, k: usize) -> usize {
+        qh(c / 2, k) + 32 + 32 * (c % 2)
+    }
 }
 
 /// Bytes of one group-block of a packable format.
@@ -329,11 +339,11 @@ fn q6_moves(l: usize) -> impl Iterator<Item = (usize, usize, usize)> {
     let sc = (0..16).map(move |t| (192 + t, q6::SC + 8 * t + l, 1));
     let ql = (0..32).map(move |i| {
         let (c, k) = (i / 8, i % 8);
-        (32 * c + 4 * k, q6::QL + 256 * c + 32 * k + 4 * l, 4)
+        (32 * c + 4 * k, q6::ql(c, k) + 4 * l, 4)
     });
     let qh = (0..16).map(move |i| {
         let (h, k) = (i / 8, i % 8);
-        (128 + 32 * h + 4 * k, q6::QH + 256 * h + 32 * k + 4 * l, 4)
+        (128 + 32 * h + 4 * k, q6::qh(h, k) + 4 * l, 4)
     });
     d.chain(sc).chain(ql).chain(qh)
 }

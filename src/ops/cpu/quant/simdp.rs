@@ -313,10 +313,12 @@ impl<const VNNI: bool, const HIGH: bool> GroupTile for SimdPackedK<'_, VNNI, HIG
     }
 }
 
-/// The kernel for packed `Q6_K` (`super::packed::q6`) with or without VNNI: per 32-byte `ql` word
-/// and its `qh` word, two registers of unsigned 6-bit codes (`q + 32`) for 8 rows; per activation
-/// row, each 16-value sub-block's sums times its 8 scales accumulate the super-block's `isum`, and
-/// `32 × Σ_t sc_t · bsum_t` (integer) takes the codes' offset back out.
+/// The kernel for packed `Q6_K` (`super::packed::q6`) with or without VNNI. Per super-block and
+/// half `h` of ggml's `qh`, each `qh` word with its two `ql` words (chunks `2h`, `2h + 1`) gives
+/// four registers of unsigned 6-bit codes (`q + 32`) for 8 rows: the `qh` bit pairs are moved to
+/// bits 4-5 with constant shifts. Per activation row, each 16-value sub-block's sums times its 8
+/// scales accumulate the super-block's `isum`, and `32 × Σ_t sc_t · bsum_t` (integer, by
+/// `pmaddwd` on pairs of sub-blocks) takes the codes' offset back out.
 pub(crate) struct SimdPackedQ6<'a, const VNNI: bool> {
     pub w: &'a [u8],
     pub acts: &'a Q8KActs,
@@ -330,54 +332,85 @@ impl<const VNNI: bool> GroupTile for SimdPackedQ6<'_, VNNI> {
         let a: [_; R] = self.acts.rows(i);
         // SAFETY (the block below): AVX2 + FMA + F16C at compile time (VNNI: the caller's
         // contract); every pointer is inside `group` (whole group-blocks) or inside an
-        // activation row's super-block (`qa`: 4-byte reads at offsets ≤ 252).
+        // activation row's super-block (`qa`: 4-byte reads at offsets ≤ 252; `bs`: 32 bytes).
         unsafe {
             let mut acc = [_mm256_setzero_ps(); R];
-            let (m4, m2) = (_mm256_set1_epi8(0xF), _mm256_set1_epi8(3));
+            let (m4, m30) = (_mm256_set1_epi8(0xF), _mm256_set1_epi8(0x30));
             for b in 0..nb {
                 let p = group[b * q6::BYTES..(b + 1) * q6::BYTES].as_ptr();
                 let d = _mm256_cvtph_ps(_mm_loadu_si128(p.add(q6::D).cast()));
                 let sc = |t: usize| _mm256_cvtepi8_epi32(_mm_loadl_epi64(p.add(q6::SC + 8 * t).cast()));
                 let mut isum = [_mm256_setzero_si256(); R];
                 let mut corr = [_mm256_setzero_si256(); R];
-                for t in 0..16 {
-                    let s = sc(t);
+                // corr = Σ_t sc_t × bsum_t: lane l of `scp` is (sc[2u][l], sc[2u+1][l]) as i16.
+                for u in 0..8 {
+                    let v = _mm_loadu_si128(p.add(q6::SC + 16 * u).cast());
+                    let scp = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(v, _mm_srli_si128::<8>(v)));
                     for r in 0..R {
-                        let bs = _mm256_set1_epi32(a[r].extra[16 * b + t] as i32);
-                        corr[r] = _mm256_add_epi32(corr[r], _mm256_mullo_epi32(s, bs));
+                        let bs = a[r].extra[16 * b + 2 * u..16 * b + 2 * u + 2].as_ptr();
+                        let w = _mm256_set1_epi32(std::ptr::read_unaligned(bs.cast()));
+                        corr[r] = _mm256_add_epi32(corr[r], _mm256_madd_epi16(scp, w));
                     }
                 }
-                for c in 0..4 {
-                    let (h, half) = (c / 2, c % 2);
-                    // Value groups of the low and high nibbles, and the qh bit shifts.
-                    let (g_lo, g_hi) = (128 * h + 32 * half, 128 * h + 64 + 32 * half);
-                    let (sh_lo, sh_hi) = (_mm_cvtsi32_si128(2 * half as i32), _mm_cvtsi32_si128(4 + 2 * half as i32));
-                    let mut s = [[_mm256_setzero_si256(); 4]; R];
-                    for k in 0..8 {
-                        let ql = _mm256_loadu_si256(p.add(q6::QL + 256 * c + 32 * k).cast());
-                        let qh = _mm256_loadu_si256(p.add(q6::QH + 256 * h + 32 * k).cast());
-                        let hb = |sh| _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srl_epi16(qh, sh), m2));
-                        let lo = _mm256_or_si256(_mm256_and_si256(ql, m4), hb(sh_lo));
-                        let hi = _mm256_or_si256(
-                            _mm256_and_si256(_mm256_srli_epi16::<4>(ql), m4),
-                            hb(sh_hi),
-                        );
-                        let part = k / 4;
-                        for r in 0..R {
-                            let qa = a[r].qs[QK_K * b..QK_K * (b + 1)].as_ptr();
-                            let bcast = |at: usize| {
-                                _mm256_set1_epi32(std::ptr::read_unaligned(qa.add(at).cast()))
-                            };
-                            s[r][part] = dot_small::<VNNI>(s[r][part], lo, bcast(g_lo + 4 * k));
-                            s[r][2 + part] =
-                                dot_small::<VNNI>(s[r][2 + part], hi, bcast(g_hi + 4 * k));
+                for h in 0..2 {
+                    // Chunk 2h (half 0) reads qh bits 0-1 (low nibbles) and 4-5 (high); chunk
+                    // 2h + 1 (half 1) bits 2-3 and 6-7. Values: chunk 2h + half's low nibbles
+                    // are values 128h + 32 half + .., its high nibbles 128h + 64 + 32 half + ...
+                    for part in 0..2 {
+                        // [half][lo, hi] sums of sub-blocks (values 16 part .. of each group).
+                        let mut s = [[[_mm256_setzero_si256(); 2]; 2]; R];
+                        for k in 4 * part..4 * part + 4 {
+                            let qh = _mm256_loadu_si256(p.add(q6::qh(h, k)).cast());
+                            let ql0 = _mm256_loadu_si256(p.add(q6::ql(2 * h, k)).cast());
+                            let ql1 =
+                                _mm256_loadu_si256(p.add(q6::ql(2 * h + 1, k)).cast());
+                            let codes = [
+                                [
+                                    _mm256_or_si256(
+                                        _mm256_and_si256(ql0, m4),
+                                        _mm256_and_si256(_mm256_slli_epi16::<4>(qh), m30),
+                                    ),
+                                    _mm256_or_si256(
+                                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
+                                        _mm256_and_si256(qh, m30),
+                                    ),
+                                ],
+                                [
+                                    _mm256_or_si256(
+                                        _mm256_and_si256(ql1, m4),
+                                        _mm256_and_si256(_mm256_slli_epi16::<2>(qh), m30),
+                                    ),
+                                    _mm256_or_si256(
+                                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
+                                        _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m30),
+                                    ),
+                                ],
+                            ];
+                            for r in 0..R {
+                                let qa = a[r].qs[QK_K * b..QK_K * (b + 1)].as_ptr();
+                                for half in 0..2 {
+                                    let g_lo = 128 * h + 32 * half;
+                                    let at = [g_lo + 4 * k, g_lo + 64 + 4 * k];
+                                    for x in 0..2 {
+                                        let av = _mm256_set1_epi32(std::ptr::read_unaligned(
+                                            qa.add(at[x]).cast(),
+                                        ));
+                                        s[r][half][x] = dot_small::<VNNI>(s[r][half][x], codes[half][x], av);
+                                    }
+                                }
+                            }
                         }
-                    }
-                    let (t_lo, t_hi) = (g_lo / 16, g_hi / 16);
-                    let scs = [sc(t_lo), sc(t_lo + 1), sc(t_hi), sc(t_hi + 1)];
-                    for r in 0..R {
-                        for (v, scv) in s[r].iter().zip(&scs) {
-                            isum[r] = _mm256_add_epi32(isum[r], _mm256_mullo_epi32(*v, *scv));
+                        for half in 0..2 {
+                            let g_lo = 128 * h + 32 * half;
+                            let scs = [sc(g_lo / 16 + part), sc((g_lo + 64) / 16 + part)];
+                            for r in 0..R {
+                                for x in 0..2 {
+                                    isum[r] = _mm256_add_epi32(
+                                        isum[r],
+                                        _mm256_mullo_epi32(s[r][half][x], scs[x]),
+                                    );
+                                }
+                            }
                         }
                     }
                 }
