@@ -28,17 +28,21 @@ const BATCHES: [usize; 3] = [1, 8, 512];
 /// Each measurement repeats for at least this long.
 const MIN_TIME: Duration = Duration::from_millis(300);
 
-/// Seconds per call of `f`: the best of repeated timings after one warm-up call.
+/// Seconds per call of `f`: the median of repeated timings after one warm-up call (the best one
+/// with `OPENLORA_BEST=1`).
 fn time(mut f: impl FnMut()) -> f64 {
     f();
-    let (start, mut best, mut calls) = (Instant::now(), f64::MAX, 0);
-    while start.elapsed() < MIN_TIME || calls < 3 {
+    let (start, mut times) = (Instant::now(), Vec::new());
+    while start.elapsed() < MIN_TIME || times.len() < 3 {
         let t = Instant::now();
         f();
-        best = best.min(t.elapsed().as_secs_f64());
-        calls += 1;
+        times.push(t.elapsed().as_secs_f64());
     }
-    best
+    times.sort_by(f64::total_cmp);
+    match std::env::var("OPENLORA_BEST").as_deref() {
+        Ok("1") => times[0],
+        _ => times[times.len() / 2],
+    }
 }
 
 fn main() {
