@@ -98,13 +98,27 @@ impl LoraPair for HalfTerm<'_> {
     }
 
     fn expand(&self, s: &[f32], j0: usize, y: &mut [f32]) {
+        // Whole chunks of 64, then of 8 columns, with fixed-size accumulators the compiler keeps
+        // in registers (decode's stretches are often 56 columns long); then single columns.
+        let wide = y.len() / COLS * COLS;
+        let narrow = wide + (y.len() - wide) / 8 * 8;
+        self.expand_chunks::<COLS>(s, j0, &mut y[..wide]);
+        self.expand_chunks::<8>(s, j0 + wide, &mut y[wide..narrow]);
+        self.expand_chunks::<1>(s, j0 + narrow, &mut y[narrow..]);
+    }
+}
+
+impl HalfTerm<'_> {
+    /// [`LoraPair::expand`] over `y.len()` columns (a multiple of `W`) from column `j0`, `W` at a
+    /// time: per column `acc = Σ_r s_r·Bᵀ[r, j]` in rank order, then `y[j] += coeff · acc`.
+    #[inline(always)]
+    fn expand_chunks<const W: usize>(&self, s: &[f32], j0: usize, y: &mut [f32]) {
         let n = self.lora.out_dim;
-        for (c, ys) in y.chunks_mut(COLS).enumerate() {
-            let j = j0 + c * COLS;
-            let mut acc = [0f32; COLS];
-            let acc = &mut acc[..ys.len()];
+        for (c, ys) in y.chunks_exact_mut(W).enumerate() {
+            let j = j0 + c * W;
+            let mut acc = [0f32; W];
             for (r, &sr) in s.iter().enumerate() {
-                let row = &self.lora.bt[r * n + j..r * n + j + ys.len()];
+                let row: &[u16; W] = self.lora.bt[r * n + j..][..W].try_into().unwrap();
                 for (a, &b) in acc.iter_mut().zip(row) {
                     *a = sr.mul_add(widen(b), *a);
                 }
