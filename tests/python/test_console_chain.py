@@ -28,8 +28,8 @@ def _foundry(tool: str) -> str:
     return found
 
 
-def _chat_status(srv) -> int:
-    body = {"model": "pirate", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+def _chat_status(srv, model: str = "pirate") -> int:
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     return srv.http.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {ALICE}"}).status_code
 
 
@@ -123,6 +123,12 @@ def test_chain_down_shows_503_no_deposit_402_and_a_tampered_adapter_403(browser_
         register("tampered", "0x" + "11" * 32, price="0")
         shutil.copytree(REPO / "adapters/shouty", tmp_path / "tampered")
         assert srv.load_adapter("tampered", tmp_path / "tampered").status_code == 200
+        # Until the server has read tampered's registration its on-chain terms are unknown: 503,
+        # retry later (the chain is refreshed every second). Then the page-in refuses it: 403.
+        deadline = time.monotonic() + 30
+        while (status := _chat_status(srv, "tampered")) != 403:
+            assert status == 503 and time.monotonic() < deadline, status
+            time.sleep(0.25)
         page = browser_context.new_page()
         c = Console(page, srv.url).open()
         c.wait_models()
