@@ -116,4 +116,3 @@ pub(crate) fn dot_scaled<const VNNI: bool, const SIGNED: bool>(
         unsafe { _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), scale) }
     }
 }
-

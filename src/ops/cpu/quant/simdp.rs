@@ -9,7 +9,7 @@
 use super::acts::{Q8Acts, Q8KActs};
 use super::format::{WeightFormat, QK_K};
 use super::packed::{group_block, k4, q6, GroupBlock};
-use super::simd::{dot_u8i8, dot_u8i8_acc};
+use super::simd::dot_u8i8_acc;
 use super::tile::GroupTile;
 use std::arch::x86_64::*;
 use std::marker::PhantomData;
@@ -115,7 +115,7 @@ impl PackedFmt for Q8_0 {
                 false => {
                     let q = _mm256_xor_si256(u, _mm256_set1_epi8(0x80u8 as i8));
                     let (uq, sa) = (_mm256_sign_epi8(q, q), _mm256_sign_epi8(a, q));
-                    _mm256_add_epi32(s, dot_u8i8::<false>(uq, sa))
+                    dot_u8i8_acc::<false>(s, uq, sa)
                 }
             }
         }
