@@ -1,6 +1,7 @@
 //! `openlora bench`: decode throughput on the real model, batch 1 (base) vs batch N with N
 //! distinct random rank-r adapters on all seven projections, measured side by side in one run.
-//! Only decode steps are timed (prefill of every sequence is done before the clock starts).
+//! Only decode steps are timed (prefill of every sequence is done before the clock starts), and
+//! the runs' engines take decode steps in turn, so the machine's swings hit all of them alike.
 
 use openlora::config::EngineConfig;
 use openlora::engine::{GenerateRequest, LlmEngine, SamplingParams, SeqId};
@@ -73,51 +74,70 @@ fn cpu_ns() -> Option<u64> {
     Some(total)
 }
 
-/// Decode tokens/s for `n` sequences, each with `adapters[i]` (or base when `None`): per wall
-/// second and per CPU second (NaN where the CPU time is unknown).
-fn decode_throughput(
+/// One engine of [`decode_interleaved`]: its config and one adapter (or base) per sequence.
+type Run<'a> = (&'a EngineConfig, &'a [Option<Arc<LoraAdapter>>]);
+
+/// Decode tokens/s of each run — per wall second and per CPU second (NaN where the CPU time is
+/// unknown) — with the runs' engines stepped in turn, one decode step each, so a change in the
+/// machine's speed (a shared VM's swings last seconds) hits every run alike.
+fn decode_interleaved(
     model: &Arc<Model>,
-    base: &EngineConfig,
-    adapters: &[Option<Arc<LoraAdapter>>],
+    runs: &[Run],
     tokens: usize,
-) -> anyhow::Result<(f64, f64)> {
-    let mut engine = LlmEngine::new(
-        model.clone(),
-        EngineConfig {
-            max_num_seqs: adapters.len().max(1),
-            ..base.clone()
-        },
-    )?;
+) -> anyhow::Result<Vec<(f64, f64)>> {
     let prompt: Vec<u32> = model
         .tokenizer()?
         .encode("Write a short story about a lighthouse keeper.", false)?;
-    for (i, a) in adapters.iter().enumerate() {
-        let params = SamplingParams {
-            max_tokens: tokens + 1,
-            ignore_eos: true,
-            ..Default::default()
-        };
-        engine.add_request(
-            SeqId(i as u64),
-            GenerateRequest {
-                prompt_ids: prompt.clone(),
-                adapters: a.iter().map(|a| (a.clone().into(), 1.0)).collect(),
-                params,
+    let mut engines = Vec::new();
+    for (cfg, adapters) in runs {
+        let mut engine = LlmEngine::new(
+            model.clone(),
+            EngineConfig {
+                max_num_seqs: adapters.len().max(1),
+                ..(*cfg).clone()
             },
         )?;
+        for (i, a) in adapters.iter().enumerate() {
+            let params = SamplingParams {
+                max_tokens: tokens + 1,
+                ignore_eos: true,
+                ..Default::default()
+            };
+            engine.add_request(
+                SeqId(i as u64),
+                GenerateRequest {
+                    prompt_ids: prompt.clone(),
+                    adapters: a.iter().map(|a| (a.clone().into(), 1.0)).collect(),
+                    params,
+                },
+            )?;
+        }
+        engine.step(); // prefill every sequence (first token)
+        engines.push(engine);
     }
-    engine.step(); // prefill every sequence (first token)
-    let (start, cpu0) = (Instant::now(), cpu_ns());
-    let mut produced = 0;
-    while engine.has_work() {
-        produced += engine.step().len();
+    // (tokens, wall ns, cpu ns) per run.
+    let mut spent = vec![(0usize, 0u128, Some(0u64)); runs.len()];
+    while engines.iter().any(|e| e.has_work()) {
+        for (engine, (n, wall, cpu)) in engines.iter_mut().zip(&mut spent) {
+            if !engine.has_work() {
+                continue;
+            }
+            let (start, cpu0) = (Instant::now(), cpu_ns());
+            *n += engine.step().len();
+            *wall += start.elapsed().as_nanos();
+            *cpu = match (*cpu, cpu0, cpu_ns()) {
+                (Some(c), Some(a), Some(b)) if b >= a => Some(c + (b - a)),
+                _ => None,
+            };
+        }
     }
-    let wall = produced as f64 / start.elapsed().as_secs_f64();
-    let cpu = match (cpu0, cpu_ns()) {
-        (Some(a), Some(b)) if b > a => produced as f64 / ((b - a) as f64 * 1e-9),
-        _ => f64::NAN,
-    };
-    Ok((wall, cpu))
+    Ok(spent
+        .into_iter()
+        .map(|(n, wall, cpu)| {
+            let per = |ns: f64| n as f64 / (ns * 1e-9);
+            (per(wall as f64), cpu.map_or(f64::NAN, |c| per(c as f64)))
+        })
+        .collect())
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -166,25 +186,30 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         })
         .collect();
     let base = args.runtime.engine_config(EngineConfig::default())?;
-    decode_throughput(&model, &base, &[None], 4)?; // warm-up
-                                                   // With adapters read in bf16, the same adapter read in f32 in the same run (the cost saved).
+    // With adapters read in bf16, the same adapter read in f32 in the same run (the cost saved).
     let bf16 = base.lora_dtype.resolve(model.weights.has_quantized()) == LoraDtype::BF16;
     let f32_cfg = EngineConfig {
         lora_dtype: LoraDtype::F32,
         ..base.clone()
     };
-    // Rounds interleave base and adapter runs, so a load change on a shared machine hits both;
-    // the ratios are medians of the per-round ratios.
+    let mut runs: Vec<Run> = vec![(&base, &[None]), (&base, &adapters[..1])];
+    if bf16 {
+        runs.push((&f32_cfg, &adapters[..1]));
+    }
+    runs.push((&base, &adapters));
+    decode_interleaved(&model, &runs, 4)?; // warm-up
+                                           // Each round steps the runs in turn (see `decode_interleaved`); the ratios are medians of
+                                           // the per-round ratios.
     let mut rows: Vec<[(f64, f64); 4]> = Vec::new();
     for _ in 0..args.rounds.max(1) {
-        let b1 = decode_throughput(&model, &base, &[None], args.tokens)?;
-        let lora = decode_throughput(&model, &base, &adapters[..1], args.tokens)?;
+        let mut got = decode_interleaved(&model, &runs, args.tokens)?.into_iter();
+        let mut next = || got.next().expect("one result per run");
+        let (b1, lora) = (next(), next());
         let f32 = match bf16 {
-            true => decode_throughput(&model, &f32_cfg, &adapters[..1], args.tokens)?,
+            true => next(),
             false => (f64::NAN, f64::NAN),
         };
-        let bn = decode_throughput(&model, &base, &adapters, args.tokens)?;
-        rows.push([b1, lora, f32, bn]);
+        rows.push([b1, lora, f32, next()]);
     }
     type Row = [(f64, f64); 4];
     let med = |f: &dyn Fn(&Row) -> f64| median(rows.iter().map(f).collect());

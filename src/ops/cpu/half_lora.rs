@@ -1,23 +1,26 @@
-//! bf16 LoRA pairs: `A` kept `[rank, in]`, `B` transposed to `[rank, out]`, both bf16 — half the
-//! bytes of the f32 pair, which is what a token reads on the quantized path. The shrink is a dot
-//! over `in` in 32 lanes; the expand walks the rows of `Bᵀ` contiguously, accumulating
-//! `Σ_r s_r·Bᵀ[r, j]` in rank order per column, then `y[j] += coeff · acc[j]`. Every output
-//! element's operations depend only on its column, so splitting columns across tasks (or a row
-//! being alone or batched) never changes a bit.
+//! bf16 LoRA pairs: `A` kept `[rank, in]`, `B` transposed into panels of [`PANEL`] output
+//! columns (`[out/PANEL][rank][PANEL]`), both bf16 — half the bytes of the f32 pair, which is what
+//! a token reads on the quantized path. The shrink is a dot over `in` in 32 lanes; the expand
+//! reads a stretch of columns as one contiguous run of panels, accumulating `Σ_r s_r·B[j, r]` in
+//! rank order per column, then `y[j] += coeff · acc[j]`. Every output element's operations depend
+//! only on its column, so splitting columns across tasks (or a row being alone or batched) never
+//! changes a bit; the AVX2 kernels ([`super::half_lora_x86`]) do each lane's operations of the
+//! scalar code here in the same order, so they are bit-identical to it.
 
 use super::sgmv::LoraPair;
 use half::bf16;
 
-/// Columns accumulated at a time on the stack in [`HalfTerm::expand`].
-const COLS: usize = 64;
+/// Output columns per panel of `B` (one 8-lane f32 vector).
+pub const PANEL: usize = 8;
 
 /// One projection's LoRA pair in bf16.
 #[derive(Debug, Clone)]
 pub struct HalfLora {
     /// `[rank, in]`, bf16 bits.
     pub a: Vec<u16>,
-    /// `Bᵀ`: `[rank, out]`, bf16 bits.
-    pub bt: Vec<u16>,
+    /// `B` in panels: element `(j, r)` at `((j / PANEL) · rank + r) · PANEL + j % PANEL`; the last
+    /// panel's columns past `out_dim` are zero.
+    pub bp: Vec<u16>,
     pub rank: usize,
     pub out_dim: usize,
 }
@@ -27,36 +30,49 @@ impl HalfLora {
     pub fn from_f32(a: &[f32], b: &[f32], rank: usize) -> Self {
         let out_dim = b.len() / rank;
         let round = |v: f32| bf16::from_f32(v).to_bits();
-        let mut bt = vec![0u16; b.len()];
+        let mut bp = vec![0u16; out_dim.div_ceil(PANEL) * rank * PANEL];
         for (j, row) in b.chunks_exact(rank).enumerate() {
             for (r, &v) in row.iter().enumerate() {
-                bt[r * out_dim + j] = round(v);
+                bp[panel_at(rank, j, r)] = round(v);
             }
         }
         HalfLora {
             a: a.iter().map(|&v| round(v)).collect(),
-            bt,
+            bp,
             rank,
             out_dim,
         }
     }
 
     pub fn bytes(&self) -> usize {
-        (self.a.len() + self.bt.len()) * 2
+        (self.a.len() + self.bp.len()) * 2
+    }
+
+    /// `B[j, r]` as bf16 bits.
+    #[inline(always)]
+    pub fn b_at(&self, j: usize, r: usize) -> u16 {
+        self.bp[panel_at(self.rank, j, r)]
     }
 }
 
+/// Index of `B[j, r]` in the panel layout.
 #[inline(always)]
-fn widen(h: u16) -> f32 {
+fn panel_at(rank: usize, j: usize, r: usize) -> usize {
+    ((j / PANEL) * rank + r) * PANEL + j % PANEL
+}
+
+#[inline(always)]
+pub(crate) fn widen(h: u16) -> f32 {
     f32::from_bits((h as u32) << 16)
 }
 
 /// Lanes of [`dot_bf16`]: four independent 8-wide FMA chains (one would wait on its own latency).
-const DOT_LANES: usize = 32;
+pub(crate) const DOT_LANES: usize = 32;
 
-/// `Σ x[i]·a[i]` in [`DOT_LANES`] lanes with a fixed (pairwise) reduction order.
-#[inline(always)]
-fn dot_bf16(x: &[f32], a: &[u16]) -> f32 {
+/// `Σ x[i]·a[i]` in [`DOT_LANES`] lanes with a fixed (pairwise) reduction order: the reference
+/// of the SIMD shrink.
+#[cfg_attr(target_feature = "avx2", allow(dead_code))] // the SIMD shrink's test oracle there
+pub(crate) fn dot_bf16(x: &[f32], a: &[u16]) -> f32 {
     let (xc, ac) = (x.chunks_exact(DOT_LANES), a.chunks_exact(DOT_LANES));
     let mut tail = 0f32;
     for (&xv, &av) in xc.remainder().iter().zip(ac.remainder()) {
@@ -78,6 +94,26 @@ fn dot_bf16(x: &[f32], a: &[u16]) -> f32 {
     acc[0] + tail
 }
 
+/// The reference shrink: `out[r] = dot_bf16(x, A[r])`.
+#[cfg_attr(target_feature = "avx2", allow(dead_code))]
+pub(crate) fn shrink_scalar(h: &HalfLora, x: &[f32], out: &mut [f32]) {
+    for (o, ar) in out.iter_mut().zip(h.a.chunks_exact(x.len())) {
+        *o = dot_bf16(x, ar);
+    }
+}
+
+/// The reference expand over columns `j0..j0 + y.len()`: per column `acc = Σ_r s_r·B[j, r]` (one
+/// FMA per rank, in rank order, from 0), then `y[j] = coeff·acc + y[j]` (one FMA).
+pub(crate) fn expand_scalar(h: &HalfLora, coeff: f32, s: &[f32], j0: usize, y: &mut [f32]) {
+    for (j, o) in (j0..).zip(y.iter_mut()) {
+        let mut acc = 0f32;
+        for (r, &sr) in s.iter().enumerate() {
+            acc = sr.mul_add(widen(h.b_at(j, r)), acc);
+        }
+        *o = coeff.mul_add(acc, *o);
+    }
+}
+
 /// A [`HalfLora`] with its coefficient (`scale * weight`) for one batch segment.
 #[derive(Clone, Copy)]
 pub struct HalfTerm<'a> {
@@ -92,41 +128,43 @@ impl LoraPair for HalfTerm<'_> {
 
     fn shrink(&self, x: &[f32], out: &mut [f32]) {
         debug_assert_eq!(self.lora.a.len(), self.lora.rank * x.len());
-        for (o, ar) in out.iter_mut().zip(self.lora.a.chunks_exact(x.len())) {
-            *o = dot_bf16(x, ar);
+        debug_assert_eq!(out.len(), self.lora.rank);
+        #[cfg(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma"
+        ))]
+        // SAFETY: AVX2 + FMA are compile-time features of this build; `A` is `[rank, x.len()]`
+        // and `out` has `rank` elements (asserted inside).
+        unsafe {
+            super::half_lora_x86::shrink(self.lora, x, out)
         }
+        #[cfg(not(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma"
+        )))]
+        shrink_scalar(self.lora, x, out)
     }
 
     fn expand(&self, s: &[f32], j0: usize, y: &mut [f32]) {
-        // Whole chunks of 64, then of 8 columns, with fixed-size accumulators the compiler keeps
-        // in registers (decode's stretches are often 56 columns long); then single columns.
-        let wide = y.len() / COLS * COLS;
-        let narrow = wide + (y.len() - wide) / 8 * 8;
-        self.expand_chunks::<COLS>(s, j0, &mut y[..wide]);
-        self.expand_chunks::<8>(s, j0 + wide, &mut y[wide..narrow]);
-        self.expand_chunks::<1>(s, j0 + narrow, &mut y[narrow..]);
-    }
-}
-
-impl HalfTerm<'_> {
-    /// [`LoraPair::expand`] over `y.len()` columns (a multiple of `W`) from column `j0`, `W` at a
-    /// time: per column `acc = Σ_r s_r·Bᵀ[r, j]` in rank order, then `y[j] += coeff · acc`.
-    #[inline(always)]
-    fn expand_chunks<const W: usize>(&self, s: &[f32], j0: usize, y: &mut [f32]) {
-        let n = self.lora.out_dim;
-        for (c, ys) in y.chunks_exact_mut(W).enumerate() {
-            let j = j0 + c * W;
-            let mut acc = [0f32; W];
-            for (r, &sr) in s.iter().enumerate() {
-                let row: &[u16; W] = self.lora.bt[r * n + j..][..W].try_into().unwrap();
-                for (a, &b) in acc.iter_mut().zip(row) {
-                    *a = sr.mul_add(widen(b), *a);
-                }
-            }
-            for (o, a) in ys.iter_mut().zip(acc.iter()) {
-                *o = self.coeff.mul_add(*a, *o);
-            }
+        debug_assert!(j0 + y.len() <= self.lora.out_dim);
+        #[cfg(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma"
+        ))]
+        // SAFETY: as in `shrink`; the columns `j0..j0 + y.len()` lie within `out_dim` (asserted
+        // inside), so every panel read is inside `bp`.
+        unsafe {
+            super::half_lora_x86::expand(self.lora, self.coeff, s, j0, y)
         }
+        #[cfg(not(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma"
+        )))]
+        expand_scalar(self.lora, self.coeff, s, j0, y)
     }
 }
 
@@ -206,7 +244,7 @@ mod tests {
         assert_eq!(widen(h.a[2]), -3.5);
         for j in 0..3 {
             for r in 0..2 {
-                let got = widen(h.bt[r * 3 + j]);
+                let got = widen(h.b_at(j, r));
                 assert!((got - b[j * 2 + r]).abs() <= b[j * 2 + r].abs() / 256.0);
             }
         }

@@ -6,6 +6,7 @@ mod activation;
 mod attention;
 mod attention_grouped;
 mod half_lora;
+mod half_lora_x86;
 mod linear;
 mod norm;
 pub mod quant;
