@@ -13,7 +13,7 @@
 
 use openlora::ops::cpu::quant::{qlinear_lora, qlinear_many, ActPrecision, QMatrix, QProj};
 use openlora::ops::cpu::quant::{LoraSegs, WeightFormat};
-use openlora::ops::cpu::{HalfLora, HalfTerm};
+use openlora::ops::cpu::{HalfLora, HalfTerm, Int8Lora, Int8Term};
 use std::time::Instant;
 
 const LAYERS: usize = 30;
@@ -77,6 +77,29 @@ fn main() {
         weights.push(ws);
         loras.push(ls);
     }
+    let int8 = std::env::var("OPENLORA_LORA").as_deref() == Ok("int8");
+    let loras8: Vec<Vec<Vec<Int8Lora>>> = loras
+        .iter()
+        .map(|l| {
+            l.iter()
+                .map(|g| {
+                    g.iter()
+                        .map(|h| {
+                            let w = |v: &u16| f32::from_bits((*v as u32) << 16);
+                            let a: Vec<f32> = h.a.iter().map(w).collect();
+                            let mut b = vec![0f32; h.out_dim * h.rank];
+                            for j in 0..h.out_dim {
+                                for r in 0..h.rank {
+                                    b[j * h.rank + r] = w(&h.b_at(j, r));
+                                }
+                            }
+                            Int8Lora::from_f32(&a, &b, h.rank)
+                        })
+                        .collect()
+                })
+                .collect()
+        })
+        .collect();
     let xs: Vec<Vec<f32>> = GROUPS.iter().map(|(k, _)| data(*k, 7)).collect();
     if std::env::var("OPENLORA_RAW").is_ok() {
         use openlora::ops::cpu::LoraPair;
@@ -126,7 +149,26 @@ fn main() {
             for (g, x) in xs.iter().enumerate() {
                 let projs: Vec<QProj> = weights[l][g].iter().map(|w| (w, None)).collect();
                 let start = Instant::now();
-                let ys = if with {
+                let ys = if with && int8 {
+                    let ll = if std::env::var("OPENLORA_HOT").is_ok() {
+                        0
+                    } else {
+                        l
+                    };
+                    let terms: Vec<[Int8Term; 1]> = loras8[ll][g]
+                        .iter()
+                        .map(|h| {
+                            [Int8Term {
+                                lora: h,
+                                coeff: 2.0,
+                            }]
+                        })
+                        .collect();
+                    let segs: Vec<[(std::ops::Range<usize>, &[Int8Term]); 1]> =
+                        terms.iter().map(|t| [(0..1, &t[..])]).collect();
+                    let refs: Vec<&LoraSegs<Int8Term>> = segs.iter().map(|s| &s[..]).collect();
+                    qlinear_lora(x, 1, &projs, &refs)
+                } else if with {
                     let ll = if std::env::var("OPENLORA_HOT").is_ok() {
                         0
                     } else {

@@ -186,32 +186,34 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         })
         .collect();
     let base = args.runtime.engine_config(EngineConfig::default())?;
-    // With adapters read in bf16, the same adapter read in f32 in the same run (the cost saved).
-    let bf16 = base.lora_dtype.resolve(model.weights.has_quantized()) == LoraDtype::BF16;
-    let f32_cfg = EngineConfig {
-        lora_dtype: LoraDtype::F32,
-        ..base.clone()
+    // The adapter read as the config says, and (next to block-quantized weights, where `auto`
+    // picks a compact copy) in the other element types too, in the same run.
+    let dt = base.lora_dtype.resolve(model.weights.has_quantized());
+    let others: Vec<LoraDtype> = match model.weights.has_quantized() {
+        true => [LoraDtype::Int8, LoraDtype::BF16, LoraDtype::F32]
+            .into_iter()
+            .filter(|&d| d != dt)
+            .collect(),
+        false => vec![],
     };
+    let other_cfgs: Vec<EngineConfig> = others
+        .iter()
+        .map(|&d| EngineConfig {
+            lora_dtype: d,
+            ..base.clone()
+        })
+        .collect();
     let mut runs: Vec<Run> = vec![(&base, &[None]), (&base, &adapters[..1])];
-    if bf16 {
-        runs.push((&f32_cfg, &adapters[..1]));
-    }
+    runs.extend(other_cfgs.iter().map(|c| (c, &adapters[..1])));
     runs.push((&base, &adapters));
     decode_interleaved(&model, &runs, 4)?; // warm-up
                                            // Each round steps the runs in turn (see `decode_interleaved`); the ratios are medians of
-                                           // the per-round ratios.
-    let mut rows: Vec<[(f64, f64); 4]> = Vec::new();
+                                           // the per-round ratios. A row: one (wall, cpu) per run, in `runs`' order.
+    let mut rows: Vec<Vec<(f64, f64)>> = Vec::new();
     for _ in 0..args.rounds.max(1) {
-        let mut got = decode_interleaved(&model, &runs, args.tokens)?.into_iter();
-        let mut next = || got.next().expect("one result per run");
-        let (b1, lora) = (next(), next());
-        let f32 = match bf16 {
-            true => next(),
-            false => (f64::NAN, f64::NAN),
-        };
-        rows.push([b1, lora, f32, next()]);
+        rows.push(decode_interleaved(&model, &runs, args.tokens)?);
     }
-    type Row = [(f64, f64); 4];
+    type Row = Vec<(f64, f64)>;
     let med = |f: &dyn Fn(&Row) -> f64| median(rows.iter().map(f).collect());
     let (b1, b1_cpu) = (med(&|r| r[0].0), med(&|r| r[0].1));
     println!(
@@ -223,25 +225,31 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     println!("| run | tokens/s | ratio to batch 1 | tokens per CPU-s | ratio to batch 1 |");
     println!("|---|---|---|---|---|");
     println!("| batch 1, base | {b1:.1} | 1.00 | {b1_cpu:.1} | 1.00 |");
-    let dt = base
-        .lora_dtype
-        .resolve(model.weights.has_quantized())
-        .name();
     let line = |name: String, i: usize| {
         let (v, ratio) = (med(&|r| r[i].0), med(&|r| r[i].0 / r[0].0));
         let (c, c_ratio) = (med(&|r| r[i].1), med(&|r| r[i].1 / r[0].1));
         println!("| {name} | {v:.1} | {ratio:.3} | {c:.1} | {c_ratio:.3} |");
     };
-    line(format!("batch 1, 1 adapter (r={}, {dt})", args.rank), 1);
-    if bf16 {
-        line(format!("batch 1, 1 adapter (r={}, f32)", args.rank), 2);
+    for (i, d) in std::iter::once(dt)
+        .chain(others.iter().copied())
+        .enumerate()
+    {
+        let default = if i == 0 { ", the default" } else { "" };
+        line(
+            format!(
+                "batch 1, 1 adapter (r={}, {}{default})",
+                args.rank,
+                d.name()
+            ),
+            1 + i,
+        );
     }
     line(
         format!(
             "batch {}, {} distinct adapters (r={})",
             args.batch, args.batch, args.rank
         ),
-        3,
+        runs.len() - 1,
     );
     Ok(())
 }

@@ -37,7 +37,8 @@ pub struct RuntimeArgs {
     #[arg(long, env = "OPENLORA_MAX_LORA_RANK")]
     pub max_lora_rank: Option<usize>,
     /// Element type adapters are read in: `auto` (f32 next to float weights — the exact path;
-    /// bf16 next to block-quantized weights: half the bytes per token), `f32` or `bf16`.
+    /// int8 next to block-quantized weights: a quarter of the bytes per token), `f32`, `bf16` or
+    /// `int8`.
     #[arg(long, env = "OPENLORA_LORA_DTYPE")]
     pub lora_dtype: Option<String>,
     /// Device executor only: keep GGUF block-quantized projections quantized on the device and

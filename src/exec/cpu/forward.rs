@@ -5,31 +5,33 @@
 //! another row's values except through attention of its own sequence, so every row's result is
 //! the same alone or batched.
 
-use super::half_slots::HalfAdapter;
 use super::kv_store::KvStore;
+use super::packed_slots::{PackedAdapter, PackedPair};
 use crate::exec::StepPlan;
 use crate::lora::LoraAdapter;
 use crate::model::{LlamaWeights, ModelConfig, Proj, Weight};
 use crate::ops::cpu::quant::{qlinear, qlinear_lora, qlinear_many, QProj};
-use crate::ops::cpu::{self, HalfTerm, LoraSegment, LoraTerm, RopeTable};
+use crate::ops::cpu::{self, HalfLora, Int8Lora, LoraSegment, LoraTerm, RopeTable};
 use std::ops::Range;
 use std::sync::Arc;
 
 /// The step's LoRA segments with their slots resolved to adapters of type `A`.
 pub type Resolved<A> = Vec<(Range<usize>, Vec<(Arc<A>, f32)>)>;
 
-/// The step's LoRA: the f32 adapters as loaded (exact path) or their bf16 copies (the
-/// quantized path, see `half_slots`).
+/// The step's LoRA: the f32 adapters as loaded (exact path) or their bf16 or int8 copies (the
+/// quantized path, see `packed_slots`).
 pub enum ResolvedLora {
     F32(Resolved<LoraAdapter>),
-    Half(Resolved<HalfAdapter>),
+    Bf16(Resolved<PackedAdapter<HalfLora>>),
+    Int8(Resolved<PackedAdapter<Int8Lora>>),
 }
 
 impl ResolvedLora {
     fn is_empty(&self) -> bool {
         match self {
             ResolvedLora::F32(r) => r.is_empty(),
-            ResolvedLora::Half(r) => r.is_empty(),
+            ResolvedLora::Bf16(r) => r.is_empty(),
+            ResolvedLora::Int8(r) => r.is_empty(),
         }
     }
 }
@@ -73,28 +75,58 @@ fn segments(lora: &Resolved<LoraAdapter>, layer: usize, proj: Proj) -> Vec<LoraS
         .collect()
 }
 
-/// [`segments`] for bf16 copies: `(rows, terms)` of the terms whose adapter targets `proj`.
-fn half_segments(
-    lora: &Resolved<HalfAdapter>,
+/// [`segments`] for compact copies: `(rows, terms)` of the terms whose adapter targets `proj`.
+fn packed_segments<P: PackedPair>(
+    lora: &Resolved<PackedAdapter<P>>,
     layer: usize,
     proj: Proj,
-) -> Vec<(Range<usize>, Vec<HalfTerm<'_>>)> {
+) -> Vec<(Range<usize>, Vec<P::Term<'_>>)> {
     lora.iter()
         .filter_map(|(rows, mix)| {
-            let terms: Vec<HalfTerm> = mix
+            let terms: Vec<P::Term<'_>> = mix
                 .iter()
                 .filter_map(|(ad, w)| {
                     ad.layers[layer][proj.index()]
                         .as_ref()
-                        .map(|(lora, scale)| HalfTerm {
-                            lora,
-                            coeff: scale * w,
-                        })
+                        .map(|(lora, scale)| lora.term(scale * w))
                 })
                 .collect();
             (!terms.is_empty()).then(|| (rows.clone(), terms))
         })
         .collect()
+}
+
+/// The quantized projections `ps` of layer `l` with their compact adapters' deltas.
+fn packed_lora<P: PackedPair, const N: usize>(
+    lora: &Resolved<PackedAdapter<P>>,
+    l: usize,
+    ps: [Proj; N],
+    x: &[f32],
+    rows: usize,
+    qs: &[QProj],
+) -> Vec<Vec<f32>> {
+    let segs = ps.map(|p| packed_segments(lora, l, p));
+    let refs = segs.each_ref().map(|s| seg_refs(s));
+    qlinear_lora(x, rows, qs, &refs.each_ref().map(|s| &s[..]))
+}
+
+/// `(rows, terms)` segments as the SGMV kernels take them.
+fn seg_refs<T>(segs: &[(Range<usize>, Vec<T>)]) -> Vec<(Range<usize>, &[T])> {
+    segs.iter().map(|(r, t)| (r.clone(), &t[..])).collect()
+}
+
+/// Adds the deltas of compact adapters to `y` (dense projections).
+fn add_packed<P: PackedPair>(
+    lora: &Resolved<PackedAdapter<P>>,
+    l: usize,
+    p: Proj,
+    x: &[f32],
+    inp: usize,
+    out: usize,
+    y: &mut [f32],
+) {
+    let segs = packed_segments(lora, l, p);
+    cpu::sgmv_pairs(x, inp, &seg_refs(&segs), out, y)
 }
 
 /// Adds the LoRA deltas of projection `p` of layer `l` to `y`.
@@ -109,14 +141,8 @@ fn add_lora(
 ) {
     match lora {
         ResolvedLora::F32(r) => cpu::sgmv(x, inp, &segments(r, l, p), out, y),
-        ResolvedLora::Half(r) => {
-            let segs = half_segments(r, l, p);
-            let refs: Vec<_> = segs
-                .iter()
-                .map(|(rows, t)| (rows.clone(), &t[..]))
-                .collect();
-            cpu::sgmv_pairs(x, inp, &refs, out, y)
-        }
+        ResolvedLora::Bf16(r) => add_packed(r, l, p, x, inp, out, y),
+        ResolvedLora::Int8(r) => add_packed(r, l, p, x, inp, out, y),
     }
 }
 
@@ -171,15 +197,8 @@ impl CpuModel {
                     });
                     qlinear_lora(x, rows, &qs, &segs.each_ref().map(|s| &s[..]))
                 }
-                ResolvedLora::Half(r) => {
-                    let segs = ps.map(|p| half_segments(r, l, p));
-                    let segs = segs.each_ref().map(|s| {
-                        s.iter()
-                            .map(|(r, t)| (r.clone(), &t[..]))
-                            .collect::<Vec<_>>()
-                    });
-                    qlinear_lora(x, rows, &qs, &segs.each_ref().map(|s| &s[..]))
-                }
+                ResolvedLora::Bf16(r) => packed_lora(r, l, ps, x, rows, &qs),
+                ResolvedLora::Int8(r) => packed_lora(r, l, ps, x, rows, &qs),
             }),
             Some(qs) if N > 1 => one(qlinear_many(x, rows, &qs)),
             _ => {

@@ -4,27 +4,36 @@
 //! "uploading" an adapter is the pager filling a slot). Every kernel it runs is batch-invariant.
 
 mod forward;
-mod half_slots;
 mod kv_store;
+mod packed_slots;
 
 pub use forward::CpuModel;
 use forward::ResolvedLora;
-use half_slots::HalfSlots;
 pub use kv_store::KvStore;
+use packed_slots::PackedSlots;
 
 use super::{ExecConfig, Executor, LoraDtype, StepPlan};
 use crate::error::{Error, Result};
 use crate::lora::{AdapterSlot, SlotTable};
 use crate::model::Model;
+use crate::ops::cpu::{HalfLora, Int8Lora};
+use packed_slots::PackedPair;
 use std::sync::Arc;
 
 pub struct CpuExecutor {
     model: CpuModel,
     kv: KvStore,
     slots: Arc<SlotTable>,
-    /// bf16 copies of the slots' adapters when `--lora-dtype` resolves to bf16 (by default: next
-    /// to block-quantized projections; the f32 reference path keeps f32 adapters).
-    half: Option<HalfSlots>,
+    /// Compact copies of the slots' adapters when `--lora-dtype` resolves to bf16 or int8 (by
+    /// default next to block-quantized projections; the f32 reference path keeps f32 adapters).
+    packed: Packed,
+}
+
+/// The slots' adapters as the executor reads them.
+enum Packed {
+    F32,
+    Bf16(PackedSlots<HalfLora>),
+    Int8(PackedSlots<Int8Lora>),
 }
 
 impl CpuExecutor {
@@ -43,8 +52,11 @@ impl CpuExecutor {
             model: CpuModel::new(m.clone(), model.weights.clone()),
             kv,
             slots,
-            half: (cfg.lora_dtype.resolve(model.weights.has_quantized()) == LoraDtype::BF16)
-                .then(HalfSlots::default),
+            packed: match cfg.lora_dtype.resolve(model.weights.has_quantized()) {
+                LoraDtype::BF16 => Packed::Bf16(PackedSlots::default()),
+                LoraDtype::Int8 => Packed::Int8(PackedSlots::default()),
+                _ => Packed::F32,
+            },
         })
     }
 }
@@ -54,9 +66,11 @@ impl Executor for CpuExecutor {
         for c in &plan.block_copies {
             self.kv.copy_block(c.src as usize, c.dst as usize);
         }
-        let lora = match &mut self.half {
-            None => ResolvedLora::F32(resolve(plan, |s| self.slots.get(s).map(|e| e.adapter))?),
-            Some(half) => ResolvedLora::Half(resolve(plan, |s| half.resolve(&self.slots, s))?),
+        let slots = &self.slots;
+        let lora = match &mut self.packed {
+            Packed::F32 => ResolvedLora::F32(resolve(plan, |s| slots.get(s).map(|e| e.adapter))?),
+            Packed::Bf16(p) => ResolvedLora::Bf16(resolve(plan, |s| p.resolve(slots, s))?),
+            Packed::Int8(p) => ResolvedLora::Int8(resolve(plan, |s| p.resolve(slots, s))?),
         };
         // The forward pass runs on a pool worker: its ~10 parallel regions per layer then fork
         // from inside the pool (work stealing) instead of each being injected from outside and
@@ -71,9 +85,10 @@ impl Executor for CpuExecutor {
             rayon::current_num_threads(),
             self.model.weights.bytes() as f64 / (1 << 20) as f64,
             self.model.weights.describe(),
-            match self.half {
-                Some(_) => "bf16",
-                None => "f32",
+            match self.packed {
+                Packed::F32 => "f32",
+                Packed::Bf16(_) => HalfLora::NAME,
+                Packed::Int8(_) => Int8Lora::NAME,
             },
             self.kv.dtype(),
             self.kv.num_blocks,

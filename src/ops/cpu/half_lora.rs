@@ -1,25 +1,17 @@
-//! bf16 LoRA pairs: `A` kept `[rank, in]`, `B` transposed into panels of [`PANEL`] output
-//! columns (`[out/PANEL][rank][PANEL]`), both bf16 — half the bytes of the f32 pair, which is what
-//! a token reads on the quantized path. The shrink is a dot over `in` in 32 lanes; the expand
-//! reads a stretch of columns as one contiguous run of panels, accumulating `Σ_r s_r·B[j, r]` in
-//! rank order per column, then `y[j] += coeff · acc[j]`. Every output element's operations depend
-//! only on its column, so splitting columns across tasks (or a row being alone or batched) never
-//! changes a bit; the AVX2 kernels ([`super::half_lora_x86`]) do each lane's operations of the
-//! scalar code here in the same order, so they are bit-identical to it.
+//! bf16 LoRA pairs: `A` kept `[rank, in]`, `B` in panels of [`PANEL`] output columns (see
+//! [`super::lora_panels`]), both bf16 — half the bytes of the f32 pair. Rounding is to nearest
+//! even. The shrink and expand are `lora_panels`' (bit-identical on every ISA, batch-invariant).
 
+use super::lora_panels::{self, panel_at, to_panels};
 use super::sgmv::LoraPair;
 use half::bf16;
-
-/// Output columns per panel of `B` (one 8-lane f32 vector).
-pub const PANEL: usize = 8;
 
 /// One projection's LoRA pair in bf16.
 #[derive(Debug, Clone)]
 pub struct HalfLora {
     /// `[rank, in]`, bf16 bits.
     pub a: Vec<u16>,
-    /// `B` in panels: element `(j, r)` at `((j / PANEL) · rank + r) · PANEL + j % PANEL`; the last
-    /// panel's columns past `out_dim` are zero.
+    /// `B` in panels ([`lora_panels::panel_at`]), bf16 bits.
     pub bp: Vec<u16>,
     pub rank: usize,
     pub out_dim: usize,
@@ -28,19 +20,12 @@ pub struct HalfLora {
 impl HalfLora {
     /// Rounds (to nearest even) an f32 pair `a: [rank, in]`, `b: [out, rank]`.
     pub fn from_f32(a: &[f32], b: &[f32], rank: usize) -> Self {
-        let out_dim = b.len() / rank;
-        let round = |v: f32| bf16::from_f32(v).to_bits();
-        let mut bp = vec![0u16; out_dim.div_ceil(PANEL) * rank * PANEL];
-        for (j, row) in b.chunks_exact(rank).enumerate() {
-            for (r, &v) in row.iter().enumerate() {
-                bp[panel_at(rank, j, r)] = round(v);
-            }
-        }
+        let round = |v: &f32| bf16::from_f32(*v).to_bits();
         HalfLora {
-            a: a.iter().map(|&v| round(v)).collect(),
-            bp,
+            a: a.iter().map(round).collect(),
+            bp: to_panels(&b.iter().map(round).collect::<Vec<_>>(), rank),
             rank,
-            out_dim,
+            out_dim: b.len() / rank,
         }
     }
 
@@ -49,68 +34,8 @@ impl HalfLora {
     }
 
     /// `B[j, r]` as bf16 bits.
-    #[inline(always)]
     pub fn b_at(&self, j: usize, r: usize) -> u16 {
         self.bp[panel_at(self.rank, j, r)]
-    }
-}
-
-/// Index of `B[j, r]` in the panel layout.
-#[inline(always)]
-fn panel_at(rank: usize, j: usize, r: usize) -> usize {
-    ((j / PANEL) * rank + r) * PANEL + j % PANEL
-}
-
-#[inline(always)]
-pub(crate) fn widen(h: u16) -> f32 {
-    f32::from_bits((h as u32) << 16)
-}
-
-/// Lanes of [`dot_bf16`]: four independent 8-wide FMA chains (one would wait on its own latency).
-pub(crate) const DOT_LANES: usize = 32;
-
-/// `Σ x[i]·a[i]` in [`DOT_LANES`] lanes with a fixed (pairwise) reduction order: the reference
-/// of the SIMD shrink.
-#[cfg_attr(target_feature = "avx2", allow(dead_code))] // the SIMD shrink's test oracle there
-pub(crate) fn dot_bf16(x: &[f32], a: &[u16]) -> f32 {
-    let (xc, ac) = (x.chunks_exact(DOT_LANES), a.chunks_exact(DOT_LANES));
-    let mut tail = 0f32;
-    for (&xv, &av) in xc.remainder().iter().zip(ac.remainder()) {
-        tail = xv.mul_add(widen(av), tail);
-    }
-    let mut acc = [0f32; DOT_LANES];
-    for (xs, avs) in xc.zip(ac) {
-        for i in 0..DOT_LANES {
-            acc[i] = xs[i].mul_add(widen(avs[i]), acc[i]);
-        }
-    }
-    let mut w = DOT_LANES;
-    while w > 1 {
-        w /= 2;
-        for i in 0..w {
-            acc[i] += acc[i + w];
-        }
-    }
-    acc[0] + tail
-}
-
-/// The reference shrink: `out[r] = dot_bf16(x, A[r])`.
-#[cfg_attr(target_feature = "avx2", allow(dead_code))]
-pub(crate) fn shrink_scalar(h: &HalfLora, x: &[f32], out: &mut [f32]) {
-    for (o, ar) in out.iter_mut().zip(h.a.chunks_exact(x.len())) {
-        *o = dot_bf16(x, ar);
-    }
-}
-
-/// The reference expand over columns `j0..j0 + y.len()`: per column `acc = Σ_r s_r·B[j, r]` (one
-/// FMA per rank, in rank order, from 0), then `y[j] = coeff·acc + y[j]` (one FMA).
-pub(crate) fn expand_scalar(h: &HalfLora, coeff: f32, s: &[f32], j0: usize, y: &mut [f32]) {
-    for (j, o) in (j0..).zip(y.iter_mut()) {
-        let mut acc = 0f32;
-        for (r, &sr) in s.iter().enumerate() {
-            acc = sr.mul_add(widen(h.b_at(j, r)), acc);
-        }
-        *o = coeff.mul_add(acc, *o);
     }
 }
 
@@ -128,44 +53,21 @@ impl LoraPair for HalfTerm<'_> {
 
     fn shrink(&self, x: &[f32], out: &mut [f32]) {
         debug_assert_eq!(self.lora.a.len(), self.lora.rank * x.len());
-        debug_assert_eq!(out.len(), self.lora.rank);
-        #[cfg(all(
-            target_arch = "x86_64",
-            target_feature = "avx2",
-            target_feature = "fma"
-        ))]
-        // SAFETY: AVX2 + FMA are compile-time features of this build; `A` is `[rank, x.len()]`
-        // and `out` has `rank` elements (asserted inside).
-        unsafe {
-            super::half_lora_x86::shrink(self.lora, x, out)
+        for (o, ar) in out.iter_mut().zip(self.lora.a.chunks_exact(x.len())) {
+            *o = lora_panels::dot(x, ar);
         }
-        #[cfg(not(all(
-            target_arch = "x86_64",
-            target_feature = "avx2",
-            target_feature = "fma"
-        )))]
-        shrink_scalar(self.lora, x, out)
     }
 
     fn expand(&self, s: &[f32], j0: usize, y: &mut [f32]) {
         debug_assert!(j0 + y.len() <= self.lora.out_dim);
-        #[cfg(all(
-            target_arch = "x86_64",
-            target_feature = "avx2",
-            target_feature = "fma"
-        ))]
-        // SAFETY: as in `shrink`; the columns `j0..j0 + y.len()` lie within `out_dim` (asserted
-        // inside), so every panel read is inside `bp`.
-        unsafe {
-            super::half_lora_x86::expand(self.lora, self.coeff, s, j0, y)
-        }
-        #[cfg(not(all(
-            target_arch = "x86_64",
-            target_feature = "avx2",
-            target_feature = "fma"
-        )))]
-        expand_scalar(self.lora, self.coeff, s, j0, y)
+        lora_panels::expand(&self.lora.bp, self.coeff, s, j0, y)
     }
+}
+
+/// bf16 bits as f32 (tests).
+#[cfg(test)]
+fn widen(h: u16) -> f32 {
+    super::lora_panels::PanelElem::to_f32(h)
 }
 
 #[cfg(test)]

@@ -91,9 +91,9 @@ mod tests {
     use super::super::qlinear::tests::{bits_eq, data, rng};
     use super::super::{qlinear, ActPrecision, QMatrix};
     use super::*;
-    use crate::ops::cpu::{sgmv_pairs, HalfLora, HalfTerm, LoraTerm};
+    use crate::ops::cpu::{sgmv_pairs, HalfLora, HalfTerm, Int8Lora, Int8Term, LoraTerm};
 
-    /// Fused == `qlinear` then `sgmv_pairs`, bit for bit: f32 and bf16 terms, mixed ranks and
+    /// Fused == `qlinear` then `sgmv_pairs`, bit for bit: f32, bf16 and int8 terms, mixed ranks and
     /// two-term mixes, rows without an adapter, int8 and int16 activations, decode and prefill
     /// sizes, 1 and 3 threads; and a row alone equals the row batched.
     #[test]
@@ -121,7 +121,7 @@ mod tests {
             .enumerate()
             .map(|(i, w)| (w, (i == 1).then_some(bias.as_slice())))
             .collect();
-        // Two adapters per projection (ranks 8 and 3), f32 and their bf16 copies.
+        // Two adapters per projection (ranks 8 and 3), f32 and their bf16 and int8 copies.
         let pairs: Vec<Vec<(Vec<f32>, Vec<f32>, usize)>> = ws
             .iter()
             .map(|w| {
@@ -136,6 +136,14 @@ mod tests {
             .map(|ps| {
                 ps.iter()
                     .map(|(a, b, r)| HalfLora::from_f32(a, b, *r))
+                    .collect()
+            })
+            .collect();
+        let int8s: Vec<Vec<Int8Lora>> = pairs
+            .iter()
+            .map(|ps| {
+                ps.iter()
+                    .map(|(a, b, r)| Int8Lora::from_f32(a, b, *r))
                     .collect()
             })
             .collect();
@@ -165,6 +173,16 @@ mod tests {
                     [vec![t(0, 2.0)], vec![t(0, 0.7), t(1, 0.3)]]
                 })
                 .collect();
+            let int8_terms: Vec<[Vec<Int8Term>; 2]> = int8s
+                .iter()
+                .map(|hs| {
+                    let t = |i: usize, c: f32| Int8Term {
+                        lora: &hs[i],
+                        coeff: c,
+                    };
+                    [vec![t(0, 2.0)], vec![t(0, 0.7), t(1, 0.3)]]
+                })
+                .collect();
             for threads in [1, 3] {
                 let pool = rayon::ThreadPoolBuilder::new()
                     .num_threads(threads)
@@ -173,6 +191,7 @@ mod tests {
                 pool.install(|| {
                     check(&x, m, &projs, &f32_terms, mid, seed);
                     check(&x, m, &projs, &half_terms, mid, seed);
+                    check(&x, m, &projs, &int8_terms, mid, seed);
                 });
             }
         }

@@ -1,51 +1,97 @@
-//! The CPU executor's bf16 copies of the adapters in the slot table, read by the quantized path
-//! instead of the f32 weights (half the bytes per token). A slot's copy is made when the slot's
-//! generation changes — the pager filled it with another adapter — never per step: it is this
-//! executor's "upload". The f32 adapter (the pager's host copy) is never modified.
+//! The CPU executor's compact copies (bf16 or int8) of the adapters in the slot table, read by the
+//! quantized path instead of the f32 weights (a half or a quarter of the bytes per token). A
+//! slot's copy is made when the slot's generation changes — the pager filled it with another
+//! adapter — never per step: it is this executor's "upload". The f32 adapter (the pager's host
+//! copy) is never modified.
 
 use crate::lora::{AdapterSlot, LoraAdapter, SlotTable};
-use crate::ops::cpu::HalfLora;
+use crate::ops::cpu::{HalfLora, HalfTerm, Int8Lora, Int8Term, LoraPair};
 use std::sync::Arc;
 
-/// One adapter's pairs in bf16: `layers[l][proj] = (pair, scale)`.
-pub struct HalfAdapter {
-    pub layers: Vec<[Option<(HalfLora, f32)>; 7]>,
+/// A compact storage of one projection's LoRA pair, made from the f32 pair.
+pub trait PackedPair: Send + Sync + Sized + 'static {
+    /// The pair with a segment's coefficient, as the SGMV kernels take it.
+    type Term<'a>: LoraPair + Copy;
+    /// `--lora-dtype`'s name of this storage.
+    const NAME: &'static str;
+    /// From `a: [rank, in]`, `b: [out, rank]`.
+    fn pack(a: &[f32], b: &[f32], rank: usize) -> Self;
+    fn term(&self, coeff: f32) -> Self::Term<'_>;
 }
 
-impl HalfAdapter {
+impl PackedPair for HalfLora {
+    type Term<'a> = HalfTerm<'a>;
+    const NAME: &'static str = "bf16";
+    fn pack(a: &[f32], b: &[f32], rank: usize) -> Self {
+        HalfLora::from_f32(a, b, rank)
+    }
+    fn term(&self, coeff: f32) -> HalfTerm<'_> {
+        HalfTerm { lora: self, coeff }
+    }
+}
+
+impl PackedPair for Int8Lora {
+    type Term<'a> = Int8Term<'a>;
+    const NAME: &'static str = "int8";
+    fn pack(a: &[f32], b: &[f32], rank: usize) -> Self {
+        Int8Lora::from_f32(a, b, rank)
+    }
+    fn term(&self, coeff: f32) -> Int8Term<'_> {
+        Int8Term { lora: self, coeff }
+    }
+}
+
+/// One adapter's pairs in storage `P`: `layers[l][proj] = (pair, scale)`.
+pub struct PackedAdapter<P> {
+    pub layers: Vec<[Option<(P, f32)>; 7]>,
+}
+
+impl<P: PackedPair> PackedAdapter<P> {
     pub fn from_adapter(a: &LoraAdapter) -> Self {
         let layers = a
             .layers
             .iter()
             .map(|row| {
                 row.clone()
-                    .map(|w| w.map(|w| (HalfLora::from_f32(&w.a, &w.b, w.rank), w.scale)))
+                    .map(|w| w.map(|w| (P::pack(&w.a, &w.b, w.rank), w.scale)))
             })
             .collect();
-        HalfAdapter { layers }
+        PackedAdapter { layers }
     }
 }
 
 /// Per slot: the generation the copy was made from, and the copy.
-#[derive(Default)]
-pub struct HalfSlots {
-    slots: Vec<Option<(u64, Arc<HalfAdapter>)>>,
+pub struct PackedSlots<P> {
+    slots: Vec<Option<(u64, Arc<PackedAdapter<P>>)>>,
     /// Copies made so far (each a page-in seen by this executor).
     pub conversions: u64,
 }
 
-impl HalfSlots {
-    /// The bf16 copy of `slot`'s occupant, made now if the occupant changed; `None` if empty.
-    pub fn resolve(&mut self, table: &SlotTable, slot: AdapterSlot) -> Option<Arc<HalfAdapter>> {
+impl<P> Default for PackedSlots<P> {
+    fn default() -> Self {
+        PackedSlots {
+            slots: Vec::new(),
+            conversions: 0,
+        }
+    }
+}
+
+impl<P: PackedPair> PackedSlots<P> {
+    /// The copy of `slot`'s occupant, made now if the occupant changed; `None` if empty.
+    pub fn resolve(
+        &mut self,
+        table: &SlotTable,
+        slot: AdapterSlot,
+    ) -> Option<Arc<PackedAdapter<P>>> {
         let entry = table.get(slot)?;
         let i = slot.0 as usize;
         if self.slots.len() <= i {
-            self.slots.resize(i + 1, None);
+            self.slots.resize_with(i + 1, || None);
         }
         match &self.slots[i] {
             Some((g, h)) if *g == entry.generation => Some(h.clone()),
             _ => {
-                let h = Arc::new(HalfAdapter::from_adapter(&entry.adapter));
+                let h = Arc::new(PackedAdapter::from_adapter(&entry.adapter));
                 self.conversions += 1;
                 self.slots[i] = Some((entry.generation, h.clone()));
                 Some(h)
@@ -77,7 +123,7 @@ mod tests {
             Arc::new(random_adapter("b", &cfg, 4, 2)),
         );
         let table = SlotTable::new(2);
-        let mut half = HalfSlots::default();
+        let mut half = PackedSlots::<HalfLora>::default();
         assert!(half.resolve(&table, AdapterSlot(0)).is_none());
         table.fill(AdapterSlot(0), a.clone());
         let first = half.resolve(&table, AdapterSlot(0)).unwrap();
