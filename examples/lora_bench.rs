@@ -143,7 +143,8 @@ fn main() {
         );
         return;
     }
-    // One decode step's projections; `t[g]` gets each group's time.
+    // One decode step's projections; `t[g]` gets each group's time. Run on a pool worker (as
+    // the CPU executor runs its forward pass), so the regions fork from inside the pool.
     let step = |with: bool, t: &mut [f64; 4]| {
         for l in 0..LAYERS {
             for (g, x) in xs.iter().enumerate() {
@@ -201,10 +202,10 @@ fn main() {
     let only = std::env::var("OPENLORA_ONLY").unwrap_or_default();
     for _ in 0..steps {
         if only != "lora" {
-            step(false, &mut base);
+            rayon::scope(|_| step(false, &mut base));
         }
         if only != "base" {
-            step(true, &mut with);
+            rayon::scope(|_| step(true, &mut with));
         }
     }
     let bytes: usize = loras.iter().flatten().flatten().map(HalfLora::bytes).sum();

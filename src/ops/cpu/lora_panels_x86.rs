@@ -122,20 +122,16 @@ mod tests {
             let b: Vec<f32> = (0..out * rank).map(|i| f(i, 13)).collect();
             let x: Vec<f32> = (0..k).map(|i| f(i, 3)).collect();
             let s: Vec<f32> = (0..rank).map(|i| f(i, 19)).collect();
-            check(
-                &x,
-                &a.iter().map(|&v| bf16(v)).collect::<Vec<_>>(),
-                &s,
-                out,
-                { &to_panels(&b.iter().map(|&v| bf16(v)).collect::<Vec<_>>(), rank) },
+            let (ah, bh): (Vec<u16>, Vec<u16>) = (
+                a.iter().map(|&v| bf16(v)).collect(),
+                b.iter().map(|&v| bf16(v)).collect(),
             );
-            check(
-                &x,
-                &a.iter().map(|&v| int8(v)).collect::<Vec<_>>(),
-                &s,
-                out,
-                { &to_panels(&b.iter().map(|&v| int8(v)).collect::<Vec<_>>(), rank) },
+            check(&x, &ah, &s, out, &to_panels(&bh, rank));
+            let (a8, b8): (Vec<i8>, Vec<i8>) = (
+                a.iter().map(|&v| int8(v)).collect(),
+                b.iter().map(|&v| int8(v)).collect(),
             );
+            check(&x, &a8, &s, out, &to_panels(&b8, rank));
         }
     }
 

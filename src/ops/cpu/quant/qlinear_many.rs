@@ -40,7 +40,7 @@ where
         .iter()
         .map(|(w, _)| vec![0f32; m * w.rows()])
         .collect();
-    if m >= ROW_BLOCK || (projs.len() < 2 && side.is_empty()) {
+    if m >= ROW_BLOCK || (projs.len() < 2 && side.is_empty() && std::env::var("FUSED").is_err()) {
         // Prefill: each product is big enough to fill the pool on its own.
         side.into_par_iter().for_each(|job| job());
         for ((w, b), y) in projs.iter().zip(&mut ys) {
@@ -88,35 +88,54 @@ where
     // epilogue on its stretch of every output row.
     let rows: usize = projs.iter().map(|(w, _)| w.rows()).sum();
     let per_task = task_rows(rows);
-    // Side jobs first, so they start while the products are dealt out.
-    let mut tasks: Vec<Task<F>> = side.into_iter().map(Task::Side).collect();
+    // Every product task's stretches, task after task: one per output row (`m`), all in one
+    // buffer so that dealing out costs no allocation per task.
+    let mut parts: Vec<&mut [f32]> = Vec::new();
+    let mut heads: Vec<(usize, usize)> = Vec::new();
     for (p, ((w, _), y)) in projs.iter().zip(&mut ys).enumerate() {
         let n = w.rows();
-        let mut stretches: Vec<Vec<&mut [f32]>> = Vec::new();
-        for row in y.chunks_exact_mut(n) {
-            for (t, part) in row.chunks_mut(per_task).enumerate() {
-                if stretches.len() <= t {
-                    stretches.push(Vec::with_capacity(m));
-                }
-                stretches[t].push(part);
-            }
-        }
-        for (t, outs) in stretches.into_iter().enumerate() {
-            tasks.push(Task::Product(p, t * per_task, outs));
+        let mut rows_of: Vec<_> = y
+            .chunks_exact_mut(n)
+            .map(|r| r.chunks_mut(per_task))
+            .collect();
+        for j0 in (0..n).step_by(per_task) {
+            parts.extend(
+                rows_of
+                    .iter_mut()
+                    .map(|r| r.next().expect("a stretch per task")),
+            );
+            heads.push((p, j0));
         }
     }
+    // Side jobs first, so they start while the products are dealt out.
+    let mut tasks: Vec<Task<F>> = side.into_iter().map(Task::Side).collect();
+    tasks.extend(
+        heads
+            .into_iter()
+            .zip(parts.chunks_mut(m))
+            .map(|((p, j0), outs)| Task::Product(p, j0, outs)),
+    );
     tasks.into_par_iter().for_each(|task| match task {
         Task::Side(job) => job(),
-        Task::Product(p, j0, mut outs) => {
+        Task::Product(p, j0, outs) => {
             let (w, bias) = projs[p];
             let acts = &acts[which[p]];
             let (planes, len) = (acts.planes(), outs[0].len());
             let am = m * planes;
-            let mut yt = vec![0f32; am * len];
+            // The transposed products: on the stack at decode sizes.
+            let mut stack = [0f32; 512];
+            let mut heap;
+            let yt: &mut [f32] = match am * len <= stack.len() {
+                true => &mut stack[..am * len],
+                false => {
+                    heap = vec![0f32; am * len];
+                    &mut heap
+                }
+            };
             let b = Block {
                 is: 0..am,
                 js: j0..j0 + len,
-                out: &mut yt,
+                out: yt,
                 si: 1,
                 sj: am,
             };
@@ -147,9 +166,9 @@ type Epilogue = fn(usize, usize, usize, &mut [f32]);
 
 /// One task of the region: a side job, or weight rows `j0..` of projection `p`, written into
 /// that stretch of every output row.
-enum Task<'a, F> {
+enum Task<'a, 'b, F> {
     Side(F),
-    Product(usize, usize, Vec<&'a mut [f32]>),
+    Product(usize, usize, &'b mut [&'a mut [f32]]),
 }
 
 #[cfg(test)]
