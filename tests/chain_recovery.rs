@@ -3,6 +3,7 @@
 //! last deposit reading to pass `--deposit-max-staleness-secs` (calls get 503); once anvil is
 //! restarted, calls are admitted again within a few seconds (the worker probes the RPC while it
 //! backs off and re-reads deposits on recovery), and everything settles with the books balanced.
+//! And a chain that comes back without batches the server recorded settled gets them again.
 
 mod metering_common;
 use metering_common::*;
@@ -85,6 +86,94 @@ async fn admissions_return_within_seconds_of_the_chain() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eprintln!("admitted again {:?} after anvil restarted", back.elapsed());
+    let store = wait_settled(&setup.ledger(), Duration::from_secs(60));
+    assert_eq!(store.all_amounts().unwrap().len(), served);
+    check_books(&chain, &store, &deposits).await;
+    drop(server);
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+/// A chain that comes back without a transaction whose receipt the server recorded (anvil
+/// restarted from a state dumped before the batches landed, as a node restored from an older
+/// snapshot or a reorg would): once the chain answers again, the worker re-checks the batches it
+/// recorded settled before the outage, finds them missing, puts them back to `pending` and
+/// resubmits them, so the chain's balances end equal to the ledger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settled_batches_the_restarted_chain_lost_are_resubmitted() {
+    let work = prepared_dir("recovery-lost", &[5, 6, 7, 8, 9]);
+    let deposits = [1_000_000_000_000_000_000u128];
+    let state = work.join("anvil-state.json");
+    let mut chain = Chain::start(Some(state.clone()), &deposits).await;
+    // The state with the contracts and the deposit, before any batch.
+    chain.stop();
+    let before = work.join("anvil-state-before.json");
+    std::fs::copy(&state, &before).unwrap();
+    chain.restart();
+    let setup = ServerSetup::for_chain(&work, &chain, 1, 2);
+    let server = setup.spawn();
+    let (http, url) = (reqwest::Client::new(), server.url(""));
+    let mut served = 0;
+    for i in 0..4 {
+        let (status, body) = complete(
+            &http,
+            &url,
+            &api_key(0),
+            ADAPTERS[i % 5],
+            &prompt_for(i),
+            3,
+            false,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        served += 1;
+    }
+    let store = wait_settled(&setup.ledger(), Duration::from_secs(60));
+    let landed = store.all_batches().unwrap();
+    assert!(
+        !landed.is_empty() && landed.iter().all(|b| b.settled.is_some()),
+        "batches landed before the outage"
+    );
+    // The chain goes down, and comes back from the older state: those batches are gone.
+    chain.stop();
+    std::fs::copy(&before, &state).unwrap();
+    // A call while it is down makes the worker meet the outage.
+    let (status, body) = complete(
+        &http,
+        &url,
+        &api_key(0),
+        ADAPTERS[0],
+        &prompt_for(9),
+        3,
+        false,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    served += 1;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    chain.restart();
+    for b in &landed {
+        assert!(
+            !chain.admin.batch_settled(b.id.0).await.unwrap(),
+            "the restarted chain does not have {:?}",
+            b.id
+        );
+    }
+    // Resubmitted: every batch on chain again, and the books balance.
+    let start = Instant::now();
+    loop {
+        let mut all = true;
+        for b in &landed {
+            all &= chain.admin.batch_settled(b.id.0).await.unwrap();
+        }
+        if all {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "lost batches not resubmitted"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let store = wait_settled(&setup.ledger(), Duration::from_secs(60));
     assert_eq!(store.all_amounts().unwrap().len(), served);
     check_books(&chain, &store, &deposits).await;

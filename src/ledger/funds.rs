@@ -145,6 +145,13 @@ impl Funds {
         *u = u.saturating_sub(debit);
     }
 
+    /// A batch recorded as landed turned out not to be on chain: its debit of `payer` is owed
+    /// again (the escrow is re-read from chain after the outage that revealed it).
+    pub fn reopened(&self, payer: Address, debit: U256) {
+        let mut g = self.lock();
+        *g.unsettled.entry(payer).or_default() += debit;
+    }
+
     /// An unsettleable record of `payer` worth `amount` was written off: no longer owed.
     pub fn written_off(&self, payer: Address, amount: U256) {
         let mut g = self.lock();

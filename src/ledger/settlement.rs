@@ -21,7 +21,11 @@
 //!   re-checked, so one bad record never blocks later batches; an unsettleable record is
 //!   re-simulated at every deposit refresh and ends retried (once it would settle) or written off
 //!   (after `write_off_after`), never both;
-//! - nonces come from the node's pending count for every transaction (see `chain::Settler`).
+//! - nonces come from the node's pending count for every transaction (see `chain::Settler`);
+//! - after the chain was unreachable, the batches recorded settled in the [`RECHECK_WINDOW`]
+//!   before the outage are asked again (`batchSettled`): a node restarted from an older state
+//!   (or a reorg) may have lost a transaction whose receipt we recorded; such a batch goes back
+//!   to `pending` (its debits unsettled again) and is resubmitted with the same id.
 
 use super::bisect::{blames_records, build_batch, split_settleable, to_chain};
 use super::funds::Funds;
@@ -62,6 +66,8 @@ pub struct SettlementWorker {
     cfg: SettleConfig,
     metrics: Arc<Metrics>,
     last_refresh: Option<Instant>,
+    /// Set by a transport error: re-check the batches settled since this unix time.
+    recheck_from: Option<u64>,
 }
 
 /// Stops the worker task when dropped.
@@ -78,6 +84,9 @@ pub type Amounts = Vec<(Address, U256)>;
 
 /// How often the RPC is probed while the worker backs off after an error.
 const RECOVERY_PROBE: Duration = Duration::from_secs(1);
+
+/// How far before an outage settled batches are re-checked once the chain answers again.
+pub const RECHECK_WINDOW: Duration = Duration::from_secs(120);
 
 pub fn batch_id(operator: Address, leaves: &[B256]) -> BatchId {
     let mut bytes = b"openlora.batch".to_vec();
@@ -143,6 +152,7 @@ impl SettlementWorker {
             cfg,
             metrics,
             last_refresh: None,
+            recheck_from: None,
         }
     }
 
@@ -185,6 +195,8 @@ impl SettlementWorker {
             tokio::time::sleep(backoff).await;
             return next;
         }
+        let from = unix_now().saturating_sub(RECHECK_WINDOW.as_secs());
+        self.recheck_from = Some(self.recheck_from.map_or(from, |t| t.min(from)));
         if self.wait_for_rpc(backoff).await {
             tracing::info!("the chain answers again; re-reading deposits");
             self.last_refresh = None;
@@ -223,6 +235,10 @@ impl SettlementWorker {
     /// outage), maybe settle a new batch.
     async fn tick(&mut self) -> Result<bool> {
         let mut worked = false;
+        if let Some(from) = self.recheck_from {
+            self.recheck_settled(from).await?;
+            self.recheck_from = None;
+        }
         for b in self.store.pending_batches()? {
             self.settle(b).await?;
             worked = true;
@@ -421,6 +437,28 @@ impl SettlementWorker {
             Err(e) if blames_records(&e) => self.dissolve(&b, &e).await,
             Err(e) => Err(chain_err(e)),
         }
+    }
+
+    /// Puts back to `pending` every batch recorded settled since `from` that the chain does not
+    /// have (see the module header); the next round resubmits it.
+    async fn recheck_settled(&self, from: u64) -> Result<()> {
+        for b in self.store.settled_since(from)? {
+            if self
+                .settler
+                .batch_settled(b.id.0)
+                .await
+                .map_err(chain_err)?
+            {
+                continue;
+            }
+            tracing::warn!(batch = %b.id.0, "a settled batch is not on chain any more; resubmitting it");
+            let id = b.id;
+            self.writer.write(move |s| s.reopen_batch(id)).await?;
+            for (payer, debit) in &b.debits {
+                self.funds.reopened(*payer, *debit);
+            }
+        }
+        Ok(())
     }
 
     /// The batch is on chain but not recorded: find its transaction and record it.

@@ -465,6 +465,24 @@ impl Store {
             .collect()
     }
 
+    /// Batches recorded settled at or after unix time `from`.
+    pub fn settled_since(&self, from: u64) -> Result<Vec<StoredBatch>> {
+        self.batches_where(
+            "status = 'settled' AND settled_at >= CAST(?1 AS INTEGER)",
+            Some(from.to_string()),
+        )
+    }
+
+    /// A settled batch the chain does not have: back to `pending`, its transaction forgotten.
+    pub fn reopen_batch(&self, id: BatchId) -> Result<()> {
+        self.conn().execute(
+            "UPDATE batches SET status = 'pending', tx_hash = NULL, block_number = NULL,
+             gas_used = NULL, settled_at = NULL WHERE batch_id = ?1 AND status = 'settled'",
+            params![id.0.to_string()],
+        )?;
+        Ok(())
+    }
+
     pub fn pending_batches(&self) -> Result<Vec<StoredBatch>> {
         self.batches_where("status = 'pending'", None)
     }
