@@ -1,7 +1,8 @@
 //! CPU micro-benchmark of decode's LoRA cost at batch 1: SmolLM2-135M's projections (30 layers
 //! of q/k/v 576→576/192/192, o 576→576, gate/up 576→1536, down 1536→576, Q4_1 packed) run group
 //! after group as a decode step does, reading every layer's weights from memory, with no adapter
-//! and with one rank-`OPENLORA_RANK` (16) bf16 adapter on all seven projections; the two are
+//! and with one rank-`OPENLORA_RANK` (16) bf16 adapter (`OPENLORA_LORA=int8`: int8) on all seven
+//! projections; the two are
 //! stepped in turn, so the machine's swings hit both alike. Prints µs per step per group and the
 //! adapter's ratio. Activations default to int16 (`OPENLORA_ACTS=int8` to change).
 //!
@@ -78,6 +79,7 @@ fn main() {
         loras.push(ls);
     }
     let int8 = std::env::var("OPENLORA_LORA").as_deref() == Ok("int8");
+    let hot = std::env::var("OPENLORA_HOT").is_ok();
     let loras8: Vec<Vec<Vec<Int8Lora>>> = loras
         .iter()
         .map(|l| {
@@ -102,27 +104,32 @@ fn main() {
         .collect();
     let xs: Vec<Vec<f32>> = GROUPS.iter().map(|(k, _)| data(*k, 7)).collect();
     if std::env::var("OPENLORA_RAW").is_ok() {
-        use openlora::ops::cpu::LoraPair;
         let stretch: usize = env("OPENLORA_STRETCH", 56);
         let (mut ts, mut te) = (0f64, 0f64);
         let mut sh = vec![0f32; rank];
         for _ in 0..steps {
             for l in 0..LAYERS {
                 for (g, x) in xs.iter().enumerate() {
-                    for h in &loras[l][g] {
-                        let t = HalfTerm {
-                            lora: h,
-                            coeff: 2.0,
+                    let n = loras[l][g].len();
+                    for h in 0..n {
+                        let (half, q8) = (&loras[l][g][h], &loras8[l][g][h]);
+                        let out_dim = half.out_dim;
+                        let (ht, qt) = (
+                            HalfTerm {
+                                lora: half,
+                                coeff: 2.0,
+                            },
+                            Int8Term {
+                                lora: q8,
+                                coeff: 2.0,
+                            },
+                        );
+                        let mut y = vec![0f32; out_dim];
+                        let (a, b) = match int8 {
+                            true => raw(&qt, x, &mut sh, &mut y, stretch),
+                            false => raw(&ht, x, &mut sh, &mut y, stretch),
                         };
-                        let s0 = Instant::now();
-                        t.shrink(x, &mut sh);
-                        ts += s0.elapsed().as_secs_f64();
-                        let mut y = vec![0f32; h.out_dim];
-                        let s0 = Instant::now();
-                        for (c, ys) in y.chunks_mut(stretch).enumerate() {
-                            t.expand(&sh, c * stretch, ys);
-                        }
-                        te += s0.elapsed().as_secs_f64();
+                        (ts, te) = (ts + a, te + b);
                         std::hint::black_box(&y);
                     }
                 }
@@ -151,11 +158,7 @@ fn main() {
                 let projs: Vec<QProj> = weights[l][g].iter().map(|w| (w, None)).collect();
                 let start = Instant::now();
                 let ys = if with && int8 {
-                    let ll = if std::env::var("OPENLORA_HOT").is_ok() {
-                        0
-                    } else {
-                        l
-                    };
+                    let ll = if hot { 0 } else { l };
                     let terms: Vec<[Int8Term; 1]> = loras8[ll][g]
                         .iter()
                         .map(|h| {
@@ -170,11 +173,7 @@ fn main() {
                     let refs: Vec<&LoraSegs<Int8Term>> = segs.iter().map(|s| &s[..]).collect();
                     qlinear_lora(x, 1, &projs, &refs)
                 } else if with {
-                    let ll = if std::env::var("OPENLORA_HOT").is_ok() {
-                        0
-                    } else {
-                        l
-                    };
+                    let ll = if hot { 0 } else { l };
                     let terms: Vec<[HalfTerm; 1]> = loras[ll][g]
                         .iter()
                         .map(|h| {
@@ -230,4 +229,22 @@ fn main() {
         (w - b) / steps as f64 * 1e6,
         (w / b - 1.0) * 100.0
     );
+}
+
+/// One term's shrink, then its expand in stretches of `stretch` columns: the seconds each took.
+fn raw<T: openlora::ops::cpu::LoraPair>(
+    t: &T,
+    x: &[f32],
+    sh: &mut [f32],
+    y: &mut [f32],
+    stretch: usize,
+) -> (f64, f64) {
+    let s0 = Instant::now();
+    t.shrink(x, sh);
+    let ts = s0.elapsed().as_secs_f64();
+    let s0 = Instant::now();
+    for (c, ys) in y.chunks_mut(stretch).enumerate() {
+        t.expand(sh, c * stretch, ys);
+    }
+    (ts, s0.elapsed().as_secs_f64())
 }

@@ -57,15 +57,45 @@ fn residual(x: &[f32], q: &[i8], d: &[f32], bl: usize) -> Vec<f32> {
 pub(crate) type Q8Row<'a> = QRow<'a, f32>;
 pub(crate) type Q8KRow<'a> = QRow<'a, i16>;
 
+/// `v.round()` (to nearest, halves away from zero), bit for bit, without the libm call that
+/// `f32::round` becomes on x86-64 (no rounding mode of the hardware's rounds halves away):
+/// `trunc` is one instruction, `v - trunc(v)` is exact, and a loop of these vectorizes.
+#[inline(always)]
+pub(crate) fn round_away(v: f32) -> f32 {
+    let t = v.trunc();
+    match (v - t).abs() >= 0.5 {
+        true => t + 1f32.copysign(v),
+        false => t,
+    }
+}
+
+/// `max |x_i|` (0 for an empty slice; NaNs ignored, as `f32::max` does). A maximum does not round,
+/// so eight independent lanes give the bits of the sequential fold, which waited on one `maxss`
+/// chain per value.
+#[inline(always)]
+pub(crate) fn amax(x: &[f32]) -> f32 {
+    let mut m = [0f32; 8];
+    let chunks = x.chunks_exact(8);
+    for &v in chunks.remainder() {
+        m[0] = m[0].max(v.abs());
+    }
+    for c in chunks {
+        for (m, v) in m.iter_mut().zip(c) {
+            *m = m.max(v.abs());
+        }
+    }
+    m.iter().fold(0f32, |a, &b| a.max(b))
+}
+
 /// Quantizes one block like ggml's `quantize_row_q8_1` (scale `amax / 127`, round to nearest),
 /// keeping the scale and the sum in f32; returns the scale and the integer sum of `q`.
 fn q8_block(x: &[f32], q: &mut [i8], sum: &mut [f32]) -> (f32, i32) {
-    let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let amax = amax(x);
     let d = amax / 127.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     let mut total = 0i32;
     for (q, &v) in q.iter_mut().zip(x) {
-        *q = (v * id).round() as i8;
+        *q = round_away(v * id) as i8;
         total += *q as i32;
     }
     sum[0] = d * total as f32;
@@ -75,13 +105,9 @@ fn q8_block(x: &[f32], q: &mut [i8], sum: &mut [f32]) -> (f32, i32) {
 /// Quantizes one super-block like ggml's `quantize_row_q8_K` (scale from the signed maximum);
 /// returns the scale and the integer sum of `q`.
 fn q8k_block(x: &[f32], q: &mut [i8], bsums: &mut [i16]) -> (f32, i32) {
-    let (mut max, mut amax) = (0f32, 0f32);
-    for &v in x {
-        if amax < v.abs() {
-            amax = v.abs();
-            max = v;
-        }
-    }
+    // The first value of the largest magnitude, as a sequential `if amax < |v|` scan keeps it.
+    let amax = amax(x);
+    let max = x.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0);
     if amax == 0.0 {
         q.fill(0);
         bsums.fill(0);
@@ -89,7 +115,7 @@ fn q8k_block(x: &[f32], q: &mut [i8], bsums: &mut [i16]) -> (f32, i32) {
     }
     let iscale = -127.0 / max;
     for (q, &v) in q.iter_mut().zip(x) {
-        *q = (iscale * v).round().clamp(-128.0, 127.0) as i8;
+        *q = round_away(iscale * v).clamp(-128.0, 127.0) as i8;
     }
     for (s, g) in bsums.iter_mut().zip(q.chunks_exact(16)) {
         *s = g.iter().map(|&v| v as i16).sum();
@@ -198,5 +224,66 @@ impl<E> QRow<'_, E> {
         blocks
             .flat_map(|(q, &d)| q.iter().map(move |&v| d * v as f32))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod round_tests {
+    use super::round_away;
+
+    /// Equal to `f32::round` on ties, near-ties, large, tiny, signed zeros, infinities and NaN.
+    /// The lanes' maximum is the sequential fold's, NaNs and signed zeros included.
+    #[test]
+    fn amax_is_the_sequential_fold() {
+        let mut s = 0x1234567u32;
+        for len in [0usize, 1, 7, 8, 9, 32, 33, 256] {
+            for _ in 0..200 {
+                let x: Vec<f32> = (0..len)
+                    .map(|_| {
+                        s ^= s << 13;
+                        s ^= s >> 17;
+                        s ^= s << 5;
+                        match s % 7 {
+                            0 => f32::NAN,
+                            1 => -0.0,
+                            _ => (s as f32 / u32::MAX as f32 - 0.5) * 10.0,
+                        }
+                    })
+                    .collect();
+                let want = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+                assert_eq!(super::amax(&x).to_bits(), want.to_bits(), "{x:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn round_away_is_f32_round_bit_for_bit() {
+        let mut vs = vec![
+            0.0f32, -0.0, 0.5, -0.5, 1.5, -1.5, 2.5, -2.5, 126.5, -127.5, 1e-40,
+        ];
+        vs.extend([
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            8388607.5,
+            8388608.0,
+            1e30,
+            -1e30,
+        ]);
+        vs.extend([0.49999997, -0.49999997, 0.50000006, f32::MIN_POSITIVE]);
+        let mut s = 0x9e3779b9u32;
+        for _ in 0..100_000 {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            vs.push(f32::from_bits(s));
+            vs.push((s as f32 / u32::MAX as f32 - 0.5) * 300.0);
+        }
+        for v in vs {
+            let (a, b) = (round_away(v), v.round());
+            assert!(
+                a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+                "{v:e}: {a} vs {b}"
+            );
+        }
     }
 }

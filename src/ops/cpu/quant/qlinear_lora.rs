@@ -1,9 +1,9 @@
 //! Quantized projections of the same input together with their LoRA deltas in one parallel
 //! region: each task of the products ([`qlinear_many_with`]) finishes its stretch of every output
 //! row with the row's LoRA expand over those columns. A row's shrunk values (`x·Aᵀ`, rank values
-//! per term) are computed once, by whichever comes first: the side job that starts it early, or
-//! the first task that needs it (the others wait for it). Decode used to pay one region per
-//! product plus two per adapted projection, then serial expands between regions.
+//! per term) are computed by the first task that needs them and shared with the later ones
+//! (tasks that start at the same moment may each compute them: the same bits). Decode used to pay
+//! one region per product plus two per adapted projection, then serial expands between regions.
 //!
 //! What always holds: every output element sees the operations of [`qlinear`](super::qlinear)
 //! followed by [`sgmv_pairs`] in the same order (base, bias, then each term's `expand` in term
@@ -35,9 +35,9 @@ pub fn qlinear_lora<T: LoraPair>(
         "qlinear_lora: one LoRA per projection"
     );
     let k = projs.first().map_or(0, |(w, _)| w.cols());
-    // Each row's terms per projection.
-    let mut plan: Vec<Vec<Option<&[T]>>> = vec![vec![None; m]; projs.len()];
-    for (rows_of, segs) in plan.iter_mut().zip(loras) {
+    // Each row's terms per projection: `plan[p * m + row]`.
+    let mut plan: Vec<Option<&[T]>> = vec![None; projs.len() * m];
+    for (rows_of, segs) in plan.chunks_mut(m.max(1)).zip(loras) {
         for (rows, terms) in segs.iter().filter(|s| !s.1.is_empty()) {
             for row in rows.clone() {
                 assert!(rows_of[row].is_none(), "qlinear_lora: segments overlap");
@@ -45,44 +45,37 @@ pub fn qlinear_lora<T: LoraPair>(
             }
         }
     }
-    let cells: Vec<Vec<OnceLock<Vec<f32>>>> = plan
-        .iter()
-        .map(|rows_of| rows_of.iter().map(|_| OnceLock::new()).collect())
-        .collect();
-    // The shrunk values of row `i` of projection `p`, terms laid end to end.
-    let shrunk = |p: usize, i: usize, terms: &[T]| -> &Vec<f32> {
-        cells[p][i].get_or_init(|| {
-            let xr = &x[i * k..(i + 1) * k];
-            let mut s = vec![0f32; terms.iter().map(T::rank).sum()];
-            let mut s0 = 0;
-            for t in terms {
-                t.shrink(xr, &mut s[s0..s0 + t.rank()]);
-                s0 += t.rank();
-            }
-            s
-        })
-    };
-    let mut jobs = Vec::new();
-    for (p, rows_of) in plan.iter().enumerate() {
-        for (i, terms) in rows_of.iter().enumerate() {
-            if let Some(terms) = *terms {
-                jobs.push(move || {
-                    shrunk(p, i, terms);
-                });
-            }
-        }
-    }
+    let cells: Vec<OnceLock<Vec<f32>>> = plan.iter().map(|_| OnceLock::new()).collect();
+    // Row `i`'s shrunk values (`x·Aᵀ`, terms laid end to end) for projection `p`'s expands,
+    // computed by the first task that needs them. Nothing waits: a task that finds them missing
+    // computes them itself (the same bits) and offers its copy. (Side jobs, and waiting on the
+    // task that fills the cell, measured slower: a decode step's regions are a few µs.)
     let expand = |p: usize, i: usize, j0: usize, y: &mut [f32]| {
-        if let Some(terms) = plan[p][i] {
-            let s = shrunk(p, i, terms);
+        let Some(terms) = plan[p * m + i] else { return };
+        let run = |s: &[f32], y: &mut [f32]| {
             let mut s0 = 0;
             for t in terms {
                 t.expand(&s[s0..s0 + t.rank()], j0, y);
                 s0 += t.rank();
             }
+        };
+        let cell = &cells[p * m + i];
+        match cell.get() {
+            Some(s) => run(s, y),
+            None => {
+                let xr = &x[i * k..(i + 1) * k];
+                let mut s = vec![0f32; terms.iter().map(T::rank).sum()];
+                let mut s0 = 0;
+                for t in terms {
+                    t.shrink(xr, &mut s[s0..s0 + t.rank()]);
+                    s0 += t.rank();
+                }
+                run(&s, y);
+                let _ = cell.set(s);
+            }
         }
     };
-    qlinear_many_with(x, m, projs, jobs, Some(expand))
+    qlinear_many_with(x, m, projs, Some(expand))
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! Several projections of the same activations in one parallel region: decode's q/k/v and
-//! gate/up. A decode step is latency-bound on the number of fork-joins, not on arithmetic, so the
+//! gate/up (and, with an epilogue, any projection with its LoRA expands). A decode step is latency-bound on the number of fork-joins, not on arithmetic, so the
 //! matrices' output rows are dealt out as one set of tasks, and the activations are quantized
 //! once per distinct pairing (not once per matrix). Every element is computed by the same kernel
 //! call as in [`qlinear`](super::qlinear), so the result is bit-identical to separate calls.
@@ -16,33 +16,28 @@ pub type QProj<'a> = (&'a QMatrix, Option<&'a [f32]>);
 /// `ys[p] = x[m, in] · W_pᵀ + b_p` for every projection `p` (all read `x`, so all have `in` columns).
 /// Returns one `[m, out_p]` buffer per projection.
 pub fn qlinear_many(x: &[f32], m: usize, projs: &[QProj]) -> Vec<Vec<f32>> {
-    qlinear_many_with(x, m, projs, Vec::<fn()>::new(), None::<Epilogue>)
+    qlinear_many_with(x, m, projs, None::<Epilogue>)
 }
 
-/// [`qlinear_many`], also running the independent `side` jobs as tasks of the same parallel
-/// region, and `epilogue(p, row, j0, y)` (if any) on every finished stretch `y` of an output row (columns
-/// `j0..`, bias added) inside the task that computed it (decode's LoRA: shrinks as side jobs,
-/// expands as the epilogue, one fork-join in all). The jobs run before this returns; at prefill
-/// sizes they run in a region of their own first, and the epilogue over whole rows after the
-/// products.
-pub fn qlinear_many_with<F, E>(
+/// [`qlinear_many`], also running `epilogue(p, row, j0, y)` (if any) on every finished stretch
+/// `y` of an output row (columns `j0..`, bias added) inside the task that computed it (decode's
+/// LoRA: the expands, the shrinks computed by the first task that needs them; one fork-join in
+/// all). At prefill sizes the epilogue runs over whole rows after the products.
+pub fn qlinear_many_with<E>(
     x: &[f32],
     m: usize,
     projs: &[QProj],
-    side: Vec<F>,
     epilogue: Option<E>,
 ) -> Vec<Vec<f32>>
 where
-    F: FnOnce() + Send,
     E: Fn(usize, usize, usize, &mut [f32]) + Sync,
 {
     let mut ys: Vec<Vec<f32>> = projs
         .iter()
         .map(|(w, _)| vec![0f32; m * w.rows()])
         .collect();
-    if m >= ROW_BLOCK || (projs.len() < 2 && side.is_empty() && std::env::var("FUSED").is_err()) {
+    if m >= ROW_BLOCK || (projs.len() < 2 && epilogue.is_none()) {
         // Prefill: each product is big enough to fill the pool on its own.
-        side.into_par_iter().for_each(|job| job());
         for ((w, b), y) in projs.iter().zip(&mut ys) {
             qlinear(x, m, w, *b, y);
         }
@@ -107,17 +102,9 @@ where
             heads.push((p, j0));
         }
     }
-    // Side jobs first, so they start while the products are dealt out.
-    let mut tasks: Vec<Task<F>> = side.into_iter().map(Task::Side).collect();
-    tasks.extend(
-        heads
-            .into_iter()
-            .zip(parts.chunks_mut(m))
-            .map(|((p, j0), outs)| Task::Product(p, j0, outs)),
-    );
-    tasks.into_par_iter().for_each(|task| match task {
-        Task::Side(job) => job(),
-        Task::Product(p, j0, outs) => {
+    let tasks: Vec<_> = heads.into_iter().zip(parts.chunks_mut(m)).collect();
+    tasks.into_par_iter().for_each(|((p, j0), outs)| {
+        {
             let (w, bias) = projs[p];
             let acts = &acts[which[p]];
             let (planes, len) = (acts.planes(), outs[0].len());
@@ -142,12 +129,11 @@ where
             run(isa, w, acts, b);
             for (i, out) in outs.iter_mut().enumerate() {
                 // As `fold_planes`: the first plane, then each further plane added in order.
-                for (c, v) in out.iter_mut().enumerate() {
-                    let at = c * am + i * planes;
-                    *v = yt[at];
-                    for plane in 1..planes {
-                        *v += yt[at + plane];
-                    }
+                let cols = yt
+                    .chunks_exact(am)
+                    .map(|c| &c[i * planes..(i + 1) * planes]);
+                for (v, ps) in out.iter_mut().zip(cols) {
+                    *v = ps[1..].iter().fold(ps[0], |s, p| s + p);
                 }
                 if let Some(b) = bias {
                     out.iter_mut().zip(&b[j0..]).for_each(|(v, b)| *v += b);
@@ -163,13 +149,6 @@ where
 
 /// The type of an absent epilogue.
 type Epilogue = fn(usize, usize, usize, &mut [f32]);
-
-/// One task of the region: a side job, or weight rows `j0..` of projection `p`, written into
-/// that stretch of every output row.
-enum Task<'a, 'b, F> {
-    Side(F),
-    Product(usize, usize, &'b mut [&'a mut [f32]]),
-}
 
 #[cfg(test)]
 mod tests {
@@ -212,21 +191,6 @@ mod tests {
                 .map(|(i, (w, b))| (w, (i % 2 == 0).then_some(b.as_slice())))
                 .collect();
             let got = qlinear_many(&x, m, &projs);
-            // Side jobs in the region change nothing and all run, also with one projection.
-            let ran = std::sync::atomic::AtomicUsize::new(0);
-            let bump = || {
-                ran.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            };
-            let with = qlinear_many_with(&x, m, &projs, vec![bump; 3], None::<Epilogue>);
-            let one = qlinear_many_with(&x, m, &projs[..1], vec![bump; 2], None::<Epilogue>);
-            assert_eq!(ran.load(std::sync::atomic::Ordering::Relaxed), 5);
-            assert!(
-                bits_eq(&one[0], &got[0]),
-                "m={m} one projection with jobs (seed {seed})"
-            );
-            for (g, w) in got.iter().zip(&with) {
-                assert!(bits_eq(g, w), "m={m} with side jobs (seed {seed})");
-            }
             for (p, (w, b)) in projs.iter().enumerate() {
                 let mut want = vec![0f32; m * w.rows()];
                 qlinear(&x, m, w, *b, &mut want);
