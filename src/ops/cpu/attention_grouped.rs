@@ -174,16 +174,23 @@ fn run_task<T: KvElem>(
     // scores[lane][p]
     let mut scores = vec![0f32; lanes * n];
     let mut buf = vec![0f32; hd];
+    // The lanes (row, head) in order; row `i` sees position `p` once `p <= pos(i)`, i.e. the
+    // lanes from row `p - pos(0)` on. Four lanes share each loaded chunk of the K row; every
+    // score is still exactly `dot(q, k) * scale`.
+    let qs: Vec<&[f32]> = (0..lanes).map(|l| qrow(l / group, l % group)).collect();
     for p in 0..n {
         let base = slot_of(p) * stride + t.kv_head * hd;
         T::to_f32s(&kv.k[base..base + hd], &mut buf);
-        for i in 0..t.rows {
-            if p > pos(i) {
-                continue;
+        let mut l = p.saturating_sub(pos(0)) * group;
+        while l + 4 <= lanes {
+            let d = super::linear::dot_rows([qs[l], qs[l + 1], qs[l + 2], qs[l + 3]], &buf);
+            for (j, d) in d.into_iter().enumerate() {
+                scores[(l + j) * n + p] = d * scale;
             }
-            for g in 0..group {
-                scores[(i * group + g) * n + p] = super::dot(qrow(i, g), &buf) * scale;
-            }
+            l += 4;
+        }
+        for l in l..lanes {
+            scores[l * n + p] = super::dot(qs[l], &buf) * scale;
         }
     }
     // Softmax per lane over its own positions, in order.

@@ -4,7 +4,7 @@
 use rayon::prelude::*;
 
 /// Accumulator lanes per output element: one AVX register of f32.
-const LANES: usize = 8;
+pub(crate) const LANES: usize = 8;
 /// Input rows per micro-tile.
 const MR: usize = 4;
 /// Weight rows (output features) per micro-tile: MR x NR accumulators stay in registers.
@@ -12,7 +12,7 @@ const NR: usize = 2;
 
 /// Sums the lanes in a fixed tree, then adds the tail `a[from..]·b[from..]` in order.
 #[inline(always)]
-fn finish(mut acc: [f32; LANES], a: &[f32], b: &[f32], from: usize) -> f32 {
+pub(crate) fn finish(mut acc: [f32; LANES], a: &[f32], b: &[f32], from: usize) -> f32 {
     let mut half = LANES / 2;
     while half > 0 {
         for l in 0..half {
@@ -29,9 +29,21 @@ fn finish(mut acc: [f32; LANES], a: &[f32], b: &[f32], from: usize) -> f32 {
 
 /// `R x C` dot products of `xs[r]` with `ws[c]`, every one computed with exactly the arithmetic of
 /// [`dot`] (same lanes, same order over k, same tree, same tail): the tile shape never changes a
-/// result. Each loaded chunk of a weight row is reused for R input rows and vice versa.
+/// result. Each loaded chunk of a weight row is reused for R input rows and vice versa. The
+/// reference; the AVX2 build runs [`super::linear_x86::tile`], its bits in 256-bit registers.
+#[cfg_attr(
+    all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ),
+    allow(dead_code)
+)]
 #[inline(always)]
-fn tile<const R: usize, const C: usize>(xs: [&[f32]; R], ws: [&[f32]; C]) -> [[f32; C]; R] {
+pub(crate) fn tile_scalar<const R: usize, const C: usize>(
+    xs: [&[f32]; R],
+    ws: [&[f32]; C],
+) -> [[f32; C]; R] {
     let k = ws[0].len();
     let chunks = k / LANES;
     // Every chunk slice has exactly `chunks` entries, so the loop below needs no bounds checks.
@@ -54,12 +66,39 @@ fn tile<const R: usize, const C: usize>(xs: [&[f32]; R], ws: [&[f32]; C]) -> [[f
     })
 }
 
+/// [`tile_scalar`] with the build's best instructions (the same bits).
+#[inline(always)]
+fn tile<const R: usize, const C: usize>(xs: [&[f32]; R], ws: [&[f32]; C]) -> [[f32; C]; R] {
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
+    {
+        super::linear_x86::tile(xs, ws)
+    }
+    #[cfg(not(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    )))]
+    {
+        tile_scalar(xs, ws)
+    }
+}
+
 /// Dot product with 8 independent FMA lanes reduced in a fixed tree, then the tail in order.
 /// Deterministic for a given length; [`linear`] computes every element exactly like this.
 #[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     tile::<1, 1>([a], [b])[0][0]
+}
+
+/// `[dot(xs[0], w), ..]`: each exactly [`dot`], with `w`'s loads shared by the `R` rows.
+#[inline]
+pub(crate) fn dot_rows<const R: usize>(xs: [&[f32]; R], w: &[f32]) -> [f32; R] {
+    tile::<R, 1>(xs, [w]).map(|r| r[0])
 }
 
 /// Writes `out[j * m + i] = dot(x[i], w[j0 + j])` for the weight rows of one task.
@@ -173,6 +212,26 @@ mod tests {
                 y[i * n..(i + 1) * n].to_vec(),
                 "row {i} differs alone vs batched"
             );
+        }
+    }
+
+    /// The build's tile is the reference's bits for every tile shape, length class and tail.
+    #[test]
+    fn tile_is_the_scalar_reference_bit_for_bit() {
+        for k in [1usize, 7, 8, 64, 83, 576] {
+            let v = |n: usize, s: usize| -> Vec<f32> {
+                (0..n)
+                    .map(|i| ((i * s % 113) as f32 - 56.0) / 17.0)
+                    .collect()
+            };
+            let (x, w) = (v(4 * k, 31), v(2 * k, 47));
+            let xs: [&[f32]; 4] = std::array::from_fn(|r| &x[r * k..(r + 1) * k]);
+            let ws: [&[f32]; 2] = std::array::from_fn(|c| &w[c * k..(c + 1) * k]);
+            let bits = |t: &[[f32; 2]]| t.iter().flatten().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&tile(xs, ws)), bits(&tile_scalar(xs, ws)), "4x2 k={k}");
+            let one = |a: &[f32], b: &[f32]| (tile([a], [b])[0][0], tile_scalar([a], [b])[0][0]);
+            let (a, b) = one(xs[3], ws[1]);
+            assert_eq!(a.to_bits(), b.to_bits(), "1x1 k={k}");
         }
     }
 }

@@ -8,6 +8,7 @@ mod attention_grouped;
 mod half_lora;
 mod int8_lora;
 mod linear;
+mod linear_x86;
 mod lora_panels;
 mod lora_panels_x86;
 mod norm;

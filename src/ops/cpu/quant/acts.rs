@@ -46,14 +46,6 @@ type PlaneParts<'a, E> = (((&'a mut [i8], &'a mut [f32]), &'a mut [E]), &'a mut 
 /// One input row and the planes it is quantized into.
 type RowParts<'a, E> = (&'a [f32], PlaneParts<'a, E>);
 
-/// What the codes `q` (scales `d`, blocks of `bl`) leave of `x`: `x - d·q`, each at most `d/2`.
-fn residual(x: &[f32], q: &[i8], d: &[f32], bl: usize) -> Vec<f32> {
-    let blocks = x.chunks_exact(bl).zip(q.chunks_exact(bl)).zip(d);
-    blocks
-        .flat_map(|((x, q), &d)| x.iter().zip(q).map(move |(&x, &q)| x - d * q as f32))
-        .collect()
-}
-
 pub(crate) type Q8Row<'a> = QRow<'a, f32>;
 pub(crate) type Q8KRow<'a> = QRow<'a, i16>;
 
@@ -137,21 +129,25 @@ impl<E: Copy + Default + Send + Sync> QActs<E> {
         let rows = m * planes;
         let (mut qs, mut d) = (vec![0i8; rows * k], vec![0f32; rows * nb]);
         let (mut extra, mut qsum) = (vec![E::default(); rows * nb * ne], vec![0i32; rows * nb]);
-        let plane = |x: &[f32], (((qs, d), extra), qsum): PlaneParts<'_, E>| {
-            let blocks = x.chunks_exact(bl).zip(qs.chunks_exact_mut(bl));
-            let extras = extra.chunks_exact_mut(ne).zip(qsum.iter_mut());
-            for ((d, (x, q)), (e, t)) in d.iter_mut().zip(blocks).zip(extras) {
-                (*d, *t) = block(x, q, e);
-            }
-        };
+        // Block by block: the first plane's codes, then (two planes) the codes of what they
+        // left, `x - d·q`, from a buffer on the stack.
         let one_row = |(x, (((qs, d), extra), qsum)): RowParts<'_, E>| {
             let (qh, ql) = qs.split_at_mut(k);
             let (dh, dl) = d.split_at_mut(nb);
             let (eh, el) = extra.split_at_mut(nb * ne);
             let (sh, sl) = qsum.split_at_mut(nb);
-            plane(x, (((&mut *qh, &mut *dh), eh), sh));
-            if planes == 2 {
-                plane(&residual(x, qh, dh, bl), (((ql, dl), el), sl));
+            let mut rest = [0f32; QK_K];
+            for b in 0..nb {
+                let (xb, qb) = (&x[b * bl..(b + 1) * bl], &mut qh[b * bl..(b + 1) * bl]);
+                (dh[b], sh[b]) = block(xb, qb, &mut eh[b * ne..(b + 1) * ne]);
+                if planes == 2 {
+                    let r = &mut rest[..bl];
+                    for ((r, &x), &q) in r.iter_mut().zip(xb).zip(qb.iter()) {
+                        *r = x - dh[b] * q as f32;
+                    }
+                    let ql = &mut ql[b * bl..(b + 1) * bl];
+                    (dl[b], sl[b]) = block(r, ql, &mut el[b * ne..(b + 1) * ne]);
+                }
             }
         };
         let (rk, rb) = (planes * k, planes * nb);
