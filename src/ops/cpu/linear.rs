@@ -12,7 +12,7 @@ const NR: usize = 2;
 
 /// Sums the lanes in a fixed tree, then adds the tail `a[from..]·b[from..]` in order.
 #[inline(always)]
-pub(crate) fn finish(mut acc: [f32; LANES], a: &[f32], b: &[f32], from: usize) -> f32 {
+fn finish(mut acc: [f32; LANES], a: &[f32], b: &[f32], from: usize) -> f32 {
     let mut half = LANES / 2;
     while half > 0 {
         for l in 0..half {

@@ -48,8 +48,9 @@ pub fn qlinear_lora<T: LoraPair>(
     let cells: Vec<OnceLock<Vec<f32>>> = plan.iter().map(|_| OnceLock::new()).collect();
     // Row `i`'s shrunk values (`x·Aᵀ`, terms laid end to end) for projection `p`'s expands,
     // computed by the first task that needs them. Nothing waits: a task that finds them missing
-    // computes them itself (the same bits) and offers its copy. (Side jobs, and waiting on the
-    // task that fills the cell, measured slower: a decode step's regions are a few µs.)
+    // computes them itself (the same bits) and offers its copy. (Side jobs that started the
+    // shrinks early cost ~7% of the projections' time in `lora_bench` even as no-ops: rayon's
+    // split around them unbalanced the few-µs regions.)
     let expand = |p: usize, i: usize, j0: usize, y: &mut [f32]| {
         let Some(terms) = plan[p * m + i] else { return };
         let run = |s: &[f32], y: &mut [f32]| {
