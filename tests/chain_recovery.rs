@@ -20,21 +20,7 @@ async fn admissions_return_within_seconds_of_the_chain() {
     let setup = ServerSetup::for_chain(&work, &chain, 1, 5);
     let server = setup.spawn_with(&["--deposit-max-staleness-secs".into(), "2".into()]);
     let (http, url) = (reqwest::Client::new(), server.url(""));
-    let call = |i: usize| {
-        let (http, url) = (http.clone(), url.clone());
-        async move {
-            complete(
-                &http,
-                &url,
-                &api_key(0),
-                ADAPTERS[i % 5],
-                &prompt_for(i),
-                3,
-                false,
-            )
-            .await
-        }
-    };
+    let call = |i: usize| payer0_call(&http, &url, i);
     let mut i = 0;
     let mut served = 0;
     assert_eq!(call(i).await.0, 200);
@@ -114,16 +100,7 @@ async fn settled_batches_the_restarted_chain_lost_are_resubmitted() {
     let (http, url) = (reqwest::Client::new(), server.url(""));
     let mut served = 0;
     for i in 0..4 {
-        let (status, body) = complete(
-            &http,
-            &url,
-            &api_key(0),
-            ADAPTERS[i % 5],
-            &prompt_for(i),
-            3,
-            false,
-        )
-        .await;
+        let (status, body) = payer0_call(&http, &url, i).await;
         assert_eq!(status, 200, "{body}");
         served += 1;
     }

@@ -404,6 +404,20 @@ pub async fn metrics_text(http: &reqwest::Client, server_url: &str) -> String {
         .unwrap()
 }
 
+/// Call `i` of payer 0 (adapter `i % 5`, 3 tokens, not streamed): (status, body).
+pub async fn payer0_call(http: &reqwest::Client, server_url: &str, i: usize) -> (u16, Value) {
+    complete(
+        http,
+        server_url,
+        &api_key(0),
+        ADAPTERS[i % 5],
+        &prompt_for(i),
+        3,
+        false,
+    )
+    .await
+}
+
 /// Call `i` of the two-payer workload (payer `i % 2`, adapter `i % 5`, every third streamed);
 /// asserts a 200 and returns (payer, request id) when it produced tokens.
 pub async fn two_payer_call(

@@ -40,10 +40,7 @@ fn finish(mut acc: [f32; LANES], a: &[f32], b: &[f32], from: usize) -> f32 {
     allow(dead_code)
 )]
 #[inline(always)]
-pub(crate) fn tile_scalar<const R: usize, const C: usize>(
-    xs: [&[f32]; R],
-    ws: [&[f32]; C],
-) -> [[f32; C]; R] {
+fn tile_scalar<const R: usize, const C: usize>(xs: [&[f32]; R], ws: [&[f32]; C]) -> [[f32; C]; R] {
     let k = ws[0].len();
     let chunks = k / LANES;
     // Every chunk slice has exactly `chunks` entries, so the loop below needs no bounds checks.

@@ -13,7 +13,7 @@
 use super::linear::LANES;
 use std::arch::x86_64::*;
 
-/// `linear::tile_scalar(xs, ws)`, bit for bit. Panics unless every row is `ws[0].len()` long.
+/// `linear`'s scalar reference tile (`tile_scalar`), bit for bit. Panics unless every row is `ws[0].len()` long.
 #[inline(always)]
 pub(crate) fn tile<const R: usize, const C: usize>(
     xs: [&[f32]; R],

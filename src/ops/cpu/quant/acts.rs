@@ -53,7 +53,7 @@ pub(crate) type Q8KRow<'a> = QRow<'a, i16>;
 /// `f32::round` becomes on x86-64 (no rounding mode of the hardware's rounds halves away):
 /// `trunc` is one instruction, `v - trunc(v)` is exact, and a loop of these vectorizes.
 #[inline(always)]
-pub(crate) fn round_away(v: f32) -> f32 {
+fn round_away(v: f32) -> f32 {
     let t = v.trunc();
     match (v - t).abs() >= 0.5 {
         true => t + 1f32.copysign(v),
@@ -65,7 +65,7 @@ pub(crate) fn round_away(v: f32) -> f32 {
 /// so eight independent lanes give the bits of the sequential fold, which waited on one `maxss`
 /// chain per value.
 #[inline(always)]
-pub(crate) fn amax(x: &[f32]) -> f32 {
+fn amax(x: &[f32]) -> f32 {
     let mut m = [0f32; 8];
     let chunks = x.chunks_exact(8);
     for &v in chunks.remainder() {
