@@ -80,6 +80,7 @@ fn main() {
     }
     let int8 = std::env::var("OPENLORA_LORA").as_deref() == Ok("int8");
     let hot = std::env::var("OPENLORA_HOT").is_ok();
+    let noop = std::env::var("OPENLORA_NOOP").is_ok();
     let loras8: Vec<Vec<Vec<Int8Lora>>> = loras
         .iter()
         .map(|l| {
@@ -157,7 +158,14 @@ fn main() {
             for (g, x) in xs.iter().enumerate() {
                 let projs: Vec<QProj> = weights[l][g].iter().map(|w| (w, None)).collect();
                 let start = Instant::now();
-                let ys = if with && int8 {
+                let ys = if with && noop {
+                    openlora::ops::cpu::quant::qlinear_many_with(
+                        x,
+                        1,
+                        &projs,
+                        Some(&openlora::ops::cpu::quant::NoHooks),
+                    )
+                } else if with && int8 {
                     let ll = if hot { 0 } else { l };
                     let terms: Vec<[Int8Term; 1]> = loras8[ll][g]
                         .iter()

@@ -51,6 +51,14 @@ impl LoraPair for HalfTerm<'_> {
         self.lora.rank
     }
 
+    /// `B`'s panels for the columns, and with `shrink` all of `A`.
+    fn prefetch(&self, j0: usize, len: usize, shrink: bool) {
+        lora_panels::prefetch(lora_panels::stretch(&self.lora.bp, self.lora.rank, j0, len));
+        if shrink {
+            lora_panels::prefetch(&self.lora.a);
+        }
+    }
+
     fn shrink(&self, x: &[f32], out: &mut [f32]) {
         debug_assert_eq!(self.lora.a.len(), self.lora.rank * x.len());
         for (o, ar) in out.iter_mut().zip(self.lora.a.chunks_exact(x.len())) {

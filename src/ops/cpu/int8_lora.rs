@@ -82,6 +82,14 @@ impl LoraPair for Int8Term<'_> {
         self.lora.rank
     }
 
+    /// `B`'s panels for the columns, and with `shrink` all of `A`.
+    fn prefetch(&self, j0: usize, len: usize, shrink: bool) {
+        lora_panels::prefetch(lora_panels::stretch(&self.lora.bp, self.lora.rank, j0, len));
+        if shrink {
+            lora_panels::prefetch(&self.lora.a);
+        }
+    }
+
     /// `out[r] = a_scale[r] · dot(x, A[r])`.
     fn shrink(&self, x: &[f32], out: &mut [f32]) {
         debug_assert_eq!(self.lora.a.len(), self.lora.rank * x.len());

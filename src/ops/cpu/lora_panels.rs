@@ -73,6 +73,22 @@ impl PanelElem for i8 {
     }
 }
 
+/// The panels that an expand over columns `j0..j0 + len` reads (clamped to `bp`).
+pub fn stretch<E>(bp: &[E], rank: usize, j0: usize, len: usize) -> &[E] {
+    let from = (j0 / PANEL * PANEL * rank).min(bp.len());
+    let to = ((j0 + len).div_ceil(PANEL) * PANEL * rank).clamp(from, bp.len());
+    &bp[from..to]
+}
+
+/// Asks the caches for every line of `v` (a hint: no value changes, nothing waits).
+#[inline]
+pub fn prefetch<E>(v: &[E]) {
+    #[cfg(target_arch = "x86_64")]
+    super::lora_panels_x86::prefetch(v);
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = v;
+}
+
 /// Index of `B[j, r]` in the panel layout of a rank-`rank` pair.
 #[inline(always)]
 pub fn panel_at(rank: usize, j: usize, r: usize) -> usize {

@@ -15,6 +15,10 @@ pub trait LoraPair: Sync {
     fn shrink(&self, x: &[f32], out: &mut [f32]);
     /// `y[j] += coeff · dot(s, B[j0 + j])` for the columns of `y`, `s` being the shrunk row.
     fn expand(&self, s: &[f32], j0: usize, y: &mut [f32]);
+    /// Asks the caches for what `expand` over columns `j0..j0 + len` reads (and, with `shrink`,
+    /// what `shrink` reads), to overlap its fetch with other work. Changes no value; by default
+    /// nothing.
+    fn prefetch(&self, _j0: usize, _len: usize, _shrink: bool) {}
 }
 
 /// One adapter's LoRA pair for one projection. `a` is `[rank, in]`, `b` is `[out, rank]`.

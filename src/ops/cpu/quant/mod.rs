@@ -42,6 +42,6 @@ pub use act_precision::ActPrecision;
 pub use format::{QuantError, WeightFormat, QK_K};
 pub use qlinear::{qlinear, qlinear_with, Isa};
 pub use qlinear_lora::{qlinear_lora, LoraSegs};
-pub use qlinear_many::{qlinear_many, qlinear_many_with, QProj};
+pub use qlinear_many::{qlinear_many, qlinear_many_with, NoHooks, QProj, TaskHooks};
 pub use qmatrix::QMatrix;
 pub use storage::QStorage;

@@ -1,9 +1,11 @@
 //! Quantized projections of the same input together with their LoRA deltas in one parallel
 //! region: each task of the products ([`qlinear_many_with`]) finishes its stretch of every output
 //! row with the row's LoRA expand over those columns. A row's shrunk values (`x·Aᵀ`, rank values
-//! per term) are computed by the first task that needs them and shared with the later ones
-//! (tasks that start at the same moment may each compute them: the same bits). Decode used to pay
-//! one region per product plus two per adapted projection, then serial expands between regions.
+//! per term) are computed once, by the first task that needs them, and shared with the later
+//! ones; a task that finds them still being computed leaves its expand to after the region
+//! (nothing waits). Before its products, each task prefetches the adapter bytes it will read.
+//! Decode used to pay one region per product plus two per adapted projection, then serial expands
+//! between regions.
 //!
 //! What always holds: every output element sees the operations of [`qlinear`](super::qlinear)
 //! followed by [`sgmv_pairs`] in the same order (base, bias, then each term's `expand` in term
@@ -12,9 +14,10 @@
 //!
 //! [`sgmv_pairs`]: crate::ops::cpu::sgmv_pairs
 
-use super::qlinear_many::{qlinear_many_with, QProj};
+use super::qlinear_many::{qlinear_many_with, QProj, TaskHooks};
 use crate::ops::cpu::LoraPair;
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 /// One projection's LoRA: `(rows, terms)` segments over disjoint rows, as [`sgmv_pairs`] takes.
@@ -45,14 +48,52 @@ pub fn qlinear_lora<T: LoraPair>(
             }
         }
     }
-    let cells: Vec<OnceLock<Vec<f32>>> = plan.iter().map(|_| OnceLock::new()).collect();
-    // Row `i`'s shrunk values (`x·Aᵀ`, terms laid end to end) for projection `p`'s expands,
-    // computed by the first task that needs them. Nothing waits: a task that finds them missing
-    // computes them itself (the same bits) and offers its copy. (Side jobs that started the
-    // shrinks early cost ~7% of the projections' time in `lora_bench` even as no-ops: rayon's
-    // split around them unbalanced the few-µs regions.)
-    let expand = |p: usize, i: usize, j0: usize, y: &mut [f32]| {
-        let Some(terms) = plan[p * m + i] else { return };
+    let hooks = Hooks {
+        x,
+        m,
+        k,
+        cells: plan.iter().map(|_| OnceLock::new()).collect(),
+        claimed: plan.iter().map(|_| AtomicBool::new(false)).collect(),
+        plan,
+    };
+    qlinear_many_with(x, m, projs, Some(&hooks))
+}
+
+/// The LoRA work of one [`qlinear_lora`] call, run by the products' tasks.
+struct Hooks<'a, T> {
+    x: &'a [f32],
+    m: usize,
+    k: usize,
+    /// Each row's terms per projection: `plan[p * m + row]`.
+    plan: Vec<Option<&'a [T]>>,
+    /// Row `i`'s shrunk values (`x·Aᵀ`, terms laid end to end) for projection `p`'s expands,
+    /// computed once, by the first task that needs them. Nothing waits: a task that finds them
+    /// claimed but not ready defers its expand to after the region. (Side jobs that started the
+    /// shrinks early cost ~7% of the projections' time in `lora_bench` even as no-ops: rayon's
+    /// split around them unbalanced the few-µs regions.)
+    cells: Vec<OnceLock<Vec<f32>>>,
+    /// Whether a task has taken on computing `cells[at]`.
+    claimed: Vec<AtomicBool>,
+}
+
+impl<T: LoraPair> TaskHooks for Hooks<'_, T> {
+    /// Prefetches the task's stretch of `B` (and `A` while the row's shrink is missing): at
+    /// decode the adapter's bytes come from memory in short runs that the hardware prefetcher
+    /// does not follow, and the products give them time to arrive.
+    fn start(&self, p: usize, j0: usize, len: usize) {
+        for i in 0..self.m {
+            if let Some(terms) = self.plan[p * self.m + i] {
+                let shrink = !self.claimed[p * self.m + i].load(Ordering::Relaxed);
+                terms.iter().for_each(|t| t.prefetch(j0, len, shrink));
+            }
+        }
+    }
+
+    fn finish(&self, p: usize, i: usize, j0: usize, y: &mut [f32]) -> bool {
+        let at = p * self.m + i;
+        let Some(terms) = self.plan[at] else {
+            return true;
+        };
         let run = |s: &[f32], y: &mut [f32]| {
             let mut s0 = 0;
             for t in terms {
@@ -60,23 +101,32 @@ pub fn qlinear_lora<T: LoraPair>(
                 s0 += t.rank();
             }
         };
-        let cell = &cells[p * m + i];
-        match cell.get() {
-            Some(s) => run(s, y),
-            None => {
-                let xr = &x[i * k..(i + 1) * k];
-                let mut s = vec![0f32; terms.iter().map(T::rank).sum()];
-                let mut s0 = 0;
-                for t in terms {
-                    t.shrink(xr, &mut s[s0..s0 + t.rank()]);
-                    s0 += t.rank();
-                }
-                run(&s, y);
-                let _ = cell.set(s);
-            }
+        let cell = &self.cells[at];
+        if let Some(s) = cell.get() {
+            run(s, y);
+            return true;
         }
-    };
-    qlinear_many_with(x, m, projs, Some(expand))
+        if self.claimed[at].swap(true, Ordering::AcqRel) {
+            // Another task is computing them: expand now if they have arrived, else later.
+            return match cell.get() {
+                Some(s) => {
+                    run(s, y);
+                    true
+                }
+                None => false,
+            };
+        }
+        let xr = &self.x[i * self.k..(i + 1) * self.k];
+        let mut s = vec![0f32; terms.iter().map(T::rank).sum()];
+        let mut s0 = 0;
+        for t in terms {
+            t.shrink(xr, &mut s[s0..s0 + t.rank()]);
+            s0 += t.rank();
+        }
+        run(&s, y);
+        let _ = cell.set(s);
+        true
+    }
 }
 
 #[cfg(test)]
@@ -236,5 +286,42 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A task that finds the row's shrink claimed by another task, not yet made, declines (and
+    /// computes nothing); called again once it is there, it expands with those values.
+    #[test]
+    fn a_claimed_shrink_defers_the_expand_until_it_is_made() {
+        let (k, n, rank) = (64, 24, 4);
+        let f = |i: usize, s: usize| ((i * s % 89) as f32 - 44.0) / 50.0;
+        let a: Vec<f32> = (0..rank * k).map(|i| f(i, 3)).collect();
+        let b: Vec<f32> = (0..n * rank).map(|i| f(i, 7)).collect();
+        let lora = Int8Lora::from_f32(&a, &b, rank);
+        let terms = [Int8Term {
+            lora: &lora,
+            coeff: 0.5,
+        }];
+        let x: Vec<f32> = (0..k).map(|i| f(i, 11)).collect();
+        let hooks = Hooks {
+            x: &x,
+            m: 1,
+            k,
+            plan: vec![Some(&terms[..])],
+            cells: vec![OnceLock::new()],
+            claimed: vec![AtomicBool::new(true)],
+        };
+        let mut y = vec![1f32; 8];
+        assert!(!hooks.finish(0, 0, 8, &mut y));
+        assert!(
+            y.iter().all(|&v| v == 1.0),
+            "a declined stretch is untouched"
+        );
+        let mut s = vec![0f32; rank];
+        terms[0].shrink(&x, &mut s);
+        hooks.cells[0].set(s.clone()).unwrap();
+        assert!(hooks.finish(0, 0, 8, &mut y));
+        let mut want = vec![1f32; 8];
+        terms[0].expand(&s, 8, &mut want);
+        assert!(bits_eq(&y, &want));
     }
 }

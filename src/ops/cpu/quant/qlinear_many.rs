@@ -1,5 +1,5 @@
 //! Several projections of the same activations in one parallel region: decode's q/k/v and
-//! gate/up (and, with an epilogue, any projection with its LoRA expands). A decode step is latency-bound on the number of fork-joins, not on arithmetic, so the
+//! gate/up (and, with [`TaskHooks`], any projection with its LoRA expands). A decode step is latency-bound on the number of fork-joins, not on arithmetic, so the
 //! matrices' output rows are dealt out as one set of tasks, and the activations are quantized
 //! once per distinct pairing (not once per matrix). Every element is computed by the same kernel
 //! call as in [`qlinear`](super::qlinear), so the result is bit-identical to separate calls.
@@ -9,6 +9,7 @@ use super::qmatrix::QMatrix;
 use super::tile::{Block, ROW_BLOCK};
 use super::Isa;
 use rayon::prelude::*;
+use std::sync::Mutex;
 
 /// One projection: its weights and optional bias.
 pub type QProj<'a> = (&'a QMatrix, Option<&'a [f32]>);
@@ -16,32 +17,51 @@ pub type QProj<'a> = (&'a QMatrix, Option<&'a [f32]>);
 /// `ys[p] = x[m, in] · W_pᵀ + b_p` for every projection `p` (all read `x`, so all have `in` columns).
 /// Returns one `[m, out_p]` buffer per projection.
 pub fn qlinear_many(x: &[f32], m: usize, projs: &[QProj]) -> Vec<Vec<f32>> {
-    qlinear_many_with(x, m, projs, None::<Epilogue>)
+    qlinear_many_with(x, m, projs, None::<&NoHooks>)
 }
 
-/// [`qlinear_many`], also running `epilogue(p, row, j0, y)` (if any) on every finished stretch
-/// `y` of an output row (columns `j0..`, bias added) inside the task that computed it (decode's
+/// What a task of [`qlinear_many_with`] does around its products.
+pub trait TaskHooks: Sync {
+    /// Before the products of a decode-size task that owns columns `j0..j0 + len` of projection
+    /// `p` (every row): a chance to ask for what [`Self::finish`] will read (a prefetch), so that
+    /// it arrives while the products stream the weights. Changes no value.
+    fn start(&self, _p: usize, _j0: usize, _len: usize) {}
+    /// On every finished stretch `y` of output row `i` of projection `p` (columns `j0..`, bias
+    /// added), inside the task that computed it. Returns `false` to be called again on the same
+    /// stretch after every task has finished (what it needs is being made by another task);
+    /// that second call must return `true`.
+    fn finish(&self, p: usize, i: usize, j0: usize, y: &mut [f32]) -> bool;
+}
+
+/// No hooks.
+pub struct NoHooks;
+
+impl TaskHooks for NoHooks {
+    fn finish(&self, _: usize, _: usize, _: usize, _: &mut [f32]) -> bool {
+        true
+    }
+}
+
+/// [`qlinear_many`], also running `hooks` (if any) in each task: [`TaskHooks::start`] before
+/// its products, [`TaskHooks::finish`] on every finished stretch of an output row (decode's
 /// LoRA: the expands, the shrinks computed by the first task that needs them; one fork-join in
-/// all). At prefill sizes the epilogue runs over whole rows after the products.
-pub fn qlinear_many_with<E>(
+/// all). At prefill sizes `finish` runs over whole rows after the products.
+pub fn qlinear_many_with<H: TaskHooks>(
     x: &[f32],
     m: usize,
     projs: &[QProj],
-    epilogue: Option<E>,
-) -> Vec<Vec<f32>>
-where
-    E: Fn(usize, usize, usize, &mut [f32]) + Sync,
-{
+    hooks: Option<&H>,
+) -> Vec<Vec<f32>> {
     let mut ys: Vec<Vec<f32>> = projs
         .iter()
         .map(|(w, _)| vec![0f32; m * w.rows()])
         .collect();
-    if m >= ROW_BLOCK || (projs.len() < 2 && epilogue.is_none()) {
+    if m >= ROW_BLOCK || (projs.len() < 2 && hooks.is_none()) {
         // Prefill: each product is big enough to fill the pool on its own.
         for ((w, b), y) in projs.iter().zip(&mut ys) {
             qlinear(x, m, w, *b, y);
         }
-        if let Some(epilogue) = epilogue {
+        if let Some(hooks) = hooks {
             let mut rows = Vec::new();
             for (p, ((w, _), y)) in projs.iter().zip(&mut ys).enumerate() {
                 rows.extend(
@@ -50,8 +70,11 @@ where
                         .map(|(i, r)| (p, i, r)),
                 );
             }
-            rows.into_par_iter()
-                .for_each(|(p, i, r)| epilogue(p, i, 0, r));
+            rows.into_par_iter().for_each(|(p, i, r)| {
+                // Each (projection, row) has one task here, so nothing is made elsewhere.
+                let done = hooks.finish(p, i, 0, r);
+                assert!(done, "qlinear_many_with: a whole row's hooks deferred");
+            });
         }
         return ys;
     }
@@ -80,7 +103,7 @@ where
     }
     // Output rows of all matrices dealt out as one set of tasks; each task computes its weight
     // rows transposed into a buffer of its own, then folds the planes, adds the bias and runs the
-    // epilogue on its stretch of every output row.
+    // hooks' `finish` on its stretch of every output row.
     let rows: usize = projs.iter().map(|(w, _)| w.rows()).sum();
     let per_task = task_rows(rows);
     // Every product task's stretches, task after task: one per output row (`m`), all in one
@@ -103,11 +126,16 @@ where
         }
     }
     let tasks: Vec<_> = heads.into_iter().zip(parts.chunks_mut(m)).collect();
+    // Stretches whose hooks asked to finish after the region: `(p, row, j0, len)`.
+    let deferred = Mutex::new(Vec::new());
     tasks.into_par_iter().for_each(|((p, j0), outs)| {
         {
             let (w, bias) = projs[p];
             let acts = &acts[which[p]];
             let (planes, len) = (acts.planes(), outs[0].len());
+            if let Some(hooks) = hooks {
+                hooks.start(p, j0, len);
+            }
             let am = m * planes;
             // The transposed products: on the stack at decode sizes.
             let mut stack = [0f32; 512];
@@ -138,17 +166,24 @@ where
                 if let Some(b) = bias {
                     out.iter_mut().zip(&b[j0..]).for_each(|(v, b)| *v += b);
                 }
-                if let Some(epilogue) = &epilogue {
-                    epilogue(p, i, j0, out);
+                if let Some(hooks) = hooks {
+                    if !hooks.finish(p, i, j0, out) {
+                        let mut d = deferred.lock().unwrap_or_else(|e| e.into_inner());
+                        d.push((p, i, j0, out.len()));
+                    }
                 }
             }
         }
     });
+    if let Some(hooks) = hooks {
+        for (p, i, j0, len) in deferred.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            let start = i * projs[p].0.rows() + j0;
+            let done = hooks.finish(p, i, j0, &mut ys[p][start..start + len]);
+            assert!(done, "qlinear_many_with: hooks deferred twice");
+        }
+    }
     ys
 }
-
-/// The type of an absent epilogue.
-type Epilogue = fn(usize, usize, usize, &mut [f32]);
 
 #[cfg(test)]
 mod tests {
@@ -194,6 +229,60 @@ mod tests {
             for (p, (w, b)) in projs.iter().enumerate() {
                 let mut want = vec![0f32; m * w.rows()];
                 qlinear(&x, m, w, *b, &mut want);
+                assert!(bits_eq(&got[p], &want), "m={m} proj {p} (seed {seed})");
+            }
+        }
+    }
+
+    /// Hooks that decline every stretch once, then add the stretch's row and column indices.
+    struct DeferOnce {
+        seen: Mutex<std::collections::HashSet<(usize, usize, usize)>>,
+        calls: std::sync::atomic::AtomicUsize,
+    }
+
+    impl TaskHooks for DeferOnce {
+        fn finish(&self, p: usize, i: usize, j0: usize, y: &mut [f32]) -> bool {
+            self.calls
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if self.seen.lock().unwrap().insert((p, i, j0)) {
+                return false;
+            }
+            for (j, v) in (j0..).zip(y.iter_mut()) {
+                *v += (1000 * p + 100 * i + j) as f32;
+            }
+            true
+        }
+    }
+
+    /// A stretch whose hooks decline in its task is finished after the region, on the same
+    /// columns of the same row: every element gets its addition exactly once.
+    #[test]
+    fn deferred_stretches_are_finished_after_the_region() {
+        let (mut rng, seed) = rng();
+        let k = 256;
+        let ws: Vec<QMatrix> = [40usize, 96]
+            .iter()
+            .map(|&n| QMatrix::quantize(&data(&mut rng, n * k), n, k, WeightFormat::Q4_1).unwrap())
+            .collect();
+        let projs: Vec<QProj> = ws.iter().map(|w| (w, None)).collect();
+        for m in [1usize, 3] {
+            let x = data(&mut rng, m * k);
+            let hooks = DeferOnce {
+                seen: Mutex::new(Default::default()),
+                calls: Default::default(),
+            };
+            let got = qlinear_many_with(&x, m, &projs, Some(&hooks));
+            let stretches = hooks.seen.lock().unwrap().len();
+            assert_eq!(hooks.calls.into_inner(), 2 * stretches, "m={m}");
+            for (p, (w, _)) in projs.iter().enumerate() {
+                let n = w.rows();
+                let mut want = vec![0f32; m * n];
+                qlinear(&x, m, w, None, &mut want);
+                for (i, row) in want.chunks_exact_mut(n).enumerate() {
+                    for (j, v) in row.iter_mut().enumerate() {
+                        *v += (1000 * p + 100 * i + j) as f32;
+                    }
+                }
                 assert!(bits_eq(&got[p], &want), "m={m} proj {p} (seed {seed})");
             }
         }
