@@ -80,7 +80,17 @@ fn amax(x: &[f32]) -> f32 {
 }
 
 /// Quantizes one block like ggml's `quantize_row_q8_1` (scale `amax / 127`, round to nearest),
-/// keeping the scale and the sum in f32; returns the scale and the integer sum of `q`.
+/// keeping the scale and the sum in f32; returns the scale and the integer sum of `q`. The
+/// reference: builds without AVX2 run it, and `acts_x86::q8_block32` is tested against it.
+#[cfg_attr(
+    all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        not(test)
+    ),
+    allow(dead_code)
+)]
 fn q8_block(x: &[f32], q: &mut [i8], sum: &mut [f32]) -> (f32, i32) {
     let amax = amax(x);
     let d = amax / 127.0;
@@ -123,7 +133,7 @@ impl<E: Copy + Default + Send + Sync> QActs<E> {
         x: &[f32],
         (m, k): (usize, usize),
         (bl, ne, planes): (usize, usize, usize),
-        block: fn(&[f32], &mut [i8], &mut [E]) -> (f32, i32),
+        block: impl Fn(&[f32], &mut [i8], &mut [E]) -> (f32, i32) + Sync,
     ) -> Self {
         let nb = k / bl;
         let rows = m * planes;
@@ -200,7 +210,19 @@ impl<E: Copy + Default + Send + Sync> QActs<E> {
 impl Q8Acts {
     /// Quantizes `m` rows of `k` values (`k` a multiple of 32) into `planes` planes.
     pub fn quantize(x: &[f32], m: usize, k: usize, planes: usize) -> Self {
-        Self::build(x, (m, k), (32, 1, planes), q8_block)
+        #[cfg(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma"
+        ))]
+        let block = super::acts_x86::q8_block32;
+        #[cfg(not(all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma"
+        )))]
+        let block = q8_block;
+        Self::build(x, (m, k), (32, 1, planes), block)
     }
 }
 
@@ -226,6 +248,49 @@ impl<E> QRow<'_, E> {
 #[cfg(test)]
 mod round_tests {
     use super::round_away;
+
+    /// The AVX2 block equals the scalar reference bit for bit: codes, scale, integer sum and the
+    /// scaled sum, on random blocks of every magnitude, ties, zeros, NaNs and infinities.
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
+    #[test]
+    fn the_avx2_block_is_q8_block_bit_for_bit() {
+        let mut s = 0x2545f491u32;
+        let mut next = || {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            s
+        };
+        for case in 0..40_000 {
+            let scale = [1e-30f32, 1e-3, 1.0, 127.0, 3e4, 1e30][case % 6];
+            let mut x: Vec<f32> = (0..32)
+                .map(|_| (next() as f32 / u32::MAX as f32 - 0.5) * scale)
+                .collect();
+            match case % 9 {
+                0 => x[next() as usize % 32] = f32::NAN,
+                1 => x[next() as usize % 32] = f32::INFINITY,
+                2 => x.iter_mut().for_each(|v| *v = 0.0),
+                3 => x
+                    .iter_mut()
+                    .for_each(|v| *v = (*v * 8.0).round() / 8.0 * 127.0 / scale),
+                4 => x.iter_mut().for_each(|v| *v = f32::NAN),
+                5 => x[3] = -0.0,
+                _ => {}
+            }
+            let (mut qa, mut qb) = ([0i8; 32], [0i8; 32]);
+            let (mut sa, mut sb) = ([0f32], [0f32]);
+            let a = super::q8_block(&x, &mut qa, &mut sa);
+            let b = super::super::acts_x86::q8_block32(&x, &mut qb, &mut sb);
+            assert_eq!(qa, qb, "{x:?}");
+            assert_eq!(a.0.to_bits(), b.0.to_bits(), "{x:?}");
+            assert_eq!(a.1, b.1, "{x:?}");
+            assert!(sa[0].to_bits() == sb[0].to_bits() || sa[0].is_nan() && sb[0].is_nan());
+        }
+    }
 
     /// Equal to `f32::round` on ties, near-ties, large, tiny, signed zeros, infinities and NaN.
     /// The lanes' maximum is the sequential fold's, NaNs and signed zeros included.

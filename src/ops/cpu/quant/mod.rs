@@ -36,7 +36,7 @@ macro_rules! x86_kernels {
         )*
     };
 }
-x86_kernels!(simd, simd32, simdf, simdk, simdp, x86);
+x86_kernels!(acts_x86, simd, simd32, simdf, simdk, simdp, x86);
 
 pub use act_precision::ActPrecision;
 pub use format::{QuantError, WeightFormat, QK_K};
