@@ -178,7 +178,18 @@ fn run_task<T: KvElem>(
     // lanes from row `p - pos(0)` on. Four lanes share each loaded chunk of the K row; every
     // score is still exactly `dot(q, k) * scale`.
     let qs: Vec<&[f32]> = (0..lanes).map(|l| qrow(l / group, l % group)).collect();
+    // The K (and V) row `AHEAD` positions on is asked for before this one is read: rows are
+    // `stride` apart within a block and blocks are scattered, a pattern the hardware
+    // prefetcher does not follow.
+    const AHEAD: usize = 8;
+    let ahead = |m: &[T], p: usize| {
+        if p + AHEAD < n {
+            let at = slot_of(p + AHEAD) * stride + t.kv_head * hd;
+            super::prefetch::prefetch(&m[at..at + hd]);
+        }
+    };
     for p in 0..n {
+        ahead(kv.k, p);
         let base = slot_of(p) * stride + t.kv_head * hd;
         T::to_f32s(&kv.k[base..base + hd], &mut buf);
         let mut l = p.saturating_sub(pos(0)) * group;
@@ -211,6 +222,7 @@ fn run_task<T: KvElem>(
     }
     let mut out = vec![0f32; lanes * hd];
     for p in 0..n {
+        ahead(kv.v, p);
         let base = slot_of(p) * stride + t.kv_head * hd;
         T::to_f32s(&kv.v[base..base + hd], &mut buf);
         for i in 0..t.rows {

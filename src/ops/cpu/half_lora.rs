@@ -53,9 +53,9 @@ impl LoraPair for HalfTerm<'_> {
 
     /// `B`'s panels for the columns, and with `shrink` all of `A`.
     fn prefetch(&self, j0: usize, len: usize, shrink: bool) {
-        lora_panels::prefetch(lora_panels::stretch(&self.lora.bp, self.lora.rank, j0, len));
+        super::prefetch::prefetch(lora_panels::stretch(&self.lora.bp, self.lora.rank, j0, len));
         if shrink {
-            lora_panels::prefetch(&self.lora.a);
+            super::prefetch::prefetch(&self.lora.a);
         }
     }
 

@@ -80,15 +80,6 @@ pub fn stretch<E>(bp: &[E], rank: usize, j0: usize, len: usize) -> &[E] {
     &bp[from..to]
 }
 
-/// Asks the caches for every line of `v` (a hint: no value changes, nothing waits).
-#[inline]
-pub fn prefetch<E>(v: &[E]) {
-    #[cfg(target_arch = "x86_64")]
-    super::lora_panels_x86::prefetch(v);
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = v;
-}
-
 /// Index of `B[j, r]` in the panel layout of a rank-`rank` pair.
 #[inline(always)]
 pub fn panel_at(rank: usize, j: usize, r: usize) -> usize {

@@ -17,17 +17,6 @@
 use super::lora_panels::{expand_scalar, PanelElem, DOT_LANES, PANEL};
 use std::arch::x86_64::*;
 
-/// Prefetches every 64-byte line of `v` into all cache levels.
-#[inline]
-pub fn prefetch<E>(v: &[E]) {
-    let (p, bytes) = (v.as_ptr().cast::<i8>(), std::mem::size_of_val(v));
-    for at in (0..bytes).step_by(64) {
-        // SAFETY: `at < bytes`, so the address is inside `v`; a prefetch never faults and
-        // reads nothing the program sees. SSE is part of x86-64.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.add(at)) };
-    }
-}
-
 /// `dot_scalar(x, a)`, bit for bit.
 ///
 /// # Safety

@@ -12,6 +12,7 @@ mod linear_x86;
 mod lora_panels;
 mod lora_panels_x86;
 mod norm;
+mod prefetch;
 pub mod quant;
 mod rope;
 mod sgmv;
