@@ -9,8 +9,10 @@
 //! `cargo run --release --example lora_bench`; `OPENLORA_STEPS=400` steps per side;
 //! `OPENLORA_HOT=1`: every layer uses layer 0's adapter (cache-resident: what is left is the
 //! cost of the work and its structure, not of the adapter's bytes); `OPENLORA_ONLY=base|lora`
-//! runs one side (to profile it); `OPENLORA_RAW=1`: the shrinks and expands alone on the calling
-//! thread, from memory, in stretches of `OPENLORA_STRETCH` (56) columns, with their GB/s.
+//! runs one side (to profile it); `OPENLORA_NOOP=1`: the adapter side runs the fused path with
+//! hooks that do nothing (the cost of the path itself); `OPENLORA_RAW=1`: the shrinks and
+//! expands alone on the calling thread, from memory, in stretches of `OPENLORA_STRETCH` (56)
+//! columns, with their GB/s.
 
 use openlora::ops::cpu::quant::{qlinear_lora, qlinear_many, ActPrecision, QMatrix, QProj};
 use openlora::ops::cpu::quant::{LoraSegs, WeightFormat};

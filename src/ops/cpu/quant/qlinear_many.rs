@@ -1,7 +1,8 @@
 //! Several projections of the same activations in one parallel region: decode's q/k/v and
-//! gate/up (and, with [`TaskHooks`], any projection with its LoRA expands). A decode step is latency-bound on the number of fork-joins, not on arithmetic, so the
-//! matrices' output rows are dealt out as one set of tasks, and the activations are quantized
-//! once per distinct pairing (not once per matrix). Every element is computed by the same kernel
+//! gate/up (and, with [`TaskHooks`], any projection with its LoRA expands). A decode step is
+//! latency-bound on the number of fork-joins, not on arithmetic, so the matrices' output rows are
+//! dealt out as one set of tasks, and the activations are quantized once per distinct pairing
+//! (not once per matrix). Every element is computed by the same kernel
 //! call as in [`qlinear`](super::qlinear), so the result is bit-identical to separate calls.
 
 use super::qlinear::{qlinear, run, task_rows, Acts};
